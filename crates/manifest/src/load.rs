@@ -1,0 +1,195 @@
+//! Manifest files → objects → [`ClusterState`]. Parsing is separated from reading so that it can
+//! be tested on strings; [`load_path`] is the only function here that touches the file system.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nftproxy_model::ClusterState;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::convert::{self, ObjectError, Skipped};
+
+/// A problem with the input that did not stop the rest from being used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Warning {
+    /// One object was unusable and left out.
+    Object(ObjectError),
+    /// A file or document could not be parsed at all.
+    Document { source: String, message: String },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::Object(e) => write!(f, "{e} (object skipped)"),
+            Warning::Document { source, message } => write!(f, "{source}: {message}"),
+        }
+    }
+}
+
+/// What a set of manifests amounted to.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    pub state: ClusterState,
+    pub warnings: Vec<Warning>,
+    /// Services deliberately not programmed (ExternalName, headless, another proxy's).
+    pub skipped_services: Vec<(String, Skipped)>,
+    /// Objects of kinds the proxy does not use (Pods, Deployments, …).
+    pub ignored_objects: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}: no .yaml, .yml or .json files")]
+    Empty(PathBuf),
+}
+
+/// Reads a file, or every `.yaml`/`.yml`/`.json` file of a directory (sorted by name, not
+/// recursive), and adds every object to one state.
+pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
+    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut files: Vec<PathBuf> = fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(LoadError::Empty(path.to_path_buf()));
+        }
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut loaded = Loaded::default();
+    for file in files {
+        let text = fs::read_to_string(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
+        loaded.add_text(&file.display().to_string(), &text);
+    }
+    Ok(loaded)
+}
+
+impl Loaded {
+    /// Parses one file's text (YAML with `---` documents, or JSON with one or more values) and
+    /// adds its objects.
+    pub fn add_text(&mut self, source: &str, text: &str) {
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            for (i, doc) in serde_json::Deserializer::from_str(text).into_iter::<Value>().enumerate() {
+                match doc {
+                    Ok(v) => self.add_value(v),
+                    Err(e) => {
+                        self.warnings.push(Warning::Document { source: format!("{source} (JSON value {})", i + 1), message: e.to_string() });
+                        break; // the stream cannot be resynchronised after a syntax error
+                    }
+                }
+            }
+            return;
+        }
+        // Documents are split on `---` lines here rather than by serde_yaml's multi-document
+        // iterator, which cannot resynchronise after a syntax error: one broken document must
+        // not lose the ones after it.
+        for (i, doc) in yaml_documents(text).enumerate() {
+            match serde_yaml::from_str::<Value>(doc) {
+                Ok(Value::Null) => {}
+                Ok(v) => self.add_value(v),
+                Err(e) => self
+                    .warnings
+                    .push(Warning::Document { source: format!("{source} (document {})", i + 1), message: e.to_string() }),
+            }
+        }
+    }
+
+    /// Adds one object, or every item of a `kind: List` (`ServiceList`, … too).
+    pub fn add_value(&mut self, v: Value) {
+        if let Value::Array(items) = v {
+            items.into_iter().for_each(|i| self.add_value(i));
+            return;
+        }
+        let kind = v.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+        if kind == "List" || (kind.ends_with("List") && v.get("items").is_some()) {
+            if let Some(Value::Array(items)) = v.get("items").cloned() {
+                items.into_iter().for_each(|i| self.add_value(i));
+            }
+            return;
+        }
+        let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        match (kind.as_str(), api_version) {
+            ("Service", "v1") => {
+                if let Some(obj) = self.typed::<k8s_openapi::api::core::v1::Service>("Service", v) {
+                    match convert::service(&obj) {
+                        Ok(Ok(svc)) => self.state.upsert_service(svc),
+                        Ok(Err(skip)) => self.skipped_services.push((convert::object_name(&obj.metadata), skip)),
+                        Err(e) => self.warnings.push(Warning::Object(e)),
+                    }
+                }
+            }
+            ("EndpointSlice", "discovery.k8s.io/v1") => {
+                if let Some(obj) = self.typed::<k8s_openapi::api::discovery::v1::EndpointSlice>("EndpointSlice", v) {
+                    match convert::endpoint_slice(&obj) {
+                        Ok(s) => self.state.upsert_slice(s),
+                        Err(e) => self.warnings.push(Warning::Object(e)),
+                    }
+                }
+            }
+            ("Node", "v1") => {
+                if let Some(obj) = self.typed::<k8s_openapi::api::core::v1::Node>("Node", v) {
+                    match convert::node(&obj) {
+                        Ok(n) => self.state.upsert_node(n),
+                        Err(e) => self.warnings.push(Warning::Object(e)),
+                    }
+                }
+            }
+            _ => self.ignored_objects += 1,
+        }
+    }
+
+    /// Deserialises into a k8s-openapi type; a type error becomes a warning naming the field.
+    fn typed<T: DeserializeOwned>(&mut self, kind: &'static str, v: Value) -> Option<T> {
+        let object = {
+            let meta = v.get("metadata");
+            let s = |k| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+            match (s("namespace"), s("name")) {
+                (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                (None, Some(n)) => n.to_string(),
+                _ => "<unnamed>".to_string(),
+            }
+        };
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let field = e.path().to_string();
+                self.warnings.push(Warning::Object(ObjectError {
+                    kind,
+                    object,
+                    field,
+                    message: e.into_inner().to_string(),
+                }));
+                None
+            }
+        }
+    }
+}
+
+/// Splits a YAML stream into documents at `---` separator lines.
+fn yaml_documents(text: &str) -> impl Iterator<Item = &str> {
+    let mut starts = vec![0];
+    let mut ends = Vec::new();
+    let mut off = 0;
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_end();
+        if l == "---" || l.starts_with("--- ") {
+            ends.push(off);
+            starts.push(off + line.len());
+        }
+        off += line.len();
+    }
+    ends.push(text.len());
+    starts.into_iter().zip(ends).map(move |(s, e)| &text[s..e])
+}
