@@ -1,0 +1,74 @@
+//! kube-proxy's node-context flags, shared by every subcommand that resolves services.
+
+use std::net::IpAddr;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ipnet::IpNet;
+use nftproxy_model::{ClusterState, NodeContext, NodePortAddresses};
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct NodeArgs {
+    /// This node's name (kube-proxy's --hostname-override). Default: the host name.
+    #[arg(long = "hostname-override", value_name = "NAME")]
+    pub hostname_override: Option<String>,
+    /// This node's IP (repeatable). Default: the InternalIP/ExternalIP addresses of its Node object.
+    #[arg(long = "node-ip", value_name = "IP")]
+    pub node_ip: Vec<IpAddr>,
+    /// Pod CIDR(s) of the cluster, for local-traffic detection (repeatable or comma-separated).
+    /// Traffic from outside them to a ClusterIP is masqueraded.
+    #[arg(long = "cluster-cidr", value_name = "CIDR", value_delimiter = ',')]
+    pub cluster_cidr: Vec<IpNet>,
+    /// Masquerade all traffic sent to Service IPs.
+    #[arg(long = "masquerade-all")]
+    pub masquerade_all: bool,
+    /// Addresses that accept NodePort traffic: `primary` (the node IPs, the default), `all`, or
+    /// comma-separated CIDRs.
+    #[arg(long = "nodeport-addresses", value_name = "primary|all|CIDR,...")]
+    pub nodeport_addresses: Option<String>,
+}
+
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+impl NodeArgs {
+    /// Builds the node context; the Node object of this node (if present in `state`) fills node
+    /// IPs and zone that flags left open.
+    pub fn context(&self, state: &ClusterState) -> Result<NodeContext> {
+        let node_name = self.hostname_override.clone().map(|s| s.trim().to_lowercase()).unwrap_or_else(host_name);
+        let nodeport_addresses = parse_nodeport_addresses(self.nodeport_addresses.as_deref())
+            .context("--nodeport-addresses")?;
+        let mut ctx = NodeContext {
+            node_name,
+            node_ips: self.node_ip.clone(),
+            zone: None,
+            cluster_cidrs: self.cluster_cidr.iter().map(IpNet::trunc).collect(),
+            masquerade_all: self.masquerade_all,
+            nodeport_addresses,
+        };
+        if let Some(node) = state.nodes.get(&ctx.node_name) {
+            ctx.complete_from(node);
+        }
+        Ok(ctx)
+    }
+}
+
+fn parse_nodeport_addresses(s: Option<&str>) -> Result<NodePortAddresses> {
+    Ok(match s.map(str::trim) {
+        None | Some("") | Some("primary") => NodePortAddresses::Primary,
+        Some("all") => NodePortAddresses::All,
+        Some(list) => {
+            let mut cidrs = Vec::new();
+            for c in list.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                match c.parse::<IpNet>() {
+                    Ok(n) => cidrs.push(n.trunc()),
+                    Err(_) => bail!("{c:?} is not a CIDR (want primary, all, or CIDRs)"),
+                }
+            }
+            NodePortAddresses::Cidrs(cidrs)
+        }
+    })
+}
