@@ -1,0 +1,336 @@
+//! nf_tables messages and the batch (transaction) that carries them. Building a batch does no
+//! I/O; the result is the exact byte buffer to hand to one `send()`.
+
+use crate::consts::*;
+use crate::expr::{Expr, Verdict};
+use crate::writer::{Udata, Writer, align4};
+
+/// nft refuses comments longer than this; we truncate to stay decompilable.
+pub const COMMENT_MAX: usize = 128;
+
+fn comment(s: &str) -> &str {
+    if s.len() <= COMMENT_MAX {
+        return s;
+    }
+    let mut end = COMMENT_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `type nat hook prerouting priority dstnat` and friends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseChain {
+    /// `filter` or `nat`
+    pub chain_type: &'static str,
+    pub hook: u32,
+    pub priority: i32,
+}
+
+/// A set or map declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetSpec {
+    pub name: String,
+    pub flags: u32,
+    pub key_type: u32,
+    pub key_len: u32,
+    /// (data type, data length) for maps; `NFT_DATA_VERDICT` with length 0 for verdict maps.
+    pub data: Option<(u32, u32)>,
+    pub timeout_ms: Option<u64>,
+    /// Opaque userdata as `nft` writes it (byte order, typeof, comment).
+    pub udata: Vec<u8>,
+}
+
+/// A set element: key, optional map data, timeout and comment.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Elem {
+    pub key: Vec<u8>,
+    pub data: Option<ElemData>,
+    pub timeout_ms: Option<u64>,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ElemData {
+    Value(Vec<u8>),
+    Verdict(Verdict),
+}
+
+/// One message of a batch, for mapping the kernel's per-message errors back to objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MsgInfo {
+    pub seq: u32,
+    pub msg_type: u16,
+    pub what: String,
+}
+
+/// Elements per NEWSETELEM/DELSETELEM message: keeps the element-list nest far below the
+/// 64 KiB limit of a netlink attribute even for IPv6 keys with comments.
+pub const ELEMS_PER_MESSAGE: usize = 256;
+
+/// A transaction under construction. Nothing is sent until the caller hands [`Batch::finish`]'s
+/// bytes to the kernel; either every message is committed or none is.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    buf: Vec<u8>,
+    next_seq: u32,
+    msgs: Vec<MsgInfo>,
+    last_start: usize,
+}
+
+impl Batch {
+    pub fn new(first_seq: u32) -> Batch {
+        let mut b = Batch { buf: Vec::with_capacity(1 << 16), next_seq: first_seq, msgs: Vec::new(), last_start: 0 };
+        b.raw_header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        b
+    }
+
+    /// Messages added so far (batch begin/end not counted).
+    pub fn messages(&self) -> &[MsgInfo] {
+        &self.msgs
+    }
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+    pub fn len_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn raw_header(&mut self, ty: u16, flags: u16, family: u8, res_id: u16) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.last_start = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched by close()
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.push(family);
+        self.buf.push(0); // NFNETLINK_V0
+        self.buf.extend_from_slice(&res_id.to_be_bytes());
+        self.close();
+        seq
+    }
+
+    fn close(&mut self) {
+        let len = (self.buf.len() - self.last_start) as u32;
+        self.buf[self.last_start..self.last_start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    /// Appends one nf_tables message whose attributes `body` writes.
+    fn msg(&mut self, nft_type: u16, flags: u16, family: u8, what: String, body: impl FnOnce(&mut Writer)) {
+        let seq = self.raw_header((NFNL_SUBSYS_NFTABLES << 8) | nft_type, NLM_F_REQUEST | flags, family, 0);
+        let mut w = Writer { buf: std::mem::take(&mut self.buf) };
+        body(&mut w);
+        self.buf = w.buf;
+        self.close();
+        self.msgs.push(MsgInfo { seq, msg_type: nft_type, what });
+    }
+
+    pub fn add_table(&mut self, family: u8, name: &str, table_comment: Option<&str>) {
+        self.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, format!("add table {name}"), |w| {
+            w.str(NFTA_TABLE_NAME, name);
+            w.u32(NFTA_TABLE_FLAGS, 0);
+            if let Some(c) = table_comment {
+                w.bytes(NFTA_TABLE_USERDATA, &Udata::default().put_str(NFTNL_UDATA_TABLE_COMMENT, comment(c)).0);
+            }
+        });
+    }
+
+    pub fn del_table(&mut self, family: u8, name: &str) {
+        self.msg(NFT_MSG_DELTABLE, 0, family, format!("delete table {name}"), |w| {
+            w.str(NFTA_TABLE_NAME, name);
+        });
+    }
+
+    pub fn add_chain(&mut self, family: u8, table: &str, name: &str, base: Option<&BaseChain>) {
+        self.msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, family, format!("add chain {name}"), |w| {
+            w.str(NFTA_CHAIN_TABLE, table);
+            w.str(NFTA_CHAIN_NAME, name);
+            if let Some(b) = base {
+                w.str(NFTA_CHAIN_TYPE, b.chain_type);
+                w.u32(NFTA_CHAIN_POLICY, NF_ACCEPT as u32);
+                let h = w.nest(NFTA_CHAIN_HOOK);
+                w.u32(NFTA_HOOK_HOOKNUM, b.hook);
+                w.u32(NFTA_HOOK_PRIORITY, b.priority as u32);
+                w.end(h);
+            }
+        });
+    }
+
+    /// Deletes every rule of a chain (`flush chain`).
+    pub fn flush_chain(&mut self, family: u8, table: &str, chain: &str) {
+        self.msg(NFT_MSG_DELRULE, 0, family, format!("flush chain {chain}"), |w| {
+            w.str(NFTA_RULE_TABLE, table);
+            w.str(NFTA_RULE_CHAIN, chain);
+        });
+    }
+
+    pub fn del_chain(&mut self, family: u8, table: &str, chain: &str) {
+        self.msg(NFT_MSG_DELCHAIN, 0, family, format!("delete chain {chain}"), |w| {
+            w.str(NFTA_CHAIN_TABLE, table);
+            w.str(NFTA_CHAIN_NAME, chain);
+        });
+    }
+
+    pub fn add_rule(&mut self, family: u8, table: &str, chain: &str, exprs: &[Expr], rule_comment: Option<&str>) {
+        self.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, family, format!("add rule to {chain}"), |w| {
+            w.str(NFTA_RULE_TABLE, table);
+            w.str(NFTA_RULE_CHAIN, chain);
+            let l = w.nest(NFTA_RULE_EXPRESSIONS);
+            for e in exprs {
+                e.write(w);
+            }
+            w.end(l);
+            if let Some(c) = rule_comment {
+                w.bytes(NFTA_RULE_USERDATA, &Udata::default().put_str(NFTNL_UDATA_RULE_COMMENT, comment(c)).0);
+            }
+        });
+    }
+
+    /// Declares a set; `id` is the transaction-local NFTA_SET_ID.
+    pub fn add_set(&mut self, family: u8, table: &str, spec: &SetSpec, id: u32) {
+        self.msg(NFT_MSG_NEWSET, NLM_F_CREATE, family, format!("add set {}", spec.name), |w| {
+            w.str(NFTA_SET_TABLE, table);
+            w.str(NFTA_SET_NAME, &spec.name);
+            w.u32(NFTA_SET_FLAGS, spec.flags);
+            w.u32(NFTA_SET_KEY_TYPE, spec.key_type);
+            w.u32(NFTA_SET_KEY_LEN, spec.key_len);
+            if let Some((ty, len)) = spec.data {
+                w.u32(NFTA_SET_DATA_TYPE, ty);
+                w.u32(NFTA_SET_DATA_LEN, len);
+            }
+            if let Some(t) = spec.timeout_ms {
+                w.u64(NFTA_SET_TIMEOUT, t);
+            }
+            w.u32(NFTA_SET_ID, id);
+            if !spec.udata.is_empty() {
+                w.bytes(NFTA_SET_USERDATA, &spec.udata);
+            }
+        });
+    }
+
+    pub fn del_set(&mut self, family: u8, table: &str, name: &str) {
+        self.msg(NFT_MSG_DELSET, 0, family, format!("delete set {name}"), |w| {
+            w.str(NFTA_SET_TABLE, table);
+            w.str(NFTA_SET_NAME, name);
+        });
+    }
+
+    /// Adds elements, in as many messages as needed (a nested attribute is at most 64 KiB).
+    /// `set_id` is given when the set was declared earlier in this batch (as nft does).
+    pub fn add_elems(&mut self, family: u8, table: &str, set: &str, set_id: Option<u32>, elems: &[Elem]) {
+        self.elems(NFT_MSG_NEWSETELEM, NLM_F_CREATE, family, table, set, set_id, elems);
+    }
+
+    /// Deletes elements by key (data and comments are ignored by the kernel).
+    pub fn del_elems(&mut self, family: u8, table: &str, set: &str, elems: &[Elem]) {
+        self.elems(NFT_MSG_DELSETELEM, 0, family, table, set, None, elems);
+    }
+
+    /// Removes every element of a set (`flush set`).
+    pub fn flush_set(&mut self, family: u8, table: &str, set: &str) {
+        self.msg(NFT_MSG_DELSETELEM, 0, family, format!("flush set {set}"), |w| {
+            w.str(NFTA_SET_ELEM_LIST_TABLE, table);
+            w.str(NFTA_SET_ELEM_LIST_SET, set);
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn elems(&mut self, ty: u16, flags: u16, family: u8, table: &str, set: &str, set_id: Option<u32>, elems: &[Elem]) {
+        let verb = if ty == NFT_MSG_NEWSETELEM { "add" } else { "delete" };
+        for (i, chunk) in elems.chunks(ELEMS_PER_MESSAGE).enumerate() {
+            let first = i * ELEMS_PER_MESSAGE;
+            let what = format!("{verb} elements {}..{} of {set}", first, first + chunk.len());
+            self.msg(ty, flags, family, what, |w| {
+                w.str(NFTA_SET_ELEM_LIST_TABLE, table);
+                w.str(NFTA_SET_ELEM_LIST_SET, set);
+                if let Some(id) = set_id {
+                    w.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
+                }
+                let list = w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+                for e in chunk {
+                    let n = w.nest(NFTA_LIST_ELEM);
+                    if let Some(t) = e.timeout_ms {
+                        w.u64(NFTA_SET_ELEM_TIMEOUT, t);
+                    }
+                    let k = w.nest(NFTA_SET_ELEM_KEY);
+                    w.bytes(NFTA_DATA_VALUE, &e.key);
+                    w.end(k);
+                    if ty == NFT_MSG_NEWSETELEM {
+                        match &e.data {
+                            Some(ElemData::Value(v)) => {
+                                let d = w.nest(NFTA_SET_ELEM_DATA);
+                                w.bytes(NFTA_DATA_VALUE, v);
+                                w.end(d);
+                            }
+                            Some(ElemData::Verdict(v)) => {
+                                let d = w.nest(NFTA_SET_ELEM_DATA);
+                                v.write(w);
+                                w.end(d);
+                            }
+                            None => {}
+                        }
+                        if let Some(c) = &e.comment {
+                            w.bytes(
+                                NFTA_SET_ELEM_USERDATA,
+                                &Udata::default().put_str(NFTNL_UDATA_SET_ELEM_COMMENT, comment(c)).0,
+                            );
+                        }
+                    }
+                    w.end(n);
+                }
+                w.end(list);
+            });
+        }
+    }
+
+    /// Closes the batch: asks an ack of the last message only (errors are always reported) and
+    /// appends BATCH_END. Returns the bytes for one `send()` and the seq whose ack ends the
+    /// exchange.
+    pub fn finish(mut self) -> FinishedBatch {
+        let last_seq = self.msgs.last().map(|m| m.seq);
+        if last_seq.is_some() {
+            let f = self.last_start + 6;
+            let flags = u16::from_ne_bytes([self.buf[f], self.buf[f + 1]]) | NLM_F_ACK;
+            self.buf[f..f + 2].copy_from_slice(&flags.to_ne_bytes());
+        }
+        self.raw_header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        FinishedBatch { bytes: self.buf, last_seq, msgs: self.msgs }
+    }
+}
+
+/// A closed batch, ready to send.
+#[derive(Debug, Clone)]
+pub struct FinishedBatch {
+    pub bytes: Vec<u8>,
+    /// None when the batch holds no message (nothing to send).
+    pub last_seq: Option<u32>,
+    pub msgs: Vec<MsgInfo>,
+}
+
+impl FinishedBatch {
+    /// Splits the wire bytes into messages: (type, flags, payload after the nlmsghdr). For tests
+    /// and debugging.
+    pub fn split(&self) -> Vec<(u16, u16, &[u8])> {
+        split_messages(&self.bytes)
+    }
+}
+
+/// Splits a netlink byte stream into (type, flags, payload) triples.
+pub fn split_messages(bytes: &[u8]) -> Vec<(u16, u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= bytes.len() {
+        let len = u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        let ty = u16::from_ne_bytes([bytes[off + 4], bytes[off + 5]]);
+        let flags = u16::from_ne_bytes([bytes[off + 6], bytes[off + 7]]);
+        if len < 16 || off + len > bytes.len() {
+            break;
+        }
+        out.push((ty, flags, &bytes[off + 16..off + len]));
+        off += align4(len);
+    }
+    out
+}

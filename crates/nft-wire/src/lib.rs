@@ -1,0 +1,16 @@
+//! nf_tables over netlink, the wire format only: typed messages for tables, chains, rules, sets
+//! and elements, the expressions kube-nftproxy uses, and the batch that makes them one atomic
+//! transaction. No I/O: a [`Batch`] becomes the bytes of one `send()`.
+//!
+//! Encodings follow libnftnl (what `nft` sends), attribute for attribute, so `nft list ruleset`
+//! decompiles what we program; `tests/` compares our bytes with captures of
+//! `nft --debug=mnl` (`tools/mnl2hex.py`).
+
+pub mod batch;
+pub mod consts;
+pub mod expr;
+mod writer;
+
+pub use batch::{BaseChain, Batch, Elem, ElemData, FinishedBatch, MsgInfo, SetSpec, split_messages};
+pub use expr::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, concat_reg};
+pub use writer::Udata;
