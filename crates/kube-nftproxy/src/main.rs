@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use nftproxy_manifest::{Loaded, load_path};
 use nftproxy_model::{IpFamily, resolve};
+use nftproxy_nftables::NftablesBackend;
 
 use node_args::NodeArgs;
 
@@ -26,8 +27,39 @@ enum Output {
     Json,
 }
 
+/// Which data plane to program.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Backend {
+    /// nf_tables over netlink: tables `ip kube-nftproxy` and `ip6 kube-nftproxy`.
+    Nftables,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print the ruleset `sync` would program, in `nft -f` syntax (both families).
+    Render {
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long, value_enum, default_value = "nftables")]
+        backend: Backend,
+    },
+    /// Program the current network namespace once from manifests, then exit. An existing table
+    /// of ours is replaced atomically.
+    Sync {
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long, value_enum, default_value = "nftables")]
+        backend: Backend,
+    },
+    /// Remove our tables from the current network namespace (and nothing else).
+    Cleanup {
+        #[arg(long, value_enum, default_value = "nftables")]
+        backend: Backend,
+    },
     /// Show, for every service port, its frontends and the endpoints kube-proxy's rules choose on
     /// this node (cluster-wide and node-local).
     Inspect {
@@ -52,6 +84,37 @@ fn load(from: &PathBuf) -> Result<Loaded> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Render { from, node, backend: Backend::Nftables } => {
+            let loaded = load(&from)?;
+            let ctx = node.context(&loaded.state)?;
+            for table in nftproxy_nftables::desired(&loaded.state, &ctx) {
+                print!("{}", table.render());
+            }
+            Ok(())
+        }
+        Command::Sync { from, node, backend: Backend::Nftables } => {
+            let loaded = load(&from)?;
+            let ctx = node.context(&loaded.state)?;
+            let desired = nftproxy_nftables::desired(&loaded.state, &ctx);
+            let elements: usize = desired.iter().map(|r| r.element_count()).sum();
+            let mut backend = NftablesBackend::new().context("opening the nf_tables netlink socket")?;
+            let start = std::time::Instant::now();
+            let report = backend.sync(desired)?;
+            eprintln!(
+                "synced {} service(s), {elements} map elements: {} transaction(s), {} messages, {} bytes in {:.1?} (longest transaction {:.1?})",
+                loaded.state.services.len(),
+                report.transactions,
+                report.messages,
+                report.bytes,
+                start.elapsed(),
+                report.longest_transaction
+            );
+            Ok(())
+        }
+        Command::Cleanup { backend: Backend::Nftables } => {
+            NftablesBackend::new().context("opening the nf_tables netlink socket")?.cleanup()?;
+            Ok(())
+        }
         Command::Inspect { from, node, output } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;

@@ -44,12 +44,6 @@ impl Writer {
         assert!(len <= u16::MAX as usize, "nested attribute over 64 KiB");
         self.buf[at..at + 2].copy_from_slice(&(len as u16).to_ne_bytes());
     }
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
 }
 
 /// libnftnl's userdata TLVs: one byte type, one byte length, value.

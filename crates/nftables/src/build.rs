@@ -1,0 +1,254 @@
+//! The service model → one table's desired [`Ruleset`]. Pure.
+//!
+//! Services are data: a frontend (`addr . proto . port`, or `proto . nodeport`) is an element of
+//! a verdict map that jumps to a *pick chain* shared by every service with the same number of
+//! endpoints; the pick chain DNATs through `numgen random mod N` into an endpoint map keyed by
+//! frontend and index. Adding a service adds elements, never chains (unless its endpoint count
+//! is new), so the kernel's work per sync does not grow with the number of services.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use nftproxy_model::{EndpointChoice, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort};
+use nftproxy_nft_wire::Verdict;
+
+use crate::family::Family;
+use crate::rules::{self, BackendKey};
+use crate::ruleset::{Field, Key, Ruleset, Value};
+use crate::schema::*;
+
+const PROTOCOLS: [u8; 3] = [6, 17, 132];
+
+/// A pick chain: how traffic is marked and which endpoint map it draws from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Pick {
+    /// ClusterIP traffic: masquerade off-cluster sources, pick from `backends`.
+    Cluster(u32),
+    /// External/LB IP traffic, externalTrafficPolicy Cluster: always masquerade.
+    External(u32),
+    NodePort(u32),
+    /// externalTrafficPolicy Local: N local endpoints, M cluster endpoints for the short-circuit
+    /// of pod and host traffic.
+    ExternalLocal(u32, u32),
+    NodePortLocal(u32, u32),
+    ExternalShortcut(u32),
+    NodePortShortcut(u32),
+}
+
+impl Pick {
+    fn name(self) -> String {
+        match self {
+            Pick::Cluster(n) => format!("cluster-{n}"),
+            Pick::External(n) => format!("external-{n}"),
+            Pick::NodePort(n) => format!("nodeport-{n}"),
+            Pick::ExternalLocal(n, m) => format!("external-local-{n}-{m}"),
+            Pick::NodePortLocal(n, m) => format!("nodeport-local-{n}-{m}"),
+            Pick::ExternalShortcut(m) => format!("external-shortcut-{m}"),
+            Pick::NodePortShortcut(m) => format!("nodeport-shortcut-{m}"),
+        }
+    }
+}
+
+struct Builder<'a> {
+    f: Family,
+    r: Ruleset,
+    ctx: &'a NodeContext,
+    cidrs: Vec<IpNet>,
+    picks: BTreeSet<Pick>,
+}
+
+/// Builds the table for one family from that family's resolved service ports.
+pub fn build(f: Family, ports: &[ResolvedServicePort], ctx: &NodeContext) -> Ruleset {
+    let nodeports = match ctx.nodeport_addresses {
+        NodePortAddresses::All => NodePortMatch::AnyLocal,
+        _ => NodePortMatch::Set,
+    };
+    let mut b = Builder {
+        f,
+        r: fixed(f, nodeports),
+        ctx,
+        cidrs: ctx.cluster_cidrs(f.0).copied().collect(),
+        picks: BTreeSet::new(),
+    };
+    for ip in nodeport_ips(f, ctx) {
+        b.r.element(NODEPORT_IPS, vec![Field::Addr(ip)], Value::None, None);
+    }
+    for p in ports.iter().filter(|p| f.matches(&p.cluster_ip)) {
+        b.service_port(p);
+    }
+    for pick in std::mem::take(&mut b.picks) {
+        b.pick_chain(pick);
+    }
+    b.r
+}
+
+/// The addresses that accept NodePorts when they are matched by set.
+fn nodeport_ips(f: Family, ctx: &NodeContext) -> Vec<IpAddr> {
+    let ips = ctx.node_ips(f.0).copied();
+    match &ctx.nodeport_addresses {
+        NodePortAddresses::Primary => ips.collect(),
+        NodePortAddresses::Cidrs(c) => ips.filter(|ip| c.iter().any(|n| n.contains(ip))).collect(),
+        NodePortAddresses::All => Vec::new(),
+    }
+}
+
+fn endpoint_value(e: &ResolvedEndpoint) -> Value {
+    Value::Fields(vec![Field::Addr(e.ip), Field::Port(e.port)])
+}
+
+/// Where a frontend leads: an entry map for service traffic and the maps its endpoints live in.
+struct Maps {
+    entry: &'static str,
+    no_endpoints: &'static str,
+    backends: &'static str,
+    cluster_backends: &'static str,
+}
+
+const ADDRESS_MAPS: Maps =
+    Maps { entry: SERVICE_IPS, no_endpoints: NO_ENDPOINT_SERVICES, backends: BACKENDS, cluster_backends: CLUSTER_BACKENDS };
+const NODEPORT_MAPS: Maps = Maps {
+    entry: SERVICE_NODEPORTS,
+    no_endpoints: NO_ENDPOINT_NODEPORTS,
+    backends: NODEPORT_BACKENDS,
+    cluster_backends: NODEPORT_CLUSTER_BACKENDS,
+};
+
+impl Builder<'_> {
+    fn service_port(&mut self, p: &ResolvedServicePort) {
+        let comment = p.name.to_string();
+        let proto = p.protocol.number();
+        let addr_key = |ip: IpAddr, port: u16| vec![Field::Addr(ip), Field::Proto(proto), Field::Port(port)];
+
+        self.r.element(CLUSTER_IPS, vec![Field::Addr(p.cluster_ip)], Value::None, None);
+        let cluster_key = addr_key(p.cluster_ip, p.port);
+        match &p.internal {
+            EndpointChoice::Endpoints(eps) => {
+                let pick = self.pick(Pick::Cluster(eps.len() as u32));
+                self.r.element(SERVICE_IPS, cluster_key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(&comment));
+                self.backends(BACKENDS, &cluster_key, eps, &comment);
+            }
+            EndpointChoice::Reject => self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, true, &comment),
+            EndpointChoice::Drop => self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, false, &comment),
+        }
+
+        if p.external.is_some() {
+            let ext_ips: Vec<IpAddr> = p.external_ips.iter().chain(&p.load_balancer_ips).copied().collect();
+            for ip in ext_ips {
+                self.external(p, &ADDRESS_MAPS, addr_key(ip, p.port), &comment);
+            }
+            if let Some(np) = p.node_port {
+                self.external(p, &NODEPORT_MAPS, vec![Field::Proto(proto), Field::Port(np)], &comment);
+            }
+        }
+    }
+
+    /// A frontend reached from outside: external IP, load-balancer IP or node port.
+    fn external(&mut self, p: &ResolvedServicePort, maps: &Maps, key: Key, comment: &str) {
+        let nodeport = maps.entry == SERVICE_NODEPORTS;
+        if !p.has_any_endpoints {
+            return self.no_endpoints(maps.no_endpoints, key, true, comment);
+        }
+        if p.external_policy_local {
+            let (n, m) = (p.local_endpoints.len() as u32, p.cluster_endpoints.len() as u32);
+            let pick = self.pick(if nodeport { Pick::NodePortLocal(n, m) } else { Pick::ExternalLocal(n, m) });
+            if m > 0 {
+                self.pick(if nodeport { Pick::NodePortShortcut(m) } else { Pick::ExternalShortcut(m) });
+            }
+            self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(comment));
+            self.backends(maps.backends, &key, &p.local_endpoints, comment);
+            self.backends(maps.cluster_backends, &key, &p.cluster_endpoints, comment);
+            if n == 0 {
+                // Not short-circuited and no local endpoint: dropped in the filter hooks.
+                self.no_endpoints(maps.no_endpoints, key, false, comment);
+            }
+        } else if let Some(EndpointChoice::Endpoints(eps)) = &p.external {
+            let n = eps.len() as u32;
+            let pick = self.pick(if nodeport { Pick::NodePort(n) } else { Pick::External(n) });
+            self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(comment));
+            self.backends(maps.backends, &key, eps, comment);
+        }
+    }
+
+    fn pick(&mut self, p: Pick) -> String {
+        self.picks.insert(p);
+        p.name()
+    }
+
+    fn backends(&mut self, map: &str, frontend: &Key, eps: &[ResolvedEndpoint], comment: &str) {
+        for (i, e) in eps.iter().enumerate() {
+            let mut key = frontend.clone();
+            key.push(Field::Index(i as u32));
+            self.r.element(map, key, endpoint_value(e), Some(comment));
+            self.r.element(HAIRPIN, vec![Field::Addr(e.ip), Field::Addr(e.ip)], Value::None, None);
+        }
+    }
+
+    fn no_endpoints(&mut self, map: &str, key: Key, reject: bool, comment: &str) {
+        let v = if reject { Verdict::Goto(REJECT_CHAIN.into()) } else { Verdict::Drop };
+        self.r.element(map, key, Value::Verdict(v), Some(comment));
+    }
+
+    fn masquerade_off_cluster(&self) -> Option<crate::ruleset::Rule> {
+        if self.ctx.masquerade_all {
+            return Some(rules::jump(MARK_FOR_MASQUERADE));
+        }
+        // kube-proxy's "IfNotLocal": traffic from outside the pod CIDRs is masqueraded. Without
+        // CIDRs there is no local-traffic detection and nothing is masqueraded here.
+        let mut matches = self.cidrs.iter().map(|c| rules::saddr_in_cidr(self.f, c, true));
+        let first = matches.next()?;
+        Some(matches.fold(first, |acc, m| acc.then(m)).then(rules::jump(MARK_FOR_MASQUERADE)))
+    }
+
+    fn dnat_rules(&mut self, chain: &str, key: BackendKey, n: u32, map: &str) {
+        for proto in PROTOCOLS {
+            self.r.add_rule(chain, rules::dnat_random(self.f, proto, key, n, map));
+        }
+    }
+
+    fn pick_chain(&mut self, pick: Pick) {
+        let name = pick.name();
+        self.r.chain(&name, None);
+        match pick {
+            Pick::Cluster(n) => {
+                if let Some(m) = self.masquerade_off_cluster() {
+                    self.r.add_rule(&name, m);
+                }
+                self.dnat_rules(&name, BackendKey::Daddr, n, BACKENDS);
+            }
+            Pick::External(n) | Pick::NodePort(n) => {
+                self.r.add_rule(&name, rules::jump(MARK_FOR_MASQUERADE));
+                let (key, map) = match pick {
+                    Pick::External(_) => (BackendKey::Daddr, BACKENDS),
+                    _ => (BackendKey::NodePort, NODEPORT_BACKENDS),
+                };
+                self.dnat_rules(&name, key, n, map);
+            }
+            Pick::ExternalLocal(n, m) | Pick::NodePortLocal(n, m) => {
+                let (shortcut, key, map) = match pick {
+                    Pick::ExternalLocal(..) => (Pick::ExternalShortcut(m), BackendKey::Daddr, BACKENDS),
+                    _ => (Pick::NodePortShortcut(m), BackendKey::NodePort, NODEPORT_BACKENDS),
+                };
+                if m > 0 {
+                    let sc = shortcut.name();
+                    // kube-proxy's short-circuits: pods and the node itself reach the service
+                    // through all its endpoints; only traffic from outside keeps its source and
+                    // is limited to local endpoints.
+                    for c in self.cidrs.clone() {
+                        let r = rules::saddr_in_cidr(self.f, &c, false).then(rules::goto(&sc));
+                        self.r.add_rule(&name, r.comment("short-circuit pod traffic"));
+                    }
+                    let r = rules::fib_saddr_local().then(rules::jump(MARK_FOR_MASQUERADE));
+                    self.r.add_rule(&name, r.comment("masquerade local traffic"));
+                    let r = rules::fib_saddr_local().then(rules::goto(&sc));
+                    self.r.add_rule(&name, r.comment("short-circuit local traffic"));
+                }
+                if n > 0 {
+                    self.dnat_rules(&name, key, n, map);
+                }
+            }
+            Pick::ExternalShortcut(m) => self.dnat_rules(&name, BackendKey::Daddr, m, CLUSTER_BACKENDS),
+            Pick::NodePortShortcut(m) => self.dnat_rules(&name, BackendKey::NodePort, m, NODEPORT_CLUSTER_BACKENDS),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! kube-nftproxy's nftables backend.
+//!
+//! [`build`] turns resolved service ports into a [`Ruleset`] (pure); [`plan`] turns rulesets
+//! into batches (pure); [`NftablesBackend`] sends them over netlink and remembers what it
+//! programmed. The ruleset keeps services as map data: see `build.rs` for the shape and why.
+
+mod build;
+mod family;
+pub mod netlink;
+pub mod plan;
+mod rules;
+pub mod ruleset;
+mod schema;
+#[rustfmt::skip]
+mod schema_udata;
+mod sync;
+
+pub use build::build;
+pub use family::Family;
+pub use ruleset::{Ruleset, TABLE};
+pub use sync::{NftablesBackend, SyncError, SyncReport};
+
+use nftproxy_model::{ClusterState, IpFamily, NodeContext, resolve};
+
+/// Both families' desired tables for a cluster state on one node.
+pub fn desired(state: &ClusterState, ctx: &NodeContext) -> Vec<Ruleset> {
+    [IpFamily::V4, IpFamily::V6]
+        .into_iter()
+        .map(|fam| build(Family(fam), &resolve(state, ctx, fam), ctx))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! The only I/O of the backend: a NETLINK_NETFILTER socket (neli) that sends a batch in one
+//! `send` and reads the kernel's verdict.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use neli::consts::socket::NlFamily;
+use neli::socket::NlSocket;
+use neli::utils::Groups;
+use nftproxy_nft_wire::consts::*;
+use nftproxy_nft_wire::{FinishedBatch, MsgInfo};
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NETLINK_CAP_ACK: libc::c_int = 10;
+
+/// One message the kernel refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelError {
+    /// What the message did ("add elements 0..3 of backends").
+    pub what: String,
+    pub errno: i32,
+    /// The kernel's extended-ack text, when it gave one.
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, io::Error::from_raw_os_error(self.errno))?;
+        if let Some(m) = &self.message {
+            write!(f, " ({m})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("the kernel rejected the transaction, nothing was changed: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Rejected(Vec<KernelError>),
+    #[error("no answer from the kernel for the transaction")]
+    NoAck,
+}
+
+/// What one committed batch cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+pub struct NftSocket {
+    sock: NlSocket,
+    rbuf: Vec<u8>,
+}
+
+fn setsockopt(fd: i32, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: an int option on a socket we own.
+    let rc = unsafe { libc::setsockopt(fd, level, opt, &v as *const _ as *const libc::c_void, 4) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+impl NftSocket {
+    pub fn open() -> io::Result<NftSocket> {
+        let sock = NlSocket::connect(NlFamily::Netfilter, None, Groups::empty())?;
+        sock.enable_ext_ack(true)?;
+        let fd = sock.as_raw_fd();
+        // Errors then carry only the failing message's header, not its whole body.
+        setsockopt(fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1)?;
+        // Room for the kernel's answers to a large batch (we are root: force it).
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20).or_else(|_| sock.set_recv_buffer_size(8 << 20))?;
+        let tv = libc::timeval { tv_sec: 30, tv_usec: 0 };
+        // SAFETY: a timeval option on a socket we own.
+        unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, size_of_val(&tv) as u32);
+        }
+        Ok(NftSocket { sock, rbuf: vec![0; 1 << 20] })
+    }
+
+    /// Sends one batch and waits for the kernel's verdict on it. A batch must reach the kernel
+    /// in a single datagram, so the send buffer is forced to its size.
+    pub fn commit(&mut self, batch: &FinishedBatch) -> Result<CommitStats, NetlinkError> {
+        let Some(last_seq) = batch.last_seq else { return Ok(CommitStats::default()) };
+        let fd = self.sock.as_raw_fd();
+        let want = (batch.bytes.len() + 64 * 1024).min(i32::MAX as usize) as libc::c_int;
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want).or_else(|_| setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, want))?;
+        let sent = self.sock.send(&batch.bytes, neli::consts::socket::Msg::empty())?;
+        if sent != batch.bytes.len() {
+            return Err(io::Error::other(format!("short send: {sent} of {} bytes", batch.bytes.len())).into());
+        }
+        let mut errors = Vec::new();
+        loop {
+            let (n, _) = match self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty()) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(NetlinkError::NoAck),
+                Err(e) => return Err(e.into()),
+            };
+            let mut done = false;
+            for (ty, flags, seq, payload) in messages(&self.rbuf[..n]) {
+                if ty != NLMSG_ERROR || payload.len() < 4 {
+                    continue;
+                }
+                let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                if err != 0 {
+                    errors.push(KernelError {
+                        what: describe(&batch.msgs, seq),
+                        errno: -err,
+                        message: ext_ack_message(flags, payload),
+                    });
+                }
+                if seq == last_seq {
+                    done = true;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        if errors.is_empty() {
+            Ok(CommitStats { messages: batch.msgs.len(), bytes: batch.bytes.len() })
+        } else {
+            Err(NetlinkError::Rejected(errors))
+        }
+    }
+
+    /// Whether a table exists (NFT_MSG_GETTABLE).
+    pub fn table_exists(&mut self, family: u8, name: &str) -> io::Result<bool> {
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
+        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        msg.extend_from_slice(&0x7fff_0000u32.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&[family, 0, 0, 0]);
+        let mut name_attr = name.as_bytes().to_vec();
+        name_attr.push(0);
+        let alen = 4 + name_attr.len();
+        msg.extend_from_slice(&(alen as u16).to_ne_bytes());
+        msg.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
+        msg.extend_from_slice(&name_attr);
+        msg.resize(msg.len().next_multiple_of(4), 0);
+        let len = msg.len() as u32;
+        msg[..4].copy_from_slice(&len.to_ne_bytes());
+        self.sock.send(&msg, neli::consts::socket::Msg::empty())?;
+        // The kernel answers with the table (if any), then the ack or ENOENT.
+        let mut found = false;
+        loop {
+            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
+            for (ty, _, seq, payload) in messages(&self.rbuf[..n]) {
+                if seq != 0x7fff_0000 {
+                    continue;
+                }
+                match ty {
+                    NLMSG_ERROR => {
+                        let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                        return match -err {
+                            0 => Ok(found),
+                            libc::ENOENT => Ok(false),
+                            e => Err(io::Error::from_raw_os_error(e)),
+                        };
+                    }
+                    NLMSG_DONE => return Ok(found),
+                    _ => found = true,
+                }
+            }
+        }
+    }
+}
+
+fn describe(msgs: &[MsgInfo], seq: u32) -> String {
+    msgs.iter().find(|m| m.seq == seq).map(|m| m.what.clone()).unwrap_or_else(|| format!("message {seq}"))
+}
+
+/// The NLMSGERR_ATTR_MSG text after a capped error (errno + original header + TLVs).
+fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 || payload.len() < 20 {
+        return None;
+    }
+    let mut off = 20;
+    while off + 4 <= payload.len() {
+        let len = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
+        let ty = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > payload.len() {
+            break;
+        }
+        if ty == NLMSGERR_ATTR_MSG {
+            let s = &payload[off + 4..off + len];
+            return Some(String::from_utf8_lossy(s.split(|b| *b == 0).next().unwrap_or(s)).into_owned());
+        }
+        off += (len + 3) & !3;
+    }
+    None
+}
+
+fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + 16 > buf.len() {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+        if len < 16 || off + len > buf.len() {
+            return None;
+        }
+        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
+        let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
+        let item = (ty, flags, seq, &buf[off + 16..off + len]);
+        off += (len + 3) & !3;
+        Some(item)
+    })
+}

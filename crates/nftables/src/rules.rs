@@ -1,0 +1,268 @@
+//! Rule building blocks: each returns the `nft` text and the bytecode `nft` itself generates for
+//! that text (checked against `nft --debug=netlink`), so our rules decompile unchanged.
+
+use ipnet::IpNet;
+use nftproxy_nft_wire::consts::NFT_REG_VERDICT;
+use nftproxy_nft_wire::expr::*;
+use nftproxy_nft_wire::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, concat_reg};
+
+use crate::family::Family;
+use crate::ruleset::{Rule, verdict_text};
+
+/// kube-proxy's masquerade mark (bit 14).
+pub const MASQ_MARK: u32 = 0x4000;
+
+fn cmp(op: CmpOp, data: Vec<u8>) -> Expr {
+    Expr::Cmp { sreg: 1, op, data }
+}
+
+fn bitwise(mask: Vec<u8>, xor: Vec<u8>, spelled: bool) -> Expr {
+    Expr::Bitwise { sreg: 1, dreg: 1, mask, xor, spelled }
+}
+
+fn lookup(set: &str, dreg: Option<u32>) -> Expr {
+    Expr::Lookup { sreg: 1, dreg, set: set.into(), set_id: None, invert: false }
+}
+
+pub fn verdict(v: Verdict) -> Rule {
+    Rule::new(verdict_text(&v), vec![Expr::Immediate(v)])
+}
+
+pub fn jump(chain: &str) -> Rule {
+    verdict(Verdict::Jump(chain.into()))
+}
+
+pub fn goto(chain: &str) -> Rule {
+    verdict(Verdict::Goto(chain.into()))
+}
+
+/// `ct state new`
+pub fn ct_state_new() -> Rule {
+    Rule::new(
+        "ct state new",
+        vec![
+            Expr::Ct { dreg: 1, key: CtKey::State },
+            bitwise(8u32.to_ne_bytes().to_vec(), vec![0; 4], false),
+            cmp(CmpOp::Neq, vec![0; 4]),
+        ],
+    )
+}
+
+/// `ct status dnat`
+pub fn ct_status_dnat() -> Rule {
+    Rule::new(
+        "ct status dnat",
+        vec![
+            Expr::Ct { dreg: 1, key: CtKey::Status },
+            bitwise(0x20u32.to_ne_bytes().to_vec(), vec![0; 4], false),
+            cmp(CmpOp::Neq, vec![0; 4]),
+        ],
+    )
+}
+
+fn daddr(f: Family, reg: u32) -> Expr {
+    Expr::Payload { dreg: reg, base: PayloadBase::Network, offset: f.daddr_offset(), len: f.addr_len() }
+}
+
+fn saddr(f: Family, reg: u32) -> Expr {
+    Expr::Payload { dreg: reg, base: PayloadBase::Network, offset: f.saddr_offset(), len: f.addr_len() }
+}
+
+fn l4proto(reg: u32) -> Expr {
+    Expr::Meta { dreg: reg, key: MetaKey::L4proto }
+}
+
+fn th_dport(reg: u32) -> Expr {
+    Expr::Payload { dreg: reg, base: PayloadBase::Transport, offset: 2, len: 2 }
+}
+
+/// Words (32-bit registers) an address takes in a concatenation.
+fn addr_words(f: Family) -> u32 {
+    f.addr_len() / 4
+}
+
+/// `ip daddr . meta l4proto . th dport vmap @map`
+pub fn daddr_proto_port_vmap(f: Family, map: &str) -> Rule {
+    let w = addr_words(f);
+    Rule::new(
+        format!("{} daddr . meta l4proto . th dport vmap @{map}", f.word()),
+        vec![daddr(f, concat_reg(0)), l4proto(concat_reg(w)), th_dport(concat_reg(w + 1)), lookup(map, Some(NFT_REG_VERDICT))],
+    )
+}
+
+/// `meta l4proto . th dport vmap @map`
+pub fn proto_port_vmap(map: &str) -> Rule {
+    Rule::new(
+        format!("meta l4proto . th dport vmap @{map}"),
+        vec![l4proto(concat_reg(0)), th_dport(concat_reg(1)), lookup(map, Some(NFT_REG_VERDICT))],
+    )
+}
+
+/// `ip daddr @set`
+pub fn daddr_in(f: Family, set: &str) -> Rule {
+    Rule::new(format!("{} daddr @{set}", f.word()), vec![daddr(f, 1), lookup(set, None)])
+}
+
+/// `ip saddr . ip daddr @set`
+pub fn saddr_daddr_in(f: Family, set: &str) -> Rule {
+    Rule::new(
+        format!("{0} saddr . {0} daddr @{set}", f.word()),
+        vec![saddr(f, concat_reg(0)), daddr(f, concat_reg(addr_words(f))), lookup(set, None)],
+    )
+}
+
+fn fib_local(which: u32, word: &str) -> Rule {
+    Rule::new(
+        format!("fib {word} type local"),
+        vec![
+            Expr::Fib { dreg: 1, flags: which, result: NFT_FIB_RESULT_ADDRTYPE },
+            cmp(CmpOp::Eq, RTN_LOCAL.to_ne_bytes().to_vec()),
+        ],
+    )
+}
+
+/// `fib daddr type local`
+pub fn fib_daddr_local() -> Rule {
+    fib_local(NFTA_FIB_F_DADDR, "daddr")
+}
+
+/// `fib saddr type local`
+pub fn fib_saddr_local() -> Rule {
+    fib_local(NFTA_FIB_F_SADDR, "saddr")
+}
+
+/// `ip daddr != 127.0.0.0/8` / `ip6 daddr != ::1`: no NodePorts on loopback.
+pub fn daddr_not_loopback(f: Family) -> Rule {
+    match f {
+        Family::V4 => addr_match(f, f.daddr_offset(), "daddr", &"127.0.0.0/8".parse().unwrap(), true),
+        _ => addr_match(f, f.daddr_offset(), "daddr", &"::1/128".parse().unwrap(), true),
+    }
+}
+
+/// `ip saddr [!=] CIDR`, encoded as nft does: whole bytes of a byte-aligned prefix are compared
+/// directly, other prefixes are masked first.
+pub fn saddr_in_cidr(f: Family, net: &IpNet, negate: bool) -> Rule {
+    addr_match(f, f.saddr_offset(), "saddr", net, negate)
+}
+
+fn addr_match(f: Family, offset: u32, field: &str, net: &IpNet, negate: bool) -> Rule {
+    let net = net.trunc();
+    let bytes = match net.network() {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let prefix = u32::from(net.prefix_len());
+    let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
+    let shown = if prefix == f.addr_len() * 8 { net.addr().to_string() } else { net.to_string() };
+    let text = format!("{} {field} {}{shown}", f.word(), if negate { "!= " } else { "" });
+    let exprs = if prefix % 8 == 0 {
+        let len = prefix / 8;
+        vec![
+            Expr::Payload { dreg: 1, base: PayloadBase::Network, offset, len },
+            cmp(op, bytes[..len as usize].to_vec()),
+        ]
+    } else {
+        let mask: Vec<u8> = match net.netmask() {
+            std::net::IpAddr::V4(m) => m.octets().to_vec(),
+            std::net::IpAddr::V6(m) => m.octets().to_vec(),
+        };
+        vec![
+            Expr::Payload { dreg: 1, base: PayloadBase::Network, offset, len: f.addr_len() },
+            bitwise(mask, vec![0; bytes.len()], false),
+            cmp(op, bytes),
+        ]
+    };
+    Rule::new(text, exprs)
+}
+
+fn meta_mark_op(text: String, mask: u32, xor: u32) -> Rule {
+    Rule::new(
+        text,
+        vec![
+            Expr::Meta { dreg: 1, key: MetaKey::Mark },
+            bitwise(mask.to_ne_bytes().to_vec(), xor.to_ne_bytes().to_vec(), true),
+            Expr::MetaSet { sreg: 1, key: MetaKey::Mark },
+        ],
+    )
+}
+
+/// `meta mark set meta mark | 0x00004000`
+pub fn mark_set_or(bits: u32) -> Rule {
+    meta_mark_op(format!("meta mark set meta mark | {bits:#010x}"), !bits, bits)
+}
+
+/// `meta mark set meta mark ^ 0x00004000`
+pub fn mark_set_xor(bits: u32) -> Rule {
+    meta_mark_op(format!("meta mark set meta mark ^ {bits:#010x}"), u32::MAX, bits)
+}
+
+/// `meta mark & 0x00004000 == 0x00000000`
+pub fn mark_clear(bits: u32) -> Rule {
+    Rule::new(
+        format!("meta mark & {bits:#010x} == 0x00000000"),
+        vec![
+            Expr::Meta { dreg: 1, key: MetaKey::Mark },
+            bitwise(bits.to_ne_bytes().to_vec(), vec![0; 4], true),
+            cmp(CmpOp::Eq, vec![0; 4]),
+        ],
+    )
+}
+
+/// `masquerade fully-random`
+pub fn masquerade_fully_random() -> Rule {
+    Rule::new("masquerade fully-random", vec![Expr::Masq { flags: NAT_FLAG_FULLY_RANDOM }])
+}
+
+/// `reject` (ICMP / ICMPv6 port unreachable).
+pub fn reject(f: Family) -> Rule {
+    Rule::new("reject", vec![Expr::Reject { kind: NFT_REJECT_ICMP_UNREACH, code: f.reject_code() }])
+}
+
+/// Which frontend fields key an endpoint map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKey {
+    /// `ip daddr . meta l4proto . th dport . numgen` (cluster, external and LB IPs)
+    Daddr,
+    /// `meta l4proto . th dport . numgen` (node ports, on any node address)
+    NodePort,
+}
+
+/// `meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod N map @m`:
+/// pick one of N endpoints at random. The protocol match is there because `nft` requires one
+/// before a DNAT with a port; one rule per protocol keeps the chain free of anonymous sets.
+pub fn dnat_random(f: Family, proto: u8, key: BackendKey, n: u32, map: &str) -> Rule {
+    let w = addr_words(f);
+    let (mut exprs, key_text, next) = match key {
+        BackendKey::Daddr => (
+            vec![daddr(f, concat_reg(0)), l4proto(concat_reg(w)), th_dport(concat_reg(w + 1))],
+            format!("{} daddr . meta l4proto . th dport", f.word()),
+            w + 2,
+        ),
+        BackendKey::NodePort => {
+            (vec![l4proto(concat_reg(0)), th_dport(concat_reg(1))], "meta l4proto . th dport".to_string(), 2)
+        }
+    };
+    exprs.push(Expr::Numgen { dreg: concat_reg(next), modulus: n, random: true });
+    exprs.push(lookup(map, Some(1)));
+    exprs.push(Expr::Nat {
+        kind: NatKind::Dnat,
+        family: f.nfproto(),
+        addr_min: 1,
+        proto_min: Some(concat_reg(w)),
+        flags: None,
+    });
+    let proto_name = match proto {
+        6 => "tcp",
+        17 => "udp",
+        _ => "sctp",
+    };
+    let mut all = vec![l4proto(1), cmp(CmpOp::Eq, vec![proto])];
+    all.extend(exprs);
+    Rule::new(
+        format!(
+            "meta l4proto {proto_name} dnat {0} to {key_text} . numgen random mod {n} map @{map}",
+            f.word()
+        ),
+        all,
+    )
+}

@@ -1,0 +1,164 @@
+//! The constant part of our table: sets and maps, base chains at kube-proxy nftables' hooks and
+//! priorities, and the fixed chains between them. Services only ever add map elements and, per
+//! endpoint count in use, one small chain.
+
+use nftproxy_nft_wire::consts::*;
+use nftproxy_nft_wire::{BaseChain, SetSpec, Verdict};
+
+use crate::family::Family;
+use crate::rules::{self, MASQ_MARK};
+use crate::ruleset::{Ruleset, SetDecl};
+use crate::schema_udata as ud;
+
+pub const CLUSTER_IPS: &str = "cluster-ips";
+pub const NODEPORT_IPS: &str = "nodeport-ips";
+pub const HAIRPIN: &str = "hairpin";
+pub const SERVICE_IPS: &str = "service-ips";
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+pub const BACKENDS: &str = "backends";
+pub const CLUSTER_BACKENDS: &str = "cluster-backends";
+pub const NODEPORT_BACKENDS: &str = "nodeport-backends";
+pub const NODEPORT_CLUSTER_BACKENDS: &str = "nodeport-cluster-backends";
+
+pub const SERVICES: &str = "services";
+pub const MASQUERADING: &str = "masquerading";
+pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+pub const REJECT_CHAIN: &str = "reject-chain";
+pub const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+pub const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+
+const TYPE_INET_PROTO: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_INTEGER: u32 = 4;
+
+fn concat(types: &[u32]) -> u32 {
+    types.iter().fold(0, |acc, t| (acc << 6) | t)
+}
+
+fn decl(
+    name: &str,
+    flags: u32,
+    key: &[u32],
+    key_len: u32,
+    data: Option<(u32, u32)>,
+    udata: &[u8],
+    type_text: String,
+    comment: &'static str,
+    stage: u8,
+) -> SetDecl {
+    SetDecl {
+        spec: SetSpec {
+            name: name.into(),
+            flags,
+            key_type: concat(key),
+            key_len,
+            data,
+            timeout_ms: None,
+            udata: udata.to_vec(),
+        },
+        type_text,
+        comment,
+        stage,
+    }
+}
+
+/// Every set and map of the table. The comments must equal those inside the captured userdata
+/// (tools/capture-set-udata.sh); a unit test checks it.
+pub fn sets(f: Family) -> Vec<SetDecl> {
+    let v4 = f == Family::V4;
+    let pick = |a: &'static [u8], b: &'static [u8]| if v4 { a } else { b };
+    let (at, al, w) = (f.addr_type_id(), f.addr_len(), f.word());
+    let addr = f.addr_type();
+    let vmap = Some((NFT_DATA_VERDICT, 0));
+    let endpoint = Some((concat(&[at, TYPE_INET_SERVICE]), al + 4));
+    let svc_key = [at, TYPE_INET_PROTO, TYPE_INET_SERVICE];
+    let backend_key = [at, TYPE_INET_PROTO, TYPE_INET_SERVICE, TYPE_INTEGER];
+    let np_backend_key = [TYPE_INET_PROTO, TYPE_INET_SERVICE, TYPE_INTEGER];
+    let backend_type = format!("typeof {w} daddr . meta l4proto . th dport . numgen random mod 1 : {w} daddr . th dport");
+    let np_backend_type = format!("typeof meta l4proto . th dport . numgen random mod 1 : {w} daddr . th dport");
+    vec![
+        decl(CLUSTER_IPS, 0, &[at], al, None, pick(ud::V4_CLUSTER_IPS, ud::V6_CLUSTER_IPS), format!("type {addr}"), "Active ClusterIPs", 1),
+        decl(NODEPORT_IPS, 0, &[at], al, None, pick(ud::V4_NODEPORT_IPS, ud::V6_NODEPORT_IPS), format!("type {addr}"), "IPs that accept NodePort traffic", 0),
+        decl(HAIRPIN, 0, &[at, at], al * 2, None, pick(ud::V4_HAIRPIN, ud::V6_HAIRPIN), format!("type {addr} . {addr}"), "endpoint . endpoint: a pod reaching itself through a service is masqueraded", 0),
+        decl(SERVICE_IPS, NFT_SET_MAP, &svc_key, al + 8, vmap, pick(ud::V4_SERVICE_IPS, ud::V6_SERVICE_IPS), format!("type {addr} . inet_proto . inet_service : verdict"), "ClusterIP, ExternalIP and LoadBalancer IP traffic", 1),
+        decl(SERVICE_NODEPORTS, NFT_SET_MAP, &[TYPE_INET_PROTO, TYPE_INET_SERVICE], 8, vmap, pick(ud::V4_SERVICE_NODEPORTS, ud::V6_SERVICE_NODEPORTS), "type inet_proto . inet_service : verdict".into(), "NodePort traffic", 1),
+        decl(NO_ENDPOINT_SERVICES, NFT_SET_MAP, &svc_key, al + 8, vmap, pick(ud::V4_NO_ENDPOINT_SERVICES, ud::V6_NO_ENDPOINT_SERVICES), format!("type {addr} . inet_proto . inet_service : verdict"), "vmap to drop or reject packets to services with no endpoints", 1),
+        decl(NO_ENDPOINT_NODEPORTS, NFT_SET_MAP, &[TYPE_INET_PROTO, TYPE_INET_SERVICE], 8, vmap, pick(ud::V4_NO_ENDPOINT_NODEPORTS, ud::V6_NO_ENDPOINT_NODEPORTS), "type inet_proto . inet_service : verdict".into(), "vmap to drop or reject packets to service nodeports with no endpoints", 1),
+        decl(BACKENDS, NFT_SET_MAP, &backend_key, al + 12, endpoint, pick(ud::V4_BACKENDS, ud::V6_BACKENDS), backend_type.clone(), "frontend . index : endpoint", 0),
+        decl(CLUSTER_BACKENDS, NFT_SET_MAP, &backend_key, al + 12, endpoint, pick(ud::V4_CLUSTER_BACKENDS, ud::V6_CLUSTER_BACKENDS), backend_type, "frontend . index : cluster endpoint (ETP=Local short-circuit)", 0),
+        decl(NODEPORT_BACKENDS, NFT_SET_MAP, &np_backend_key, 12, endpoint, pick(ud::V4_NODEPORT_BACKENDS, ud::V6_NODEPORT_BACKENDS), np_backend_type.clone(), "node port . index : endpoint", 0),
+        decl(NODEPORT_CLUSTER_BACKENDS, NFT_SET_MAP, &np_backend_key, 12, endpoint, pick(ud::V4_NODEPORT_CLUSTER_BACKENDS, ud::V6_NODEPORT_CLUSTER_BACKENDS), np_backend_type, "node port . index : cluster endpoint (ETP=Local short-circuit)", 0),
+    ]
+}
+
+fn base(chain_type: &'static str, hook: u32, priority: i32) -> Option<BaseChain> {
+    Some(BaseChain { chain_type, hook, priority })
+}
+
+/// How NodePorts are recognised: by a set of node addresses, or as any local address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePortMatch {
+    Set,
+    AnyLocal,
+}
+
+/// The sets, base chains and fixed chains (with their rules).
+pub fn fixed(f: Family, nodeports: NodePortMatch) -> Ruleset {
+    let mut r = Ruleset::new(f);
+    for s in sets(f) {
+        r.set(s);
+    }
+    let prio_dstnat = -100;
+    // Hooks and priorities as kube-proxy's nftables mode (v1.34): other components can rely on
+    // the same ordering.
+    r.chain("filter-prerouting-pre-dnat", base("filter", NF_INET_PRE_ROUTING, prio_dstnat - 10));
+    r.chain("filter-output-pre-dnat", base("filter", NF_INET_LOCAL_OUT, prio_dstnat - 10));
+    r.chain("filter-input", base("filter", NF_INET_LOCAL_IN, 0));
+    r.chain("filter-forward", base("filter", NF_INET_FORWARD, 0));
+    r.chain("filter-output", base("filter", NF_INET_LOCAL_OUT, 0));
+    r.chain("nat-prerouting", base("nat", NF_INET_PRE_ROUTING, prio_dstnat));
+    r.chain("nat-output", base("nat", NF_INET_LOCAL_OUT, prio_dstnat));
+    r.chain("nat-postrouting", base("nat", NF_INET_POST_ROUTING, 100));
+
+    let new_jump = |c: &str| rules::ct_state_new().then(rules::jump(c));
+    r.add_rule("filter-input", new_jump(NODEPORT_ENDPOINTS_CHECK));
+    r.add_rule("filter-input", new_jump(SERVICE_ENDPOINTS_CHECK));
+    r.add_rule("filter-forward", new_jump(SERVICE_ENDPOINTS_CHECK));
+    r.add_rule("filter-forward", new_jump(CLUSTER_IPS_CHECK));
+    r.add_rule("filter-output", new_jump(SERVICE_ENDPOINTS_CHECK));
+    r.add_rule("filter-output", new_jump(CLUSTER_IPS_CHECK));
+    // filter-*-pre-dnat hold no rule yet: they are where loadBalancerSourceRanges firewalls hook
+    // in, present now so that the base chain layout matches kube-proxy's.
+    r.add_rule("nat-prerouting", rules::jump(SERVICES));
+    r.add_rule("nat-output", rules::jump(SERVICES));
+    r.add_rule("nat-postrouting", rules::jump(MASQUERADING));
+
+    r.add_rule(SERVICES, rules::daddr_proto_port_vmap(f, SERVICE_IPS));
+    // NodePorts last: a ClusterIP or external IP that is also a node address wins.
+    let nodeport_dst = match nodeports {
+        NodePortMatch::Set => rules::daddr_in(f, NODEPORT_IPS),
+        NodePortMatch::AnyLocal => rules::fib_daddr_local().then(rules::daddr_not_loopback(f)),
+    };
+    r.add_rule(SERVICES, nodeport_dst.clone().then(rules::proto_port_vmap(SERVICE_NODEPORTS)));
+    r.add_rule(SERVICE_ENDPOINTS_CHECK, rules::daddr_proto_port_vmap(f, NO_ENDPOINT_SERVICES));
+    r.add_rule(NODEPORT_ENDPOINTS_CHECK, nodeport_dst.then(rules::proto_port_vmap(NO_ENDPOINT_NODEPORTS)));
+    r.add_rule(
+        CLUSTER_IPS_CHECK,
+        rules::daddr_in(f, CLUSTER_IPS).then(rules::reject(f)).comment("Reject traffic to invalid ports of ClusterIPs"),
+    );
+    r.add_rule(REJECT_CHAIN, rules::reject(f).comment("helper for @no-endpoint-services / @no-endpoint-nodeports"));
+    r.add_rule(MARK_FOR_MASQUERADE, rules::mark_set_or(MASQ_MARK));
+    // Hairpin: a pod that reached itself through a service must be masqueraded, or it would answer
+    // itself directly. One set of `ep . ep` pairs replaces kube-proxy's rule per endpoint chain.
+    r.add_rule(
+        MASQUERADING,
+        rules::ct_status_dnat().then(rules::saddr_daddr_in(f, HAIRPIN)).then(rules::jump(MARK_FOR_MASQUERADE)),
+    );
+    r.add_rule(MASQUERADING, rules::mark_clear(MASQ_MARK).then(rules::verdict(Verdict::Return)));
+    r.add_rule(MASQUERADING, rules::mark_set_xor(MASQ_MARK));
+    r.add_rule(MASQUERADING, rules::masquerade_fully_random());
+    r
+}
