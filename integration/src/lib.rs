@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod lab;
+pub mod yaml;
+
 pub const NS_PREFIX: &str = "knp-";
 static TOPOLOGY_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -220,12 +223,11 @@ impl Topology {
                     if !poll_readable(l.as_raw_fd(), 50) {
                         continue;
                     }
-                    let Ok((mut s, peer)) = l.accept() else { continue };
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut buf = [0u8; 64];
-                    let _ = s.read(&mut buf); // the request: anything
-                    let _ = s.write_all(format!("{id} {}\n", peer.ip()).as_bytes());
+                    let Ok((s, peer)) = l.accept() else { continue };
+                    let (id, stop) = (id.clone(), stop.clone());
+                    // A thread per connection, so a long-lived connection never blocks others;
+                    // it ends when the client closes, on the stop flag, or after 5 s idle.
+                    std::thread::spawn(move || serve_tcp(s, &id, peer, &stop));
                 }
             }));
         }
@@ -246,6 +248,27 @@ impl Topology {
         }
         for _ in 0..tcp_ports.len() + udp_ports.len() {
             ready_rx.recv_timeout(Duration::from_secs(5)).expect("responder did not start");
+        }
+    }
+}
+
+/// Answers every request line with `<id> <peer address>` until the client closes.
+fn serve_tcp(mut s: TcpStream, id: &str, peer: SocketAddr, stop: &AtomicBool) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let reply = format!("{id} {}\n", peer.ip());
+    let Ok(clone) = s.try_clone() else { return };
+    let mut r = std::io::BufReader::new(clone);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match std::io::BufRead::read_line(&mut r, &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if s.write_all(reply.as_bytes()).is_err() {
+                    break;
+                }
+            }
         }
     }
 }
@@ -332,6 +355,7 @@ pub fn request(proto: Proto, to: SocketAddr, from: Option<IpAddr>, timeout: Dura
             if let Err(e) = s.write_all(b"who\n") {
                 return classify(e);
             }
+            let _ = s.shutdown(std::net::Shutdown::Write);
             let mut buf = String::new();
             match s.read_to_string(&mut buf) {
                 Ok(_) => answered(&buf),

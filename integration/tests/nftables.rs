@@ -1,0 +1,306 @@
+//! The nftables backend on the real kernel: real packets through a node namespace programmed
+//! over netlink, checking which endpoint answered and which source address it saw.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use nftproxy_integration::lab::*;
+use nftproxy_integration::yaml::{ep, service, slice};
+use nftproxy_integration::{Outcome, Proto, Tally};
+
+const HTTP_DNS: &str = "{name: http, port: 80, protocol: TCP, targetPort: 8080}, {name: dns, port: 53, protocol: UDP, targetPort: 8080}";
+const SLICE_PORTS: &str = "{name: http, port: 8080, protocol: TCP}, {name: dns, port: 8080, protocol: UDP}";
+/// χ² critical value for 2 degrees of freedom at p = 0.001: an even spread fails this 1 in 1000.
+const CHI2_DF2_P001: f64 = 13.82;
+
+fn answered(t: &Tally) -> usize {
+    t.count(|o| matches!(o, Outcome::Answered { .. }))
+}
+
+fn web(eps: &[(&str, &str)]) -> String {
+    let eps: Vec<_> = eps.iter().map(|(ip, node)| ep(ip, node)).collect();
+    service("web", "10.96.0.10", HTTP_DNS, "") + &slice("web", "web-1", "IPv4", SLICE_PORTS, &eps)
+}
+
+fn three_pods() -> String {
+    web(&[(&pod_ip(1), "node-b"), (&pod_ip(2), "node-c"), (&pod_ip(3), NODE)])
+}
+
+fn sources(t: &Tally) -> BTreeSet<String> {
+    t.seen_sources().iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn cluster_ip_spreads_tcp_and_udp_evenly_over_three_endpoints() {
+    let mut lab = Lab::new(3);
+    lab.sync(&three_pods()).unwrap();
+    for (proto, port) in [(Proto::Tcp, 80), (Proto::Udp, 53)] {
+        let t = lab.tally(&lab.client, proto, &format!("10.96.0.10:{port}"), 300);
+        assert_eq!(answered(&t), 300, "{proto:?}: {t:?}");
+        let by = t.by_responder();
+        assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["ep1", "ep2", "ep3"], "{proto:?}");
+        let chi2 = t.chi_square_uniform(3);
+        assert!(chi2 < CHI2_DF2_P001, "{proto:?} spread {by:?} has chi² {chi2:.2}");
+        // The client is outside the cluster CIDR: masqueraded to the node's address on each link.
+        assert_eq!(sources(&t), [pod_gw(1), pod_gw(2), pod_gw(3)].into_iter().collect(), "{proto:?}");
+    }
+}
+
+#[test]
+fn pod_traffic_to_a_cluster_ip_keeps_its_source() {
+    let mut lab = Lab::new(3);
+    lab.sync(&three_pods()).unwrap();
+    let t = lab.tally(&lab.pod_client, Proto::Tcp, "10.96.0.10:80", 30);
+    assert_eq!(answered(&t), 30);
+    assert_eq!(sources(&t), [POD_CLIENT_IP.to_string()].into_iter().collect());
+}
+
+#[test]
+fn masquerade_all_masquerades_pod_traffic_too() {
+    let mut lab = Lab::new(1);
+    lab.ctx.masquerade_all = true;
+    lab.sync(&web(&[(&pod_ip(1), "node-b")])).unwrap();
+    let t = lab.tally(&lab.pod_client, Proto::Udp, "10.96.0.10:53", 10);
+    assert_eq!(answered(&t), 10);
+    assert_eq!(sources(&t), [pod_gw(1)].into_iter().collect());
+}
+
+#[test]
+fn node_port_from_outside_the_node_is_served_and_masqueraded() {
+    let mut lab = Lab::new(2);
+    let m = service(
+        "np",
+        "10.96.0.20",
+        "{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}, {name: dns, port: 53, protocol: UDP, targetPort: 8080, nodePort: 30053}",
+        "type: NodePort",
+    ) + &slice("np", "np-1", "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), NODE)]);
+    lab.sync(&m).unwrap();
+    for (proto, port) in [(Proto::Tcp, 30080), (Proto::Udp, 30053)] {
+        let t = lab.tally(&lab.client, proto, &format!("{NODE_IP}:{port}"), 60);
+        assert_eq!(answered(&t), 60, "{proto:?}: {t:?}");
+        assert_eq!(t.by_responder().len(), 2);
+        assert!(!t.seen_sources().contains(&ip(CLIENT_IP)), "node port traffic is masqueraded");
+    }
+    // Only the node's own address takes node ports (--nodeport-addresses primary).
+    let t = lab.tally(&lab.client, Proto::Tcp, "10.0.1.99:30080", 1);
+    assert_eq!(answered(&t), 0);
+}
+
+#[test]
+fn service_without_endpoints_and_unused_cluster_ip_ports_are_rejected() {
+    let mut lab = Lab::new(1);
+    let m = web(&[(&pod_ip(1), "node-b")]) + &service("empty", "10.96.0.30", HTTP_DNS, "");
+    lab.sync(&m).unwrap();
+    for (proto, to) in [
+        (Proto::Tcp, "10.96.0.30:80"),
+        (Proto::Udp, "10.96.0.30:53"),
+        // kube-proxy nftables mode: a ClusterIP on a port it does not serve is rejected.
+        (Proto::Tcp, "10.96.0.10:81"),
+        (Proto::Udp, "10.96.0.10:54"),
+    ] {
+        let t = lab.tally(&lab.client, proto, to, 2);
+        assert_eq!(t.count(|o| *o == Outcome::Refused), 2, "{proto:?} {to}: {t:?}");
+    }
+}
+
+fn load_balancer(name: &str, cip: &str, lb: &str, eps: &[(&str, &str)]) -> String {
+    let eps: Vec<_> = eps.iter().map(|(ip, node)| ep(ip, node)).collect();
+    let mut s = service(
+        name,
+        cip,
+        "{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30081}",
+        "type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 32000",
+    );
+    s.push_str(&format!("status: {{loadBalancer: {{ingress: [{{ip: {lb}}}]}}}}\n"));
+    s + &slice(name, &format!("{name}-1"), "IPv4", "{name: http, port: 8080, protocol: TCP}", &eps)
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_ip_and_uses_local_endpoints() {
+    let mut lab = Lab::new(2);
+    lab.sync(&load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), NODE), (&pod_ip(2), "node-b")]))
+        .unwrap();
+    for to in ["203.0.113.10:80", "10.0.1.1:30081"] {
+        let t = lab.tally(&lab.client, Proto::Tcp, to, 40);
+        assert_eq!(answered(&t), 40, "{to}: {t:?}");
+        assert_eq!(t.by_responder().keys().cloned().collect::<Vec<_>>(), ["ep1"], "{to}: only the local endpoint");
+        assert_eq!(sources(&t), [CLIENT_IP.to_string()].into_iter().collect(), "{to}: client IP preserved");
+    }
+    // Pod traffic to the LB IP is short-circuited to every endpoint, unmasqueraded.
+    let t = lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.10:80", 60);
+    assert_eq!(answered(&t), 60);
+    assert_eq!(t.by_responder().len(), 2, "{t:?}");
+    assert_eq!(sources(&t), [POD_CLIENT_IP.to_string()].into_iter().collect());
+}
+
+#[test]
+fn external_traffic_policy_local_without_local_endpoints_drops_external_traffic() {
+    let mut lab = Lab::new(1);
+    lab.sync(&load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), "node-b")])).unwrap();
+    let t = lab.tally(&lab.client, Proto::Tcp, "203.0.113.10:80", 2);
+    assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "dropped, not rejected: {t:?}");
+    let t = lab.tally(&lab.client, Proto::Tcp, "10.0.1.1:30081", 2);
+    assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "node port dropped too: {t:?}");
+    // The ClusterIP and pod traffic to the LB IP still work.
+    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.40:80", 5)), 5);
+    assert_eq!(answered(&lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.10:80", 5)), 5);
+}
+
+#[test]
+fn external_ip_with_cluster_policy_is_served_and_masqueraded() {
+    let mut lab = Lab::new(2);
+    let m = service("ext", "10.96.0.50", HTTP_DNS, "externalIPs: [198.51.100.7]")
+        + &slice("ext", "ext-1", "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), NODE)]);
+    lab.sync(&m).unwrap();
+    let t = lab.tally(&lab.client, Proto::Udp, "198.51.100.7:53", 40);
+    assert_eq!(answered(&t), 40);
+    assert_eq!(t.by_responder().len(), 2);
+    assert_eq!(sources(&t), [pod_gw(1), pod_gw(2)].into_iter().collect());
+}
+
+#[test]
+fn internal_traffic_policy_local_without_local_endpoints_drops() {
+    let mut lab = Lab::new(2);
+    let m = service("itp", "10.96.0.60", HTTP_DNS, "internalTrafficPolicy: Local")
+        + &slice("itp", "itp-1", "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b")]);
+    lab.sync(&m).unwrap();
+    let t = lab.tally(&lab.pod_client, Proto::Tcp, "10.96.0.60:80", 2);
+    assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "{t:?}");
+    // With a local endpoint, only it is used.
+    let m = service("itp", "10.96.0.60", HTTP_DNS, "internalTrafficPolicy: Local")
+        + &slice("itp", "itp-1", "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), NODE)]);
+    lab.sync(&m).unwrap();
+    let t = lab.tally(&lab.pod_client, Proto::Tcp, "10.96.0.60:80", 20);
+    assert_eq!(t.by_responder().keys().cloned().collect::<Vec<_>>(), ["ep2"]);
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_masqueraded() {
+    let mut lab = Lab::new(1);
+    lab.sync(&web(&[(&pod_ip(1), NODE)])).unwrap();
+    let t = lab.tally(&lab.pods[0], Proto::Tcp, "10.96.0.10:80", 5);
+    assert_eq!(answered(&t), 5, "{t:?}");
+    // Without masquerade the pod would answer itself directly and the connection would fail.
+    assert_eq!(sources(&t), [pod_gw(1)].into_iter().collect());
+}
+
+#[test]
+fn ipv6_cluster_ip_spreads_over_ipv6_endpoints() {
+    let mut lab = Lab::new(3);
+    let eps: Vec<String> = (1..=3).map(pod_ip6).collect();
+    let m = service("web6", "10.96.0.70", HTTP_DNS, "clusterIPs: [10.96.0.70, 'fd00:96::70'], ipFamilies: [IPv4, IPv6]")
+        + &slice("web6", "web6-v6", "IPv6", SLICE_PORTS, &[ep(&eps[0], "node-b"), ep(&eps[1], "node-b"), ep(&eps[2], NODE)]);
+    lab.sync(&m).unwrap();
+    for (proto, port) in [(Proto::Tcp, 80), (Proto::Udp, 53)] {
+        let t = lab.tally(&lab.client, proto, &format!("[fd00:96::70]:{port}"), 90);
+        assert_eq!(answered(&t), 90, "{proto:?}: {t:?}");
+        assert_eq!(t.by_responder().len(), 3);
+        assert!(!t.seen_sources().contains(&ip("fd00:1::2")), "off-cluster IPv6 client is masqueraded");
+    }
+    // No IPv4 endpoints: the IPv4 ClusterIP rejects.
+    let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.70:80", 1);
+    assert_eq!(t.count(|o| *o == Outcome::Refused), 1);
+}
+
+#[test]
+fn our_bytecode_decompiles_and_reloads_to_the_same_listing() {
+    let mut lab = Lab::new(2);
+    let m = three_pods()
+        + &load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), NODE), (&pod_ip(2), "node-b")])
+        + &service("empty", "10.96.0.30", HTTP_DNS, "");
+    lab.sync(&m).unwrap();
+    let listing = lab.ruleset();
+    assert!(listing.contains("numgen random mod 3 map @backends"), "{listing}");
+    let fresh = lab.topo.netns("fresh");
+    let file = std::env::temp_dir().join(format!("{}-listing.nft", fresh.name));
+    std::fs::write(&file, &listing).unwrap();
+    fresh.exec("nft", &["-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(fresh.exec("nft", &["list", "ruleset"]), listing);
+}
+
+#[test]
+fn changing_one_endpoint_among_a_thousand_services_is_a_handful_of_messages() {
+    let mut lab = Lab::new(4);
+    let mut m = String::new();
+    for i in 0..1000 {
+        let cip = format!("10.97.{}.{}", i / 250, i % 250 + 1);
+        m += &service(&format!("s{i}"), &cip, HTTP_DNS, "");
+        m += &slice(&format!("s{i}"), &format!("s{i}-1"), "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), "node-b")]);
+    }
+    let base = m.clone() + &three_pods();
+    let cold = lab.sync(&base).unwrap();
+    assert!(cold.messages > 100, "{cold:?}");
+
+    // An established connection to another service must survive the change.
+    let mut conn = lab.client.run(|| TcpStream::connect_timeout(&"10.97.0.1:80".parse().unwrap(), Duration::from_secs(2)).unwrap());
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    conn.write_all(b"one\n").unwrap();
+    reader.read_line(&mut line).unwrap();
+    let first = line.split_whitespace().next().unwrap().to_string();
+
+    // web: ep3 replaced by ep4: one endpoint changes.
+    let changed = m + &web(&[(&pod_ip(1), "node-b"), (&pod_ip(2), "node-c"), (&pod_ip(4), NODE)]);
+    let inc = lab.sync(&changed).unwrap();
+    assert!(inc.full.is_empty());
+    assert!(inc.messages <= 6, "one endpoint change took {} messages: {inc:?}", inc.messages);
+
+    line.clear();
+    conn.write_all(b"two\n").unwrap();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line.split_whitespace().next(), Some(first.as_str()), "the established connection survived");
+
+    let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.10:80", 60);
+    assert_eq!(t.by_responder().keys().cloned().collect::<Vec<_>>(), ["ep1", "ep2", "ep4"]);
+
+    // An unchanged sync sends nothing.
+    let same = lab.sync(&changed).unwrap();
+    assert_eq!(same.messages, 0);
+}
+
+#[test]
+fn a_batch_the_kernel_rejects_leaves_the_previous_ruleset_and_reports_why() {
+    let mut lab = Lab::new(1);
+    lab.sync(&web(&[(&pod_ip(1), "node-b")])).unwrap();
+    let before = lab.ruleset();
+
+    let mut l = nftproxy_manifest::Loaded::default();
+    l.add_text("test", &web(&[(&pod_ip(1), "node-b")]));
+    l.add_text("test", &service("other", "10.96.0.99", HTTP_DNS, ""));
+    let mut bad = nftproxy_nftables::desired(&l.state, &lab.ctx);
+    bad[0].element(
+        "service-ips",
+        vec![
+            nftproxy_nftables::ruleset::Field::Addr(ip("10.96.0.98")),
+            nftproxy_nftables::ruleset::Field::Proto(6),
+            nftproxy_nftables::ruleset::Field::Port(80),
+        ],
+        nftproxy_nftables::ruleset::Value::Verdict(nftproxy_nft_wire::Verdict::Goto("no-such-chain".into())),
+        Some("test/broken:http"),
+    );
+    let err = lab.backend.sync(bad).unwrap_err().to_string();
+    assert!(err.contains("add elements") && err.contains("service-ips"), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert_eq!(lab.ruleset(), before, "the rejected transaction changed nothing");
+    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.10:80", 3)), 3);
+    // After a failure the next sync is a full one, and succeeds.
+    let ok = lab.sync(&web(&[(&pod_ip(1), "node-b")])).unwrap();
+    assert_eq!(ok.full.len(), 1, "{ok:?}");
+}
+
+#[test]
+fn cleanup_removes_exactly_our_tables() {
+    let mut lab = Lab::new(1);
+    lab.sync(&web(&[(&pod_ip(1), "node-b")])).unwrap();
+    lab.node.exec("nft", &["add table ip other; add chain ip other c"]);
+    lab.node.exec("nft", &["add table inet kube-proxy"]);
+    lab.backend.cleanup().unwrap();
+    let tables = lab.node.exec("nft", &["list", "tables"]);
+    assert_eq!(tables, "table ip other\ntable inet kube-proxy\n");
+    // A second cleanup finds nothing to do.
+    lab.backend.cleanup().unwrap();
+}
