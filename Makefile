@@ -42,9 +42,10 @@ unit-test:
 kernel-test: check-root deps
 	$(CARGO) test $(CARGOFLAGS) -p nftproxy-integration
 
-## demo: the main job on the built-in example manifests.
-demo: build
-	./target/debug/kube-nftproxy inspect --from examples/cluster.yaml --hostname-override node-a
+## demo: the main job on the built-in example manifests: program a throwaway node namespace
+## over netlink and send traffic through it.
+demo: check-root deps build
+	./target/debug/demo target/debug/kube-nftproxy examples/demo.yaml
 
 clean:
 	$(CARGO) clean
