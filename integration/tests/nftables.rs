@@ -209,9 +209,11 @@ fn our_bytecode_decompiles_and_reloads_to_the_same_listing() {
     let mut lab = Lab::new(2);
     let m = three_pods()
         + &load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), NODE), (&pod_ip(2), "node-b")])
-        + &service("empty", "10.96.0.30", HTTP_DNS, "");
+        + &service("empty", "10.96.0.30", HTTP_DNS, "")
+        + &affinity_web(10800);
     lab.sync(&m).unwrap();
     let listing = lab.ruleset();
+    assert!(listing.contains("update @affinity-"), "{listing}");
     assert!(listing.contains("numgen random mod 3 map @backends"), "{listing}");
     let fresh = lab.topo.netns("fresh");
     let file = std::env::temp_dir().join(format!("{}-listing.nft", fresh.name));
@@ -303,4 +305,41 @@ fn cleanup_removes_exactly_our_tables() {
     assert_eq!(tables, "table ip other\ntable inet kube-proxy\n");
     // A second cleanup finds nothing to do.
     lab.backend.cleanup().unwrap();
+}
+
+fn affinity_web(timeout: u32) -> String {
+    let eps: Vec<_> = (1..=3).map(|n| (pod_ip(n), if n == 3 { NODE } else { "node-b" })).collect();
+    let eps: Vec<_> = eps.iter().map(|(ip, node)| ep(ip, node)).collect();
+    service(
+        "sticky",
+        "10.96.0.80",
+        "{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30090}",
+        &format!("type: NodePort, sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {timeout}}}}}"),
+    ) + &slice("sticky", "sticky-1", "IPv4", "{name: http, port: 8080, protocol: TCP}", &eps)
+}
+
+#[test]
+fn client_ip_affinity_pins_a_client_until_the_timeout() {
+    let mut lab = Lab::new(3);
+    lab.sync(&affinity_web(2)).unwrap();
+    for to in ["10.96.0.80:80", "10.0.1.1:30090"] {
+        let t = lab.tally(&lab.client, Proto::Tcp, to, 30);
+        assert_eq!(answered(&t), 30, "{to}: {t:?}");
+        assert_eq!(t.by_responder().len(), 1, "{to}: one endpoint for one client: {t:?}");
+    }
+    let listing = lab.ruleset();
+    assert!(listing.contains("flags dynamic,timeout") && listing.contains("10.0.1.2 expires"), "{listing}");
+    // After the timeout the client is free again: over several expiries it meets another endpoint.
+    let first = lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 1).by_responder().into_keys().next().unwrap();
+    let mut seen = BTreeSet::from([first]);
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(2600));
+        let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 5);
+        assert_eq!(t.by_responder().len(), 1, "pinned again after a new choice: {t:?}");
+        seen.extend(t.by_responder().into_keys());
+        if seen.len() > 1 {
+            break;
+        }
+    }
+    assert!(seen.len() > 1, "the affinity never expired: {seen:?}");
 }

@@ -201,10 +201,10 @@ impl Batch {
                 w.u32(NFTA_SET_DATA_TYPE, ty);
                 w.u32(NFTA_SET_DATA_LEN, len);
             }
+            w.u32(NFTA_SET_ID, id);
             if let Some(t) = spec.timeout_ms {
                 w.u64(NFTA_SET_TIMEOUT, t);
             }
-            w.u32(NFTA_SET_ID, id);
             if !spec.udata.is_empty() {
                 w.bytes(NFTA_SET_USERDATA, &spec.udata);
             }

@@ -64,6 +64,10 @@ pub enum NatKind {
     Dnat = 1,
 }
 
+/// `NF_NAT_RANGE_PROTO_SPECIFIED`: the NAT sets the port too.
+pub const NAT_FLAG_PROTO_SPECIFIED: u32 = 0x2;
+/// `NFT_DYNSET_OP_UPDATE`
+pub const DYNSET_UPDATE: u32 = 1;
 /// `NF_NAT_RANGE_PROTO_RANDOM_FULLY`
 pub const NAT_FLAG_FULLY_RANDOM: u32 = 0x10;
 /// fib flags and results
@@ -92,6 +96,8 @@ pub enum Expr {
     /// `set_id` names a set created earlier in the same batch (nft sends both name and id).
     Lookup { sreg: u32, dreg: Option<u32>, set: String, set_id: Option<u32>, invert: bool },
     Immediate(Verdict),
+    /// A constant into a data register (`dnat to 10.0.0.1:80` loads address and port this way).
+    ImmediateData { dreg: u32, data: Vec<u8> },
     /// Writes a value in [0, modulus) to dreg, in host byte order.
     Numgen { dreg: u32, modulus: u32, random: bool },
     Nat { kind: NatKind, family: u8, addr_min: u32, proto_min: Option<u32>, flags: Option<u32> },
@@ -100,7 +106,7 @@ pub enum Expr {
     Reject { kind: u32, code: u8 },
     Counter,
     /// `update @set { key }` / `add @set { key }` from a rule (op 1 update, 0 add).
-    Dynset { sreg_key: u32, op: u32, set: String, timeout_ms: Option<u64> },
+    Dynset { sreg_key: u32, op: u32, set: String, set_id: Option<u32> },
 }
 
 impl Expr {
@@ -112,7 +118,7 @@ impl Expr {
             Expr::Cmp { .. } => "cmp",
             Expr::Bitwise { .. } => "bitwise",
             Expr::Lookup { .. } => "lookup",
-            Expr::Immediate(_) => "immediate",
+            Expr::Immediate(_) | Expr::ImmediateData { .. } => "immediate",
             Expr::Numgen { .. } => "numgen",
             Expr::Nat { .. } => "nat",
             Expr::Masq { .. } => "masq",
@@ -186,6 +192,12 @@ impl Expr {
                 v.write(w);
                 w.end(n);
             }
+            Expr::ImmediateData { dreg, data } => {
+                w.u32(1, *dreg);
+                let n = w.nest(2);
+                w.bytes(NFTA_DATA_VALUE, data);
+                w.end(n);
+            }
             Expr::Numgen { dreg, modulus, random } => {
                 w.u32(1, *dreg);
                 w.u32(2, *modulus);
@@ -219,13 +231,13 @@ impl Expr {
                 w.u64(1, 0);
                 w.u64(2, 0);
             }
-            Expr::Dynset { sreg_key, op, set, timeout_ms } => {
+            Expr::Dynset { sreg_key, op, set, set_id } => {
                 w.u32(4, *sreg_key);
                 w.u32(3, *op);
-                if let Some(t) = timeout_ms {
-                    w.u64(6, *t);
-                }
                 w.str(1, set);
+                if let Some(id) = set_id {
+                    w.u32(2, *id);
+                }
             }
         }
         w.end(d);

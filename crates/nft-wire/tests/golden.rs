@@ -242,3 +242,70 @@ fn messages_equal_nfts_bytes() {
 fn hex(b: &[u8]) -> String {
     b.chunks(4).map(|c| c.iter().map(|x| format!("{x:02x}")).collect::<String>()).collect::<Vec<_>>().join(" ")
 }
+
+/// `fixtures/affinity.nft`: a dynamic set with a timeout, `update @set { ip saddr }`, a random
+/// `numgen … == 0` branch and a DNAT to a constant address and port.
+#[test]
+fn affinity_messages_equal_nfts_bytes() {
+    let fix: Vec<(u16, Vec<u8>)> = include_str!("fixtures/affinity.hex")
+        .lines()
+        .map(|l| {
+            let (t, h) = l.split_once(' ').unwrap();
+            (t.parse().unwrap(), (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect())
+        })
+        .collect();
+    let t = "t";
+    let mut b = Batch::new(1);
+    b.add_table(V4, t, None);
+    b.add_chain(V4, t, "affinity-X-0", None);
+    b.add_chain(V4, t, "affinity-X", None);
+    let spec = SetSpec {
+        name: "affinity-X-0".into(),
+        flags: NFT_SET_TIMEOUT | NFT_SET_EVAL,
+        key_type: 7,
+        key_len: 4,
+        data: None,
+        timeout_ms: Some(10_800_000),
+        udata: Udata::default().put_u32(NFTNL_UDATA_SET_KEYBYTEORDER, 2).0,
+    };
+    b.add_set(V4, t, &spec, 1);
+    let saddr = payload(1, PayloadBase::Network, 12, 4);
+    b.add_rule(V4, t, "affinity-X-0", &[saddr.clone(), Expr::Dynset { sreg_key: 1, op: DYNSET_UPDATE, set: "affinity-X-0".into(), set_id: Some(1) }], None);
+    b.add_rule(
+        V4,
+        t,
+        "affinity-X-0",
+        &[
+            Expr::Meta { dreg: 1, key: MetaKey::L4proto },
+            Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: vec![6] },
+            Expr::ImmediateData { dreg: 1, data: vec![10, 244, 1, 2] },
+            Expr::ImmediateData { dreg: 2, data: 8080u16.to_be_bytes().to_vec() },
+            Expr::Nat { kind: NatKind::Dnat, family: V4, addr_min: 1, proto_min: Some(2), flags: Some(NAT_FLAG_PROTO_SPECIFIED) },
+        ],
+        None,
+    );
+    b.add_rule(
+        V4,
+        t,
+        "affinity-X",
+        &[saddr, Expr::Lookup { sreg: 1, dreg: None, set: "affinity-X-0".into(), set_id: Some(1), invert: false }, Expr::Immediate(Verdict::Goto("affinity-X-0".into()))],
+        None,
+    );
+    b.add_rule(
+        V4,
+        t,
+        "affinity-X",
+        &[
+            Expr::Numgen { dreg: 1, modulus: 3, random: true },
+            Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: vec![0; 4] },
+            Expr::Immediate(Verdict::Goto("affinity-X-0".into())),
+        ],
+        None,
+    );
+    b.add_rule(V4, t, "affinity-X", &[Expr::Immediate(Verdict::Goto("affinity-X-0".into()))], None);
+    let ours: Vec<(u16, Vec<u8>)> = b.finish().split().into_iter().filter(|(ty, _, _)| *ty != NFNL_MSG_BATCH_BEGIN && *ty != NFNL_MSG_BATCH_END).map(|(ty, _, p)| (ty, p.to_vec())).collect();
+    assert_eq!(ours.len(), fix.len());
+    for (i, (o, f)) in ours.iter().zip(&fix).enumerate() {
+        assert_eq!((o.0, hex(&o.1)), (f.0, hex(&f.1)), "message {i}");
+    }
+}

@@ -14,6 +14,7 @@ use nftproxy_model::{EndpointChoice, NodeContext, NodePortAddresses, ResolvedEnd
 use nftproxy_nft_wire::Verdict;
 
 use crate::family::Family;
+use crate::names;
 use crate::rules::{self, BackendKey};
 use crate::ruleset::{Field, Key, Ruleset, Value};
 use crate::schema::*;
@@ -123,6 +124,19 @@ impl Builder<'_> {
         self.r.element(CLUSTER_IPS, vec![Field::Addr(p.cluster_ip)], Value::None, None);
         let cluster_key = addr_key(p.cluster_ip, p.port);
         match &p.internal {
+            EndpointChoice::Endpoints(eps) if p.affinity_timeout.is_some() => {
+                let chain = self.affinity_pick(p, eps, p.internal_policy_local);
+                let masq = self.masquerade_off_cluster().map(|m| rules::daddr_is(self.f, p.cluster_ip).then(m));
+                if let Some(m) = masq {
+                    // Internal traffic enters here; external traffic arrives by goto from
+                    // external-… with another daddr, so only the ClusterIP is matched.
+                    let rules = &mut self.r.chains.get_mut(&chain).expect("affinity chain").rules;
+                    if !rules.contains(&m) {
+                        rules.insert(0, m);
+                    }
+                }
+                self.r.element(SERVICE_IPS, cluster_key, Value::Verdict(Verdict::Goto(chain)), Some(&comment));
+            }
             EndpointChoice::Endpoints(eps) => {
                 let pick = self.pick(Pick::Cluster(eps.len() as u32));
                 self.r.element(SERVICE_IPS, cluster_key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(&comment));
@@ -149,6 +163,14 @@ impl Builder<'_> {
         if !p.has_any_endpoints {
             return self.no_endpoints(maps.no_endpoints, key, true, comment);
         }
+        if p.affinity_timeout.is_some() {
+            let chain = self.affinity_external(p);
+            self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(chain)), Some(comment));
+            if p.external_policy_local && p.local_endpoints.is_empty() {
+                self.no_endpoints(maps.no_endpoints, key, false, comment);
+            }
+            return;
+        }
         if p.external_policy_local {
             let (n, m) = (p.local_endpoints.len() as u32, p.cluster_endpoints.len() as u32);
             let pick = self.pick(if nodeport { Pick::NodePortLocal(n, m) } else { Pick::ExternalLocal(n, m) });
@@ -168,6 +190,75 @@ impl Builder<'_> {
             self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(comment));
             self.backends(maps.backends, &key, eps, comment);
         }
+    }
+
+    /// ClientIP affinity, in kube-proxy's shape because it needs per-client state: a chain per
+    /// service port and endpoint list (`service-…` for cluster-wide endpoints, `local-…` for
+    /// node-local ones), a chain and a dynamic set per endpoint. Only affinity services get them.
+    fn affinity_pick(&mut self, p: &ResolvedServicePort, eps: &[ResolvedEndpoint], local: bool) -> String {
+        let base = names::service_base(p);
+        let chain = format!("{}-{base}", if local { "local" } else { "service" });
+        if self.r.chains.contains_key(&chain) {
+            return chain;
+        }
+        let timeout = p.affinity_timeout.unwrap_or(nftproxy_model::DEFAULT_AFFINITY_TIMEOUT_SECONDS);
+        let proto = p.protocol.number();
+        let mut targets = Vec::new();
+        for e in eps {
+            let eb = names::endpoint_base(p, e);
+            let (set, ep_chain) = (format!("affinity-{eb}"), format!("endpoint-{eb}"));
+            if !self.r.chains.contains_key(&ep_chain) {
+                self.r.set(affinity_set(self.f, &set, timeout));
+                self.r.add_rule(&ep_chain, rules::update_saddr(self.f, &set));
+                self.r.add_rule(&ep_chain, rules::dnat_to(self.f, proto, e.ip, e.port));
+                self.r.element(HAIRPIN, vec![Field::Addr(e.ip), Field::Addr(e.ip)], Value::None, None);
+            }
+            targets.push((set, ep_chain));
+        }
+        self.r.chain(&chain, None);
+        for (set, ep_chain) in &targets {
+            self.r.add_rule(&chain, rules::saddr_in(self.f, set).then(rules::goto(ep_chain)));
+        }
+        // Endpoint i is taken with probability 1/(N-i) if none before it was: an even spread,
+        // as kube-proxy's iptables statistic rules do it.
+        let n = targets.len();
+        for (i, (_, ep_chain)) in targets.iter().enumerate() {
+            let r = if i + 1 < n { rules::numgen_one_in((n - i) as u32).then(rules::goto(ep_chain)) } else { rules::goto(ep_chain) };
+            self.r.add_rule(&chain, r);
+        }
+        chain
+    }
+
+    /// The external traffic chain of an affinity service: masquerade and pick (ETP=Cluster), or
+    /// kube-proxy's short-circuits then the local pick (ETP=Local).
+    fn affinity_external(&mut self, p: &ResolvedServicePort) -> String {
+        let chain = format!("external-{}", names::service_base(p));
+        if self.r.chains.contains_key(&chain) {
+            return chain;
+        }
+        self.r.chain(&chain, None);
+        if !p.external_policy_local {
+            let pick = self.affinity_pick(p, &p.cluster_endpoints, false);
+            self.r.add_rule(&chain, rules::jump(MARK_FOR_MASQUERADE));
+            self.r.add_rule(&chain, rules::goto(&pick));
+            return chain;
+        }
+        if !p.cluster_endpoints.is_empty() {
+            let cluster = self.affinity_pick(p, &p.cluster_endpoints, false);
+            for c in self.cidrs.clone() {
+                let r = rules::saddr_in_cidr(self.f, &c, false).then(rules::goto(&cluster));
+                self.r.add_rule(&chain, r.comment("short-circuit pod traffic"));
+            }
+            let r = rules::fib_saddr_local().then(rules::jump(MARK_FOR_MASQUERADE));
+            self.r.add_rule(&chain, r.comment("masquerade local traffic"));
+            let r = rules::fib_saddr_local().then(rules::goto(&cluster));
+            self.r.add_rule(&chain, r.comment("short-circuit local traffic"));
+        }
+        if !p.local_endpoints.is_empty() {
+            let local = self.affinity_pick(p, &p.local_endpoints, true);
+            self.r.add_rule(&chain, rules::goto(&local));
+        }
+        chain
     }
 
     fn pick(&mut self, p: Pick) -> String {

@@ -6,6 +6,7 @@
 
 mod build;
 mod family;
+mod names;
 pub mod netlink;
 pub mod plan;
 mod rules;

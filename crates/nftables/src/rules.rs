@@ -139,6 +139,12 @@ pub fn daddr_not_loopback(f: Family) -> Rule {
     }
 }
 
+/// `ip daddr 10.96.0.10`
+pub fn daddr_is(f: Family, ip: std::net::IpAddr) -> Rule {
+    let net = IpNet::new(ip, (f.addr_len() * 8) as u8).expect("full-length prefix");
+    addr_match(f, f.daddr_offset(), "daddr", &net, false)
+}
+
 /// `ip saddr [!=] CIDR`, encoded as nft does: whole bytes of a byte-aligned prefix are compared
 /// directly, other prefixes are masked first.
 pub fn saddr_in_cidr(f: Family, net: &IpNet, negate: bool) -> Rule {
@@ -264,5 +270,55 @@ pub fn dnat_random(f: Family, proto: u8, key: BackendKey, n: u32, map: &str) -> 
             f.word()
         ),
         all,
+    )
+}
+
+/// `ip saddr @set`
+pub fn saddr_in(f: Family, set: &str) -> Rule {
+    Rule::new(format!("{} saddr @{set}", f.word()), vec![saddr(f, 1), lookup(set, None)])
+}
+
+/// `update @set { ip saddr }`: remember (or refresh) this client in a dynamic set.
+pub fn update_saddr(f: Family, set: &str) -> Rule {
+    Rule::new(
+        format!("update @{set} {{ {} saddr }}", f.word()),
+        vec![saddr(f, 1), Expr::Dynset { sreg_key: 1, op: DYNSET_UPDATE, set: set.into(), set_id: None }],
+    )
+}
+
+/// `numgen random mod K == 0`: true with probability 1/K (kube-proxy iptables' statistic match).
+pub fn numgen_one_in(k: u32) -> Rule {
+    Rule::new(
+        format!("numgen random mod {k} == 0"),
+        vec![Expr::Numgen { dreg: 1, modulus: k, random: true }, cmp(CmpOp::Eq, vec![0; 4])],
+    )
+}
+
+/// `meta l4proto tcp dnat ip to 10.0.0.1:80` / `dnat ip6 to [fd00::1]:80`
+pub fn dnat_to(f: Family, proto: u8, ip: std::net::IpAddr, port: u16) -> Rule {
+    let (addr_bytes, shown) = match ip {
+        std::net::IpAddr::V4(a) => (a.octets().to_vec(), format!("{a}:{port}")),
+        std::net::IpAddr::V6(a) => (a.octets().to_vec(), format!("[{a}]:{port}")),
+    };
+    let proto_name = match proto {
+        6 => "tcp",
+        17 => "udp",
+        _ => "sctp",
+    };
+    Rule::new(
+        format!("meta l4proto {proto_name} dnat {} to {shown}", f.word()),
+        vec![
+            l4proto(1),
+            cmp(CmpOp::Eq, vec![proto]),
+            Expr::ImmediateData { dreg: 1, data: addr_bytes },
+            Expr::ImmediateData { dreg: 2, data: port.to_be_bytes().to_vec() },
+            Expr::Nat {
+                kind: NatKind::Dnat,
+                family: f.nfproto(),
+                addr_min: 1,
+                proto_min: Some(2),
+                flags: Some(NAT_FLAG_PROTO_SPECIFIED),
+            },
+        ],
     )
 }

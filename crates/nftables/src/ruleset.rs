@@ -50,7 +50,7 @@ pub struct SetDecl {
     pub spec: SetSpec,
     /// `type …` or `typeof …`, as in an `nft -f` file.
     pub type_text: String,
-    pub comment: &'static str,
+    pub comment: Option<&'static str>,
     /// Where its elements go in a cold start: backend maps before the maps that lead to them,
     /// so that a transaction never holds an entry point without its endpoints.
     pub stage: u8,
@@ -212,7 +212,9 @@ impl Ruleset {
         for (name, decl) in &self.sets {
             let kind = if decl.spec.data.is_some() { "map" } else { "set" };
             let _ = writeln!(out, "\n\t{kind} {name} {{\n\t\t{}", decl.type_text);
-            let _ = writeln!(out, "\t\tcomment {}", quote(decl.comment));
+            if let Some(c) = decl.comment {
+                let _ = writeln!(out, "\t\tcomment {}", quote(c));
+            }
             let elems = &self.elements[name];
             if !elems.is_empty() {
                 let list: Vec<String> = elems.iter().map(|(k, v)| elem_text(k, v)).collect();

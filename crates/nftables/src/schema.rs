@@ -3,7 +3,7 @@
 //! endpoint count in use, one small chain.
 
 use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{BaseChain, SetSpec, Verdict};
+use nftproxy_nft_wire::{BaseChain, SetSpec, Udata, Verdict};
 
 use crate::family::Family;
 use crate::rules::{self, MASQ_MARK};
@@ -49,6 +49,7 @@ fn decl(
     comment: &'static str,
     stage: u8,
 ) -> SetDecl {
+    let comment = Some(comment);
     SetDecl {
         spec: SetSpec {
             name: name.into(),
@@ -92,6 +93,26 @@ pub fn sets(f: Family) -> Vec<SetDecl> {
         decl(NODEPORT_BACKENDS, NFT_SET_MAP, &np_backend_key, 12, endpoint, pick(ud::V4_NODEPORT_BACKENDS, ud::V6_NODEPORT_BACKENDS), np_backend_type.clone(), "node port . index : endpoint", 0),
         decl(NODEPORT_CLUSTER_BACKENDS, NFT_SET_MAP, &np_backend_key, 12, endpoint, pick(ud::V4_NODEPORT_CLUSTER_BACKENDS, ud::V6_NODEPORT_CLUSTER_BACKENDS), np_backend_type, "node port . index : cluster endpoint (ETP=Local short-circuit)", 0),
     ]
+}
+
+/// A per-endpoint ClientIP affinity set (kube-proxy's shape): source addresses seen recently,
+/// each forgotten `timeout` seconds after its last connection.
+pub fn affinity_set(f: Family, name: &str, timeout_s: u32) -> SetDecl {
+    SetDecl {
+        spec: SetSpec {
+            name: name.into(),
+            flags: NFT_SET_TIMEOUT | NFT_SET_EVAL,
+            key_type: f.addr_type_id(),
+            key_len: f.addr_len(),
+            data: None,
+            timeout_ms: Some(u64::from(timeout_s) * 1000),
+            // What nft writes for such a set: the key's byte order (big endian).
+            udata: Udata::default().put_u32(NFTNL_UDATA_SET_KEYBYTEORDER, 2).0,
+        },
+        type_text: format!("type {}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout_s}s", f.addr_type()),
+        comment: None,
+        stage: 0,
+    }
 }
 
 fn base(chain_type: &'static str, hook: u32, priority: i32) -> Option<BaseChain> {
