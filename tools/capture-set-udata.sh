@@ -23,6 +23,7 @@ table $fam kube-nftproxy {
   map service-nodeports { type inet_proto . inet_service : verdict; comment "NodePort traffic"; }
   map no-endpoint-services { type $a . inet_proto . inet_service : verdict; comment "vmap to drop or reject packets to services with no endpoints"; }
   map no-endpoint-nodeports { type inet_proto . inet_service : verdict; comment "vmap to drop or reject packets to service nodeports with no endpoints"; }
+  map firewall-ips { type $a . inet_proto . inet_service : verdict; comment "destinations that are subject to LoadBalancerSourceRanges"; }
   map backends { typeof $d . meta l4proto . th dport . numgen random mod 1 : $d . th dport; comment "frontend . index : endpoint"; }
   map cluster-backends { typeof $d . meta l4proto . th dport . numgen random mod 1 : $d . th dport; comment "frontend . index : cluster endpoint (ETP=Local short-circuit)"; }
   map nodeport-backends { typeof meta l4proto . th dport . numgen random mod 1 : $d . th dport; comment "node port . index : endpoint"; }

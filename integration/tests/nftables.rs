@@ -343,3 +343,23 @@ fn client_ip_affinity_pins_a_client_until_the_timeout() {
     }
     assert!(seen.len() > 1, "the affinity never expired: {seen:?}");
 }
+
+#[test]
+fn load_balancer_source_ranges_drop_other_sources_before_dnat() {
+    let mut lab = Lab::new(1);
+    let with_ranges = |ranges: &str| {
+        load_balancer("fw", "10.96.0.90", "203.0.113.20", &[(&pod_ip(1), NODE)])
+            .replace("externalTrafficPolicy: Local", &format!("externalTrafficPolicy: Cluster, loadBalancerSourceRanges: [{ranges}]"))
+    };
+    lab.sync(&with_ranges("'10.0.1.0/30'")).unwrap();
+    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "203.0.113.20:80", 5)), 5, "client inside the range");
+    let t = lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.20:80", 2);
+    assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "pod outside the range is dropped: {t:?}");
+    // Neither the ClusterIP nor the node port is subject to source ranges.
+    assert_eq!(answered(&lab.tally(&lab.pod_client, Proto::Tcp, "10.96.0.90:80", 3)), 3);
+    assert_eq!(answered(&lab.tally(&lab.pod_client, Proto::Tcp, "10.0.1.1:30081", 3)), 3);
+    lab.sync(&with_ranges("'192.0.2.0/24', ' 10.244.50.0/24 '")).unwrap();
+    assert_eq!(answered(&lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.20:80", 3)), 3);
+    let t = lab.tally(&lab.client, Proto::Tcp, "203.0.113.20:80", 2);
+    assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "{t:?}");
+}

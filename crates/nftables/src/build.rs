@@ -146,6 +146,9 @@ impl Builder<'_> {
             EndpointChoice::Drop => self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, false, &comment),
         }
 
+        if !p.load_balancer_source_ranges.is_empty() && p.has_any_endpoints {
+            self.firewall(p, &comment);
+        }
         if p.external.is_some() {
             let ext_ips: Vec<IpAddr> = p.external_ips.iter().chain(&p.load_balancer_ips).copied().collect();
             for ip in ext_ips {
@@ -259,6 +262,29 @@ impl Builder<'_> {
             self.r.add_rule(&chain, rules::goto(&local));
         }
         chain
+    }
+
+    /// loadBalancerSourceRanges: traffic to the service's load-balancer IPs from elsewhere is
+    /// dropped before DNAT. One named chain per such service port, a `return` per allowed range.
+    /// Node ports are not subject to source ranges (as in kube-proxy).
+    fn firewall(&mut self, p: &ResolvedServicePort, comment: &str) {
+        let chain = format!("firewall-{}", names::service_base(p));
+        let mut allowed: Vec<IpNet> = p.load_balancer_source_ranges.clone();
+        // If a range holds a node IP, traffic from the node may come back to the VIP with the VIP
+        // itself as source (kube-proxy allows the LB IPs then too).
+        if p.load_balancer_source_ranges.iter().any(|r| self.ctx.node_ips(self.f.0).any(|ip| r.contains(ip))) {
+            allowed.extend(p.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
+        }
+        self.r.chain(&chain, None);
+        for net in &allowed {
+            self.r.add_rule(&chain, rules::saddr_in_cidr(self.f, net, false).then(rules::verdict(Verdict::Return)));
+        }
+        self.r.add_rule(&chain, rules::verdict(Verdict::Drop).comment("not in loadBalancerSourceRanges"));
+        let proto = p.protocol.number();
+        for ip in &p.load_balancer_ips {
+            let key = vec![Field::Addr(*ip), Field::Proto(proto), Field::Port(p.port)];
+            self.r.element(FIREWALL_IPS, key, Value::Verdict(Verdict::Goto(chain.clone())), Some(comment));
+        }
     }
 
     fn pick(&mut self, p: Pick) -> String {

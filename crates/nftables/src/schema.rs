@@ -17,6 +17,7 @@ pub const SERVICE_IPS: &str = "service-ips";
 pub const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+pub const FIREWALL_IPS: &str = "firewall-ips";
 pub const BACKENDS: &str = "backends";
 pub const CLUSTER_BACKENDS: &str = "cluster-backends";
 pub const NODEPORT_BACKENDS: &str = "nodeport-backends";
@@ -29,6 +30,7 @@ pub const REJECT_CHAIN: &str = "reject-chain";
 pub const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
 pub const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
 pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+pub const FIREWALL_CHECK: &str = "firewall-check";
 
 const TYPE_INET_PROTO: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
@@ -88,6 +90,7 @@ pub fn sets(f: Family) -> Vec<SetDecl> {
         decl(SERVICE_NODEPORTS, NFT_SET_MAP, &[TYPE_INET_PROTO, TYPE_INET_SERVICE], 8, vmap, pick(ud::V4_SERVICE_NODEPORTS, ud::V6_SERVICE_NODEPORTS), "type inet_proto . inet_service : verdict".into(), "NodePort traffic", 1),
         decl(NO_ENDPOINT_SERVICES, NFT_SET_MAP, &svc_key, al + 8, vmap, pick(ud::V4_NO_ENDPOINT_SERVICES, ud::V6_NO_ENDPOINT_SERVICES), format!("type {addr} . inet_proto . inet_service : verdict"), "vmap to drop or reject packets to services with no endpoints", 1),
         decl(NO_ENDPOINT_NODEPORTS, NFT_SET_MAP, &[TYPE_INET_PROTO, TYPE_INET_SERVICE], 8, vmap, pick(ud::V4_NO_ENDPOINT_NODEPORTS, ud::V6_NO_ENDPOINT_NODEPORTS), "type inet_proto . inet_service : verdict".into(), "vmap to drop or reject packets to service nodeports with no endpoints", 1),
+        decl(FIREWALL_IPS, NFT_SET_MAP, &svc_key, al + 8, vmap, pick(ud::V4_FIREWALL_IPS, ud::V6_FIREWALL_IPS), format!("type {addr} . inet_proto . inet_service : verdict"), "destinations that are subject to LoadBalancerSourceRanges", 1),
         decl(BACKENDS, NFT_SET_MAP, &backend_key, al + 12, endpoint, pick(ud::V4_BACKENDS, ud::V6_BACKENDS), backend_type.clone(), "frontend . index : endpoint", 0),
         decl(CLUSTER_BACKENDS, NFT_SET_MAP, &backend_key, al + 12, endpoint, pick(ud::V4_CLUSTER_BACKENDS, ud::V6_CLUSTER_BACKENDS), backend_type, "frontend . index : cluster endpoint (ETP=Local short-circuit)", 0),
         decl(NODEPORT_BACKENDS, NFT_SET_MAP, &np_backend_key, 12, endpoint, pick(ud::V4_NODEPORT_BACKENDS, ud::V6_NODEPORT_BACKENDS), np_backend_type.clone(), "node port . index : endpoint", 0),
@@ -151,8 +154,10 @@ pub fn fixed(f: Family, nodeports: NodePortMatch) -> Ruleset {
     r.add_rule("filter-forward", new_jump(CLUSTER_IPS_CHECK));
     r.add_rule("filter-output", new_jump(SERVICE_ENDPOINTS_CHECK));
     r.add_rule("filter-output", new_jump(CLUSTER_IPS_CHECK));
-    // filter-*-pre-dnat hold no rule yet: they are where loadBalancerSourceRanges firewalls hook
-    // in, present now so that the base chain layout matches kube-proxy's.
+    // loadBalancerSourceRanges are checked before DNAT, on the original destination.
+    r.add_rule("filter-prerouting-pre-dnat", new_jump(FIREWALL_CHECK));
+    r.add_rule("filter-output-pre-dnat", new_jump(FIREWALL_CHECK));
+    r.add_rule(FIREWALL_CHECK, rules::daddr_proto_port_vmap(f, FIREWALL_IPS));
     r.add_rule("nat-prerouting", rules::jump(SERVICES));
     r.add_rule("nat-output", rules::jump(SERVICES));
     r.add_rule("nat-postrouting", rules::jump(MASQUERADING));
