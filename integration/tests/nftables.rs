@@ -363,3 +363,63 @@ fn load_balancer_source_ranges_drop_other_sources_before_dnat() {
     let t = lab.tally(&lab.client, Proto::Tcp, "203.0.113.20:80", 2);
     assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "{t:?}");
 }
+
+fn many(n: usize) -> String {
+    let mut m = three_pods();
+    for i in 0..n {
+        m += &service(&format!("m{i}"), &format!("10.98.{}.{}", i / 250, i % 250 + 1), HTTP_DNS, "");
+        m += &slice(&format!("m{i}"), &format!("m{i}-1"), "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), "node-b")]);
+    }
+    m
+}
+
+#[test]
+fn a_cold_start_in_chunks_ends_where_one_transaction_would() {
+    let mut lab = Lab::new(3);
+    lab.backend.cold_start_max_elements = 500;
+    let m = many(400);
+    let chunked = lab.sync(&m).unwrap();
+    assert!(chunked.transactions > 5, "{chunked:?}");
+    let listing = lab.ruleset();
+    lab.backend.force_full_sync();
+    let whole = lab.sync(&m).unwrap();
+    assert_eq!(whole.full.len(), 2);
+    assert_eq!(lab.ruleset(), listing, "chunked cold start and atomic replace program the same table");
+    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "10.98.1.150:80", 10)), 10);
+}
+
+#[test]
+fn a_restarted_proxy_replaces_the_table_without_a_failed_connection() {
+    let mut lab = Lab::new(3);
+    let m = many(300);
+    lab.sync(&m).unwrap();
+    // Traffic flows while a new process (a new backend, knowing nothing) adopts the table.
+    let client = lab.client.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let traffic = std::thread::spawn(move || {
+        let mut t = Tally::default();
+        let start = std::time::Instant::now();
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
+            let one = nftproxy_integration::tally(&client, Proto::Udp, "10.96.0.10:53".parse().unwrap(), None, 20, Duration::from_secs(1));
+            for (o, n) in one.outcomes {
+                *t.outcomes.entry(o).or_default() += n;
+            }
+        }
+        t
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..5 {
+        let mut fresh = lab.node.run(|| nftproxy_nftables::NftablesBackend::new().unwrap());
+        let mut l = nftproxy_manifest::Loaded::default();
+        l.add_text("test", &m);
+        let r = fresh.sync(nftproxy_nftables::desired(&l.state, &lab.ctx)).unwrap();
+        assert_eq!(r.full.len(), 2);
+        assert_eq!(r.transactions, 2, "one atomic replace per family: {r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let t = traffic.join().unwrap();
+    assert!(t.total() > 50, "{t:?}");
+    assert_eq!(answered(&t), t.total(), "a request failed during adoption: {t:?}");
+}
