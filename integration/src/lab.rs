@@ -117,8 +117,7 @@ impl Lab {
         let mut l = Loaded::default();
         l.add_text("test", manifests);
         assert!(l.warnings.is_empty(), "test manifests have warnings: {:?}", l.warnings);
-        let desired = nftproxy_nftables::desired(&l.state, &self.ctx);
-        self.backend.sync(desired)
+        self.backend.sync_cluster(&l.state, &self.ctx)
     }
 
     /// `nft list ruleset` in the node namespace.

@@ -423,3 +423,37 @@ fn a_restarted_proxy_replaces_the_table_without_a_failed_connection() {
     assert!(t.total() > 50, "{t:?}");
     assert_eq!(answered(&t), t.total(), "a request failed during adoption: {t:?}");
 }
+
+/// One UDP request from a fixed source port, as a resolver reusing its socket would send.
+fn udp_from_port(lab: &Lab, to: &str, port: u16) -> String {
+    lab.client.run(|| {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        s.connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.send(b"who\n").unwrap();
+        let mut buf = [0u8; 128];
+        match s.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).split_whitespace().next().unwrap_or("").to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    })
+}
+
+#[test]
+fn udp_conntrack_entries_to_a_removed_endpoint_are_deleted() {
+    let mut lab = Lab::new(2);
+    lab.sync(&web(&[(&pod_ip(1), "node-b"), (&pod_ip(2), "node-b")])).unwrap();
+    let first = udp_from_port(&lab, "10.96.0.10:53", 40000);
+    assert!(first == "ep1" || first == "ep2", "{first}");
+    for _ in 0..5 {
+        assert_eq!(udp_from_port(&lab, "10.96.0.10:53", 40000), first, "conntrack pins the flow");
+    }
+    let (gone, stays) = if first == "ep1" { (1, 2) } else { (2, 1) };
+    let r = lab.sync(&web(&[(&pod_ip(stays), "node-b")])).unwrap();
+    assert!(r.conntrack_deleted >= 1, "{r:?}");
+    // The removed pod still answers in this lab: only the deleted entry sends the flow elsewhere.
+    assert_eq!(udp_from_port(&lab, "10.96.0.10:53", 40000), format!("ep{stays}"), "ep{gone} was removed");
+    // Nothing was removed this time: no dump.
+    let r = lab.sync(&web(&[(&pod_ip(stays), "node-b"), (&pod_ip(gone), "node-b")])).unwrap();
+    assert_eq!(r.conntrack_deleted, 0);
+}

@@ -95,11 +95,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sync { from, node, backend: Backend::Nftables } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
-            let desired = nftproxy_nftables::desired(&loaded.state, &ctx);
-            let elements: usize = desired.iter().map(|r| r.element_count()).sum();
+            let elements: usize =
+                nftproxy_nftables::desired(&loaded.state, &ctx).iter().map(|r| r.element_count()).sum();
             let mut backend = NftablesBackend::new().context("opening the nf_tables netlink socket")?;
             let start = std::time::Instant::now();
-            let report = backend.sync(desired)?;
+            let report = backend.sync_cluster(&loaded.state, &ctx)?;
             eprintln!(
                 "synced {} service(s), {elements} map elements: {} transaction(s), {} messages, {} bytes in {:.1?} (longest transaction {:.1?})",
                 loaded.state.services.len(),

@@ -5,6 +5,7 @@
 //! programmed. The ruleset keeps services as map data: see `build.rs` for the shape and why.
 
 mod build;
+pub mod conntrack;
 mod family;
 mod names;
 pub mod netlink;

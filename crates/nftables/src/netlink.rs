@@ -171,6 +171,63 @@ impl NftSocket {
     }
 }
 
+impl NftSocket {
+    fn request(&mut self, subsys_msg: u16, flags: u16, family: u8, attrs: &[u8], seq: u32) -> io::Result<()> {
+        let mut msg = Vec::with_capacity(20 + attrs.len());
+        msg.extend_from_slice(&((20 + attrs.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&subsys_msg.to_ne_bytes());
+        msg.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&[family, 0, 0, 0]);
+        msg.extend_from_slice(attrs);
+        self.sock.send(&msg, neli::consts::socket::Msg::empty())?;
+        Ok(())
+    }
+
+    /// Every conntrack entry of a family (ctnetlink dump).
+    pub fn conntrack_dump(&mut self, family: u8) -> io::Result<Vec<crate::conntrack::CtEntry>> {
+        use crate::conntrack::*;
+        let seq = 0x7ffe_0000;
+        self.request((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, 0x300 /* NLM_F_DUMP */, family, &[], seq)?;
+        let mut out = Vec::new();
+        loop {
+            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
+            for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
+                if s != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                        return if err == 0 { Ok(out) } else { Err(io::Error::from_raw_os_error(-err)) };
+                    }
+                    t if t == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => out.extend(parse_entry(payload)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Deletes one conntrack entry; one already gone is fine.
+    pub fn conntrack_delete(&mut self, e: &crate::conntrack::CtEntry) -> io::Result<()> {
+        use crate::conntrack::*;
+        let family = if e.orig_src.is_ipv4() { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
+        let seq = 0x7ffd_0000;
+        self.request((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, NLM_F_ACK, family, &delete_attrs(e), seq)?;
+        loop {
+            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
+            for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
+                if s == seq && ty == NLMSG_ERROR {
+                    let err = -i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                    return if err == 0 || err == libc::ENOENT { Ok(()) } else { Err(io::Error::from_raw_os_error(err)) };
+                }
+            }
+        }
+    }
+}
+
 fn describe(msgs: &[MsgInfo], seq: u32) -> String {
     msgs.iter().find(|m| m.seq == seq).map(|m| m.what.clone()).unwrap_or_else(|| format!("message {seq}"))
 }

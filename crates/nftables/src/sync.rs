@@ -5,6 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use nftproxy_model::{ClusterState, IpFamily, NodeContext, resolve};
+
+use crate::build::build;
+use crate::conntrack::UdpEndpoints;
 use crate::family::Family;
 use crate::netlink::{CommitStats, NetlinkError, NftSocket};
 use crate::plan;
@@ -23,6 +27,8 @@ pub struct SyncReport {
     pub bytes: usize,
     /// The longest single transaction, send to ack.
     pub longest_transaction: Duration,
+    /// UDP conntrack entries deleted because their endpoint went away.
+    pub conntrack_deleted: usize,
 }
 
 impl SyncReport {
@@ -40,11 +46,14 @@ impl SyncReport {
 pub enum SyncError {
     #[error("{family:?} table: {source}")]
     Netlink { family: Family, source: NetlinkError },
+    #[error("conntrack cleanup: {0}")]
+    Conntrack(std::io::Error),
 }
 
 pub struct NftablesBackend {
     sock: NftSocket,
     programmed: BTreeMap<Family, Ruleset>,
+    udp: Option<UdpEndpoints>,
     seq: u32,
     pub cold_start_max_elements: usize,
 }
@@ -55,6 +64,7 @@ impl NftablesBackend {
         Ok(NftablesBackend {
             sock: NftSocket::open()?,
             programmed: BTreeMap::new(),
+            udp: None,
             seq: 1,
             cold_start_max_elements: COLD_START_MAX_ELEMENTS,
         })
@@ -119,6 +129,37 @@ impl NftablesBackend {
             self.programmed.insert(family, want);
         }
         Ok(report)
+    }
+
+    /// Resolves the cluster for this node, syncs both families, then deletes UDP conntrack
+    /// entries that lead to endpoints that went away (only when some did). The one call a
+    /// proxy loop makes.
+    pub fn sync_cluster(&mut self, state: &ClusterState, ctx: &NodeContext) -> Result<SyncReport, SyncError> {
+        let ports: Vec<_> = [IpFamily::V4, IpFamily::V6].into_iter().flat_map(|f| resolve(state, ctx, f)).collect();
+        let desired = [Family::V4, Family::V6]
+            .into_iter()
+            .map(|f| build(f, &ports.iter().filter(|p| p.family == f.0).cloned().collect::<Vec<_>>(), ctx))
+            .collect();
+        let mut report = self.sync(desired)?;
+        let now = UdpEndpoints::new(&ports, ctx);
+        if self.udp.as_ref().is_some_and(|before| before.lost_endpoints(&now)) {
+            report.conntrack_deleted = self.clean_conntrack(&now).map_err(SyncError::Conntrack)?;
+        }
+        self.udp = Some(now);
+        Ok(report)
+    }
+
+    fn clean_conntrack(&mut self, udp: &UdpEndpoints) -> std::io::Result<usize> {
+        let mut deleted = 0;
+        for family in [Family::V4, Family::V6] {
+            for e in self.sock.conntrack_dump(family.nfproto())? {
+                if udp.is_stale(&e) {
+                    self.sock.conntrack_delete(&e)?;
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// Deletes our tables, and nothing else. Missing tables are fine.
