@@ -15,7 +15,11 @@ use nftproxy_nftables::NftablesBackend;
 use node_args::NodeArgs;
 
 #[derive(Parser, Debug)]
-#[command(name = "kube-nftproxy", version, about = "A kube-proxy replacement that programs nftables over netlink")]
+#[command(
+    name = "kube-nftproxy",
+    version,
+    about = "A kube-proxy replacement that programs nftables over netlink"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,7 +88,11 @@ fn load(from: &PathBuf) -> Result<Loaded> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Render { from, node, backend: Backend::Nftables } => {
+        Command::Render {
+            from,
+            node,
+            backend: Backend::Nftables,
+        } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
             for table in nftproxy_nftables::desired(&loaded.state, &ctx) {
@@ -92,12 +100,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sync { from, node, backend: Backend::Nftables } => {
+        Command::Sync {
+            from,
+            node,
+            backend: Backend::Nftables,
+        } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
-            let elements: usize =
-                nftproxy_nftables::desired(&loaded.state, &ctx).iter().map(|r| r.element_count()).sum();
-            let mut backend = NftablesBackend::new().context("opening the nf_tables netlink socket")?;
+            let elements: usize = nftproxy_nftables::desired(&loaded.state, &ctx)
+                .iter()
+                .map(|r| r.element_count())
+                .sum();
+            let mut backend =
+                NftablesBackend::new().context("opening the nf_tables netlink socket")?;
             let start = std::time::Instant::now();
             let report = backend.sync_cluster(&loaded.state, &ctx)?;
             eprintln!(
@@ -111,8 +126,12 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Cleanup { backend: Backend::Nftables } => {
-            NftablesBackend::new().context("opening the nf_tables netlink socket")?.cleanup()?;
+        Command::Cleanup {
+            backend: Backend::Nftables,
+        } => {
+            NftablesBackend::new()
+                .context("opening the nf_tables netlink socket")?
+                .cleanup()?;
             Ok(())
         }
         Command::Inspect { from, node, output } => {
@@ -125,7 +144,8 @@ fn run(cli: Cli) -> Result<()> {
             match output {
                 Output::Table => print!("{}", inspect::table(&ports)),
                 Output::Json => {
-                    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+                    let warnings: Vec<String> =
+                        loaded.warnings.iter().map(|w| w.to_string()).collect();
                     let doc = serde_json::json!({ "node": ctx, "servicePorts": ports, "warnings": warnings });
                     println!("{}", serde_json::to_string_pretty(&doc)?);
                 }

@@ -29,17 +29,22 @@ impl ClusterState {
         self.services.remove(name)
     }
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
-        self.slices.insert((slice.namespace.clone(), slice.name.clone()), slice);
+        self.slices
+            .insert((slice.namespace.clone(), slice.name.clone()), slice);
     }
     pub fn remove_slice(&mut self, namespace: &str, name: &str) -> Option<EndpointSlice> {
-        self.slices.remove(&(namespace.to_string(), name.to_string()))
+        self.slices
+            .remove(&(namespace.to_string(), name.to_string()))
     }
     pub fn upsert_node(&mut self, node: Node) {
         self.nodes.insert(node.name.clone(), node);
     }
 
     /// The slices that belong to a Service (through the `kubernetes.io/service-name` label).
-    pub fn slices_of<'a>(&'a self, svc: &'a ServiceName) -> impl Iterator<Item = &'a EndpointSlice> {
+    pub fn slices_of<'a>(
+        &'a self,
+        svc: &'a ServiceName,
+    ) -> impl Iterator<Item = &'a EndpointSlice> {
         // Slices are keyed by namespace first, so this is a range scan over one namespace.
         self.slices
             .range((svc.namespace.clone(), String::new())..)
@@ -58,8 +63,10 @@ impl ClusterState {
             if slice.address_type.family() != Some(family) {
                 continue;
             }
-            let Some(ep_port) =
-                slice.ports.iter().find(|p| p.name == port.port && p.protocol == port.protocol)
+            let Some(ep_port) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.port && p.protocol == port.protocol)
             else {
                 continue;
             };
@@ -73,6 +80,9 @@ impl ClusterState {
                 }
             }
         }
-        merged.into_iter().map(|((_, port), endpoint)| MergedEndpoint { endpoint, port }).collect()
+        merged
+            .into_iter()
+            .map(|((_, port), endpoint)| MergedEndpoint { endpoint, port })
+            .collect()
     }
 }

@@ -98,7 +98,10 @@ pub struct ServiceName {
 
 impl ServiceName {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ServiceName { namespace: namespace.into(), name: name.into() }
+        ServiceName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -197,7 +200,9 @@ pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10800;
 impl Service {
     /// kube-proxy's `ExternallyAccessible`: reachable through something other than the ClusterIP.
     pub fn externally_accessible(&self, port: &ServicePort) -> bool {
-        port.node_port.is_some() || !self.external_ips.is_empty() || !self.load_balancer_ips.is_empty()
+        port.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
     }
 }
 
@@ -308,6 +313,8 @@ impl NodeContext {
     }
 
     pub fn cluster_cidrs(&self, family: IpFamily) -> impl Iterator<Item = &IpNet> {
-        self.cluster_cidrs.iter().filter(move |n| IpFamily::of_net(n) == family)
+        self.cluster_cidrs
+            .iter()
+            .filter(move |n| IpFamily::of_net(n) == family)
     }
 }

@@ -83,30 +83,87 @@ pub const NFT_REJECT_TCP_RST: u32 = 1;
 /// One expression of a rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Expr {
-    Payload { dreg: u32, base: PayloadBase, offset: u32, len: u32 },
-    Meta { dreg: u32, key: MetaKey },
-    MetaSet { sreg: u32, key: MetaKey },
-    Ct { dreg: u32, key: CtKey },
-    Cmp { sreg: u32, op: CmpOp, data: Vec<u8> },
+    Payload {
+        dreg: u32,
+        base: PayloadBase,
+        offset: u32,
+        len: u32,
+    },
+    Meta {
+        dreg: u32,
+        key: MetaKey,
+    },
+    MetaSet {
+        sreg: u32,
+        key: MetaKey,
+    },
+    Ct {
+        dreg: u32,
+        key: CtKey,
+    },
+    Cmp {
+        sreg: u32,
+        op: CmpOp,
+        data: Vec<u8>,
+    },
     /// `dreg = (sreg & mask) ^ xor`. nft sends the boolean op attribute when the rule text
     /// spells the operator (`meta mark & 0x4000`, `meta mark | 0x4000`) and leaves it out for
     /// masks it derives itself (`ct status dnat`, address prefixes): `spelled` says which.
-    Bitwise { sreg: u32, dreg: u32, mask: Vec<u8>, xor: Vec<u8>, spelled: bool },
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+        spelled: bool,
+    },
     /// Set membership (no dreg) or map lookup (dreg; `NFT_REG_VERDICT` for verdict maps).
     /// `set_id` names a set created earlier in the same batch (nft sends both name and id).
-    Lookup { sreg: u32, dreg: Option<u32>, set: String, set_id: Option<u32>, invert: bool },
+    Lookup {
+        sreg: u32,
+        dreg: Option<u32>,
+        set: String,
+        set_id: Option<u32>,
+        invert: bool,
+    },
     Immediate(Verdict),
     /// A constant into a data register (`dnat to 10.0.0.1:80` loads address and port this way).
-    ImmediateData { dreg: u32, data: Vec<u8> },
+    ImmediateData {
+        dreg: u32,
+        data: Vec<u8>,
+    },
     /// Writes a value in [0, modulus) to dreg, in host byte order.
-    Numgen { dreg: u32, modulus: u32, random: bool },
-    Nat { kind: NatKind, family: u8, addr_min: u32, proto_min: Option<u32>, flags: Option<u32> },
-    Masq { flags: u32 },
-    Fib { dreg: u32, flags: u32, result: u32 },
-    Reject { kind: u32, code: u8 },
+    Numgen {
+        dreg: u32,
+        modulus: u32,
+        random: bool,
+    },
+    Nat {
+        kind: NatKind,
+        family: u8,
+        addr_min: u32,
+        proto_min: Option<u32>,
+        flags: Option<u32>,
+    },
+    Masq {
+        flags: u32,
+    },
+    Fib {
+        dreg: u32,
+        flags: u32,
+        result: u32,
+    },
+    Reject {
+        kind: u32,
+        code: u8,
+    },
     Counter,
     /// `update @set { key }` / `add @set { key }` from a rule (op 1 update, 0 add).
-    Dynset { sreg_key: u32, op: u32, set: String, set_id: Option<u32> },
+    Dynset {
+        sreg_key: u32,
+        op: u32,
+        set: String,
+        set_id: Option<u32>,
+    },
 }
 
 impl Expr {
@@ -134,7 +191,12 @@ impl Expr {
         w.str(NFTA_EXPR_NAME, self.name());
         let d = w.nest(NFTA_EXPR_DATA);
         match self {
-            Expr::Payload { dreg, base, offset, len } => {
+            Expr::Payload {
+                dreg,
+                base,
+                offset,
+                len,
+            } => {
                 w.u32(1, *dreg);
                 w.u32(2, *base as u32);
                 w.u32(3, *offset);
@@ -159,7 +221,13 @@ impl Expr {
                 w.bytes(NFTA_DATA_VALUE, data);
                 w.end(n);
             }
-            Expr::Bitwise { sreg, dreg, mask, xor, spelled } => {
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                mask,
+                xor,
+                spelled,
+            } => {
                 w.u32(1, *sreg);
                 w.u32(2, *dreg);
                 if *spelled {
@@ -173,7 +241,13 @@ impl Expr {
                 w.bytes(NFTA_DATA_VALUE, xor);
                 w.end(x);
             }
-            Expr::Lookup { sreg, dreg, set, set_id, invert } => {
+            Expr::Lookup {
+                sreg,
+                dreg,
+                set,
+                set_id,
+                invert,
+            } => {
                 w.u32(2, *sreg);
                 if let Some(d) = dreg {
                     w.u32(3, *d);
@@ -198,13 +272,23 @@ impl Expr {
                 w.bytes(NFTA_DATA_VALUE, data);
                 w.end(n);
             }
-            Expr::Numgen { dreg, modulus, random } => {
+            Expr::Numgen {
+                dreg,
+                modulus,
+                random,
+            } => {
                 w.u32(1, *dreg);
                 w.u32(2, *modulus);
                 w.u32(3, u32::from(*random));
                 w.u32(4, 0);
             }
-            Expr::Nat { kind, family, addr_min, proto_min, flags } => {
+            Expr::Nat {
+                kind,
+                family,
+                addr_min,
+                proto_min,
+                flags,
+            } => {
                 w.u32(1, *kind as u32);
                 w.u32(2, u32::from(*family));
                 w.u32(3, *addr_min);
@@ -218,7 +302,11 @@ impl Expr {
             Expr::Masq { flags } => {
                 w.u32(1, *flags);
             }
-            Expr::Fib { dreg, flags, result } => {
+            Expr::Fib {
+                dreg,
+                flags,
+                result,
+            } => {
                 w.u32(3, *flags);
                 w.u32(2, *result);
                 w.u32(1, *dreg);
@@ -231,7 +319,12 @@ impl Expr {
                 w.u64(1, 0);
                 w.u64(2, 0);
             }
-            Expr::Dynset { sreg_key, op, set, set_id } => {
+            Expr::Dynset {
+                sreg_key,
+                op,
+                set,
+                set_id,
+            } => {
                 w.u32(4, *sreg_key);
                 w.u32(3, *op);
                 w.str(1, set);
@@ -248,5 +341,9 @@ impl Expr {
 /// The register that holds the field at a 32-bit word offset of a concatenation, as `nft`
 /// allocates them: the first field in `NFT_REG_1`, the others in `NFT_REG32_xx`.
 pub fn concat_reg(word: u32) -> u32 {
-    if word == 0 { NFT_REG_1 } else { NFT_REG32_00 + word }
+    if word == 0 {
+        NFT_REG_1
+    } else {
+        NFT_REG32_00 + word
+    }
 }

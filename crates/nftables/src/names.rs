@@ -26,7 +26,13 @@ pub fn hash_and_truncate(name: &str) -> String {
 /// `ns/svc/proto/port` hashed: the base of a service port's chains.
 pub fn service_base(p: &ResolvedServicePort) -> String {
     let s = &p.name.service;
-    hash_and_truncate(&format!("{}/{}/{}/{}", s.namespace, s.name, p.protocol.lower(), p.name.port))
+    hash_and_truncate(&format!(
+        "{}/{}/{}/{}",
+        s.namespace,
+        s.name,
+        p.protocol.lower(),
+        p.name.port
+    ))
 }
 
 /// `ns/svc/proto/port__ip/port` hashed (IPv6 colons become dots), the base of an endpoint's
@@ -34,7 +40,14 @@ pub fn service_base(p: &ResolvedServicePort) -> String {
 pub fn endpoint_base(p: &ResolvedServicePort, e: &ResolvedEndpoint) -> String {
     let s = &p.name.service;
     let ip = e.ip.to_string().replace(':', ".");
-    hash_and_truncate(&format!("{}/{}/{}/{}__{ip}/{}", s.namespace, s.name, p.protocol.lower(), p.name.port, e.port))
+    hash_and_truncate(&format!(
+        "{}/{}/{}/{}__{ip}/{}",
+        s.namespace,
+        s.name,
+        p.protocol.lower(),
+        p.name.port,
+        e.port
+    ))
 }
 
 #[cfg(test)]
@@ -44,8 +57,14 @@ mod tests {
     #[test]
     fn hashes_match_kube_proxys_golden_names() {
         // From kube-proxy's nftables proxier tests.
-        assert_eq!(hash_and_truncate("ns1/svc1/tcp/p80"), "ULMVA6XW-ns1/svc1/tcp/p80");
-        assert_eq!(hash_and_truncate("ns1/svc1/tcp/p80__10.180.0.1/80"), "5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80");
+        assert_eq!(
+            hash_and_truncate("ns1/svc1/tcp/p80"),
+            "ULMVA6XW-ns1/svc1/tcp/p80"
+        );
+        assert_eq!(
+            hash_and_truncate("ns1/svc1/tcp/p80__10.180.0.1/80"),
+            "5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+        );
     }
 
     #[test]

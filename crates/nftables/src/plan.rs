@@ -39,7 +39,11 @@ fn add_grouped(b: &mut Batch, fam: u8, elems: &[(&str, Elem)]) {
     let mut i = 0;
     while i < elems.len() {
         let set = elems[i].0;
-        let run: Vec<Elem> = elems[i..].iter().take_while(|(s, _)| *s == set).map(|(_, e)| e.clone()).collect();
+        let run: Vec<Elem> = elems[i..]
+            .iter()
+            .take_while(|(s, _)| *s == set)
+            .map(|(_, e)| e.clone())
+            .collect();
         i += run.len();
         b.add_elems(fam, TABLE, set, None, &run);
     }
@@ -143,9 +147,20 @@ pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
 
 /// (to delete, to add): changed values are deleted and added again, since the kernel refuses to
 /// overwrite an element's data.
-fn element_diff(old: &BTreeMap<Key, ElemValue>, new: &BTreeMap<Key, ElemValue>) -> (Vec<Elem>, Vec<Elem>) {
-    let del = old.iter().filter(|(k, v)| new.get(*k) != Some(*v)).map(|(k, v)| v.wire(k)).collect();
-    let add = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| v.wire(k)).collect();
+fn element_diff(
+    old: &BTreeMap<Key, ElemValue>,
+    new: &BTreeMap<Key, ElemValue>,
+) -> (Vec<Elem>, Vec<Elem>) {
+    let del = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(*v))
+        .map(|(k, v)| v.wire(k))
+        .collect();
+    let add = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| v.wire(k))
+        .collect();
     (del, add)
 }
 

@@ -23,7 +23,11 @@ pub struct Rule {
 
 impl Rule {
     pub fn new(text: impl Into<String>, exprs: Vec<Expr>) -> Rule {
-        Rule { text: text.into(), exprs, comment: None }
+        Rule {
+            text: text.into(),
+            exprs,
+            comment: None,
+        }
     }
     pub fn comment(mut self, c: impl Into<String>) -> Rule {
         self.comment = Some(c.into());
@@ -101,7 +105,11 @@ fn encode(fields: &[Field]) -> Vec<u8> {
 }
 
 fn fields_text(fields: &[Field]) -> String {
-    fields.iter().map(Field::text).collect::<Vec<_>>().join(" . ")
+    fields
+        .iter()
+        .map(Field::text)
+        .collect::<Vec<_>>()
+        .join(" . ")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -175,11 +183,19 @@ pub struct Ruleset {
 
 impl Ruleset {
     pub fn new(family: Family) -> Ruleset {
-        Ruleset { family, chains: BTreeMap::new(), sets: BTreeMap::new(), elements: BTreeMap::new() }
+        Ruleset {
+            family,
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            elements: BTreeMap::new(),
+        }
     }
 
     pub fn chain(&mut self, name: &str, base: Option<BaseChain>) -> &mut Chain {
-        self.chains.entry(name.to_string()).or_insert(Chain { base, rules: Vec::new() })
+        self.chains.entry(name.to_string()).or_insert(Chain {
+            base,
+            rules: Vec::new(),
+        })
     }
 
     pub fn add_rule(&mut self, chain: &str, rule: Rule) {
@@ -192,11 +208,17 @@ impl Ruleset {
     }
 
     pub fn element(&mut self, set: &str, key: Key, value: Value, comment: Option<&str>) {
-        debug_assert!(self.sets.contains_key(set), "element for undeclared set {set}");
-        self.elements
-            .entry(set.to_string())
-            .or_default()
-            .insert(key, ElemValue { value, comment: comment.map(str::to_string) });
+        debug_assert!(
+            self.sets.contains_key(set),
+            "element for undeclared set {set}"
+        );
+        self.elements.entry(set.to_string()).or_default().insert(
+            key,
+            ElemValue {
+                value,
+                comment: comment.map(str::to_string),
+            },
+        );
     }
 
     pub fn element_count(&self) -> usize {
@@ -207,10 +229,15 @@ impl Ruleset {
     /// same transaction (`table …` creates it if missing so that `delete table` cannot fail).
     pub fn render(&self) -> String {
         let fam = self.family.word();
-        let mut out = format!("table {fam} {TABLE}\ndelete table {fam} {TABLE}\ntable {fam} {TABLE} {{\n");
+        let mut out =
+            format!("table {fam} {TABLE}\ndelete table {fam} {TABLE}\ntable {fam} {TABLE} {{\n");
         let _ = writeln!(out, "\tcomment {}", quote(TABLE_COMMENT));
         for (name, decl) in &self.sets {
-            let kind = if decl.spec.data.is_some() { "map" } else { "set" };
+            let kind = if decl.spec.data.is_some() {
+                "map"
+            } else {
+                "set"
+            };
             let _ = writeln!(out, "\n\t{kind} {name} {{\n\t\t{}", decl.type_text);
             if let Some(c) = decl.comment {
                 let _ = writeln!(out, "\t\tcomment {}", quote(c));

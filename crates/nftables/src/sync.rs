@@ -45,7 +45,10 @@ impl SyncReport {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("{family:?} table: {source}")]
-    Netlink { family: Family, source: NetlinkError },
+    Netlink {
+        family: Family,
+        source: NetlinkError,
+    },
     #[error("conntrack cleanup: {0}")]
     Conntrack(std::io::Error),
 }
@@ -80,7 +83,12 @@ impl NftablesBackend {
         &self.programmed
     }
 
-    fn commit(&mut self, family: Family, batch: nftproxy_nft_wire::Batch, report: &mut SyncReport) -> Result<(), SyncError> {
+    fn commit(
+        &mut self,
+        family: Family,
+        batch: nftproxy_nft_wire::Batch,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         let finished = batch.finish();
         self.seq = self.seq.wrapping_add(finished.msgs.len() as u32 + 2);
         let start = Instant::now();
@@ -114,13 +122,17 @@ impl NftablesBackend {
                     let exists = self
                         .sock
                         .table_exists(family.nfproto(), TABLE)
-                        .map_err(|e| SyncError::Netlink { family, source: e.into() })?;
+                        .map_err(|e| SyncError::Netlink {
+                            family,
+                            source: e.into(),
+                        })?;
                     if exists {
                         // Adopt by replacing, atomically: no window without rules.
                         let batch = plan::replace(&want, self.seq);
                         self.commit(family, batch, &mut report)?;
                     } else {
-                        for batch in plan::cold_start(&want, self.seq, self.cold_start_max_elements) {
+                        for batch in plan::cold_start(&want, self.seq, self.cold_start_max_elements)
+                        {
                             self.commit(family, batch, &mut report)?;
                         }
                     }
@@ -134,15 +146,36 @@ impl NftablesBackend {
     /// Resolves the cluster for this node, syncs both families, then deletes UDP conntrack
     /// entries that lead to endpoints that went away (only when some did). The one call a
     /// proxy loop makes.
-    pub fn sync_cluster(&mut self, state: &ClusterState, ctx: &NodeContext) -> Result<SyncReport, SyncError> {
-        let ports: Vec<_> = [IpFamily::V4, IpFamily::V6].into_iter().flat_map(|f| resolve(state, ctx, f)).collect();
+    pub fn sync_cluster(
+        &mut self,
+        state: &ClusterState,
+        ctx: &NodeContext,
+    ) -> Result<SyncReport, SyncError> {
+        let ports: Vec<_> = [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .flat_map(|f| resolve(state, ctx, f))
+            .collect();
         let desired = [Family::V4, Family::V6]
             .into_iter()
-            .map(|f| build(f, &ports.iter().filter(|p| p.family == f.0).cloned().collect::<Vec<_>>(), ctx))
+            .map(|f| {
+                build(
+                    f,
+                    &ports
+                        .iter()
+                        .filter(|p| p.family == f.0)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                    ctx,
+                )
+            })
             .collect();
         let mut report = self.sync(desired)?;
         let now = UdpEndpoints::new(&ports, ctx);
-        if self.udp.as_ref().is_some_and(|before| before.lost_endpoints(&now)) {
+        if self
+            .udp
+            .as_ref()
+            .is_some_and(|before| before.lost_endpoints(&now))
+        {
             report.conntrack_deleted = self.clean_conntrack(&now).map_err(SyncError::Conntrack)?;
         }
         self.udp = Some(now);
@@ -169,7 +202,10 @@ impl NftablesBackend {
             let exists = self
                 .sock
                 .table_exists(family.nfproto(), TABLE)
-                .map_err(|e| SyncError::Netlink { family, source: e.into() })?;
+                .map_err(|e| SyncError::Netlink {
+                    family,
+                    source: e.into(),
+                })?;
             if exists {
                 let mut report = SyncReport::default();
                 self.commit(family, plan::delete(family, self.seq), &mut report)?;

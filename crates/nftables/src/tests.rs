@@ -28,7 +28,11 @@ fn port(name: &str, cip: &str, eps: &[&str]) -> ResolvedServicePort {
         })
         .collect();
     ResolvedServicePort {
-        name: ServicePortName { service: ServiceName::new("ns", name), port: "http".into(), protocol: Protocol::Tcp },
+        name: ServicePortName {
+            service: ServiceName::new("ns", name),
+            port: "http".into(),
+            protocol: Protocol::Tcp,
+        },
         family: IpFamily::V4,
         service_type: ServiceType::ClusterIP,
         cluster_ip: cip.parse().unwrap(),
@@ -44,7 +48,11 @@ fn port(name: &str, cip: &str, eps: &[&str]) -> ResolvedServicePort {
         affinity_timeout: None,
         topology_mode: None,
         has_any_endpoints: !endpoints.is_empty(),
-        internal: if endpoints.is_empty() { EndpointChoice::Reject } else { EndpointChoice::Endpoints(endpoints.clone()) },
+        internal: if endpoints.is_empty() {
+            EndpointChoice::Reject
+        } else {
+            EndpointChoice::Endpoints(endpoints.clone())
+        },
         external: None,
         cluster_endpoints: endpoints,
         local_endpoints: vec![],
@@ -61,7 +69,11 @@ fn every_set_comment_is_the_one_nft_stored_in_its_userdata() {
         for s in schema::sets(f) {
             let c = s.comment.expect("schema sets have comments");
             let needle = [&[7u8, (c.len() + 1) as u8][..], c.as_bytes(), &[0]].concat();
-            assert!(s.spec.udata.windows(needle.len()).any(|w| w == needle), "{}: comment {c:?} not in udata", s.spec.name);
+            assert!(
+                s.spec.udata.windows(needle.len()).any(|w| w == needle),
+                "{}: comment {c:?} not in udata",
+                s.spec.name
+            );
         }
     }
 }
@@ -74,43 +86,83 @@ fn an_unchanged_state_plans_nothing() {
 
 #[test]
 fn one_endpoint_change_is_one_delete_and_one_add_per_touched_map() {
-    let a = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2"]), port("db", "10.96.0.11", &["10.244.3.2"])]);
-    let b = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.4.2"]), port("db", "10.96.0.11", &["10.244.3.2"])]);
+    let a = table(&[
+        port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2"]),
+        port("db", "10.96.0.11", &["10.244.3.2"]),
+    ]);
+    let b = table(&[
+        port("web", "10.96.0.10", &["10.244.1.2", "10.244.4.2"]),
+        port("db", "10.96.0.11", &["10.244.3.2"]),
+    ]);
     let batch = plan::incremental(&a, &b, 1);
     let what: Vec<&str> = batch.messages().iter().map(|m| m.what.as_str()).collect();
     assert_eq!(
         what,
-        ["delete elements 0..1 of backends", "delete elements 0..1 of hairpin", "add elements 0..1 of backends", "add elements 0..1 of hairpin"]
+        [
+            "delete elements 0..1 of backends",
+            "delete elements 0..1 of hairpin",
+            "add elements 0..1 of backends",
+            "add elements 0..1 of hairpin"
+        ]
     );
 }
 
 #[test]
 fn a_new_endpoint_count_adds_its_pick_chain_and_retargets_the_service() {
     let a = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2"])]);
-    let b = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2", "10.244.3.2"])]);
+    let b = table(&[port(
+        "web",
+        "10.96.0.10",
+        &["10.244.1.2", "10.244.2.2", "10.244.3.2"],
+    )]);
     let batch = plan::incremental(&a, &b, 1);
     let what: Vec<&str> = batch.messages().iter().map(|m| m.what.as_str()).collect();
     assert_eq!(what[0], "add chain cluster-3");
     assert!(what.contains(&"delete chain cluster-2"), "{what:?}");
-    assert_eq!(*what.last().unwrap(), "delete chain cluster-2", "chains go after the elements that jump to them");
+    assert_eq!(
+        *what.last().unwrap(),
+        "delete chain cluster-2",
+        "chains go after the elements that jump to them"
+    );
 }
 
 #[test]
 fn a_service_without_endpoints_is_rejected_through_the_no_endpoint_map() {
     let r = table(&[port("empty", "10.96.0.12", &[])]);
     let text = r.render();
-    assert!(text.contains("10.96.0.12 . tcp . 80 comment \"ns/empty:http\" : goto reject-chain"), "{text}");
+    assert!(
+        text.contains("10.96.0.12 . tcp . 80 comment \"ns/empty:http\" : goto reject-chain"),
+        "{text}"
+    );
     assert!(r.elements["service-ips"].is_empty());
 }
 
 #[test]
 fn cold_start_chunks_fill_endpoint_maps_before_entry_maps() {
-    let ports: Vec<_> = (0..50).map(|i| port(&format!("s{i}"), &format!("10.96.1.{i}"), &["10.244.1.2", "10.244.2.2"])).collect();
+    let ports: Vec<_> = (0..50)
+        .map(|i| {
+            port(
+                &format!("s{i}"),
+                &format!("10.96.1.{i}"),
+                &["10.244.1.2", "10.244.2.2"],
+            )
+        })
+        .collect();
     let r = table(&ports);
     let batches = plan::cold_start(&r, 1, 40);
     assert!(batches.len() > 3, "{} batches", batches.len());
-    let order: Vec<String> = batches.iter().flat_map(|b| b.messages().iter().map(|m| m.what.clone())).filter(|w| w.contains("elements")).collect();
-    let first_entry = order.iter().position(|w| w.ends_with("service-ips") || w.ends_with("cluster-ips")).unwrap();
-    let last_backend = order.iter().rposition(|w| w.ends_with("of backends")).unwrap();
+    let order: Vec<String> = batches
+        .iter()
+        .flat_map(|b| b.messages().iter().map(|m| m.what.clone()))
+        .filter(|w| w.contains("elements"))
+        .collect();
+    let first_entry = order
+        .iter()
+        .position(|w| w.ends_with("service-ips") || w.ends_with("cluster-ips"))
+        .unwrap();
+    let last_backend = order
+        .iter()
+        .rposition(|w| w.ends_with("of backends"))
+        .unwrap();
     assert!(last_backend < first_entry, "{order:?}");
 }
