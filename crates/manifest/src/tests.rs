@@ -29,7 +29,7 @@ fn kubectl_list_example_loads_with_one_warning_for_the_malformed_service() {
             "shop/zonal"
         ]
     );
-    assert_eq!(l.state.slices.len(), 6);
+    assert_eq!(l.state.slices().len(), 6);
     assert_eq!(l.state.nodes.len(), 2);
     assert_eq!(
         only_warning(&l),
@@ -255,7 +255,7 @@ fn endpoint_conditions_follow_kubernetes_defaults() {
         "addressType: IPv4\nendpoints:\n- addresses: [10.1.0.1]\n- addresses: [10.1.0.2]\n  conditions: {ready: false}\n- addresses: [10.1.0.3]\n  conditions: {ready: false, serving: true, terminating: true}\n- addresses: []\nports: [{name: http, port: 80}, {name: nope}]",
     ));
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
-    let s = l.state.slices.values().next().unwrap();
+    let s = l.state.slices().values().next().unwrap();
     let c: Vec<(bool, bool, bool)> = s
         .endpoints
         .iter()

@@ -1,7 +1,7 @@
 //! The cluster as the proxy knows it: every Service, EndpointSlice and Node, keyed so that
 //! incremental updates (a watcher event, a changed manifest) replace exactly one object.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::types::*;
@@ -9,8 +9,12 @@ use crate::types::*;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterState {
     pub services: BTreeMap<ServiceName, Service>,
-    /// Keyed by (namespace, slice name).
-    pub slices: BTreeMap<(String, String), EndpointSlice>,
+    /// Keyed by (namespace, slice name). Private: [`ClusterState::upsert_slice`] keeps the index
+    /// below in step.
+    slices: BTreeMap<(String, String), EndpointSlice>,
+    /// The slices of each Service: resolving a service must not scan its whole namespace (10,000
+    /// services in one namespace made that O(n²)).
+    slices_by_service: BTreeMap<ServiceName, BTreeSet<(String, String)>>,
     pub nodes: BTreeMap<String, Node>,
 }
 
@@ -29,12 +33,33 @@ impl ClusterState {
         self.services.remove(name)
     }
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
-        self.slices
-            .insert((slice.namespace.clone(), slice.name.clone()), slice);
+        let key = (slice.namespace.clone(), slice.name.clone());
+        self.slices_by_service.entry(slice.service.clone()).or_default().insert(key.clone());
+        let service = slice.service.clone();
+        if let Some(old) = self.slices.insert(key.clone(), slice) {
+            // A slice relabelled to another Service leaves its old one.
+            if old.service != service {
+                self.unindex(&old.service, &key);
+            }
+        }
     }
     pub fn remove_slice(&mut self, namespace: &str, name: &str) -> Option<EndpointSlice> {
-        self.slices
-            .remove(&(namespace.to_string(), name.to_string()))
+        let key = (namespace.to_string(), name.to_string());
+        let old = self.slices.remove(&key)?;
+        self.unindex(&old.service, &key);
+        Some(old)
+    }
+    fn unindex(&mut self, svc: &ServiceName, key: &(String, String)) {
+        if let Some(set) = self.slices_by_service.get_mut(svc) {
+            set.remove(key);
+            if set.is_empty() {
+                self.slices_by_service.remove(svc);
+            }
+        }
+    }
+    /// Every slice, keyed by (namespace, name).
+    pub fn slices(&self) -> &BTreeMap<(String, String), EndpointSlice> {
+        &self.slices
     }
     pub fn upsert_node(&mut self, node: Node) {
         self.nodes.insert(node.name.clone(), node);
@@ -45,12 +70,7 @@ impl ClusterState {
         &'a self,
         svc: &'a ServiceName,
     ) -> impl Iterator<Item = &'a EndpointSlice> {
-        // Slices are keyed by namespace first, so this is a range scan over one namespace.
-        self.slices
-            .range((svc.namespace.clone(), String::new())..)
-            .take_while(move |((ns, _), _)| *ns == svc.namespace)
-            .map(|(_, s)| s)
-            .filter(move |s| s.service == *svc)
+        self.slices_by_service.get(svc).into_iter().flatten().filter_map(|k| self.slices.get(k))
     }
 
     /// kube-proxy's EndpointSliceCache merge for one service port and family: every slice of the

@@ -528,3 +528,15 @@ fn frontends_list_every_way_in() {
         ]
     );
 }
+
+#[test]
+fn a_slice_moved_to_another_service_leaves_the_first() {
+    let mut st = state(svc("web"), vec![slice("web", "s1", vec![ep("10.0.1.1", "node-b")])]);
+    st.upsert_service(svc("api"));
+    st.upsert_slice(slice("api", "s1", vec![ep("10.0.1.1", "node-b")]));
+    let r = resolve(&st, &ctx(), IpFamily::V4);
+    let web = r.iter().find(|p| p.name.service.name == "web").unwrap();
+    assert_eq!(web.internal, EndpointChoice::Reject);
+    st.remove_slice("ns", "s1");
+    assert!(st.slices_of(&ServiceName::new("ns", "api")).next().is_none());
+}
