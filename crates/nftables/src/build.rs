@@ -6,20 +6,23 @@
 //! frontend and index. Adding a service adds elements, never chains (unless its endpoint count
 //! is new), so the kernel's work per sync does not grow with the number of services.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use nftproxy_model::{
     EndpointChoice, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort,
+    ServiceName,
 };
 use nftproxy_nft_wire::Verdict;
+use smallvec::smallvec;
 
 use crate::family::Family;
 use crate::names;
 use crate::rules::{self, BackendKey};
-use crate::ruleset::{Field, Key, Ruleset, Value};
+use crate::ruleset::{Chain, Field, Key, Ruleset, Value};
 use crate::schema::*;
+use crate::table::Table;
 
 const PROTOCOLS: [u8; 3] = [6, 17, 132];
 
@@ -59,25 +62,54 @@ struct Builder<'a> {
     ctx: &'a NodeContext,
     cidrs: Vec<IpNet>,
     picks: BTreeSet<Pick>,
+    /// Pick chains already built for other fragments: the same for every service.
+    cache: &'a mut BTreeMap<Pick, Chain>,
 }
 
 /// Builds the table for one family from that family's resolved service ports.
 pub fn build(f: Family, ports: &[ResolvedServicePort], ctx: &NodeContext) -> Ruleset {
+    Table::new(fixed_table(f, ctx), fragments(f, ports, ctx)).table
+}
+
+/// What does not depend on services: the schema and the node's NodePort addresses.
+pub fn fixed_table(f: Family, ctx: &NodeContext) -> Ruleset {
     let nodeports = match ctx.nodeport_addresses {
         NodePortAddresses::All => NodePortMatch::AnyLocal,
         _ => NodePortMatch::Set,
     };
+    let mut r = fixed(f, nodeports);
+    for ip in nodeport_ips(f, ctx) {
+        r.element(NODEPORT_IPS, smallvec![Field::Addr(ip)], Value::None, None);
+    }
+    r
+}
+
+/// One fragment per Service: everything its ports add to the table in this family.
+pub fn fragments(f: Family, ports: &[ResolvedServicePort], ctx: &NodeContext) -> BTreeMap<ServiceName, Ruleset> {
+    let mut by_service: BTreeMap<ServiceName, Vec<&ResolvedServicePort>> = BTreeMap::new();
+    for p in ports.iter().filter(|p| f.matches(&p.cluster_ip)) {
+        by_service.entry(p.name.service.clone()).or_default().push(p);
+    }
+    let mut cache = BTreeMap::new();
+    by_service.into_iter().map(|(svc, ports)| (svc, fragment_with(f, &ports, ctx, &mut cache))).collect()
+}
+
+/// The elements, chains and sets one Service's ports add (pick chains included: the table
+/// counts references to the ones services share).
+pub fn fragment(f: Family, ports: &[&ResolvedServicePort], ctx: &NodeContext) -> Ruleset {
+    fragment_with(f, ports, ctx, &mut BTreeMap::new())
+}
+
+fn fragment_with(f: Family, ports: &[&ResolvedServicePort], ctx: &NodeContext, cache: &mut BTreeMap<Pick, Chain>) -> Ruleset {
     let mut b = Builder {
         f,
-        r: fixed(f, nodeports),
+        r: Ruleset::new(f),
         ctx,
         cidrs: ctx.cluster_cidrs(f.0).copied().collect(),
         picks: BTreeSet::new(),
+        cache,
     };
-    for ip in nodeport_ips(f, ctx) {
-        b.r.element(NODEPORT_IPS, vec![Field::Addr(ip)], Value::None, None);
-    }
-    for p in ports.iter().filter(|p| f.matches(&p.cluster_ip)) {
+    for p in ports {
         b.service_port(p);
     }
     for pick in std::mem::take(&mut b.picks) {
@@ -97,7 +129,7 @@ fn nodeport_ips(f: Family, ctx: &NodeContext) -> Vec<IpAddr> {
 }
 
 fn endpoint_value(e: &ResolvedEndpoint) -> Value {
-    Value::Fields(vec![Field::Addr(e.ip), Field::Port(e.port)])
+    Value::Fields(smallvec![Field::Addr(e.ip), Field::Port(e.port)])
 }
 
 /// Where a frontend leads: an entry map for service traffic and the maps its endpoints live in.
@@ -126,11 +158,11 @@ impl Builder<'_> {
         let comment = p.name.to_string();
         let proto = p.protocol.number();
         let addr_key =
-            |ip: IpAddr, port: u16| vec![Field::Addr(ip), Field::Proto(proto), Field::Port(port)];
+            |ip: IpAddr, port: u16| smallvec![Field::Addr(ip), Field::Proto(proto), Field::Port(port)];
 
         self.r.element(
             CLUSTER_IPS,
-            vec![Field::Addr(p.cluster_ip)],
+            smallvec![Field::Addr(p.cluster_ip)],
             Value::None,
             None,
         );
@@ -144,7 +176,7 @@ impl Builder<'_> {
                 if let Some(m) = masq {
                     // Internal traffic enters here; external traffic arrives by goto from
                     // external-… with another daddr, so only the ClusterIP is matched.
-                    let rules = &mut self.r.chains.get_mut(&chain).expect("affinity chain").rules;
+                    let rules = std::sync::Arc::make_mut(&mut self.r.chains.get_mut(&chain).expect("affinity chain").rules);
                     if !rules.contains(&m) {
                         rules.insert(0, m);
                     }
@@ -191,7 +223,7 @@ impl Builder<'_> {
                 self.external(
                     p,
                     &NODEPORT_MAPS,
-                    vec![Field::Proto(proto), Field::Port(np)],
+                    smallvec![Field::Proto(proto), Field::Port(np)],
                     &comment,
                 );
             }
@@ -284,7 +316,7 @@ impl Builder<'_> {
         let mut targets = Vec::new();
         for e in eps {
             let eb = names::endpoint_base(p, e);
-            let (set, ep_chain) = (format!("affinity-{eb}"), format!("endpoint-{eb}"));
+            let (set, ep_chain) = (names::affinity_set_name(p, e, timeout), format!("endpoint-{eb}"));
             if !self.r.chains.contains_key(&ep_chain) {
                 self.r.set(affinity_set(self.f, &set, timeout));
                 self.r
@@ -293,7 +325,7 @@ impl Builder<'_> {
                     .add_rule(&ep_chain, rules::dnat_to(self.f, proto, e.ip, e.port));
                 self.r.element(
                     HAIRPIN,
-                    vec![Field::Addr(e.ip), Field::Addr(e.ip)],
+                    smallvec![Field::Addr(e.ip), Field::Addr(e.ip)],
                     Value::None,
                     None,
                 );
@@ -383,7 +415,7 @@ impl Builder<'_> {
         );
         let proto = p.protocol.number();
         for ip in &p.load_balancer_ips {
-            let key = vec![Field::Addr(*ip), Field::Proto(proto), Field::Port(p.port)];
+            let key = smallvec![Field::Addr(*ip), Field::Proto(proto), Field::Port(p.port)];
             self.r.element(
                 FIREWALL_IPS,
                 key,
@@ -405,7 +437,7 @@ impl Builder<'_> {
             self.r.element(map, key, endpoint_value(e), Some(comment));
             self.r.element(
                 HAIRPIN,
-                vec![Field::Addr(e.ip), Field::Addr(e.ip)],
+                smallvec![Field::Addr(e.ip), Field::Addr(e.ip)],
                 Value::None,
                 None,
             );
@@ -447,6 +479,17 @@ impl Builder<'_> {
     }
 
     fn pick_chain(&mut self, pick: Pick) {
+        let name = pick.name();
+        if let Some(c) = self.cache.get(&pick) {
+            self.r.chains.insert(name, c.clone());
+            return;
+        }
+        self.build_pick_chain(pick);
+        let built = self.r.chains[&name].clone();
+        self.cache.insert(pick, built);
+    }
+
+    fn build_pick_chain(&mut self, pick: Pick) {
         let name = pick.name();
         self.r.chain(&name, None);
         match pick {

@@ -69,6 +69,17 @@ impl UdpEndpoints {
         u
     }
 
+    /// Adds another index (of other Services) to this one.
+    pub fn merge(&mut self, other: &UdpEndpoints) {
+        for (k, v) in &other.by_frontend {
+            self.by_frontend.entry(*k).or_default().extend(v.iter().copied());
+        }
+        for (k, v) in &other.by_node_port {
+            self.by_node_port.entry(*k).or_default().extend(v.iter().copied());
+        }
+        self.node_ips.extend(other.node_ips.iter().copied());
+    }
+
     /// Whether some frontend lost an endpoint between `self` (before) and `now`: only then is a
     /// conntrack dump worth its cost.
     pub fn lost_endpoints(&self, now: &UdpEndpoints) -> bool {

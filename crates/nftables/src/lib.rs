@@ -16,8 +16,9 @@ mod schema;
 #[rustfmt::skip]
 mod schema_udata;
 mod sync;
+pub mod table;
 
-pub use build::build;
+pub use build::{build, fixed_table, fragment, fragments};
 pub use family::Family;
 pub use ruleset::{Ruleset, TABLE};
 pub use sync::{NftablesBackend, SyncError, SyncReport};

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use nftproxy_nft_wire::{Batch, Elem};
 
 use crate::ruleset::{ElemValue, Key, Ruleset, TABLE, TABLE_COMMENT};
+use crate::table::Delta;
 
 fn schema(b: &mut Batch, r: &Ruleset) {
     let fam = r.family.nfproto();
@@ -17,36 +18,32 @@ fn schema(b: &mut Batch, r: &Ruleset) {
         b.add_chain(fam, TABLE, name, c.base.as_ref());
     }
     for (name, c) in &r.chains {
-        for rule in &c.rules {
+        for rule in c.rules.iter() {
             b.add_rule(fam, TABLE, name, &rule.exprs, rule.comment.as_deref());
         }
     }
 }
 
-/// Every element, backend maps first (stage 0), then the maps that lead to them (stage 1).
-fn staged_elements(r: &Ruleset) -> Vec<(&str, Elem)> {
+/// Every element as (set, elements) runs: backend maps first (stage 0), then the maps that
+/// lead to them (stage 1), cut so that no run holds more than `max` elements.
+fn staged_elements(r: &Ruleset, max: usize) -> Vec<(&str, Vec<Elem>)> {
     let mut sets: Vec<_> = r.sets.values().collect();
     sets.sort_by_key(|d| d.stage);
-    sets.into_iter()
-        .flat_map(|d| {
-            let name = d.spec.name.as_str();
-            r.elements[name].iter().map(move |(k, v)| (name, v.wire(k)))
-        })
-        .collect()
-}
-
-fn add_grouped(b: &mut Batch, fam: u8, elems: &[(&str, Elem)]) {
-    let mut i = 0;
-    while i < elems.len() {
-        let set = elems[i].0;
-        let run: Vec<Elem> = elems[i..]
-            .iter()
-            .take_while(|(s, _)| *s == set)
-            .map(|(_, e)| e.clone())
-            .collect();
-        i += run.len();
-        b.add_elems(fam, TABLE, set, None, &run);
+    let mut runs = Vec::new();
+    for d in sets {
+        let name = d.spec.name.as_str();
+        let mut run = Vec::new();
+        for (k, v) in &r.elements[name] {
+            run.push(v.wire(k));
+            if run.len() == max {
+                runs.push((name, std::mem::take(&mut run)));
+            }
+        }
+        if !run.is_empty() {
+            runs.push((name, run));
+        }
     }
+    runs
 }
 
 /// Replaces the table in one transaction (creating it if missing): what was there before stays
@@ -58,7 +55,9 @@ pub fn replace(r: &Ruleset, first_seq: u32) -> Batch {
     b.del_table(fam, TABLE);
     b.add_table(fam, TABLE, Some(TABLE_COMMENT));
     schema(&mut b, r);
-    add_grouped(&mut b, fam, &staged_elements(r));
+    for (set, elems) in staged_elements(r, usize::MAX) {
+        b.add_elems(fam, TABLE, set, None, &elems);
+    }
     b
 }
 
@@ -72,20 +71,21 @@ pub fn cold_start(r: &Ruleset, first_seq: u32, max_elements: usize) -> Vec<Batch
     let mut b = Batch::new(first_seq);
     b.add_table(fam, TABLE, Some(TABLE_COMMENT));
     schema(&mut b, r);
-    let elems = staged_elements(r);
-    let mut out = Vec::new();
-    let mut chunks = elems.chunks(max_elements.max(1));
-    if let Some(c) = chunks.next() {
-        add_grouped(&mut b, fam, c);
+    // Fill transactions run by run, never beyond `max_elements` each.
+    let max = max_elements.max(1);
+    let mut out: Vec<Batch> = Vec::new();
+    let mut in_batch = 0;
+    let mut seq = first_seq;
+    for (set, elems) in staged_elements(r, max) {
+        if in_batch + elems.len() > max && in_batch > 0 {
+            seq += b.messages().len() as u32 + 2;
+            out.push(std::mem::replace(&mut b, Batch::new(seq)));
+            in_batch = 0;
+        }
+        in_batch += elems.len();
+        b.add_elems(fam, TABLE, set, None, &elems);
     }
-    let mut seq = first_seq + b.messages().len() as u32 + 2;
     out.push(b);
-    for c in chunks {
-        let mut b = Batch::new(seq);
-        add_grouped(&mut b, fam, c);
-        seq += b.messages().len() as u32 + 2;
-        out.push(b);
-    }
     out
 }
 
@@ -111,7 +111,7 @@ pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
             Some(_) => b.flush_chain(fam, TABLE, name),
             None => {}
         }
-        for rule in &c.rules {
+        for rule in c.rules.iter() {
             b.add_rule(fam, TABLE, name, &rule.exprs, rule.comment.as_deref());
         }
     }
@@ -131,14 +131,80 @@ pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
     for (name, add) in adds {
         b.add_elems(fam, TABLE, name, None, &add);
     }
-    // Alphabetical order deletes `*-local-*` chains before the `*-shortcut-*` chains they jump to.
-    for name in prev.chains.keys() {
-        if !next.chains.contains_key(name) {
-            b.del_chain(fam, TABLE, name);
-        }
-    }
+    let gone: Vec<&str> = prev.chains.keys().filter(|n| !next.chains.contains_key(*n)).map(String::as_str).collect();
+    delete_chains(&mut b, fam, &gone);
     for name in prev.sets.keys() {
         if !next.sets.contains_key(name) {
+            b.del_set(fam, TABLE, name);
+        }
+    }
+    b
+}
+
+/// Deletes chains that nothing jumps to any more: flushed first, so that jumps between the
+/// doomed chains themselves (`service-…` → `endpoint-…`) never make a delete fail.
+fn delete_chains(b: &mut Batch, fam: u8, names: &[&str]) {
+    for name in names {
+        b.flush_chain(fam, TABLE, name);
+    }
+    for name in names {
+        b.del_chain(fam, TABLE, name);
+    }
+}
+
+/// The messages for what a fragment swap touched (see [`crate::table`]): proportional to the
+/// changed Services, whatever the size of the table.
+pub fn delta(table: &Ruleset, d: &Delta, first_seq: u32) -> Batch {
+    let fam = table.family.nfproto();
+    let mut b = Batch::new(first_seq);
+    for (i, (name, before)) in d.sets.iter().enumerate() {
+        if let (None, Some(decl)) = (before, table.sets.get(name)) {
+            b.add_set(fam, TABLE, &decl.spec, i as u32 + 1);
+        }
+    }
+    for (name, before) in &d.chains {
+        if let (None, Some(c)) = (before, table.chains.get(name)) {
+            b.add_chain(fam, TABLE, name, c.base.as_ref());
+        }
+    }
+    for (name, before) in &d.chains {
+        let Some(now) = table.chains.get(name) else { continue };
+        match before {
+            Some(old) if old.rules == now.rules => continue,
+            Some(_) => b.flush_chain(fam, TABLE, name),
+            None => {}
+        }
+        for rule in now.rules.iter() {
+            b.add_rule(fam, TABLE, name, &rule.exprs, rule.comment.as_deref());
+        }
+    }
+    let mut dels: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
+    let mut adds: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
+    for ((set, key), before) in &d.elements {
+        let now = table.elements.get(set).and_then(|e| e.get(key));
+        if before.as_ref() == now {
+            continue;
+        }
+        if let Some(v) = before {
+            // A set that is itself going away takes its elements with it.
+            if table.sets.contains_key(set) {
+                dels.entry(set).or_default().push(v.wire(key));
+            }
+        }
+        if let Some(v) = now {
+            adds.entry(set).or_default().push(v.wire(key));
+        }
+    }
+    for (set, e) in &dels {
+        b.del_elems(fam, TABLE, set, e);
+    }
+    for (set, e) in &adds {
+        b.add_elems(fam, TABLE, set, None, e);
+    }
+    let gone: Vec<&str> = d.chains.keys().filter(|n| !table.chains.contains_key(*n)).map(String::as_str).collect();
+    delete_chains(&mut b, fam, &gone);
+    for name in d.sets.keys() {
+        if !table.sets.contains_key(name) {
             b.del_set(fam, TABLE, name);
         }
     }

@@ -45,7 +45,8 @@ impl Rule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
     pub base: Option<BaseChain>,
-    pub rules: Vec<Rule>,
+    /// Shared: the pick chains of thousands of services are one value, cloned by reference.
+    pub rules: std::sync::Arc<Vec<Rule>>,
 }
 
 /// A set declaration: the wire spec plus how `nft` writes it.
@@ -94,7 +95,10 @@ impl Field {
     }
 }
 
-pub type Key = Vec<Field>;
+/// An element key: up to four fields inline.
+pub type Key = smallvec::SmallVec<[Field; 4]>;
+/// Element data: address and port inline.
+pub type Fields = smallvec::SmallVec<[Field; 2]>;
 
 fn encode(fields: &[Field]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -117,13 +121,14 @@ pub enum Value {
     /// Plain set element.
     None,
     Verdict(Verdict),
-    Fields(Vec<Field>),
+    Fields(Fields),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ElemValue {
     pub value: Value,
-    pub comment: Option<String>,
+    /// Shared by all elements of a service port: cloning it is a reference count.
+    pub comment: Option<std::sync::Arc<str>>,
 }
 
 impl ElemValue {
@@ -136,7 +141,7 @@ impl ElemValue {
                 Value::Fields(f) => Some(ElemData::Value(encode(f))),
             },
             timeout_ms: None,
-            comment: self.comment.clone(),
+            comment: self.comment.as_deref().map(str::to_string),
         }
     }
 }
@@ -194,12 +199,12 @@ impl Ruleset {
     pub fn chain(&mut self, name: &str, base: Option<BaseChain>) -> &mut Chain {
         self.chains.entry(name.to_string()).or_insert(Chain {
             base,
-            rules: Vec::new(),
+            rules: Default::default(),
         })
     }
 
     pub fn add_rule(&mut self, chain: &str, rule: Rule) {
-        self.chain(chain, None).rules.push(rule);
+        std::sync::Arc::make_mut(&mut self.chain(chain, None).rules).push(rule);
     }
 
     pub fn set(&mut self, decl: SetDecl) {
@@ -208,19 +213,17 @@ impl Ruleset {
     }
 
     pub fn element(&mut self, set: &str, key: Key, value: Value, comment: Option<&str>) {
-        debug_assert!(
-            self.sets.contains_key(set),
-            "element for undeclared set {set}"
-        );
-        self.elements.entry(set.to_string()).or_default().insert(
-            key,
-            ElemValue {
-                value,
-                comment: comment.map(str::to_string),
-            },
-        );
+        let v = ElemValue { value, comment: comment.map(std::sync::Arc::from) };
+        // Look the set up before allocating its name: this runs once per element.
+        match self.elements.get_mut(set) {
+            Some(m) => {
+                m.insert(key, v);
+            }
+            None => {
+                self.elements.entry(set.to_string()).or_default().insert(key, v);
+            }
+        }
     }
-
     pub fn element_count(&self) -> usize {
         self.elements.values().map(BTreeMap::len).sum()
     }
@@ -260,7 +263,7 @@ impl Ruleset {
                     b.priority
                 );
             }
-            for r in &chain.rules {
+            for r in chain.rules.iter() {
                 match &r.comment {
                     Some(c) => {
                         let _ = writeln!(out, "\t\t{} comment {}", r.text, quote(c));

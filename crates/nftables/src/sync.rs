@@ -1,21 +1,23 @@
-//! The sync engine: desired rulesets in, the least work for the kernel out. It remembers what it
-//! programmed last, so an incremental sync is a diff; after any failure it forgets, so the next
-//! sync replaces the whole table.
+//! The sync engine: desired state in, the least work for the kernel out. It remembers what it
+//! programmed (as per-Service fragments, see [`crate::table`]), so a sync of changed Services
+//! costs what they cost; after any failure it forgets, so the next sync rebuilds and replaces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use nftproxy_model::{ClusterState, IpFamily, NodeContext, resolve};
+use nftproxy_model::{ClusterState, NodeContext, ResolvedServicePort, ServiceName, resolve, resolve_service};
 
-use crate::build::build;
+use crate::build::{fixed_table, fragment, fragments};
 use crate::conntrack::UdpEndpoints;
 use crate::family::Family;
 use crate::netlink::{CommitStats, NetlinkError, NftSocket};
 use crate::plan;
 use crate::ruleset::{Ruleset, TABLE};
+use crate::table::{Delta, Table};
 
 /// Elements per transaction in a cold start (see [`plan::cold_start`]).
 pub const COLD_START_MAX_ELEMENTS: usize = 20_000;
+const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 
 /// What one sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,20 +47,31 @@ impl SyncReport {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("{family:?} table: {source}")]
-    Netlink {
-        family: Family,
-        source: NetlinkError,
-    },
+    Netlink { family: Family, source: NetlinkError },
     #[error("conntrack cleanup: {0}")]
     Conntrack(std::io::Error),
 }
 
 pub struct NftablesBackend {
     sock: NftSocket,
-    programmed: BTreeMap<Family, Ruleset>,
-    udp: Option<UdpEndpoints>,
+    programmed: BTreeMap<Family, Table>,
+    /// The node context the programmed tables were built for; partial syncs need the same.
+    built_for: Option<NodeContext>,
+    udp: BTreeMap<ServiceName, UdpEndpoints>,
     seq: u32,
     pub cold_start_max_elements: usize,
+}
+
+fn ports_of(state: &ClusterState, ctx: &NodeContext, fam: Family, svc: &ServiceName) -> Vec<ResolvedServicePort> {
+    state.services.get(svc).map(|s| resolve_service(state, ctx, fam.0, s)).unwrap_or_default()
+}
+
+fn udp_index(ports: &[ResolvedServicePort], ctx: &NodeContext) -> BTreeMap<ServiceName, UdpEndpoints> {
+    let mut by: BTreeMap<ServiceName, Vec<ResolvedServicePort>> = BTreeMap::new();
+    for p in ports {
+        by.entry(p.name.service.clone()).or_default().push(p.clone());
+    }
+    by.into_iter().map(|(s, p)| (s, UdpEndpoints::new(&p, ctx))).collect()
 }
 
 impl NftablesBackend {
@@ -67,7 +80,8 @@ impl NftablesBackend {
         Ok(NftablesBackend {
             sock: NftSocket::open()?,
             programmed: BTreeMap::new(),
-            udp: None,
+            built_for: None,
+            udp: BTreeMap::new(),
             seq: 1,
             cold_start_max_elements: COLD_START_MAX_ELEMENTS,
         })
@@ -76,19 +90,15 @@ impl NftablesBackend {
     /// The next sync replaces every table whole (kube-proxy's "full sync").
     pub fn force_full_sync(&mut self) {
         self.programmed.clear();
+        self.built_for = None;
     }
 
     /// What we last programmed, per family.
-    pub fn programmed(&self) -> &BTreeMap<Family, Ruleset> {
-        &self.programmed
+    pub fn programmed(&self, family: Family) -> Option<&Ruleset> {
+        self.programmed.get(&family).map(|t| &t.table)
     }
 
-    fn commit(
-        &mut self,
-        family: Family,
-        batch: nftproxy_nft_wire::Batch,
-        report: &mut SyncReport,
-    ) -> Result<(), SyncError> {
+    fn commit(&mut self, family: Family, batch: nftproxy_nft_wire::Batch, report: &mut SyncReport) -> Result<(), SyncError> {
         let finished = batch.finish();
         self.seq = self.seq.wrapping_add(finished.msgs.len() as u32 + 2);
         let start = Instant::now();
@@ -100,93 +110,130 @@ impl NftablesBackend {
             Err(source) => {
                 // Whatever the kernel holds now, we no longer know it: the next sync is full.
                 self.programmed.remove(&family);
+                self.built_for = None;
                 Err(SyncError::Netlink { family, source })
             }
         }
     }
 
-    /// Brings every family's table to its desired state.
-    pub fn sync(&mut self, desired: Vec<Ruleset>) -> Result<SyncReport, SyncError> {
-        let mut report = SyncReport::default();
-        for want in desired {
-            let family = want.family;
-            match self.programmed.get(&family) {
-                Some(prev) => {
-                    let batch = plan::incremental(prev, &want, self.seq);
-                    if !batch.is_empty() {
-                        self.commit(family, batch, &mut report)?;
-                    }
+    /// Brings one family's table to `want`: a diff against what we programmed, else an atomic
+    /// replace of a table left by an earlier run, else a cold start in chunks.
+    fn sync_table(&mut self, want: Table, report: &mut SyncReport) -> Result<(), SyncError> {
+        let family = want.table.family;
+        match self.programmed.get(&family) {
+            Some(prev) => {
+                let batch = plan::incremental(&prev.table, &want.table, self.seq);
+                if !batch.is_empty() {
+                    self.commit(family, batch, report)?;
                 }
-                None => {
-                    report.full.push(family);
-                    let exists = self
-                        .sock
-                        .table_exists(family.nfproto(), TABLE)
-                        .map_err(|e| SyncError::Netlink {
-                            family,
-                            source: e.into(),
-                        })?;
-                    if exists {
-                        // Adopt by replacing, atomically: no window without rules.
-                        let batch = plan::replace(&want, self.seq);
-                        self.commit(family, batch, &mut report)?;
-                    } else {
-                        for batch in plan::cold_start(&want, self.seq, self.cold_start_max_elements)
-                        {
-                            self.commit(family, batch, &mut report)?;
-                        }
+            }
+            None => {
+                report.full.push(family);
+                let exists = self
+                    .sock
+                    .table_exists(family.nfproto(), TABLE)
+                    .map_err(|e| SyncError::Netlink { family, source: e.into() })?;
+                if exists {
+                    self.commit(family, plan::replace(&want.table, self.seq), report)?;
+                } else {
+                    for batch in plan::cold_start(&want.table, self.seq, self.cold_start_max_elements) {
+                        self.commit(family, batch, report)?;
                     }
                 }
             }
-            self.programmed.insert(family, want);
+        }
+        self.programmed.insert(family, want);
+        Ok(())
+    }
+
+    /// Programs whole tables as given (no per-Service bookkeeping: the next
+    /// [`NftablesBackend::sync_services`] will be a full one).
+    pub fn sync(&mut self, desired: Vec<Ruleset>) -> Result<SyncReport, SyncError> {
+        let mut report = SyncReport::default();
+        self.built_for = None;
+        for want in desired {
+            self.sync_table(Table::new(want, BTreeMap::new()), &mut report)?;
         }
         Ok(report)
     }
 
-    /// Resolves the cluster for this node, syncs both families, then deletes UDP conntrack
-    /// entries that lead to endpoints that went away (only when some did). The one call a
-    /// proxy loop makes.
-    pub fn sync_cluster(
+    /// A full sync: resolves every Service for this node, syncs both families, then deletes UDP
+    /// conntrack entries that lead to endpoints that went away (only when some did).
+    pub fn sync_cluster(&mut self, state: &ClusterState, ctx: &NodeContext) -> Result<SyncReport, SyncError> {
+        let mut report = SyncReport::default();
+        let mut all_ports = Vec::new();
+        for family in FAMILIES {
+            let ports = resolve(state, ctx, family.0);
+            let want = Table::new(fixed_table(family, ctx), fragments(family, &ports, ctx));
+            self.sync_table(want, &mut report)?;
+            all_ports.extend(ports);
+        }
+        self.built_for = Some(ctx.clone());
+        let now = udp_index(&all_ports, ctx);
+        let lost = self.udp.iter().any(|(svc, before)| before.lost_endpoints(now.get(svc).unwrap_or(&UdpEndpoints::default())));
+        self.udp = now;
+        if lost {
+            report.conntrack_deleted = self.clean_conntrack().map_err(SyncError::Conntrack)?;
+        }
+        Ok(report)
+    }
+
+    /// A partial sync: only the named Services (changed, added or deleted) are resolved and
+    /// rebuilt; the kernel gets one transaction per family with just their differences. Falls
+    /// back to [`NftablesBackend::sync_cluster`] when nothing is programmed yet or the node
+    /// context changed.
+    pub fn sync_services(
         &mut self,
         state: &ClusterState,
         ctx: &NodeContext,
+        changed: &BTreeSet<ServiceName>,
     ) -> Result<SyncReport, SyncError> {
-        let ports: Vec<_> = [IpFamily::V4, IpFamily::V6]
-            .into_iter()
-            .flat_map(|f| resolve(state, ctx, f))
-            .collect();
-        let desired = [Family::V4, Family::V6]
-            .into_iter()
-            .map(|f| {
-                build(
-                    f,
-                    &ports
-                        .iter()
-                        .filter(|p| p.family == f.0)
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                    ctx,
-                )
-            })
-            .collect();
-        let mut report = self.sync(desired)?;
-        let now = UdpEndpoints::new(&ports, ctx);
-        if self
-            .udp
-            .as_ref()
-            .is_some_and(|before| before.lost_endpoints(&now))
-        {
-            report.conntrack_deleted = self.clean_conntrack(&now).map_err(SyncError::Conntrack)?;
+        if self.built_for.as_ref() != Some(ctx) || FAMILIES.iter().any(|f| !self.programmed.contains_key(f)) {
+            return self.sync_cluster(state, ctx);
         }
-        self.udp = Some(now);
+        let mut report = SyncReport::default();
+        let mut changed_ports = Vec::new();
+        for family in FAMILIES {
+            let mut table = self.programmed.remove(&family).expect("checked above");
+            let mut delta = Delta::default();
+            for svc in changed {
+                let ports = ports_of(state, ctx, family, svc);
+                let frag = (!ports.is_empty()).then(|| fragment(family, &ports.iter().collect::<Vec<_>>(), ctx));
+                table.swap(svc, frag, &mut delta);
+                changed_ports.extend(ports);
+            }
+            let batch = plan::delta(&table.table, &delta, self.seq);
+            // Put the table back first: a failed commit removes it again (full sync next).
+            self.programmed.insert(family, table);
+            if !batch.is_empty() {
+                self.commit(family, batch, &mut report)?;
+            }
+        }
+        let now = udp_index(&changed_ports, ctx);
+        let mut lost = false;
+        for svc in changed {
+            let after = now.get(svc).cloned().unwrap_or_default();
+            lost |= self.udp.get(svc).is_some_and(|before| before.lost_endpoints(&after));
+            match now.get(svc) {
+                Some(u) => self.udp.insert(svc.clone(), u.clone()),
+                None => self.udp.remove(svc),
+            };
+        }
+        if lost {
+            report.conntrack_deleted = self.clean_conntrack().map_err(SyncError::Conntrack)?;
+        }
         Ok(report)
     }
 
-    fn clean_conntrack(&mut self, udp: &UdpEndpoints) -> std::io::Result<usize> {
+    fn clean_conntrack(&mut self) -> std::io::Result<usize> {
+        let mut index = UdpEndpoints::default();
+        for u in self.udp.values() {
+            index.merge(u);
+        }
         let mut deleted = 0;
-        for family in [Family::V4, Family::V6] {
+        for family in FAMILIES {
             for e in self.sock.conntrack_dump(family.nfproto())? {
-                if udp.is_stale(&e) {
+                if index.is_stale(&e) {
                     self.sock.conntrack_delete(&e)?;
                     deleted += 1;
                 }
@@ -197,20 +244,19 @@ impl NftablesBackend {
 
     /// Deletes our tables, and nothing else. Missing tables are fine.
     pub fn cleanup(&mut self) -> Result<(), SyncError> {
-        for family in [Family::V4, Family::V6] {
+        for family in FAMILIES {
             self.programmed.remove(&family);
             let exists = self
                 .sock
                 .table_exists(family.nfproto(), TABLE)
-                .map_err(|e| SyncError::Netlink {
-                    family,
-                    source: e.into(),
-                })?;
+                .map_err(|e| SyncError::Netlink { family, source: e.into() })?;
             if exists {
                 let mut report = SyncReport::default();
                 self.commit(family, plan::delete(family, self.seq), &mut report)?;
             }
         }
+        self.built_for = None;
         Ok(())
     }
 }
+

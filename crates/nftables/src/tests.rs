@@ -166,3 +166,33 @@ fn cold_start_chunks_fill_endpoint_maps_before_entry_maps() {
         .unwrap();
     assert!(last_backend < first_entry, "{order:?}");
 }
+
+#[test]
+fn swapping_fragments_gives_the_table_a_full_build_gives() {
+    use crate::table::{Delta, Table};
+    use std::collections::BTreeMap;
+    let c = ctx();
+    let ports = |eps: &[&[&str]]| -> Vec<ResolvedServicePort> {
+        eps.iter().enumerate().map(|(i, e)| port(&format!("s{i}"), &format!("10.96.0.{}", i + 1), e)).collect()
+    };
+    let frags = |ps: &[ResolvedServicePort]| crate::fragments(Family::V4, ps, &c);
+    // s0 and s1 share an endpoint (hairpin) and an endpoint count (cluster-2).
+    let before = ports(&[&["10.244.1.2", "10.244.2.2"], &["10.244.1.2", "10.244.3.2"], &["10.244.4.2"]]);
+    let after = ports(&[&["10.244.1.2", "10.244.2.2", "10.244.5.2"], &["10.244.3.2"], &[]]);
+    let mut t = Table::new(crate::fixed_table(Family::V4, &c), frags(&before));
+    let mut d = Delta::default();
+    let new = frags(&after);
+    for i in 0..3 {
+        let svc = ServiceName::new("ns", format!("s{i}"));
+        t.swap(&svc, new.get(&svc).cloned(), &mut d);
+    }
+    let want = Table::new(crate::fixed_table(Family::V4, &c), new);
+    assert_eq!(t.table, want.table);
+    // Removing everything leaves the fixed table.
+    let mut d = Delta::default();
+    for i in 0..3 {
+        t.swap(&ServiceName::new("ns", format!("s{i}")), None, &mut d);
+    }
+    assert_eq!(t.table, Table::new(crate::fixed_table(Family::V4, &c), BTreeMap::new()).table);
+    assert!(!plan::delta(&t.table, &d, 1).is_empty());
+}

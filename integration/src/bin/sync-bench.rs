@@ -114,12 +114,27 @@ fn main() {
     let state = synthetic(n, e);
     let mut plus_one = state.clone();
     add_service(&mut plus_one, n, e, 0);
-    let mut one_changed = state.clone();
-    add_service(&mut one_changed, 0, e, n * e + 7);
+    let mut one_changed_plus = plus_one.clone();
+    add_service(&mut one_changed_plus, 0, e, n * e + 7);
     let render: String = nftproxy_nftables::desired(&state, &ctx).iter().map(|r| r.render()).collect();
     let file = std::env::temp_dir().join(format!("sync-bench-{}.nft", std::process::id()));
     std::fs::write(&file, &render).unwrap();
 
+    if std::env::var_os("PHASES").is_some() {
+        use nftproxy_nftables::{Family, fixed_table, fragments, table::Table};
+        let t = Instant::now();
+        let ports = resolve(&state, &ctx, IpFamily::V4);
+        let t1 = t.elapsed();
+        let f = fragments(Family::V4, &ports, &ctx);
+        let t2 = t.elapsed();
+        let table = Table::new(fixed_table(Family::V4, &ctx), f);
+        let t3 = t.elapsed();
+        let batches = nftproxy_nftables::plan::cold_start(&table.table, 1, 20_000);
+        let t4 = t.elapsed();
+        let fin: Vec<_> = batches.into_iter().map(|b| b.finish()).collect();
+        let t5 = t.elapsed();
+        eprintln!("resolve {t1:?} fragments {:?} table {:?} plan {:?} encode {:?} ({} batches)", t2 - t1, t3 - t2, t4 - t3, t5 - t4, fin.len());
+    }
     let mut s = Samples::default();
     let mut longest = Duration::ZERO;
     let mut messages = (0, 0, 0);
@@ -132,12 +147,18 @@ fn main() {
         let cold = backend.sync_cluster(&state, &ctx).unwrap();
         s.add("cold sync (netlink)", t.elapsed());
         longest = longest.max(cold.longest_transaction);
+        // Partial syncs, as the daemon does them: only the changed Service is rebuilt.
+        let new_svc = BTreeSet::from([ServiceName::new("bench", format!("svc-{n}"))]);
         let t = Instant::now();
-        let add = backend.sync_cluster(&plus_one, &ctx).unwrap();
+        let add = backend.sync_services(&plus_one, &ctx, &new_svc).unwrap();
         s.add("+1 service (netlink)", t.elapsed());
+        let svc0 = BTreeSet::from([ServiceName::new("bench", "svc-0")]);
         let t = Instant::now();
-        let chg = backend.sync_cluster(&one_changed, &ctx).unwrap();
+        let chg = backend.sync_services(&one_changed_plus, &ctx, &svc0).unwrap();
         s.add("1 endpoint changed (netlink)", t.elapsed());
+        let t = Instant::now();
+        backend.sync_cluster(&one_changed_plus, &ctx).unwrap();
+        s.add("full resync, nothing changed (netlink)", t.elapsed());
         backend.force_full_sync();
         let t = Instant::now();
         backend.sync_cluster(&state, &ctx).unwrap();
@@ -163,6 +184,7 @@ fn main() {
         "cold load of the same ruleset (nft -f)",
         "+1 service (netlink)",
         "1 endpoint changed (netlink)",
+        "full resync, nothing changed (netlink)",
         "full replace of the table (netlink)",
     ] {
         if let Some((med, lo, hi)) = s.stats(what) {
