@@ -6,10 +6,11 @@ SHELL      := /bin/bash
 CARGO      ?= cargo
 JOBS       ?= 2
 CARGOFLAGS ?= -j$(JOBS)
-# Debian packages the kernel tests and the demo use, and a command each provides.
-DEB_PKGS   := nftables:nft iptables:iptables-legacy conntrack:conntrack iproute2:ip procps:sysctl tcpdump:tcpdump
+# Debian packages the kernel tests and the demo use: nft (oracle in tests), iptables-legacy,
+# conntrack, ip, sysctl; libclang-dev for the rustables test reader (bindgen).
+DEB_PKGS   := nftables iptables conntrack iproute2 procps libclang-dev
 
-.PHONY: all build test unit-test kernel-test demo deps check-root clean
+.PHONY: all build test unit-test kernel-test demo bench-sync deps check-root clean
 
 all: build
 
@@ -18,8 +19,8 @@ build:
 
 ## deps: install the Debian packages the tests need (only those missing).
 deps:
-	@missing=""; for pc in $(DEB_PKGS); do p=$${pc%%:*}; c=$${pc##*:}; \
-	  command -v $$c >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -46,6 +47,11 @@ kernel-test: check-root deps
 ## over netlink and send traffic through it.
 demo: check-root deps build
 	./target/debug/demo target/debug/kube-nftproxy examples/demo.yaml
+
+## bench-sync: control-plane benchmark of the nftables backend (10k services x 3 endpoints).
+bench-sync: check-root deps
+	$(CARGO) build $(CARGOFLAGS) --release -p nftproxy-integration --bin sync-bench
+	./target/release/sync-bench --services 10000 --endpoints 3 --runs 5
 
 clean:
 	$(CARGO) clean
