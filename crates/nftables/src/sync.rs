@@ -46,7 +46,7 @@ impl SyncReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("{family:?} table: {source}")]
+    #[error("table {} {TABLE}: {source}", family.word())]
     Netlink { family: Family, source: NetlinkError },
     #[error("conntrack cleanup: {0}")]
     Conntrack(std::io::Error),
