@@ -369,17 +369,7 @@ impl Builder<'_> {
         }
         if !p.cluster_endpoints.is_empty() {
             let cluster = self.affinity_pick(p, &p.cluster_endpoints, false);
-            for c in self.cidrs.clone() {
-                let r = rules::saddr_in_cidr(self.f, &c, false).then(rules::goto(&cluster));
-                self.r
-                    .add_rule(&chain, r.comment("short-circuit pod traffic"));
-            }
-            let r = rules::fib_saddr_local().then(rules::jump(MARK_FOR_MASQUERADE));
-            self.r
-                .add_rule(&chain, r.comment("masquerade local traffic"));
-            let r = rules::fib_saddr_local().then(rules::goto(&cluster));
-            self.r
-                .add_rule(&chain, r.comment("short-circuit local traffic"));
+            self.short_circuits(&chain, &cluster);
         }
         if !p.local_endpoints.is_empty() {
             let local = self.affinity_pick(p, &p.local_endpoints, true);
@@ -423,6 +413,20 @@ impl Builder<'_> {
                 Some(comment),
             );
         }
+    }
+
+    /// kube-proxy's short-circuits for externalTrafficPolicy=Local: pods and the node itself
+    /// reach the service through all its endpoints (`target`); only traffic from outside keeps
+    /// its source and is limited to local endpoints.
+    fn short_circuits(&mut self, chain: &str, target: &str) {
+        for c in self.cidrs.clone() {
+            let r = rules::saddr_in_cidr(self.f, &c, false).then(rules::goto(target));
+            self.r.add_rule(chain, r.comment("short-circuit pod traffic"));
+        }
+        let r = rules::fib_saddr_local().then(rules::jump(MARK_FOR_MASQUERADE));
+        self.r.add_rule(chain, r.comment("masquerade local traffic"));
+        let r = rules::fib_saddr_local().then(rules::goto(target));
+        self.r.add_rule(chain, r.comment("short-circuit local traffic"));
     }
 
     fn pick(&mut self, p: Pick) -> String {
@@ -519,21 +523,7 @@ impl Builder<'_> {
                     ),
                 };
                 if m > 0 {
-                    let sc = shortcut.name();
-                    // kube-proxy's short-circuits: pods and the node itself reach the service
-                    // through all its endpoints; only traffic from outside keeps its source and
-                    // is limited to local endpoints.
-                    for c in self.cidrs.clone() {
-                        let r = rules::saddr_in_cidr(self.f, &c, false).then(rules::goto(&sc));
-                        self.r
-                            .add_rule(&name, r.comment("short-circuit pod traffic"));
-                    }
-                    let r = rules::fib_saddr_local().then(rules::jump(MARK_FOR_MASQUERADE));
-                    self.r
-                        .add_rule(&name, r.comment("masquerade local traffic"));
-                    let r = rules::fib_saddr_local().then(rules::goto(&sc));
-                    self.r
-                        .add_rule(&name, r.comment("short-circuit local traffic"));
+                    self.short_circuits(&name, &shortcut.name());
                 }
                 if n > 0 {
                     self.dnat_rules(&name, key, n, map);
