@@ -76,7 +76,7 @@ impl ClusterState {
     /// kube-proxy's EndpointSliceCache merge for one service port and family: every slice of the
     /// Service with that address family contributes the endpoints of the port with the same name
     /// and protocol. The same `ip:port` in two slices counts once; a ready copy wins over a
-    /// not-ready one. Ordered by address then port, so output is stable.
+    /// not-ready one. Ordered like kube-proxy: by the `ip:port` string.
     pub fn endpoints_for(&self, port: &ServicePortName, family: IpFamily) -> Vec<MergedEndpoint> {
         let mut merged: BTreeMap<(IpAddr, u16), Endpoint> = BTreeMap::new();
         for slice in self.slices_of(&port.service) {
@@ -100,9 +100,11 @@ impl ClusterState {
                 }
             }
         }
-        merged
-            .into_iter()
-            .map(|((_, port), endpoint)| MergedEndpoint { endpoint, port })
-            .collect()
+        let mut out: Vec<MergedEndpoint> =
+            merged.into_iter().map(|((_, port), endpoint)| MergedEndpoint { endpoint, port }).collect();
+        // kube-proxy's order: by the `ip:port` string (its byEndpoint), so that every backend
+        // lists endpoints as kube-proxy does.
+        out.sort_by_cached_key(|m| crate::types::join_host_port(&m.endpoint.address, m.port));
+        out
     }
 }

@@ -24,12 +24,9 @@ pub struct ResolvedEndpoint {
 }
 
 impl fmt::Display for ResolvedEndpoint {
-    /// `ip:port`, `[ip6]:port` — Go's `net.JoinHostPort`, as kube-proxy prints endpoints.
+    /// `ip:port`, `[ip6]:port`: Go's `net.JoinHostPort`, as kube-proxy prints endpoints.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.ip {
-            IpAddr::V4(ip) => write!(f, "{ip}:{}", self.port),
-            IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.port),
-        }
+        f.write_str(&join_host_port(&self.ip, self.port))
     }
 }
 

@@ -318,3 +318,11 @@ impl NodeContext {
             .filter(move |n| IpFamily::of_net(n) == family)
     }
 }
+
+/// Go's `net.JoinHostPort`: `ip:port`, `[ip6]:port`, which is how kube-proxy prints an endpoint.
+pub fn join_host_port(ip: &IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}

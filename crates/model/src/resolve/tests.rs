@@ -540,3 +540,12 @@ fn a_slice_moved_to_another_service_leaves_the_first() {
     st.remove_slice("ns", "s1");
     assert!(st.slices_of(&ServiceName::new("ns", "api")).next().is_none());
 }
+
+#[test]
+fn endpoints_are_ordered_like_kube_proxy_by_their_ip_port_string() {
+    let st = state(
+        svc("web"),
+        vec![slice("web", "s1", vec![ep("10.0.1.4", "node-b"), ep("10.0.1.10", "node-b"), ep("10.0.1.9", "node-b")])],
+    );
+    assert_eq!(ips(one(&st).internal.endpoints()), ["10.0.1.10:8080", "10.0.1.4:8080", "10.0.1.9:8080"]);
+}
