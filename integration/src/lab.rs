@@ -41,6 +41,8 @@ pub fn pod_gw(n: usize) -> String {
 pub struct Lab {
     pub topo: Topology,
     pub node: Ns,
+    /// The node's default router: answers what reaches it with ICMP unreachable.
+    pub upstream: Ns,
     pub client: Ns,
     pub pod_client: Ns,
     pub pods: Vec<Ns>,
@@ -138,6 +140,7 @@ impl Lab {
         Lab {
             topo,
             node,
+            upstream,
             client,
             pod_client,
             pods: pod_nss,
@@ -156,6 +159,27 @@ impl Lab {
             l.warnings
         );
         self.backend.sync_cluster(&l.state, &self.ctx)
+    }
+
+    /// Programs the node with the iptables-legacy backend instead (kube-proxy's iptables mode).
+    pub fn sync_iptables(&self, manifests: &str) -> Result<(), nftproxy_iptables::IptablesError> {
+        let mut l = Loaded::default();
+        l.add_text("test", manifests);
+        assert!(
+            l.warnings.is_empty(),
+            "test manifests have warnings: {:?}",
+            l.warnings
+        );
+        let opts = nftproxy_iptables::Options::default();
+        // Child processes inherit the network namespace of the thread that starts them.
+        self.node.run(|| {
+            for fam in [nftproxy_model::IpFamily::V4, nftproxy_model::IpFamily::V6] {
+                let ports = nftproxy_model::resolve(&l.state, &self.ctx, fam);
+                let text = nftproxy_iptables::render(fam, &ports, &self.ctx, &opts);
+                nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)?;
+            }
+            Ok(())
+        })
     }
 
     /// `nft list ruleset` in the node namespace.

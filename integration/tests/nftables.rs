@@ -787,18 +787,29 @@ fn partial_syncs_of_changed_services_end_where_a_full_sync_would() {
         l.add_text("test", m);
         l.state
     };
-    let base = many(50) + &affinity_web(60) + &load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), NODE)]);
+    let base = many(50)
+        + &affinity_web(60)
+        + &load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), NODE)]);
     lab.backend.sync_cluster(&load(&base), &lab.ctx).unwrap();
     // Change three services: web loses an endpoint, m7 is removed, sticky's timeout changes; m3
     // is named but unchanged.
     let changed_text = base
-        .replace(&three_pods(), &web(&[(&pod_ip(1), "node-b"), (&pod_ip(3), NODE)]))
+        .replace(
+            &three_pods(),
+            &web(&[(&pod_ip(1), "node-b"), (&pod_ip(3), NODE)]),
+        )
         .replace(&service("m7", "10.98.0.8", HTTP_DNS, ""), "")
         .replace("timeoutSeconds: 60", "timeoutSeconds: 120");
     assert_ne!(changed_text, base);
     let state = load(&changed_text);
-    let changed: BTreeSet<_> = ["m3", "m7", "sticky", "web"].iter().map(|n| nftproxy_model::ServiceName::new("test", *n)).collect();
-    let r = lab.backend.sync_services(&state, &lab.ctx, &changed).unwrap();
+    let changed: BTreeSet<_> = ["m3", "m7", "sticky", "web"]
+        .iter()
+        .map(|n| nftproxy_model::ServiceName::new("test", *n))
+        .collect();
+    let r = lab
+        .backend
+        .sync_services(&state, &lab.ctx, &changed)
+        .unwrap();
     assert!(r.full.is_empty(), "{r:?}");
     let partial = lab.ruleset();
     lab.backend.force_full_sync();
@@ -806,13 +817,29 @@ fn partial_syncs_of_changed_services_end_where_a_full_sync_would() {
     // The kernel lists elements in its own order, which depends on insertion history: compare
     // lines, sorted.
     let strip = |s: &str| {
-        let mut v: Vec<String> = s.lines().filter(|l| !l.contains("expires")).map(|l| l.trim().trim_end_matches(',').trim_start_matches("elements = { ").trim_end_matches(" }").to_string()).collect();
+        let mut v: Vec<String> = s
+            .lines()
+            .filter(|l| !l.contains("expires"))
+            .map(|l| {
+                l.trim()
+                    .trim_end_matches(',')
+                    .trim_start_matches("elements = { ")
+                    .trim_end_matches(" }")
+                    .to_string()
+            })
+            .collect();
         v.sort();
         v
     };
     let (p, f) = (strip(&partial), strip(&lab.ruleset()));
     let only_p: Vec<_> = p.iter().filter(|l| !f.contains(l)).collect();
     let only_f: Vec<_> = f.iter().filter(|l| !p.contains(l)).collect();
-    assert!(only_p.is_empty() && only_f.is_empty() && p == f, "partial only: {only_p:#?}\nfull only: {only_f:#?}");
-    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 5)), 5);
+    assert!(
+        only_p.is_empty() && only_f.is_empty() && p == f,
+        "partial only: {only_p:#?}\nfull only: {only_f:#?}"
+    );
+    assert_eq!(
+        answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 5)),
+        5
+    );
 }

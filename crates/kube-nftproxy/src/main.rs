@@ -36,6 +36,8 @@ enum Output {
 enum Backend {
     /// nf_tables over netlink: tables `ip kube-nftproxy` and `ip6 kube-nftproxy`.
     Nftables,
+    /// kube-proxy's iptables mode, exactly: iptables-legacy(-restore) chains KUBE-*.
+    Iptables,
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,6 +134,61 @@ fn run(cli: Cli) -> Result<()> {
             NftablesBackend::new()
                 .context("opening the nf_tables netlink socket")?
                 .cleanup()?;
+            Ok(())
+        }
+        Command::Render {
+            from,
+            node,
+            backend: Backend::Iptables,
+        } => {
+            let loaded = load(&from)?;
+            let ctx = node.context(&loaded.state)?;
+            for fam in [IpFamily::V4, IpFamily::V6] {
+                println!(
+                    "# {fam}: input for {}",
+                    if fam == IpFamily::V6 {
+                        "ip6tables-legacy-restore"
+                    } else {
+                        "iptables-legacy-restore"
+                    }
+                );
+                print!(
+                    "{}",
+                    nftproxy_iptables::render(
+                        fam,
+                        &resolve(&loaded.state, &ctx, fam),
+                        &ctx,
+                        &Default::default()
+                    )
+                );
+            }
+            Ok(())
+        }
+        Command::Sync {
+            from,
+            node,
+            backend: Backend::Iptables,
+        } => {
+            let loaded = load(&from)?;
+            let ctx = node.context(&loaded.state)?;
+            let opts = nftproxy_iptables::Options::default();
+            for fam in [IpFamily::V4, IpFamily::V6] {
+                let text =
+                    nftproxy_iptables::render(fam, &resolve(&loaded.state, &ctx, fam), &ctx, &opts);
+                nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)?;
+            }
+            eprintln!(
+                "synced {} service(s) with iptables-legacy-restore",
+                loaded.state.services.len()
+            );
+            Ok(())
+        }
+        Command::Cleanup {
+            backend: Backend::Iptables,
+        } => {
+            for fam in [IpFamily::V4, IpFamily::V6] {
+                nftproxy_iptables::cleanup(fam)?;
+            }
             Ok(())
         }
         Command::Inspect { from, node, output } => {

@@ -85,13 +85,23 @@ pub fn fixed_table(f: Family, ctx: &NodeContext) -> Ruleset {
 }
 
 /// One fragment per Service: everything its ports add to the table in this family.
-pub fn fragments(f: Family, ports: &[ResolvedServicePort], ctx: &NodeContext) -> BTreeMap<ServiceName, Ruleset> {
+pub fn fragments(
+    f: Family,
+    ports: &[ResolvedServicePort],
+    ctx: &NodeContext,
+) -> BTreeMap<ServiceName, Ruleset> {
     let mut by_service: BTreeMap<ServiceName, Vec<&ResolvedServicePort>> = BTreeMap::new();
     for p in ports.iter().filter(|p| f.matches(&p.cluster_ip)) {
-        by_service.entry(p.name.service.clone()).or_default().push(p);
+        by_service
+            .entry(p.name.service.clone())
+            .or_default()
+            .push(p);
     }
     let mut cache = BTreeMap::new();
-    by_service.into_iter().map(|(svc, ports)| (svc, fragment_with(f, &ports, ctx, &mut cache))).collect()
+    by_service
+        .into_iter()
+        .map(|(svc, ports)| (svc, fragment_with(f, &ports, ctx, &mut cache)))
+        .collect()
 }
 
 /// The elements, chains and sets one Service's ports add (pick chains included: the table
@@ -100,7 +110,12 @@ pub fn fragment(f: Family, ports: &[&ResolvedServicePort], ctx: &NodeContext) ->
     fragment_with(f, ports, ctx, &mut BTreeMap::new())
 }
 
-fn fragment_with(f: Family, ports: &[&ResolvedServicePort], ctx: &NodeContext, cache: &mut BTreeMap<Pick, Chain>) -> Ruleset {
+fn fragment_with(
+    f: Family,
+    ports: &[&ResolvedServicePort],
+    ctx: &NodeContext,
+    cache: &mut BTreeMap<Pick, Chain>,
+) -> Ruleset {
     let mut b = Builder {
         f,
         r: Ruleset::new(f),
@@ -157,8 +172,9 @@ impl Builder<'_> {
     fn service_port(&mut self, p: &ResolvedServicePort) {
         let comment = p.name.to_string();
         let proto = p.protocol.number();
-        let addr_key =
-            |ip: IpAddr, port: u16| smallvec![Field::Addr(ip), Field::Proto(proto), Field::Port(port)];
+        let addr_key = |ip: IpAddr, port: u16| {
+            smallvec![Field::Addr(ip), Field::Proto(proto), Field::Port(port)]
+        };
 
         self.r.element(
             CLUSTER_IPS,
@@ -176,7 +192,9 @@ impl Builder<'_> {
                 if let Some(m) = masq {
                     // Internal traffic enters here; external traffic arrives by goto from
                     // external-… with another daddr, so only the ClusterIP is matched.
-                    let rules = std::sync::Arc::make_mut(&mut self.r.chains.get_mut(&chain).expect("affinity chain").rules);
+                    let rules = std::sync::Arc::make_mut(
+                        &mut self.r.chains.get_mut(&chain).expect("affinity chain").rules,
+                    );
                     if !rules.contains(&m) {
                         rules.insert(0, m);
                     }
@@ -316,7 +334,10 @@ impl Builder<'_> {
         let mut targets = Vec::new();
         for e in eps {
             let eb = names::endpoint_base(p, e);
-            let (set, ep_chain) = (names::affinity_set_name(p, e, timeout), format!("endpoint-{eb}"));
+            let (set, ep_chain) = (
+                names::affinity_set_name(p, e, timeout),
+                format!("endpoint-{eb}"),
+            );
             if !self.r.chains.contains_key(&ep_chain) {
                 self.r.set(affinity_set(self.f, &set, timeout));
                 self.r
@@ -421,12 +442,15 @@ impl Builder<'_> {
     fn short_circuits(&mut self, chain: &str, target: &str) {
         for c in self.cidrs.clone() {
             let r = rules::saddr_in_cidr(self.f, &c, false).then(rules::goto(target));
-            self.r.add_rule(chain, r.comment("short-circuit pod traffic"));
+            self.r
+                .add_rule(chain, r.comment("short-circuit pod traffic"));
         }
         let r = rules::fib_saddr_local().then(rules::jump(MARK_FOR_MASQUERADE));
-        self.r.add_rule(chain, r.comment("masquerade local traffic"));
+        self.r
+            .add_rule(chain, r.comment("masquerade local traffic"));
         let r = rules::fib_saddr_local().then(rules::goto(target));
-        self.r.add_rule(chain, r.comment("short-circuit local traffic"));
+        self.r
+            .add_rule(chain, r.comment("short-circuit local traffic"));
     }
 
     fn pick(&mut self, p: Pick) -> String {

@@ -72,10 +72,16 @@ impl UdpEndpoints {
     /// Adds another index (of other Services) to this one.
     pub fn merge(&mut self, other: &UdpEndpoints) {
         for (k, v) in &other.by_frontend {
-            self.by_frontend.entry(*k).or_default().extend(v.iter().copied());
+            self.by_frontend
+                .entry(*k)
+                .or_default()
+                .extend(v.iter().copied());
         }
         for (k, v) in &other.by_node_port {
-            self.by_node_port.entry(*k).or_default().extend(v.iter().copied());
+            self.by_node_port
+                .entry(*k)
+                .or_default()
+                .extend(v.iter().copied());
         }
         self.node_ips.extend(other.node_ips.iter().copied());
     }

@@ -55,8 +55,18 @@ pub fn endpoint_base(p: &ResolvedServicePort, e: &ResolvedEndpoint) -> String {
 pub fn affinity_set_name(p: &ResolvedServicePort, e: &ResolvedEndpoint, timeout_s: u32) -> String {
     let s = &p.name.service;
     let ip = e.ip.to_string().replace(':', ".");
-    let base = format!("{}/{}/{}/{}__{ip}/{}", s.namespace, s.name, p.protocol.lower(), p.name.port, e.port);
-    format!("affinity-{}", hash_and_truncate(&format!("{base}/{timeout_s}s")))
+    let base = format!(
+        "{}/{}/{}/{}__{ip}/{}",
+        s.namespace,
+        s.name,
+        p.protocol.lower(),
+        p.name.port,
+        e.port
+    );
+    format!(
+        "affinity-{}",
+        hash_and_truncate(&format!("{base}/{timeout_s}s"))
+    )
 }
 
 #[cfg(test)]

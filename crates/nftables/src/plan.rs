@@ -131,7 +131,12 @@ pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
     for (name, add) in adds {
         b.add_elems(fam, TABLE, name, None, &add);
     }
-    let gone: Vec<&str> = prev.chains.keys().filter(|n| !next.chains.contains_key(*n)).map(String::as_str).collect();
+    let gone: Vec<&str> = prev
+        .chains
+        .keys()
+        .filter(|n| !next.chains.contains_key(*n))
+        .map(String::as_str)
+        .collect();
     delete_chains(&mut b, fam, &gone);
     for name in prev.sets.keys() {
         if !next.sets.contains_key(name) {
@@ -168,7 +173,9 @@ pub fn delta(table: &Ruleset, d: &Delta, first_seq: u32) -> Batch {
         }
     }
     for (name, before) in &d.chains {
-        let Some(now) = table.chains.get(name) else { continue };
+        let Some(now) = table.chains.get(name) else {
+            continue;
+        };
         match before {
             Some(old) if old.rules == now.rules => continue,
             Some(_) => b.flush_chain(fam, TABLE, name),
@@ -201,7 +208,12 @@ pub fn delta(table: &Ruleset, d: &Delta, first_seq: u32) -> Batch {
     for (set, e) in &adds {
         b.add_elems(fam, TABLE, set, None, e);
     }
-    let gone: Vec<&str> = d.chains.keys().filter(|n| !table.chains.contains_key(*n)).map(String::as_str).collect();
+    let gone: Vec<&str> = d
+        .chains
+        .keys()
+        .filter(|n| !table.chains.contains_key(*n))
+        .map(String::as_str)
+        .collect();
     delete_chains(&mut b, fam, &gone);
     for name in d.sets.keys() {
         if !table.sets.contains_key(name) {

@@ -213,14 +213,20 @@ impl Ruleset {
     }
 
     pub fn element(&mut self, set: &str, key: Key, value: Value, comment: Option<&str>) {
-        let v = ElemValue { value, comment: comment.map(std::sync::Arc::from) };
+        let v = ElemValue {
+            value,
+            comment: comment.map(std::sync::Arc::from),
+        };
         // Look the set up before allocating its name: this runs once per element.
         match self.elements.get_mut(set) {
             Some(m) => {
                 m.insert(key, v);
             }
             None => {
-                self.elements.entry(set.to_string()).or_default().insert(key, v);
+                self.elements
+                    .entry(set.to_string())
+                    .or_default()
+                    .insert(key, v);
             }
         }
     }

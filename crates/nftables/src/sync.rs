@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use nftproxy_model::{ClusterState, NodeContext, ResolvedServicePort, ServiceName, resolve, resolve_service};
+use nftproxy_model::{
+    ClusterState, NodeContext, ResolvedServicePort, ServiceName, resolve, resolve_service,
+};
 
 use crate::build::{fixed_table, fragment, fragments};
 use crate::conntrack::UdpEndpoints;
@@ -47,7 +49,10 @@ impl SyncReport {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("table {} {TABLE}: {source}", family.word())]
-    Netlink { family: Family, source: NetlinkError },
+    Netlink {
+        family: Family,
+        source: NetlinkError,
+    },
     #[error("conntrack cleanup: {0}")]
     Conntrack(std::io::Error),
 }
@@ -62,16 +67,32 @@ pub struct NftablesBackend {
     pub cold_start_max_elements: usize,
 }
 
-fn ports_of(state: &ClusterState, ctx: &NodeContext, fam: Family, svc: &ServiceName) -> Vec<ResolvedServicePort> {
-    state.services.get(svc).map(|s| resolve_service(state, ctx, fam.0, s)).unwrap_or_default()
+fn ports_of(
+    state: &ClusterState,
+    ctx: &NodeContext,
+    fam: Family,
+    svc: &ServiceName,
+) -> Vec<ResolvedServicePort> {
+    state
+        .services
+        .get(svc)
+        .map(|s| resolve_service(state, ctx, fam.0, s))
+        .unwrap_or_default()
 }
 
-fn udp_index(ports: &[ResolvedServicePort], ctx: &NodeContext) -> BTreeMap<ServiceName, UdpEndpoints> {
+fn udp_index(
+    ports: &[ResolvedServicePort],
+    ctx: &NodeContext,
+) -> BTreeMap<ServiceName, UdpEndpoints> {
     let mut by: BTreeMap<ServiceName, Vec<ResolvedServicePort>> = BTreeMap::new();
     for p in ports {
-        by.entry(p.name.service.clone()).or_default().push(p.clone());
+        by.entry(p.name.service.clone())
+            .or_default()
+            .push(p.clone());
     }
-    by.into_iter().map(|(s, p)| (s, UdpEndpoints::new(&p, ctx))).collect()
+    by.into_iter()
+        .map(|(s, p)| (s, UdpEndpoints::new(&p, ctx)))
+        .collect()
 }
 
 impl NftablesBackend {
@@ -98,7 +119,12 @@ impl NftablesBackend {
         self.programmed.get(&family).map(|t| &t.table)
     }
 
-    fn commit(&mut self, family: Family, batch: nftproxy_nft_wire::Batch, report: &mut SyncReport) -> Result<(), SyncError> {
+    fn commit(
+        &mut self,
+        family: Family,
+        batch: nftproxy_nft_wire::Batch,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         let finished = batch.finish();
         self.seq = self.seq.wrapping_add(finished.msgs.len() as u32 + 2);
         let start = Instant::now();
@@ -132,11 +158,16 @@ impl NftablesBackend {
                 let exists = self
                     .sock
                     .table_exists(family.nfproto(), TABLE)
-                    .map_err(|e| SyncError::Netlink { family, source: e.into() })?;
+                    .map_err(|e| SyncError::Netlink {
+                        family,
+                        source: e.into(),
+                    })?;
                 if exists {
                     self.commit(family, plan::replace(&want.table, self.seq), report)?;
                 } else {
-                    for batch in plan::cold_start(&want.table, self.seq, self.cold_start_max_elements) {
+                    for batch in
+                        plan::cold_start(&want.table, self.seq, self.cold_start_max_elements)
+                    {
                         self.commit(family, batch, report)?;
                     }
                 }
@@ -159,7 +190,11 @@ impl NftablesBackend {
 
     /// A full sync: resolves every Service for this node, syncs both families, then deletes UDP
     /// conntrack entries that lead to endpoints that went away (only when some did).
-    pub fn sync_cluster(&mut self, state: &ClusterState, ctx: &NodeContext) -> Result<SyncReport, SyncError> {
+    pub fn sync_cluster(
+        &mut self,
+        state: &ClusterState,
+        ctx: &NodeContext,
+    ) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
         let mut all_ports = Vec::new();
         for family in FAMILIES {
@@ -170,7 +205,9 @@ impl NftablesBackend {
         }
         self.built_for = Some(ctx.clone());
         let now = udp_index(&all_ports, ctx);
-        let lost = self.udp.iter().any(|(svc, before)| before.lost_endpoints(now.get(svc).unwrap_or(&UdpEndpoints::default())));
+        let lost = self.udp.iter().any(|(svc, before)| {
+            before.lost_endpoints(now.get(svc).unwrap_or(&UdpEndpoints::default()))
+        });
         self.udp = now;
         if lost {
             report.conntrack_deleted = self.clean_conntrack().map_err(SyncError::Conntrack)?;
@@ -188,7 +225,9 @@ impl NftablesBackend {
         ctx: &NodeContext,
         changed: &BTreeSet<ServiceName>,
     ) -> Result<SyncReport, SyncError> {
-        if self.built_for.as_ref() != Some(ctx) || FAMILIES.iter().any(|f| !self.programmed.contains_key(f)) {
+        if self.built_for.as_ref() != Some(ctx)
+            || FAMILIES.iter().any(|f| !self.programmed.contains_key(f))
+        {
             return self.sync_cluster(state, ctx);
         }
         let mut report = SyncReport::default();
@@ -198,7 +237,8 @@ impl NftablesBackend {
             let mut delta = Delta::default();
             for svc in changed {
                 let ports = ports_of(state, ctx, family, svc);
-                let frag = (!ports.is_empty()).then(|| fragment(family, &ports.iter().collect::<Vec<_>>(), ctx));
+                let frag = (!ports.is_empty())
+                    .then(|| fragment(family, &ports.iter().collect::<Vec<_>>(), ctx));
                 table.swap(svc, frag, &mut delta);
                 changed_ports.extend(ports);
             }
@@ -213,7 +253,10 @@ impl NftablesBackend {
         let mut lost = false;
         for svc in changed {
             let after = now.get(svc).cloned().unwrap_or_default();
-            lost |= self.udp.get(svc).is_some_and(|before| before.lost_endpoints(&after));
+            lost |= self
+                .udp
+                .get(svc)
+                .is_some_and(|before| before.lost_endpoints(&after));
             match now.get(svc) {
                 Some(u) => self.udp.insert(svc.clone(), u.clone()),
                 None => self.udp.remove(svc),
@@ -249,7 +292,10 @@ impl NftablesBackend {
             let exists = self
                 .sock
                 .table_exists(family.nfproto(), TABLE)
-                .map_err(|e| SyncError::Netlink { family, source: e.into() })?;
+                .map_err(|e| SyncError::Netlink {
+                    family,
+                    source: e.into(),
+                })?;
             if exists {
                 let mut report = SyncReport::default();
                 self.commit(family, plan::delete(family, self.seq), &mut report)?;
@@ -259,4 +305,3 @@ impl NftablesBackend {
         Ok(())
     }
 }
-

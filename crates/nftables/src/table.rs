@@ -77,7 +77,9 @@ impl Table {
             *rc += 1;
             if *rc == 1 {
                 if let Some(d) = delta.as_deref_mut() {
-                    d.sets.entry(name.clone()).or_insert_with(|| self.table.sets.get(&name).cloned());
+                    d.sets
+                        .entry(name.clone())
+                        .or_insert_with(|| self.table.sets.get(&name).cloned());
                 }
                 self.table.elements.entry(name.clone()).or_default();
                 self.table.sets.insert(name.clone(), decl);
@@ -89,7 +91,9 @@ impl Table {
             *rc += 1;
             if *rc == 1 {
                 if let Some(d) = delta.as_deref_mut() {
-                    d.chains.entry(name.clone()).or_insert_with(|| self.table.chains.get(&name).cloned());
+                    d.chains
+                        .entry(name.clone())
+                        .or_insert_with(|| self.table.chains.get(&name).cloned());
                 }
                 self.table.chains.insert(name.clone(), chain);
             }
@@ -105,7 +109,9 @@ impl Table {
                     Some(cur) if *cur == v => {}
                     Some(cur) => {
                         if let Some(d) = delta.as_deref_mut() {
-                            d.elements.entry((set.clone(), k.clone())).or_insert_with(|| Some(cur.clone()));
+                            d.elements
+                                .entry((set.clone(), k.clone()))
+                                .or_insert_with(|| Some(cur.clone()));
                         }
                         *cur = v;
                     }
@@ -125,12 +131,17 @@ impl Table {
 
     fn remove(&mut self, frag: &FragmentIndex, delta: &mut Delta) {
         for (set, keys) in &frag.elements {
-            let Some(refs) = self.elem_refs.get_mut(set) else { continue };
+            let Some(refs) = self.elem_refs.get_mut(set) else {
+                continue;
+            };
             for k in keys {
                 if release(refs, k) {
                     if let Some(current) = self.table.elements.get_mut(set) {
                         let before = current.remove(k);
-                        delta.elements.entry((set.clone(), k.clone())).or_insert(before);
+                        delta
+                            .elements
+                            .entry((set.clone(), k.clone()))
+                            .or_insert(before);
                     }
                 }
             }

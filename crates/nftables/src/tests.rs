@@ -173,12 +173,23 @@ fn swapping_fragments_gives_the_table_a_full_build_gives() {
     use std::collections::BTreeMap;
     let c = ctx();
     let ports = |eps: &[&[&str]]| -> Vec<ResolvedServicePort> {
-        eps.iter().enumerate().map(|(i, e)| port(&format!("s{i}"), &format!("10.96.0.{}", i + 1), e)).collect()
+        eps.iter()
+            .enumerate()
+            .map(|(i, e)| port(&format!("s{i}"), &format!("10.96.0.{}", i + 1), e))
+            .collect()
     };
     let frags = |ps: &[ResolvedServicePort]| crate::fragments(Family::V4, ps, &c);
     // s0 and s1 share an endpoint (hairpin) and an endpoint count (cluster-2).
-    let before = ports(&[&["10.244.1.2", "10.244.2.2"], &["10.244.1.2", "10.244.3.2"], &["10.244.4.2"]]);
-    let after = ports(&[&["10.244.1.2", "10.244.2.2", "10.244.5.2"], &["10.244.3.2"], &[]]);
+    let before = ports(&[
+        &["10.244.1.2", "10.244.2.2"],
+        &["10.244.1.2", "10.244.3.2"],
+        &["10.244.4.2"],
+    ]);
+    let after = ports(&[
+        &["10.244.1.2", "10.244.2.2", "10.244.5.2"],
+        &["10.244.3.2"],
+        &[],
+    ]);
     let mut t = Table::new(crate::fixed_table(Family::V4, &c), frags(&before));
     let mut d = Delta::default();
     let new = frags(&after);
@@ -193,6 +204,9 @@ fn swapping_fragments_gives_the_table_a_full_build_gives() {
     for i in 0..3 {
         t.swap(&ServiceName::new("ns", format!("s{i}")), None, &mut d);
     }
-    assert_eq!(t.table, Table::new(crate::fixed_table(Family::V4, &c), BTreeMap::new()).table);
+    assert_eq!(
+        t.table,
+        Table::new(crate::fixed_table(Family::V4, &c), BTreeMap::new()).table
+    );
     assert!(!plan::delta(&t.table, &d, 1).is_empty());
 }

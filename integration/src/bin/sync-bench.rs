@@ -32,7 +32,13 @@ fn add_service(st: &mut ClusterState, i: u32, e: u32, endpoint_shift: u32) {
         name: name.clone(),
         service_type: ServiceType::ClusterIP,
         cluster_ips: vec![ip([10, 96 + (i >> 16) as u8], i & 0xffff)],
-        ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, node_port: None, target_port: TargetPort::Number(8080) }],
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+            target_port: TargetPort::Number(8080),
+        }],
         external_ips: vec![],
         load_balancer_ips: vec![],
         load_balancer_source_ranges: vec![],
@@ -63,7 +69,11 @@ fn add_service(st: &mut ClusterState, i: u32, e: u32, endpoint_shift: u32) {
         service: name,
         address_type: AddressType::IPv4,
         endpoints,
-        ports: vec![EndpointPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
         trigger_time: None,
     });
 }
@@ -85,7 +95,12 @@ impl Samples {
         self.0.push((what, d));
     }
     fn stats(&self, what: &str) -> Option<(Duration, Duration, Duration)> {
-        let mut v: Vec<Duration> = self.0.iter().filter(|(w, _)| *w == what).map(|(_, d)| *d).collect();
+        let mut v: Vec<Duration> = self
+            .0
+            .iter()
+            .filter(|(w, _)| *w == what)
+            .map(|(_, d)| *d)
+            .collect();
         if v.is_empty() {
             return None;
         }
@@ -95,7 +110,11 @@ impl Samples {
 }
 
 fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(10) { format!("{:.2} ms", d.as_secs_f64() * 1e3) } else { format!("{:.3} s", d.as_secs_f64()) }
+    if d < Duration::from_millis(10) {
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.3} s", d.as_secs_f64())
+    }
 }
 
 fn main() {
@@ -116,7 +135,10 @@ fn main() {
     add_service(&mut plus_one, n, e, 0);
     let mut one_changed_plus = plus_one.clone();
     add_service(&mut one_changed_plus, 0, e, n * e + 7);
-    let render: String = nftproxy_nftables::desired(&state, &ctx).iter().map(|r| r.render()).collect();
+    let render: String = nftproxy_nftables::desired(&state, &ctx)
+        .iter()
+        .map(|r| r.render())
+        .collect();
     let file = std::env::temp_dir().join(format!("sync-bench-{}.nft", std::process::id()));
     std::fs::write(&file, &render).unwrap();
 
@@ -133,7 +155,14 @@ fn main() {
         let t4 = t.elapsed();
         let fin: Vec<_> = batches.into_iter().map(|b| b.finish()).collect();
         let t5 = t.elapsed();
-        eprintln!("resolve {t1:?} fragments {:?} table {:?} plan {:?} encode {:?} ({} batches)", t2 - t1, t3 - t2, t4 - t3, t5 - t4, fin.len());
+        eprintln!(
+            "resolve {t1:?} fragments {:?} table {:?} plan {:?} encode {:?} ({} batches)",
+            t2 - t1,
+            t3 - t2,
+            t4 - t3,
+            t5 - t4,
+            fin.len()
+        );
     }
     let mut s = Samples::default();
     let mut longest = Duration::ZERO;
@@ -154,7 +183,9 @@ fn main() {
         s.add("+1 service (netlink)", t.elapsed());
         let svc0 = BTreeSet::from([ServiceName::new("bench", "svc-0")]);
         let t = Instant::now();
-        let chg = backend.sync_services(&one_changed_plus, &ctx, &svc0).unwrap();
+        let chg = backend
+            .sync_services(&one_changed_plus, &ctx, &svc0)
+            .unwrap();
         s.add("1 endpoint changed (netlink)", t.elapsed());
         let t = Instant::now();
         backend.sync_cluster(&one_changed_plus, &ctx).unwrap();
@@ -167,7 +198,11 @@ fn main() {
 
         let fresh = topo.netns("nft");
         let t = Instant::now();
-        let ok = Command::new("ip").args(["netns", "exec", &fresh.name, "nft", "-f"]).arg(&file).status().unwrap();
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &fresh.name, "nft", "-f"])
+            .arg(&file)
+            .status()
+            .unwrap();
         s.add("cold load of the same ruleset (nft -f)", t.elapsed());
         assert!(ok.success());
         drop(topo);
@@ -191,5 +226,11 @@ fn main() {
             println!("| {what} | {} | {} – {} |", fmt(med), fmt(lo), fmt(hi));
         }
     }
-    println!("\nLongest single cold-start transaction: {}. Netlink messages: cold {}, +1 service {}, 1 endpoint changed {}.", fmt(longest), messages.0, messages.1, messages.2);
+    println!(
+        "\nLongest single cold-start transaction: {}. Netlink messages: cold {}, +1 service {}, 1 endpoint changed {}.",
+        fmt(longest),
+        messages.0,
+        messages.1,
+        messages.2
+    );
 }

@@ -531,21 +531,39 @@ fn frontends_list_every_way_in() {
 
 #[test]
 fn a_slice_moved_to_another_service_leaves_the_first() {
-    let mut st = state(svc("web"), vec![slice("web", "s1", vec![ep("10.0.1.1", "node-b")])]);
+    let mut st = state(
+        svc("web"),
+        vec![slice("web", "s1", vec![ep("10.0.1.1", "node-b")])],
+    );
     st.upsert_service(svc("api"));
     st.upsert_slice(slice("api", "s1", vec![ep("10.0.1.1", "node-b")]));
     let r = resolve(&st, &ctx(), IpFamily::V4);
     let web = r.iter().find(|p| p.name.service.name == "web").unwrap();
     assert_eq!(web.internal, EndpointChoice::Reject);
     st.remove_slice("ns", "s1");
-    assert!(st.slices_of(&ServiceName::new("ns", "api")).next().is_none());
+    assert!(
+        st.slices_of(&ServiceName::new("ns", "api"))
+            .next()
+            .is_none()
+    );
 }
 
 #[test]
 fn endpoints_are_ordered_like_kube_proxy_by_their_ip_port_string() {
     let st = state(
         svc("web"),
-        vec![slice("web", "s1", vec![ep("10.0.1.4", "node-b"), ep("10.0.1.10", "node-b"), ep("10.0.1.9", "node-b")])],
+        vec![slice(
+            "web",
+            "s1",
+            vec![
+                ep("10.0.1.4", "node-b"),
+                ep("10.0.1.10", "node-b"),
+                ep("10.0.1.9", "node-b"),
+            ],
+        )],
     );
-    assert_eq!(ips(one(&st).internal.endpoints()), ["10.0.1.10:8080", "10.0.1.4:8080", "10.0.1.9:8080"]);
+    assert_eq!(
+        ips(one(&st).internal.endpoints()),
+        ["10.0.1.10:8080", "10.0.1.4:8080", "10.0.1.9:8080"]
+    );
 }

@@ -1,0 +1,15 @@
+//! The iptables-legacy compatibility backend: the one service model rendered exactly as
+//! kube-proxy's iptables mode renders it ([`render`]), and applied with
+//! `iptables-legacy-restore` ([`sync`], [`cleanup`]). Used for parity tests against the
+//! nftables backend and as a benchmark baseline.
+
+mod apply;
+mod render;
+
+pub use apply::{IptablesError, cleanup, sync, with_stale_chains_deleted};
+pub use render::{
+    LARGE_CLUSTER_ENDPOINTS, Options, endpoint_chain, hash16, probability, render, service_chain,
+};
+
+#[cfg(test)]
+mod tests;
