@@ -12,7 +12,7 @@ use nftproxy_manifest::{Loaded, load_path};
 use nftproxy_model::{IpFamily, resolve};
 use nftproxy_nftables::NftablesBackend;
 
-use node_args::NodeArgs;
+use node_args::{IptablesArgs, NodeArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +48,8 @@ enum Command {
         from: PathBuf,
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        iptables: IptablesArgs,
         #[arg(long, value_enum, default_value = "nftables")]
         backend: Backend,
     },
@@ -58,6 +60,8 @@ enum Command {
         from: PathBuf,
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        iptables: IptablesArgs,
         #[arg(long, value_enum, default_value = "nftables")]
         backend: Backend,
     },
@@ -94,6 +98,7 @@ fn run(cli: Cli) -> Result<()> {
             from,
             node,
             backend: Backend::Nftables,
+            ..
         } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
@@ -106,6 +111,7 @@ fn run(cli: Cli) -> Result<()> {
             from,
             node,
             backend: Backend::Nftables,
+            ..
         } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
@@ -139,6 +145,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Render {
             from,
             node,
+            iptables,
             backend: Backend::Iptables,
         } => {
             let loaded = load(&from)?;
@@ -158,7 +165,7 @@ fn run(cli: Cli) -> Result<()> {
                         fam,
                         &resolve(&loaded.state, &ctx, fam),
                         &ctx,
-                        &Default::default()
+                        &iptables.options()
                     )
                 );
             }
@@ -167,11 +174,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sync {
             from,
             node,
+            iptables,
             backend: Backend::Iptables,
         } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
-            let opts = nftproxy_iptables::Options::default();
+            let opts = iptables.options();
             for fam in [IpFamily::V4, IpFamily::V6] {
                 let text =
                     nftproxy_iptables::render(fam, &resolve(&loaded.state, &ctx, fam), &ctx, &opts);

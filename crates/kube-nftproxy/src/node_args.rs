@@ -76,3 +76,35 @@ fn parse_nodeport_addresses(s: Option<&str>) -> Result<NodePortAddresses> {
         }
     })
 }
+
+/// kube-proxy's flags that change its iptables-mode output (defaults are kube-proxy's).
+#[derive(Args, Debug, Clone)]
+pub struct IptablesArgs {
+    /// Accept NodePorts on 127.0.0.1 (IPv4), guarded by the KUBE-FIREWALL rule.
+    #[arg(long = "iptables-localhost-nodeports", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub localhost_nodeports: bool,
+    /// Masquerade with --random-fully (iptables >= 1.6.2).
+    #[arg(long = "iptables-random-fully", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub random_fully: bool,
+    /// Count with nfacct (the counters must exist; kube-proxy creates them).
+    #[arg(long = "iptables-nfacct")]
+    pub nfacct: bool,
+    /// Conntrack is liberal about TCP: no INVALID-drop rule in KUBE-FORWARD.
+    #[arg(long = "conntrack-tcp-be-liberal")]
+    pub conntrack_tcp_be_liberal: bool,
+    /// The masquerade mark is 1 << this bit.
+    #[arg(long = "iptables-masquerade-bit", default_value_t = 14, value_parser = clap::value_parser!(u8).range(0..=31))]
+    pub masquerade_bit: u8,
+}
+
+impl IptablesArgs {
+    pub fn options(&self) -> nftproxy_iptables::Options {
+        nftproxy_iptables::Options {
+            masquerade_bit: self.masquerade_bit,
+            random_fully: self.random_fully,
+            localhost_nodeports: self.localhost_nodeports,
+            nfacct: self.nfacct,
+            conntrack_tcp_be_liberal: self.conntrack_tcp_be_liberal,
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! `kube-nftproxy render` for both backends.
+
+use std::process::Command;
+
+fn render(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .arg("render")
+        .arg("--from")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/demo.yaml"
+        ))
+        .args([
+            "--hostname-override",
+            "node-a",
+            "--node-ip",
+            "10.0.1.1",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn nftables_render_is_an_nft_file_for_both_families() {
+    let text = render(&[]);
+    assert!(text.starts_with("table ip kube-nftproxy\ndelete table ip kube-nftproxy\n"));
+    assert!(text.contains("table ip6 kube-nftproxy {"));
+    assert!(text.contains("10.96.0.10 . tcp . 80 comment \"demo/web:http\" : goto cluster-3"));
+}
+
+#[test]
+fn iptables_render_follows_kube_proxys_flags() {
+    let default = render(&["--backend", "iptables"]);
+    assert!(default.contains("-j MASQUERADE --random-fully"));
+    assert!(default.contains(":KUBE-FIREWALL - [0:0]"));
+    assert!(default.contains("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"));
+    let changed = render(&[
+        "--backend",
+        "iptables",
+        "--iptables-localhost-nodeports=false",
+        "--iptables-random-fully=false",
+        "--conntrack-tcp-be-liberal",
+        "--iptables-masquerade-bit",
+        "15",
+    ]);
+    assert!(
+        !changed.contains("--random-fully")
+            && !changed.contains("KUBE-FIREWALL")
+            && !changed.contains("INVALID")
+    );
+    assert!(changed.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x8000"));
+}
