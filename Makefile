@@ -10,7 +10,7 @@ CARGOFLAGS ?= -j$(JOBS)
 # conntrack, ip, sysctl; libclang-dev for the rustables test reader (bindgen).
 DEB_PKGS   := nftables iptables conntrack iproute2 procps libclang-dev
 
-.PHONY: all build test unit-test kernel-test demo bench-sync deps check-root clean
+.PHONY: all build test unit-test kernel-test demo bench bench-quick deps check-root clean
 
 all: build
 
@@ -48,10 +48,16 @@ kernel-test: check-root deps
 demo: check-root deps build
 	./target/debug/demo target/debug/kube-nftproxy examples/demo.yaml
 
-## bench-sync: control-plane benchmark of the nftables backend (10k services x 3 endpoints).
-bench-sync: check-root deps
-	$(CARGO) build $(CARGOFLAGS) --release -p nftproxy-integration --bin sync-bench
-	./target/release/sync-bench --services 10000 --endpoints 3 --runs 5
+## bench: the standard benchmark suite (control plane 1k/10k/50k services x 1/3/10 endpoints,
+## data plane 0/1k/10k/30k services); tables on stdout, CSV and SVG in bench-out/.
+bench: check-root deps
+	$(CARGO) build $(CARGOFLAGS) --release -p nftproxy-integration --bin nftproxy-bench
+	./target/release/nftproxy-bench --out bench-out
+
+## bench-quick: a few minutes: 1k/10k services x 3 endpoints, data plane 0/1k.
+bench-quick: check-root deps
+	$(CARGO) build $(CARGOFLAGS) --release -p nftproxy-integration --bin nftproxy-bench
+	./target/release/nftproxy-bench --quick --out bench-out
 
 clean:
 	$(CARGO) clean

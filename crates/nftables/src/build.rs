@@ -85,11 +85,11 @@ pub fn fixed_table(f: Family, ctx: &NodeContext) -> Ruleset {
 }
 
 /// One fragment per Service: everything its ports add to the table in this family.
-pub fn fragments(
+pub fn fragments<'a>(
     f: Family,
-    ports: &[ResolvedServicePort],
-    ctx: &NodeContext,
-) -> BTreeMap<ServiceName, Ruleset> {
+    ports: &'a [ResolvedServicePort],
+    ctx: &'a NodeContext,
+) -> impl Iterator<Item = (ServiceName, Ruleset)> + 'a {
     let mut by_service: BTreeMap<ServiceName, Vec<&ResolvedServicePort>> = BTreeMap::new();
     for p in ports.iter().filter(|p| f.matches(&p.cluster_ip)) {
         by_service
@@ -97,11 +97,12 @@ pub fn fragments(
             .or_default()
             .push(p);
     }
+    // Lazy: the caller merges each fragment before the next is built.
     let mut cache = BTreeMap::new();
-    by_service
-        .into_iter()
-        .map(|(svc, ports)| (svc, fragment_with(f, &ports, ctx, &mut cache)))
-        .collect()
+    by_service.into_iter().map(move |(svc, ports)| {
+        let frag = fragment_with(f, &ports, ctx, &mut cache);
+        (svc, frag)
+    })
 }
 
 /// The elements, chains and sets one Service's ports add (pick chains included: the table

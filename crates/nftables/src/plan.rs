@@ -25,26 +25,26 @@ fn schema(b: &mut Batch, r: &Ruleset) {
 }
 
 /// Every element as (set, elements) runs: backend maps first (stage 0), then the maps that
-/// lead to them (stage 1), cut so that no run holds more than `max` elements.
-fn staged_elements(r: &Ruleset, max: usize) -> Vec<(&str, Vec<Elem>)> {
+/// lead to them (stage 1), cut so that no run holds more than `max` elements. Lazy: a run is
+/// encoded into the batch before the next one is built, so wire forms never all exist at once.
+fn staged_elements(r: &Ruleset, max: usize) -> impl Iterator<Item = (&str, Vec<Elem>)> + '_ {
     let mut sets: Vec<_> = r.sets.values().collect();
     sets.sort_by_key(|d| d.stage);
-    let mut runs = Vec::new();
-    for d in sets {
+    sets.into_iter().flat_map(move |d| {
         let name = d.spec.name.as_str();
-        let mut run = Vec::new();
-        for (k, v) in &r.elements[name] {
-            run.push(v.wire(k));
-            if run.len() == max {
-                runs.push((name, std::mem::take(&mut run)));
-            }
-        }
-        if !run.is_empty() {
-            runs.push((name, run));
-        }
-    }
-    runs
+        let mut it = r.elements[name].iter().peekable();
+        std::iter::from_fn(move || {
+            it.peek()?;
+            Some((
+                name,
+                it.by_ref().take(max).map(|(k, v)| v.wire(k)).collect(),
+            ))
+        })
+    })
 }
+
+/// Elements per run when nothing else bounds it (an atomic replace): only limits memory.
+const RUN: usize = 4096;
 
 /// Replaces the table in one transaction (creating it if missing): what was there before stays
 /// in force until the kernel commits the new one, so no packet sees a half-built ruleset.
@@ -55,7 +55,7 @@ pub fn replace(r: &Ruleset, first_seq: u32) -> Batch {
     b.del_table(fam, TABLE);
     b.add_table(fam, TABLE, Some(TABLE_COMMENT));
     schema(&mut b, r);
-    for (set, elems) in staged_elements(r, usize::MAX) {
+    for (set, elems) in staged_elements(r, RUN) {
         b.add_elems(fam, TABLE, set, None, &elems);
     }
     b

@@ -84,8 +84,12 @@ fn udp_index(
     ports: &[ResolvedServicePort],
     ctx: &NodeContext,
 ) -> BTreeMap<ServiceName, UdpEndpoints> {
+    // Only UDP ports have conntrack entries worth cleaning: other Services get no entry.
     let mut by: BTreeMap<ServiceName, Vec<ResolvedServicePort>> = BTreeMap::new();
-    for p in ports {
+    for p in ports
+        .iter()
+        .filter(|p| p.protocol == nftproxy_model::Protocol::Udp)
+    {
         by.entry(p.name.service.clone())
             .or_default()
             .push(p.clone());

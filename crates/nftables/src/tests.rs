@@ -178,7 +178,9 @@ fn swapping_fragments_gives_the_table_a_full_build_gives() {
             .map(|(i, e)| port(&format!("s{i}"), &format!("10.96.0.{}", i + 1), e))
             .collect()
     };
-    let frags = |ps: &[ResolvedServicePort]| crate::fragments(Family::V4, ps, &c);
+    let frags = |ps: &[ResolvedServicePort]| {
+        crate::fragments(Family::V4, ps, &c).collect::<BTreeMap<_, _>>()
+    };
     // s0 and s1 share an endpoint (hairpin) and an endpoint count (cluster-2).
     let before = ports(&[
         &["10.244.1.2", "10.244.2.2"],

@@ -1,0 +1,259 @@
+//! Shared pieces of the benchmarks: synthetic clusters, kube-proxy's nftables ruleset shape as
+//! `nft` commands, bounded child processes, and statistics.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nftproxy_model::*;
+
+fn ip(base: [u8; 2], k: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        base[0],
+        base[1].wrapping_add((k >> 16) as u8),
+        (k >> 8) as u8,
+        k as u8,
+    ))
+}
+
+/// The ClusterIP of synthetic service `i` (10.96.0.0/12 and up).
+pub fn cluster_ip(i: u32) -> IpAddr {
+    ip([10, 96], i)
+}
+
+/// N ClusterIP services (TCP 80 → 8080) with E ready endpoints each, every address distinct.
+pub fn synthetic(n: u32, e: u32) -> ClusterState {
+    let mut st = ClusterState::default();
+    for i in 0..n {
+        add_service(&mut st, i, e, 0);
+    }
+    st
+}
+
+/// Adds (or replaces) synthetic service `i`; `shift` moves its endpoint addresses.
+pub fn add_service(st: &mut ClusterState, i: u32, e: u32, shift: u32) {
+    let name = ServiceName::new("bench", format!("svc-{i}"));
+    st.upsert_service(Service {
+        name: name.clone(),
+        service_type: ServiceType::ClusterIP,
+        cluster_ips: vec![cluster_ip(i)],
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+            target_port: TargetPort::Number(8080),
+        }],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        external_traffic_policy: TrafficPolicy::Cluster,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        session_affinity_timeout: None,
+        traffic_distribution: None,
+    });
+    let endpoints = (0..e)
+        .map(|j| Endpoint {
+            address: ip([10, 128], i * e + j + shift),
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: Some("node-b".into()),
+            zone: None,
+            zone_hints: BTreeSet::new(),
+            node_hints: BTreeSet::new(),
+        })
+        .collect();
+    st.upsert_slice(EndpointSlice {
+        namespace: "bench".into(),
+        name: format!("svc-{i}-1"),
+        service: name,
+        address_type: AddressType::IPv4,
+        endpoints,
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
+        trigger_time: None,
+    });
+}
+
+/// Removes synthetic service `i`.
+pub fn remove_service(st: &mut ClusterState, i: u32) {
+    st.remove_service(&ServiceName::new("bench", format!("svc-{i}")));
+    st.remove_slice("bench", &format!("svc-{i}-1"));
+}
+
+/// kube-proxy's nftables ruleset *shape* for ClusterIP services, as the `nft` commands knftables
+/// sends: a chain per service holding `numgen random mod N vmap { … }` (an anonymous set each) and
+/// a chain per endpoint. Not kube-proxy's full ruleset: the per-service cost it pays is the point.
+pub struct KubeProxyShape;
+
+impl KubeProxyShape {
+    const T: &'static str = "ip kube-proxy";
+
+    pub fn base() -> String {
+        let t = Self::T;
+        format!(
+            "add table {t}\n\
+             add map {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}\n\
+             add chain {t} mark-for-masquerade\n\
+             add rule {t} mark-for-masquerade mark set mark or 0x4000\n\
+             add chain {t} services\n\
+             add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips\n\
+             add chain {t} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}\n\
+             add rule {t} nat-prerouting jump services\n"
+        )
+    }
+
+    fn names(p: &ResolvedServicePort) -> (String, Vec<(String, &ResolvedEndpoint)>) {
+        let s = &p.name.service;
+        let base = format!("{}/{}/tcp/{}", s.namespace, s.name, p.name.port);
+        let svc = format!("service-{}", short_hash(&base));
+        let eps = p
+            .internal
+            .endpoints()
+            .iter()
+            .map(|e| {
+                (
+                    format!(
+                        "endpoint-{}",
+                        short_hash(&format!("{base}__{}/{}", e.ip, e.port))
+                    ),
+                    e,
+                )
+            })
+            .collect();
+        (svc, eps)
+    }
+
+    /// The commands that add (or rewrite) one service port.
+    pub fn service(out: &mut String, p: &ResolvedServicePort) {
+        let t = Self::T;
+        let (svc, eps) = Self::names(p);
+        if eps.is_empty() {
+            return;
+        }
+        for (ep, e) in &eps {
+            let _ = write!(
+                out,
+                "add chain {t} {ep}\nflush chain {t} {ep}\nadd rule {t} {ep} ip saddr {ip} jump mark-for-masquerade\nadd rule {t} {ep} meta l4proto tcp dnat to {ip}:{port}\n",
+                ip = e.ip,
+                port = e.port
+            );
+        }
+        let vmap: Vec<String> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, (ep, _))| format!("{i} : goto {ep}"))
+            .collect();
+        let _ = write!(
+            out,
+            "add chain {t} {svc}\nflush chain {t} {svc}\nadd rule {t} {svc} ip daddr {cip} tcp dport {port} ip saddr != 10.128.0.0/9 jump mark-for-masquerade\nadd rule {t} {svc} numgen random mod {n} vmap {{ {vmap} }}\nadd element {t} service-ips {{ {cip} . tcp . {port} : goto {svc} }}\n",
+            cip = p.cluster_ip,
+            port = p.port,
+            n = eps.len(),
+            vmap = vmap.join(" , ")
+        );
+    }
+
+    /// The commands that remove one service port.
+    pub fn remove(out: &mut String, p: &ResolvedServicePort) {
+        let t = Self::T;
+        let (svc, eps) = Self::names(p);
+        let _ = writeln!(
+            out,
+            "delete element {t} service-ips {{ {} . tcp . {} }}",
+            p.cluster_ip, p.port
+        );
+        let _ = writeln!(out, "flush chain {t} {svc}\ndelete chain {t} {svc}");
+        for (ep, _) in eps {
+            let _ = writeln!(out, "flush chain {t} {ep}\ndelete chain {t} {ep}");
+        }
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    nftproxy_iptables::hash16(s)[..8].to_string()
+}
+
+/// How a bounded child process ended.
+pub enum Timed {
+    Done(Duration),
+    Failed(String),
+    TimedOut(Duration),
+}
+
+/// Runs a command with `stdin` text, killed at `deadline`.
+pub fn run_bounded(mut cmd: Command, stdin: Option<&str>, deadline: Duration) -> Timed {
+    let start = Instant::now();
+    let mut child = match cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return Timed::Failed(e.to_string()),
+    };
+    if let Some(text) = stdin {
+        use std::io::Write as _;
+        let mut pipe = child.stdin.take().expect("piped");
+        let text = text.to_string();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(text.as_bytes());
+        });
+    }
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let took = start.elapsed();
+                if status.success() {
+                    return Timed::Done(took);
+                }
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read as _;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Timed::Failed(err.lines().take(3).collect::<Vec<_>>().join(" / "));
+            }
+            Ok(None) if start.elapsed() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Timed::TimedOut(start.elapsed());
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Timed::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Median, minimum and maximum.
+pub fn stats(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    Some((s[s.len() / 2], s[0], s[s.len() - 1]))
+}
+
+/// The p-th percentile (0–100) of sorted or unsorted samples.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[idx.min(s.len() - 1)]
+}

@@ -1,0 +1,765 @@
+//! kube-nftproxy's benchmark harness: control plane and data plane, our nftables backend against
+//! kube-proxy's nftables ruleset shape and iptables-legacy, in throwaway network namespaces.
+//! Prints markdown tables; writes CSV files and SVG plots to `--out`.
+//!
+//!     nftproxy-bench [--quick] [--out DIR] [--services 1000,10000,50000] [--endpoints 1,3,10]
+//!                    [--runs 3] [--dataplane 0,1000,10000,30000] [--requests 2000] [--deadline 120]
+//!
+//! Diagnostics: `PHASES=1 nftproxy-bench --child-sync N E` prints the resident memory after each
+//! phase of a cold sync of N services × E endpoints (state, resolve, table, batches).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nftproxy_integration::bench::*;
+use nftproxy_integration::lab::{Lab, pod_ip};
+use nftproxy_integration::{Proto, Topology};
+use nftproxy_model::*;
+use nftproxy_nftables::NftablesBackend;
+
+const NETLINK: &str = "nftables, netlink (ours)";
+const OURS_NFT: &str = "nftables, same ruleset via nft -f";
+const KP_SHAPE: &str = "kube-proxy nftables shape via nft -f";
+const IPTABLES: &str = "iptables-legacy-restore (kube-proxy iptables)";
+const CONTENDERS: [&str; 4] = [NETLINK, OURS_NFT, KP_SHAPE, IPTABLES];
+const OPS: [&str; 4] = [
+    "cold sync",
+    "+1 service",
+    "1 endpoint changed",
+    "-1 service",
+];
+
+struct Args {
+    out: PathBuf,
+    services: Vec<u32>,
+    endpoints: Vec<u32>,
+    runs: usize,
+    dataplane: Vec<u32>,
+    requests: usize,
+    deadline: Duration,
+    quick: bool,
+}
+
+fn list(s: &str) -> Vec<u32> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| x.trim().parse().expect("number list"))
+        .collect()
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        out: "bench-out".into(),
+        services: vec![1000, 10_000, 50_000],
+        endpoints: vec![1, 3, 10],
+        runs: 3,
+        dataplane: vec![0, 1000, 10_000, 30_000],
+        requests: 2000,
+        deadline: Duration::from_secs(120),
+        quick: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--quick" {
+            a.quick = true;
+            a.services = vec![1000, 10_000];
+            a.endpoints = vec![3];
+            a.runs = 1;
+            a.dataplane = vec![0, 1000];
+            a.requests = 300;
+            a.deadline = Duration::from_secs(30);
+            continue;
+        }
+        let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--out" => a.out = v.into(),
+            "--services" => a.services = list(&v),
+            "--endpoints" => a.endpoints = list(&v),
+            "--runs" => a.runs = v.parse().unwrap(),
+            "--dataplane" => a.dataplane = list(&v),
+            "--requests" => a.requests = v.parse().unwrap(),
+            "--deadline" => a.deadline = Duration::from_secs(v.parse().unwrap()),
+            _ => panic!("unknown flag {flag}"),
+        }
+    }
+    a
+}
+
+fn ctx() -> NodeContext {
+    NodeContext {
+        node_name: "node-a".into(),
+        node_ips: vec!["10.0.1.1".parse().unwrap(), "fd00:1::1".parse().unwrap()],
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
+    }
+}
+
+/// `--child-sync N E`: a cold sync of N×E in this process, reporting its peak RSS (run inside a
+/// namespace by the parent), so the figure is the proxy's own.
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / 1048576.0
+}
+
+fn child_sync(n: u32, e: u32) {
+    if std::env::var_os("PHASES").is_some() {
+        use nftproxy_nftables::{Family, fixed_table, fragments, table::Table};
+        let c = ctx();
+        let st = synthetic(n, e);
+        eprintln!("state {:.1} MiB", rss_mib());
+        let ports = resolve(&st, &c, IpFamily::V4);
+        eprintln!("resolved {:.1} MiB", rss_mib());
+        let t = Table::new(
+            fixed_table(Family::V4, &c),
+            fragments(Family::V4, &ports, &c),
+        );
+        eprintln!(
+            "table {:.1} MiB ({} elements)",
+            rss_mib(),
+            t.table.element_count()
+        );
+        let b = nftproxy_nftables::plan::cold_start(&t.table, 1, 20_000);
+        eprintln!(
+            "batches {:.1} MiB ({} bytes)",
+            rss_mib(),
+            b.iter().map(|b| b.len_bytes()).sum::<usize>()
+        );
+        drop(b);
+        eprintln!("after drop {:.1} MiB", rss_mib());
+    }
+    let st = synthetic(n, e);
+    let mut b = NftablesBackend::new().unwrap();
+    b.sync_cluster(&st, &ctx()).unwrap();
+    // SAFETY: getrusage fills a plain struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    println!("rss_kb {}", ru.ru_maxrss);
+}
+
+/// One measurement: seconds, or why there is none.
+#[derive(Clone, Debug)]
+enum M {
+    Secs(f64),
+    Skipped(String),
+}
+
+#[derive(Default)]
+struct Results {
+    /// (n, e, contender, op) → samples
+    control: BTreeMap<(u32, u32, &'static str, &'static str), Vec<M>>,
+    longest_txn: BTreeMap<(u32, u32), f64>,
+    rss_kb: BTreeMap<(u32, u32), u64>,
+    /// (n, backend, metric) → value
+    data: BTreeMap<(u32, &'static str, &'static str), f64>,
+}
+
+fn timed(t: Timed) -> M {
+    match t {
+        Timed::Done(d) => M::Secs(d.as_secs_f64()),
+        Timed::TimedOut(d) => M::Skipped(format!("> {:.0} s (stopped)", d.as_secs_f64())),
+        Timed::Failed(e) => M::Skipped(format!("failed: {e}")),
+    }
+}
+
+fn nft_file(ns: &str, text: &str, deadline: Duration) -> M {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "nft", "-f", "-"]);
+    timed(run_bounded(c, Some(text), deadline))
+}
+
+fn control_plane(a: &Args, r: &mut Results) {
+    let c = ctx();
+    let mut given_up: BTreeSet<&str> = BTreeSet::new();
+    for &e in &a.endpoints {
+        given_up.clear();
+        for &n in &a.services {
+            let state = synthetic(n, e);
+            let mut plus = state.clone();
+            add_service(&mut plus, n, e, 0);
+            let mut changed = plus.clone();
+            add_service(&mut changed, 0, e, n * e + 100);
+            let mut minus = changed.clone();
+            remove_service(&mut minus, n);
+            let ports = |st: &ClusterState| resolve(st, &c, IpFamily::V4);
+            let (p_state, p_plus, p_changed) = (ports(&state), ports(&plus), ports(&changed));
+            for run in 0..a.runs {
+                eprintln!(
+                    "control plane: {n} services x {e} endpoints, run {}/{}",
+                    run + 1,
+                    a.runs
+                );
+                let mut topo = Topology::new();
+                let mut rec = |who: &'static str, op: &'static str, m: M| {
+                    r.control.entry((n, e, who, op)).or_default().push(m)
+                };
+
+                // Ours over netlink.
+                let ns = topo.netns("netlink");
+                let mut b = ns.run(|| NftablesBackend::new().unwrap());
+                let t = Instant::now();
+                let cold = b.sync_cluster(&state, &c).unwrap();
+                rec(NETLINK, "cold sync", M::Secs(t.elapsed().as_secs_f64()));
+                let longest = r.longest_txn.entry((n, e)).or_insert(0.0);
+                *longest = longest.max(cold.longest_transaction.as_secs_f64());
+                for (op, st, svc) in [
+                    ("+1 service", &plus, n),
+                    ("1 endpoint changed", &changed, 0),
+                    ("-1 service", &minus, n),
+                ] {
+                    let t = Instant::now();
+                    b.sync_services(
+                        st,
+                        &c,
+                        &BTreeSet::from([ServiceName::new("bench", format!("svc-{svc}"))]),
+                    )
+                    .unwrap();
+                    rec(NETLINK, op, M::Secs(t.elapsed().as_secs_f64()));
+                }
+                drop(b);
+
+                // Our ruleset through the nft binary (cold only: isolates netlink vs nft).
+                let ns = topo.netns("oursnft");
+                let text: String = nftproxy_nftables::desired(&state, &c)
+                    .iter()
+                    .map(|t| t.render())
+                    .collect();
+                rec(OURS_NFT, "cold sync", nft_file(&ns.name, &text, a.deadline));
+
+                // kube-proxy's nftables shape through nft, as knftables sends it.
+                let ns = topo.netns("kpshape");
+                if given_up.contains(KP_SHAPE) {
+                    rec(
+                        KP_SHAPE,
+                        "cold sync",
+                        M::Skipped("skipped: a smaller size hit the deadline".into()),
+                    );
+                } else {
+                    let mut text = KubeProxyShape::base();
+                    p_state
+                        .iter()
+                        .for_each(|p| KubeProxyShape::service(&mut text, p));
+                    let cold = nft_file(&ns.name, &text, a.deadline);
+                    let ok = matches!(cold, M::Secs(_));
+                    rec(KP_SHAPE, "cold sync", cold);
+                    if ok {
+                        let one = |name: &str, ps: &[ResolvedServicePort]| {
+                            let mut t = String::new();
+                            ps.iter()
+                                .filter(|p| p.name.service.name == name)
+                                .for_each(|p| KubeProxyShape::service(&mut t, p));
+                            t
+                        };
+                        rec(
+                            KP_SHAPE,
+                            "+1 service",
+                            nft_file(&ns.name, &one(&format!("svc-{n}"), &p_plus), a.deadline),
+                        );
+                        rec(
+                            KP_SHAPE,
+                            "1 endpoint changed",
+                            nft_file(&ns.name, &one("svc-0", &p_changed), a.deadline),
+                        );
+                        let mut rm = String::new();
+                        p_changed
+                            .iter()
+                            .filter(|p| p.name.service.name == format!("svc-{n}"))
+                            .for_each(|p| KubeProxyShape::remove(&mut rm, p));
+                        rec(KP_SHAPE, "-1 service", nft_file(&ns.name, &rm, a.deadline));
+                    } else {
+                        given_up.insert(KP_SHAPE);
+                    }
+                }
+
+                // iptables-legacy, as our iptables backend (kube-proxy's full-sync restore) does it.
+                let ns = topo.netns("iptables");
+                let opts = nftproxy_iptables::Options::default();
+                for (op, ps) in [
+                    ("cold sync", &p_state),
+                    ("+1 service", &p_plus),
+                    ("1 endpoint changed", &p_changed),
+                    ("-1 service", &ports(&minus)),
+                ] {
+                    let text = nftproxy_iptables::render(IpFamily::V4, ps, &c, &opts);
+                    let t = Instant::now();
+                    let res = ns.run(|| nftproxy_iptables::sync(IpFamily::V4, &text, true));
+                    rec(
+                        IPTABLES,
+                        op,
+                        match res {
+                            Ok(()) => M::Secs(t.elapsed().as_secs_f64()),
+                            Err(e) => M::Skipped(format!("failed: {e}")),
+                        },
+                    );
+                }
+
+                // Peak RSS of a proxy process doing the cold sync (first run only).
+                if run == 0 {
+                    let ns = topo.netns("rss");
+                    let exe = std::env::current_exe().unwrap();
+                    let out = Command::new("ip")
+                        .args(["netns", "exec", &ns.name])
+                        .arg(exe)
+                        .args(["--child-sync", &n.to_string(), &e.to_string()])
+                        .output()
+                        .unwrap();
+                    let s = String::from_utf8_lossy(&out.stdout);
+                    if let Some(kb) = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()) {
+                        r.rss_kb.insert((n, e), kb);
+                    }
+                }
+                drop(topo);
+                // Namespaces with big rulesets are torn down in the background: let them go.
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+fn data_plane(a: &Args, r: &mut Results) {
+    let web = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: dp}\nspec: {clusterIP: 10.95.0.10, ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}, {name: dns, port: 53, protocol: UDP, targetPort: 8080}]}\n";
+    let slice = format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: dp, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 8080, protocol: UDP}}]\nendpoints: [{{addresses: ['{}']}}, {{addresses: ['{}']}}, {{addresses: ['{}']}}]\n",
+        pod_ip(1),
+        pod_ip(2),
+        pod_ip(3)
+    );
+    for &n in &a.dataplane {
+        for backend in [NETLINK, IPTABLES] {
+            eprintln!("data plane: {n} services, {backend}");
+            let mut lab = Lab::new(3);
+            let mut state = synthetic(n, 1);
+            let mut l = nftproxy_manifest::Loaded::default();
+            l.add_text("dp", &format!("{web}{slice}"));
+            for s in l.state.services.values() {
+                state.upsert_service(s.clone());
+            }
+            for s in l.state.slices().values() {
+                state.upsert_slice(s.clone());
+            }
+            if backend == NETLINK {
+                lab.backend.sync_cluster(&state, &lab.ctx).unwrap();
+            } else {
+                let opts = nftproxy_iptables::Options::default();
+                let text = nftproxy_iptables::render(
+                    IpFamily::V4,
+                    &resolve(&state, &lab.ctx, IpFamily::V4),
+                    &lab.ctx,
+                    &opts,
+                );
+                lab.node
+                    .run(|| nftproxy_iptables::sync(IpFamily::V4, &text, true))
+                    .unwrap();
+            }
+            for (proto, to, label) in [
+                (Proto::Tcp, "10.95.0.10:80", "tcp"),
+                (Proto::Udp, "10.95.0.10:53", "udp"),
+            ] {
+                let to: SocketAddr = to.parse().unwrap();
+                let requests = a.requests;
+                let (lat, total) = lab.client.run(|| {
+                    let mut lat = Vec::with_capacity(requests);
+                    let start = Instant::now();
+                    for _ in 0..requests {
+                        let t = Instant::now();
+                        let o =
+                            nftproxy_integration::request(proto, to, None, Duration::from_secs(1));
+                        if matches!(o, nftproxy_integration::Outcome::Answered { .. }) {
+                            lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        }
+                        if start.elapsed() > Duration::from_secs(120) {
+                            break;
+                        }
+                    }
+                    (lat, start.elapsed())
+                });
+                let metric = |m: &str| -> &'static str {
+                    Box::leak(format!("{label} {m}").into_boxed_str())
+                };
+                r.data
+                    .insert((n, backend, metric("p50 µs")), percentile(&lat, 50.0));
+                r.data
+                    .insert((n, backend, metric("p99 µs")), percentile(&lat, 99.0));
+                r.data.insert(
+                    (n, backend, metric("per s")),
+                    lat.len() as f64 / total.as_secs_f64(),
+                );
+                r.data
+                    .insert((n, backend, metric("answered")), lat.len() as f64);
+            }
+        }
+    }
+}
+
+fn fmt_s(s: f64) -> String {
+    if s < 0.01 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.3} s")
+    }
+}
+
+fn cell(ms: Option<&Vec<M>>) -> (String, Option<f64>) {
+    let Some(ms) = ms else {
+        return ("–".into(), None);
+    };
+    let secs: Vec<f64> = ms
+        .iter()
+        .filter_map(|m| if let M::Secs(s) = m { Some(*s) } else { None })
+        .collect();
+    match stats(&secs) {
+        Some((med, lo, hi)) if secs.len() > 1 => (
+            format!("{} ({}–{})", fmt_s(med), fmt_s(lo), fmt_s(hi)),
+            Some(med),
+        ),
+        Some((med, _, _)) => (fmt_s(med), Some(med)),
+        None => match ms.first() {
+            Some(M::Skipped(why)) => (why.clone(), None),
+            _ => ("–".into(), None),
+        },
+    }
+}
+
+fn report(a: &Args, r: &Results) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "### Control plane (median, min–max over {} run(s); ratio = contender / ours over netlink)\n",
+        a.runs
+    );
+    let _ = writeln!(
+        md,
+        "| services × endpoints | contender | cold sync | +1 service | 1 endpoint changed | -1 service | cold ratio |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let mut csv = String::from("services,endpoints,contender,operation,median_seconds,samples\n");
+    for &e in &a.endpoints {
+        for &n in &a.services {
+            let ours = cell(r.control.get(&(n, e, NETLINK, "cold sync"))).1;
+            for who in CONTENDERS {
+                let cells: Vec<(String, Option<f64>)> = OPS
+                    .iter()
+                    .map(|op| cell(r.control.get(&(n, e, who, op))))
+                    .collect();
+                let ratio = match (cells[0].1, ours) {
+                    (Some(x), Some(o)) if o > 0.0 => format!("{:.1}×", x / o),
+                    _ => "–".into(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {n} × {e} | {who} | {} | {} | {} | {} | {ratio} |",
+                    cells[0].0, cells[1].0, cells[2].0, cells[3].0
+                );
+                for (op, (_, med)) in OPS.iter().zip(&cells) {
+                    if let Some(m) = med {
+                        let samples = r.control.get(&(n, e, who, op)).map_or(0, Vec::len);
+                        let _ = writeln!(csv, "{n},{e},{who},{op},{m:.6},{samples}");
+                    }
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n| services × endpoints | longest single kernel transaction (ours, cold) | peak RSS of our process (cold sync) |\n|---|---|---|"
+    );
+    for (&(n, e), t) in &r.longest_txn {
+        let rss = r
+            .rss_kb
+            .get(&(n, e))
+            .map_or("–".into(), |kb| format!("{:.1} MiB", *kb as f64 / 1024.0));
+        let _ = writeln!(md, "| {n} × {e} | {} | {rss} |", fmt_s(*t));
+    }
+    std::fs::write(a.out.join("control-plane.csv"), csv).unwrap();
+
+    let _ = writeln!(
+        md,
+        "\n### Data plane: new connections through a ClusterIP with N other services ({} requests each)\n",
+        a.requests
+    );
+    let _ = writeln!(
+        md,
+        "| services | backend | TCP p50 | TCP p99 | TCP conn/s | UDP p50 | UDP p99 | TCP p50 vs 0 services |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let mut csv = String::from("services,backend,metric,value\n");
+    for &n in &a.dataplane {
+        for backend in [NETLINK, IPTABLES] {
+            let g = |m: &str| {
+                r.data
+                    .get(&(
+                        n,
+                        backend,
+                        Box::leak(m.to_string().into_boxed_str()) as &str,
+                    ))
+                    .copied()
+            };
+            let base = r
+                .data
+                .get(&(a.dataplane[0], backend, "tcp p50 µs"))
+                .copied();
+            let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0} µs"));
+            let ratio = match (g("tcp p50 µs"), base) {
+                (Some(x), Some(b)) if b > 0.0 => format!("{:.2}×", x / b),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {n} | {backend} | {} | {} | {} | {} | {} | {ratio} |",
+                us(g("tcp p50 µs")),
+                us(g("tcp p99 µs")),
+                g("tcp per s").map_or("–".into(), |v| format!("{v:.0}")),
+                us(g("udp p50 µs")),
+                us(g("udp p99 µs")),
+            );
+        }
+    }
+    for ((n, b, m), v) in &r.data {
+        let _ = writeln!(csv, "{n},{b},{m},{v:.3}");
+    }
+    std::fs::write(a.out.join("data-plane.csv"), csv).unwrap();
+    md.push_str(&targets(r));
+    md
+}
+
+fn targets(r: &Results) -> String {
+    let med = |n, e, who, op| cell(r.control.get(&(n, e, who, op))).1;
+    let mut t = String::from("\n### Targets\n\n");
+    let line = |t: &mut String, what: &str, v: Option<String>, ok: Option<bool>| {
+        let verdict = match ok {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured in this run",
+        };
+        let _ = writeln!(
+            t,
+            "- {what}: {} — {verdict}",
+            v.unwrap_or_else(|| "–".into())
+        );
+    };
+    let cold = med(10_000, 3, NETLINK, "cold sync");
+    line(
+        &mut t,
+        "cold sync 10k × 3 ≤ 0.3 s",
+        cold.map(fmt_s),
+        cold.map(|v| v <= 0.3),
+    );
+    let plus = med(10_000, 3, NETLINK, "+1 service");
+    line(
+        &mut t,
+        "+1 service at 10k ≤ 2 ms",
+        plus.map(fmt_s),
+        plus.map(|v| v <= 0.002),
+    );
+    let longest = r.longest_txn.get(&(50_000, 3)).copied();
+    line(
+        &mut t,
+        "50k × 3 cold start, every transaction ≤ 100 ms",
+        longest.map(fmt_s),
+        longest.map(|v| v <= 0.1),
+    );
+    let lat = |n| r.data.get(&(n, NETLINK, "tcp p50 µs")).copied();
+    let ratio = match (lat(30_000), lat(0)) {
+        (Some(x), Some(b)) => Some(x / b),
+        _ => None,
+    };
+    line(
+        &mut t,
+        "connection latency at 30k services ≤ 1.1× empty (ours)",
+        ratio.map(|v| format!("{v:.2}×")),
+        ratio.map(|v| v <= 1.1),
+    );
+    let rss = r.rss_kb.get(&(10_000, 3)).copied();
+    line(
+        &mut t,
+        "RSS ≤ 64 MiB at 10k services",
+        rss.map(|kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
+        rss.map(|kb| kb <= 64 * 1024),
+    );
+    t
+}
+
+fn plots(a: &Args, r: &Results) {
+    use plotters::prelude::*;
+    let e = if a.endpoints.contains(&3) {
+        3
+    } else {
+        a.endpoints[0]
+    };
+    let path = a.out.join("control-plane.svg");
+    let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let (lo, hi) = (
+        *a.services.iter().min().unwrap() as f64,
+        *a.services.iter().max().unwrap() as f64,
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Cold sync time vs services ({e} endpoints each)"),
+            ("sans-serif", 22),
+        )
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (lo * 0.8..hi * 1.25).log_scale(),
+            (0.01f64..1000.0).log_scale(),
+        )
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_desc("services")
+        .y_desc("seconds (log)")
+        .draw()
+        .unwrap();
+    for (i, who) in CONTENDERS.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = a
+            .services
+            .iter()
+            .filter_map(|&n| {
+                cell(r.control.get(&(n, e, *who, "cold sync")))
+                    .1
+                    .map(|v| (n as f64, v.max(0.011)))
+            })
+            .collect();
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .unwrap()
+            .label(*who)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .unwrap();
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .unwrap();
+    root.present().unwrap();
+
+    let path = a.out.join("data-plane.svg");
+    let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let max_n = *a.dataplane.iter().max().unwrap() as f64;
+    let max_lat = r
+        .data
+        .iter()
+        .filter(|((_, _, m), _)| *m == "tcp p50 µs")
+        .map(|(_, v)| *v)
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "New TCP connection latency (p50) vs services",
+            ("sans-serif", 22),
+        )
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..max_n.max(1.0) * 1.05, 0f64..max_lat * 1.3)
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_desc("services")
+        .y_desc("µs")
+        .draw()
+        .unwrap();
+    for (i, backend) in [NETLINK, IPTABLES].iter().enumerate() {
+        let pts: Vec<(f64, f64)> = a
+            .dataplane
+            .iter()
+            .filter_map(|&n| {
+                r.data
+                    .get(&(n, *backend, "tcp p50 µs"))
+                    .map(|v| (n as f64, *v))
+            })
+            .collect();
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .unwrap()
+            .label(*backend)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .unwrap();
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .unwrap();
+    root.present().unwrap();
+}
+
+fn main() {
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some("--child-sync") {
+        return child_sync(raw[2].parse().unwrap(), raw[3].parse().unwrap());
+    }
+    let a = parse_args();
+    std::fs::create_dir_all(&a.out).unwrap();
+    let started = Instant::now();
+    let mut r = Results::default();
+    control_plane(&a, &mut r);
+    data_plane(&a, &mut r);
+    let md = report(&a, &r);
+    plots(&a, &r);
+    let machine = format!(
+        "Machine: {} CPU(s), {}, kernel {}; {}. Real kube-proxy contender: not run (needs the peer build of the daemon issue).\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(
+                |m| m.lines().next().map(|l| l.split_whitespace().nth(1).map_or(
+                    String::new(),
+                    |kb| format!(
+                        "{:.0} GiB RAM",
+                        kb.parse::<f64>().unwrap_or(0.0) / 1048576.0
+                    )
+                ))
+            )
+            .unwrap_or_default(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        String::from_utf8_lossy(
+            &Command::new("nft")
+                .arg("--version")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+        .trim(),
+    );
+    let cmd = format!(
+        "Command: `{}`{}",
+        raw.join(" ").replace(
+            &std::env::current_exe().unwrap().display().to_string(),
+            "nftproxy-bench"
+        ),
+        if a.quick { " (quick)" } else { "" }
+    );
+    let full = format!(
+        "{cmd}\n\n{machine}\n{md}\nWall time: {:.0} s. CSV and SVG files in `{}`.\n",
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    std::fs::write(a.out.join("report.md"), &full).unwrap();
+    print!("{full}");
+}
