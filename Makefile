@@ -50,6 +50,7 @@ demo: check-root deps build
 
 ## bench: the standard benchmark suite (control plane 1k/10k/50k services x 1/3/10 endpoints,
 ## data plane 0/1k/10k/30k services); tables on stdout, CSV and SVG in bench-out/.
+## tools/update-readme-perf.py then puts that run into the README.
 bench: check-root deps
 	$(CARGO) build $(CARGOFLAGS) --release -p nftproxy-integration --bin nftproxy-bench
 	./target/release/nftproxy-bench --out bench-out

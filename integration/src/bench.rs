@@ -10,12 +10,7 @@ use std::time::{Duration, Instant};
 use nftproxy_model::*;
 
 fn ip(base: [u8; 2], k: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(
-        base[0],
-        base[1].wrapping_add((k >> 16) as u8),
-        (k >> 8) as u8,
-        k as u8,
-    ))
+    IpAddr::V4(Ipv4Addr::new(base[0], base[1].wrapping_add((k >> 16) as u8), (k >> 8) as u8, k as u8))
 }
 
 /// The ClusterIP of synthetic service `i` (10.96.0.0/12 and up).
@@ -73,11 +68,7 @@ pub fn add_service(st: &mut ClusterState, i: u32, e: u32, shift: u32) {
         service: name,
         address_type: AddressType::IPv4,
         endpoints,
-        ports: vec![EndpointPort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 8080,
-        }],
+        ports: vec![EndpointPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
         trigger_time: None,
     });
 }
@@ -118,15 +109,7 @@ impl KubeProxyShape {
             .internal
             .endpoints()
             .iter()
-            .map(|e| {
-                (
-                    format!(
-                        "endpoint-{}",
-                        short_hash(&format!("{base}__{}/{}", e.ip, e.port))
-                    ),
-                    e,
-                )
-            })
+            .map(|e| (format!("endpoint-{}", short_hash(&format!("{base}__{}/{}", e.ip, e.port))), e))
             .collect();
         (svc, eps)
     }
@@ -146,11 +129,7 @@ impl KubeProxyShape {
                 port = e.port
             );
         }
-        let vmap: Vec<String> = eps
-            .iter()
-            .enumerate()
-            .map(|(i, (ep, _))| format!("{i} : goto {ep}"))
-            .collect();
+        let vmap: Vec<String> = eps.iter().enumerate().map(|(i, (ep, _))| format!("{i} : goto {ep}")).collect();
         let _ = write!(
             out,
             "add chain {t} {svc}\nflush chain {t} {svc}\nadd rule {t} {svc} ip daddr {cip} tcp dport {port} ip saddr != 10.128.0.0/9 jump mark-for-masquerade\nadd rule {t} {svc} numgen random mod {n} vmap {{ {vmap} }}\nadd element {t} service-ips {{ {cip} . tcp . {port} : goto {svc} }}\n",
@@ -165,11 +144,7 @@ impl KubeProxyShape {
     pub fn remove(out: &mut String, p: &ResolvedServicePort) {
         let t = Self::T;
         let (svc, eps) = Self::names(p);
-        let _ = writeln!(
-            out,
-            "delete element {t} service-ips {{ {} . tcp . {} }}",
-            p.cluster_ip, p.port
-        );
+        let _ = writeln!(out, "delete element {t} service-ips {{ {} . tcp . {} }}", p.cluster_ip, p.port);
         let _ = writeln!(out, "flush chain {t} {svc}\ndelete chain {t} {svc}");
         for (ep, _) in eps {
             let _ = writeln!(out, "flush chain {t} {ep}\ndelete chain {t} {ep}");
@@ -192,11 +167,7 @@ pub enum Timed {
 pub fn run_bounded(mut cmd: Command, stdin: Option<&str>, deadline: Duration) -> Timed {
     let start = Instant::now();
     let mut child = match cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -82,11 +82,7 @@ impl Lab {
         }
         let mut pod_nss = Vec::new();
         for n in (1..=pods).chain([50]) {
-            let role = if n == 50 {
-                "podclient".to_string()
-            } else {
-                format!("ep{n}")
-            };
+            let role = if n == 50 { "podclient".to_string() } else { format!("ep{n}") };
             let pod = topo.netns(&role);
             let link = format!("pod{n}");
             topo.veth(&node, &link, &pod, "eth0");
@@ -97,67 +93,32 @@ impl Lab {
             topo.route(&pod, "default", &format!("10.244.{n}.1"));
             topo.route(&pod, "default", &format!("fd00:244:{n}::1"));
             if n != 50 {
-                topo.responder(
-                    &pod,
-                    &role,
-                    pod_ip(n).parse().unwrap(),
-                    &[POD_PORT],
-                    &[POD_PORT],
-                );
-                topo.responder(
-                    &pod,
-                    &role,
-                    pod_ip6(n).parse().unwrap(),
-                    &[POD_PORT],
-                    &[POD_PORT],
-                );
+                topo.responder(&pod, &role, pod_ip(n).parse().unwrap(), &[POD_PORT], &[POD_PORT]);
+                topo.responder(&pod, &role, pod_ip6(n).parse().unwrap(), &[POD_PORT], &[POD_PORT]);
                 pod_nss.push(pod);
             } else {
-                topo.responder(
-                    &pod,
-                    "podclient",
-                    POD_CLIENT_IP.parse().unwrap(),
-                    &[POD_PORT],
-                    &[POD_PORT],
-                );
+                topo.responder(&pod, "podclient", POD_CLIENT_IP.parse().unwrap(), &[POD_PORT], &[POD_PORT]);
                 pod_nss.push(pod);
             }
         }
         let pod_client = pod_nss.pop().unwrap();
-        let backend =
-            node.run(|| NftablesBackend::new().expect("netlink socket in the node namespace"));
+        let backend = node.run(|| NftablesBackend::new().expect("netlink socket in the node namespace"));
         let ctx = NodeContext {
             node_name: NODE.into(),
             node_ips: vec![NODE_IP.parse().unwrap(), "fd00:1::1".parse().unwrap()],
             zone: None,
-            cluster_cidrs: vec![
-                "10.244.0.0/16".parse().unwrap(),
-                "fd00:244::/48".parse().unwrap(),
-            ],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00:244::/48".parse().unwrap()],
             masquerade_all: false,
             nodeport_addresses: NodePortAddresses::Primary,
         };
-        Lab {
-            topo,
-            node,
-            upstream,
-            client,
-            pod_client,
-            pods: pod_nss,
-            backend,
-            ctx,
-        }
+        Lab { topo, node, upstream, client, pod_client, pods: pod_nss, backend, ctx }
     }
 
     /// Loads manifests (YAML) and syncs the node's tables to them.
     pub fn sync(&mut self, manifests: &str) -> Result<SyncReport, SyncError> {
         let mut l = Loaded::default();
         l.add_text("test", manifests);
-        assert!(
-            l.warnings.is_empty(),
-            "test manifests have warnings: {:?}",
-            l.warnings
-        );
+        assert!(l.warnings.is_empty(), "test manifests have warnings: {:?}", l.warnings);
         self.backend.sync_cluster(&l.state, &self.ctx)
     }
 
@@ -165,11 +126,7 @@ impl Lab {
     pub fn sync_iptables(&self, manifests: &str) -> Result<(), nftproxy_iptables::IptablesError> {
         let mut l = Loaded::default();
         l.add_text("test", manifests);
-        assert!(
-            l.warnings.is_empty(),
-            "test manifests have warnings: {:?}",
-            l.warnings
-        );
+        assert!(l.warnings.is_empty(), "test manifests have warnings: {:?}", l.warnings);
         let opts = nftproxy_iptables::Options::default();
         // Child processes inherit the network namespace of the thread that starts them.
         self.node.run(|| {

@@ -58,25 +58,13 @@ impl Ns {
 
     /// Runs a command inside the namespace; panics with its output if it fails.
     pub fn exec(&self, program: &str, args: &[&str]) -> String {
-        let out = self
-            .command(program)
-            .args(args)
-            .output()
-            .expect("spawn ip netns exec");
-        check(
-            &format!("[{}] {program} {}", self.name, args.join(" ")),
-            out,
-        )
+        let out = self.command(program).args(args).output().expect("spawn ip netns exec");
+        check(&format!("[{}] {program} {}", self.name, args.join(" ")), out)
     }
 
     /// `ip -n NS …`
     pub fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .expect("spawn ip");
+        let out = Command::new("ip").arg("-n").arg(&self.name).args(args).output().expect("spawn ip");
         check(&format!("ip -n {} {}", self.name, args.join(" ")), out)
     }
 
@@ -99,8 +87,7 @@ fn check(what: &str, out: Output) -> String {
 
 /// Moves the calling thread into a named network namespace.
 pub fn enter(name: &str) {
-    let f = File::open(format!("/run/netns/{name}"))
-        .unwrap_or_else(|e| panic!("open netns {name}: {e}"));
+    let f = File::open(format!("/run/netns/{name}")).unwrap_or_else(|e| panic!("open netns {name}: {e}"));
     // SAFETY: setns on a valid namespace fd only changes this thread's network namespace.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
@@ -108,10 +95,7 @@ pub fn enter(name: &str) {
 
 /// All network namespaces by name (`ip netns list`).
 pub fn netns_list() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
@@ -169,13 +153,8 @@ impl Topology {
 
     /// Creates a namespace with loopback up.
     pub fn netns(&mut self, role: &str) -> Ns {
-        let ns = Ns {
-            name: format!("{}{role}", self.prefix),
-        };
-        let out = Command::new("ip")
-            .args(["netns", "add", &ns.name])
-            .output()
-            .expect("ip netns add");
+        let ns = Ns { name: format!("{}{role}", self.prefix) };
+        let out = Command::new("ip").args(["netns", "add", &ns.name]).output().expect("ip netns add");
         check(&format!("ip netns add {}", ns.name), out);
         self.namespaces.push(ns.clone());
         ns.ip(&["link", "set", "lo", "up"]);
@@ -188,9 +167,7 @@ impl Topology {
     /// A veth pair between two namespaces, both ends up. Created inside `a`, never in the root
     /// namespace.
     pub fn veth(&self, a: &Ns, a_if: &str, b: &Ns, b_if: &str) {
-        a.ip(&[
-            "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
-        ]);
+        a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
         a.ip(&["link", "set", a_if, "up"]);
         b.ip(&["link", "set", b_if, "up"]);
     }
@@ -239,22 +216,10 @@ impl Topology {
 
     /// Starts TCP and UDP responders in `ns` on `addr`, answering every request with
     /// `<id> <source address seen>`.
-    pub fn responder(
-        &mut self,
-        ns: &Ns,
-        id: &str,
-        addr: IpAddr,
-        tcp_ports: &[u16],
-        udp_ports: &[u16],
-    ) {
+    pub fn responder(&mut self, ns: &Ns, id: &str, addr: IpAddr, tcp_ports: &[u16], udp_ports: &[u16]) {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         for &port in tcp_ports {
-            let (ns, id, stop, ready) = (
-                ns.clone(),
-                id.to_string(),
-                self.stop.clone(),
-                ready_tx.clone(),
-            );
+            let (ns, id, stop, ready) = (ns.clone(), id.to_string(), self.stop.clone(), ready_tx.clone());
             self.threads.push(std::thread::spawn(move || {
                 enter(&ns.name);
                 let l = TcpListener::bind(SocketAddr::new(addr, port)).expect("bind tcp responder");
@@ -273,12 +238,7 @@ impl Topology {
             }));
         }
         for &port in udp_ports {
-            let (ns, id, stop, ready) = (
-                ns.clone(),
-                id.to_string(),
-                self.stop.clone(),
-                ready_tx.clone(),
-            );
+            let (ns, id, stop, ready) = (ns.clone(), id.to_string(), self.stop.clone(), ready_tx.clone());
             self.threads.push(std::thread::spawn(move || {
                 enter(&ns.name);
                 let s = UdpSocket::bind(SocketAddr::new(addr, port)).expect("bind udp responder");
@@ -293,9 +253,7 @@ impl Topology {
             }));
         }
         for _ in 0..tcp_ports.len() + udp_ports.len() {
-            ready_rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("responder did not start");
+            ready_rx.recv_timeout(Duration::from_secs(5)).expect("responder did not start");
         }
     }
 }
@@ -322,11 +280,7 @@ fn serve_tcp(mut s: TcpStream, id: &str, peer: SocketAddr, stop: &AtomicBool) {
 }
 
 fn poll_readable(fd: i32, timeout_ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut p, 1, timeout_ms) > 0 }
 }
@@ -358,10 +312,7 @@ pub struct Answer {
 fn parse_answer(s: &str) -> Result<Answer, String> {
     let mut it = s.split_whitespace();
     match (it.next(), it.next().and_then(|a| a.parse().ok())) {
-        (Some(id), Some(src)) => Ok(Answer {
-            responder: id.to_string(),
-            seen_source: src,
-        }),
+        (Some(id), Some(src)) => Ok(Answer { responder: id.to_string(), seen_source: src }),
         _ => Err(format!("malformed answer {s:?}")),
     }
 }
@@ -390,20 +341,13 @@ pub enum Outcome {
 /// datagram and its reply. Call it from a thread inside the client namespace ([`Ns::run`]).
 pub fn request(proto: Proto, to: SocketAddr, from: Option<IpAddr>, timeout: Duration) -> Outcome {
     let classify = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset => {
-            Outcome::Refused
-        }
-        std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
-            Outcome::Refused
-        }
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset => Outcome::Refused,
+        std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => Outcome::Refused,
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Outcome::Timeout,
         _ => Outcome::Other(e.to_string()),
     };
     let answered = |s: &str| match parse_answer(s) {
-        Ok(a) => Outcome::Answered {
-            responder: a.responder,
-            seen_source: a.seen_source,
-        },
+        Ok(a) => Outcome::Answered { responder: a.responder, seen_source: a.seen_source },
         Err(e) => Outcome::Other(e),
     };
     match proto {
@@ -428,11 +372,7 @@ pub fn request(proto: Proto, to: SocketAddr, from: Option<IpAddr>, timeout: Dura
             }
         }
         Proto::Udp => {
-            let bind = from.unwrap_or(if to.is_ipv4() {
-                "0.0.0.0".parse().unwrap()
-            } else {
-                "::".parse().unwrap()
-            });
+            let bind = from.unwrap_or(if to.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() });
             let s = UdpSocket::bind(SocketAddr::new(bind, 0)).expect("bind udp client");
             s.connect(to).expect("connect udp"); // connected: ICMP errors are reported
             s.set_read_timeout(Some(timeout)).unwrap();
@@ -450,11 +390,7 @@ pub fn request(proto: Proto, to: SocketAddr, from: Option<IpAddr>, timeout: Dura
 
 fn bound_tcp_connect(src: IpAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     // std has no bind-before-connect; socket2 would be one more dependency for two calls.
-    let domain = if to.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
+    let domain = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket calls on a fresh fd; ownership passes to TcpStream below.
     unsafe {
         let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -466,17 +402,8 @@ fn bound_tcp_connect(src: IpAddr, to: SocketAddr, timeout: Duration) -> std::io:
         if libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as _,
-            tv_usec: timeout.subsec_micros() as _,
-        };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            &tv as *const _ as *const _,
-            size_of_val(&tv) as _,
-        );
+        let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv as *const _ as *const _, size_of_val(&tv) as _);
         let (da, dlen) = sockaddr(to);
         if libc::connect(fd, &da as *const _ as *const libc::sockaddr, dlen) != 0 {
             let e = std::io::Error::last_os_error();
@@ -498,9 +425,7 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as _,
                 sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than sockaddr_in.
@@ -512,9 +437,7 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as _,
                 sin6_port: v6.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
                 sin6_scope_id: 0,
             };
             // SAFETY: sockaddr_storage is larger than sockaddr_in6.
@@ -556,11 +479,7 @@ impl Tally {
         v
     }
     pub fn count(&self, pred: impl Fn(&Outcome) -> bool) -> usize {
-        self.outcomes
-            .iter()
-            .filter(|(o, _)| pred(o))
-            .map(|(_, n)| n)
-            .sum()
+        self.outcomes.iter().filter(|(o, _)| pred(o)).map(|(_, n)| n).sum()
     }
     pub fn total(&self) -> usize {
         self.outcomes.values().sum()
@@ -570,24 +489,14 @@ impl Tally {
         let by = self.by_responder();
         let n: usize = by.values().sum();
         let expected = n as f64 / k as f64;
-        let seen: f64 = by
-            .values()
-            .map(|&o| (o as f64 - expected).powi(2) / expected)
-            .sum();
+        let seen: f64 = by.values().map(|&o| (o as f64 - expected).powi(2) / expected).sum();
         // Responders that never answered contribute expected²/expected = expected each.
         seen + (k.saturating_sub(by.len())) as f64 * expected
     }
 }
 
 /// Makes `n` requests from inside `ns`, each on a new socket, bounded by `deadline` in total.
-pub fn tally(
-    ns: &Ns,
-    proto: Proto,
-    to: SocketAddr,
-    from: Option<IpAddr>,
-    n: usize,
-    per_request: Duration,
-) -> Tally {
+pub fn tally(ns: &Ns, proto: Proto, to: SocketAddr, from: Option<IpAddr>, n: usize, per_request: Duration) -> Tally {
     let deadline = Duration::from_secs(60);
     ns.run(|| {
         let start = Instant::now();
@@ -596,9 +505,7 @@ pub fn tally(
             if start.elapsed() > deadline {
                 break;
             }
-            *t.outcomes
-                .entry(request(proto, to, from, per_request))
-                .or_default() += 1;
+            *t.outcomes.entry(request(proto, to, from, per_request)).or_default() += 1;
         }
         t
     })

@@ -22,18 +22,8 @@ pub struct SctpSeen {
 
 fn raw_socket() -> OwnedFd {
     // SAFETY: plain socket call; the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            IPPROTO_SCTP,
-        )
-    };
-    assert!(
-        fd >= 0,
-        "raw SCTP socket: {}",
-        std::io::Error::last_os_error()
-    );
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, IPPROTO_SCTP) };
+    assert!(fd >= 0, "raw SCTP socket: {}", std::io::Error::last_os_error());
     // SAFETY: fd is a fresh, valid descriptor.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
@@ -66,9 +56,7 @@ pub fn send_inits(ns: &Ns, dst: SocketAddrV4, sports: impl Iterator<Item = u16> 
             let sa = libc::sockaddr_in {
                 sin_family: libc::AF_INET as _,
                 sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(dst.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.ip().octets()) },
                 sin_zero: [0; 8],
             };
             // SAFETY: a valid buffer and sockaddr_in for this call.
@@ -82,12 +70,7 @@ pub fn send_inits(ns: &Ns, dst: SocketAddrV4, sports: impl Iterator<Item = u16> 
                     size_of_val(&sa) as u32,
                 )
             };
-            assert_eq!(
-                n,
-                pkt.len() as isize,
-                "sendto: {}",
-                std::io::Error::last_os_error()
-            );
+            assert_eq!(n, pkt.len() as isize, "sendto: {}", std::io::Error::last_os_error());
         }
     });
 }
@@ -101,10 +84,7 @@ impl Topology {
         self.threads.push(std::thread::spawn(move || {
             enter(&ns.name);
             let s = raw_socket();
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 50_000,
-            };
+            let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
             // SAFETY: a timeval option on our socket.
             unsafe {
                 libc::setsockopt(
@@ -119,15 +99,12 @@ impl Topology {
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
                 // SAFETY: reading into our buffer.
-                let n =
-                    unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+                let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
                 if n < 24 {
                     continue;
                 }
                 let ihl = usize::from(buf[0] & 0xf) * 4;
-                let ip = |o: usize| {
-                    IpAddr::V4(Ipv4Addr::new(buf[o], buf[o + 1], buf[o + 2], buf[o + 3]))
-                };
+                let ip = |o: usize| IpAddr::V4(Ipv4Addr::new(buf[o], buf[o + 1], buf[o + 2], buf[o + 3]));
                 out.lock().unwrap().push(SctpSeen {
                     endpoint: id.clone(),
                     src: ip(12),
@@ -136,9 +113,7 @@ impl Topology {
                 });
             }
         }));
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("sniffer did not start");
+        ready_rx.recv_timeout(Duration::from_secs(5)).expect("sniffer did not start");
         seen
     }
 }

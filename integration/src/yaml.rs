@@ -18,12 +18,7 @@ pub struct Ep<'a> {
 }
 
 pub fn ep<'a>(ip: &'a str, node: &'a str) -> Ep<'a> {
-    Ep {
-        ip,
-        node,
-        ready: true,
-        terminating: false,
-    }
+    Ep { ip, node, ready: true, terminating: false }
 }
 
 /// An EndpointSlice of Service `service` in namespace `test`.

@@ -14,11 +14,9 @@ fn rules_per_chain(text: &str, table: &str) -> BTreeMap<String, usize> {
             in_table = t == table;
         } else if in_table {
             if let Some(c) = line.strip_prefix(':') {
-                out.entry(c.split_whitespace().next().unwrap().to_string())
-                    .or_insert(0);
+                out.entry(c.split_whitespace().next().unwrap().to_string()).or_insert(0);
             } else if let Some(r) = line.strip_prefix("-A ") {
-                *out.entry(r.split_whitespace().next().unwrap().to_string())
-                    .or_insert(0) += 1;
+                *out.entry(r.split_whitespace().next().unwrap().to_string()).or_insert(0) += 1;
             }
         }
     }
@@ -30,26 +28,15 @@ fn iptables_save_shows_our_chains_and_keeps_everyone_elses() {
     let lab = Lab::new(1);
     let save = |table: &str| lab.node.exec("iptables-legacy-save", &["-t", table]);
     lab.node.exec("iptables-legacy", &["-N", "SOMEONE-ELSE"]);
-    lab.node
-        .exec("iptables-legacy", &["-A", "SOMEONE-ELSE", "-j", "RETURN"]);
-    lab.node
-        .exec("iptables-legacy", &["-A", "FORWARD", "-j", "SOMEONE-ELSE"]);
-    let manifests = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/parity.yaml"
-    ))
-    .unwrap();
+    lab.node.exec("iptables-legacy", &["-A", "SOMEONE-ELSE", "-j", "RETURN"]);
+    lab.node.exec("iptables-legacy", &["-A", "FORWARD", "-j", "SOMEONE-ELSE"]);
+    let manifests = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/parity.yaml")).unwrap();
     lab.sync_iptables(&manifests).unwrap();
 
     let mut l = nftproxy_manifest::Loaded::default();
     l.add_text("parity", &manifests);
     let ports = nftproxy_model::resolve(&l.state, &lab.ctx, nftproxy_model::IpFamily::V4);
-    let text = nftproxy_iptables::render(
-        nftproxy_model::IpFamily::V4,
-        &ports,
-        &lab.ctx,
-        &Default::default(),
-    );
+    let text = nftproxy_iptables::render(nftproxy_model::IpFamily::V4, &ports, &lab.ctx, &Default::default());
     for table in ["filter", "nat"] {
         let saved = rules_per_chain(&save(table), table);
         for (chain, n) in rules_per_chain(&text, table) {
@@ -57,32 +44,18 @@ fn iptables_save_shows_our_chains_and_keeps_everyone_elses() {
         }
     }
     let filter = save("filter");
-    assert!(
-        filter.contains("-A FORWARD -j SOMEONE-ELSE")
-            && filter.contains("-A SOMEONE-ELSE -j RETURN"),
-        "{filter}"
-    );
+    assert!(filter.contains("-A FORWARD -j SOMEONE-ELSE") && filter.contains("-A SOMEONE-ELSE -j RETURN"), "{filter}");
     assert!(filter.contains("-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES"), "{filter}");
-    assert!(save("nat").contains(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
-    ));
+    assert!(save("nat").contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"));
 
     // A resync with one service fewer deletes its chains; syncing twice adds no duplicate jump.
-    let fewer = manifests.replace(
-        "name: hair, namespace: parity",
-        "name: hair-gone, namespace: parity",
-    );
+    let fewer = manifests.replace("name: hair, namespace: parity", "name: hair-gone, namespace: parity");
     lab.sync_iptables(&fewer).unwrap();
     let nat = save("nat");
-    assert!(
-        !nat.contains("KUBE-SVC-X5PC66KOAI2PPM22"),
-        "stale chain left: {nat}"
-    );
+    assert!(!nat.contains("KUBE-SVC-X5PC66KOAI2PPM22"), "stale chain left: {nat}");
     assert_eq!(nat.matches("-A PREROUTING").count(), 1);
 
-    lab.node
-        .run(|| nftproxy_iptables::cleanup(nftproxy_model::IpFamily::V4))
-        .unwrap();
+    lab.node.run(|| nftproxy_iptables::cleanup(nftproxy_model::IpFamily::V4)).unwrap();
     let filter = save("filter");
     assert!(!filter.contains("KUBE-"), "{filter}");
     assert!(filter.contains("-A FORWARD -j SOMEONE-ELSE"), "{filter}");

@@ -8,10 +8,7 @@ use std::time::Duration;
 use nftproxy_integration::*;
 
 fn ours(prefix: &str) -> Vec<String> {
-    netns_list()
-        .into_iter()
-        .filter(|n| n.starts_with(prefix))
-        .collect()
+    netns_list().into_iter().filter(|n| n.starts_with(prefix)).collect()
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -35,10 +32,7 @@ fn traffic_flows_both_ways_and_the_topology_is_removed_on_drop() {
         t.addr(&b, "eth0", "10.200.0.2/24");
         t.addr(&a, "eth0", "fd00:200::1/64");
         t.addr(&b, "eth0", "fd00:200::2/64");
-        for (ns, id, v4, v6) in [
-            (&a, "A", "10.200.0.1", "fd00:200::1"),
-            (&b, "B", "10.200.0.2", "fd00:200::2"),
-        ] {
+        for (ns, id, v4, v6) in [(&a, "A", "10.200.0.1", "fd00:200::1"), (&b, "B", "10.200.0.2", "fd00:200::2")] {
             t.responder(ns, id, ip(v4), &[8080], &[5353]);
             t.responder(ns, id, ip(v6), &[8080], &[5353]);
         }
@@ -52,19 +46,8 @@ fn traffic_flows_both_ways_and_the_topology_is_removed_on_drop() {
             (&a, "fd00:200::2", "B", "fd00:200::1"),
         ] {
             for (proto, port) in [(Proto::Tcp, 8080), (Proto::Udp, 5353)] {
-                let tally = tally(
-                    client,
-                    proto,
-                    SocketAddr::new(ip(server), port),
-                    None,
-                    20,
-                    d,
-                );
-                assert_eq!(
-                    tally.by_responder().get(id),
-                    Some(&20),
-                    "{proto:?} to {server}: {tally:?}"
-                );
+                let tally = tally(client, proto, SocketAddr::new(ip(server), port), None, 20, d);
+                assert_eq!(tally.by_responder().get(id), Some(&20), "{proto:?} to {server}: {tally:?}");
                 assert_eq!(tally.seen_sources(), vec![ip(client_ip)]);
             }
         }
@@ -74,17 +57,9 @@ fn traffic_flows_both_ways_and_the_topology_is_removed_on_drop() {
         let refused = tally(&b, Proto::Udp, "10.200.0.1:9".parse().unwrap(), None, 1, d);
         assert_eq!(refused.count(|o| *o == Outcome::Refused), 1, "{refused:?}");
     }
-    assert!(
-        ours(&prefix).is_empty(),
-        "namespaces left behind: {:?}",
-        ours(&prefix)
-    );
+    assert!(ours(&prefix).is_empty(), "namespaces left behind: {:?}", ours(&prefix));
     let after = netns_list();
-    assert!(
-        after
-            .iter()
-            .all(|n| before.contains(n) || !n.starts_with(&prefix))
-    );
+    assert!(after.iter().all(|n| before.contains(n) || !n.starts_with(&prefix)));
 }
 
 #[test]
@@ -103,32 +78,17 @@ fn the_guard_removes_everything_after_a_panic() {
     assert!(result.is_err());
     let prefix = prefix.into_inner().unwrap();
     assert!(!prefix.is_empty());
-    assert!(
-        ours(&prefix).is_empty(),
-        "namespaces left behind: {:?}",
-        ours(&prefix)
-    );
+    assert!(ours(&prefix).is_empty(), "namespaces left behind: {:?}", ours(&prefix));
 }
 
 #[test]
 fn nothing_is_created_in_the_root_namespace() {
-    let links_before = std::process::Command::new("ip")
-        .args(["-o", "link"])
-        .output()
-        .unwrap()
-        .stdout;
+    let links_before = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap().stdout;
     {
         let mut t = Topology::new();
         let (a, b) = (t.netns("a"), t.netns("b"));
         t.veth(&a, "knp-test0", &b, "knp-test1");
-        let links_during = std::process::Command::new("ip")
-            .args(["-o", "link"])
-            .output()
-            .unwrap()
-            .stdout;
-        assert_eq!(
-            links_before, links_during,
-            "the root namespace saw a new interface"
-        );
+        let links_during = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap().stdout;
+        assert_eq!(links_before, links_during, "the root namespace saw a new interface");
     }
 }

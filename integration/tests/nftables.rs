@@ -10,9 +10,9 @@ use nftproxy_integration::lab::*;
 use nftproxy_integration::yaml::{ep, service, slice};
 use nftproxy_integration::{Outcome, Proto, Tally};
 
-const HTTP_DNS: &str = "{name: http, port: 80, protocol: TCP, targetPort: 8080}, {name: dns, port: 53, protocol: UDP, targetPort: 8080}";
-const SLICE_PORTS: &str =
-    "{name: http, port: 8080, protocol: TCP}, {name: dns, port: 8080, protocol: UDP}";
+const HTTP_DNS: &str =
+    "{name: http, port: 80, protocol: TCP, targetPort: 8080}, {name: dns, port: 53, protocol: UDP, targetPort: 8080}";
+const SLICE_PORTS: &str = "{name: http, port: 8080, protocol: TCP}, {name: dns, port: 8080, protocol: UDP}";
 /// χ² critical value for 2 degrees of freedom at p = 0.001: an even spread fails this 1 in 1000.
 const CHI2_DF2_P001: f64 = 13.82;
 
@@ -26,11 +26,7 @@ fn web(eps: &[(&str, &str)]) -> String {
 }
 
 fn three_pods() -> String {
-    web(&[
-        (&pod_ip(1), "node-b"),
-        (&pod_ip(2), "node-c"),
-        (&pod_ip(3), NODE),
-    ])
+    web(&[(&pod_ip(1), "node-b"), (&pod_ip(2), "node-c"), (&pod_ip(3), NODE)])
 }
 
 fn sources(t: &Tally) -> BTreeSet<String> {
@@ -45,22 +41,11 @@ fn cluster_ip_spreads_tcp_and_udp_evenly_over_three_endpoints() {
         let t = lab.tally(&lab.client, proto, &format!("10.96.0.10:{port}"), 300);
         assert_eq!(answered(&t), 300, "{proto:?}: {t:?}");
         let by = t.by_responder();
-        assert_eq!(
-            by.keys().cloned().collect::<Vec<_>>(),
-            ["ep1", "ep2", "ep3"],
-            "{proto:?}"
-        );
+        assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["ep1", "ep2", "ep3"], "{proto:?}");
         let chi2 = t.chi_square_uniform(3);
-        assert!(
-            chi2 < CHI2_DF2_P001,
-            "{proto:?} spread {by:?} has chi² {chi2:.2}"
-        );
+        assert!(chi2 < CHI2_DF2_P001, "{proto:?} spread {by:?} has chi² {chi2:.2}");
         // The client is outside the cluster CIDR: masqueraded to the node's address on each link.
-        assert_eq!(
-            sources(&t),
-            [pod_gw(1), pod_gw(2), pod_gw(3)].into_iter().collect(),
-            "{proto:?}"
-        );
+        assert_eq!(sources(&t), [pod_gw(1), pod_gw(2), pod_gw(3)].into_iter().collect(), "{proto:?}");
     }
 }
 
@@ -70,10 +55,7 @@ fn pod_traffic_to_a_cluster_ip_keeps_its_source() {
     lab.sync(&three_pods()).unwrap();
     let t = lab.tally(&lab.pod_client, Proto::Tcp, "10.96.0.10:80", 30);
     assert_eq!(answered(&t), 30);
-    assert_eq!(
-        sources(&t),
-        [POD_CLIENT_IP.to_string()].into_iter().collect()
-    );
+    assert_eq!(sources(&t), [POD_CLIENT_IP.to_string()].into_iter().collect());
 }
 
 #[test]
@@ -94,22 +76,13 @@ fn node_port_from_outside_the_node_is_served_and_masqueraded() {
         "10.96.0.20",
         "{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}, {name: dns, port: 53, protocol: UDP, targetPort: 8080, nodePort: 30053}",
         "type: NodePort",
-    ) + &slice(
-        "np",
-        "np-1",
-        "IPv4",
-        SLICE_PORTS,
-        &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), NODE)],
-    );
+    ) + &slice("np", "np-1", "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), NODE)]);
     lab.sync(&m).unwrap();
     for (proto, port) in [(Proto::Tcp, 30080), (Proto::Udp, 30053)] {
         let t = lab.tally(&lab.client, proto, &format!("{NODE_IP}:{port}"), 60);
         assert_eq!(answered(&t), 60, "{proto:?}: {t:?}");
         assert_eq!(t.by_responder().len(), 2);
-        assert!(
-            !t.seen_sources().contains(&ip(CLIENT_IP)),
-            "node port traffic is masqueraded"
-        );
+        assert!(!t.seen_sources().contains(&ip(CLIENT_IP)), "node port traffic is masqueraded");
     }
     // Only the node's own address takes node ports (--nodeport-addresses primary).
     let t = lab.tally(&lab.client, Proto::Tcp, "10.0.1.99:30080", 1);
@@ -129,11 +102,7 @@ fn service_without_endpoints_and_unused_cluster_ip_ports_are_rejected() {
         (Proto::Udp, "10.96.0.10:54"),
     ] {
         let t = lab.tally(&lab.client, proto, to, 2);
-        assert_eq!(
-            t.count(|o| *o == Outcome::Refused),
-            2,
-            "{proto:?} {to}: {t:?}"
-        );
+        assert_eq!(t.count(|o| *o == Outcome::Refused), 2, "{proto:?} {to}: {t:?}");
     }
 }
 
@@ -145,96 +114,46 @@ fn load_balancer(name: &str, cip: &str, lb: &str, eps: &[(&str, &str)]) -> Strin
         "{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30081}",
         "type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 32000",
     );
-    s.push_str(&format!(
-        "status: {{loadBalancer: {{ingress: [{{ip: {lb}}}]}}}}\n"
-    ));
-    s + &slice(
-        name,
-        &format!("{name}-1"),
-        "IPv4",
-        "{name: http, port: 8080, protocol: TCP}",
-        &eps,
-    )
+    s.push_str(&format!("status: {{loadBalancer: {{ingress: [{{ip: {lb}}}]}}}}\n"));
+    s + &slice(name, &format!("{name}-1"), "IPv4", "{name: http, port: 8080, protocol: TCP}", &eps)
 }
 
 #[test]
 fn external_traffic_policy_local_keeps_the_client_ip_and_uses_local_endpoints() {
     let mut lab = Lab::new(2);
-    lab.sync(&load_balancer(
-        "lb",
-        "10.96.0.40",
-        "203.0.113.10",
-        &[(&pod_ip(1), NODE), (&pod_ip(2), "node-b")],
-    ))
-    .unwrap();
+    lab.sync(&load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), NODE), (&pod_ip(2), "node-b")]))
+        .unwrap();
     for to in ["203.0.113.10:80", "10.0.1.1:30081"] {
         let t = lab.tally(&lab.client, Proto::Tcp, to, 40);
         assert_eq!(answered(&t), 40, "{to}: {t:?}");
-        assert_eq!(
-            t.by_responder().keys().cloned().collect::<Vec<_>>(),
-            ["ep1"],
-            "{to}: only the local endpoint"
-        );
-        assert_eq!(
-            sources(&t),
-            [CLIENT_IP.to_string()].into_iter().collect(),
-            "{to}: client IP preserved"
-        );
+        assert_eq!(t.by_responder().keys().cloned().collect::<Vec<_>>(), ["ep1"], "{to}: only the local endpoint");
+        assert_eq!(sources(&t), [CLIENT_IP.to_string()].into_iter().collect(), "{to}: client IP preserved");
     }
     // Pod traffic to the LB IP is short-circuited to every endpoint, unmasqueraded.
     let t = lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.10:80", 60);
     assert_eq!(answered(&t), 60);
     assert_eq!(t.by_responder().len(), 2, "{t:?}");
-    assert_eq!(
-        sources(&t),
-        [POD_CLIENT_IP.to_string()].into_iter().collect()
-    );
+    assert_eq!(sources(&t), [POD_CLIENT_IP.to_string()].into_iter().collect());
 }
 
 #[test]
 fn external_traffic_policy_local_without_local_endpoints_drops_external_traffic() {
     let mut lab = Lab::new(1);
-    lab.sync(&load_balancer(
-        "lb",
-        "10.96.0.40",
-        "203.0.113.10",
-        &[(&pod_ip(1), "node-b")],
-    ))
-    .unwrap();
+    lab.sync(&load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), "node-b")])).unwrap();
     let t = lab.tally(&lab.client, Proto::Tcp, "203.0.113.10:80", 2);
-    assert_eq!(
-        t.count(|o| *o == Outcome::Timeout),
-        2,
-        "dropped, not rejected: {t:?}"
-    );
+    assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "dropped, not rejected: {t:?}");
     let t = lab.tally(&lab.client, Proto::Tcp, "10.0.1.1:30081", 2);
-    assert_eq!(
-        t.count(|o| *o == Outcome::Timeout),
-        2,
-        "node port dropped too: {t:?}"
-    );
+    assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "node port dropped too: {t:?}");
     // The ClusterIP and pod traffic to the LB IP still work.
-    assert_eq!(
-        answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.40:80", 5)),
-        5
-    );
-    assert_eq!(
-        answered(&lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.10:80", 5)),
-        5
-    );
+    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.40:80", 5)), 5);
+    assert_eq!(answered(&lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.10:80", 5)), 5);
 }
 
 #[test]
 fn external_ip_with_cluster_policy_is_served_and_masqueraded() {
     let mut lab = Lab::new(2);
     let m = service("ext", "10.96.0.50", HTTP_DNS, "externalIPs: [198.51.100.7]")
-        + &slice(
-            "ext",
-            "ext-1",
-            "IPv4",
-            SLICE_PORTS,
-            &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), NODE)],
-        );
+        + &slice("ext", "ext-1", "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), NODE)]);
     lab.sync(&m).unwrap();
     let t = lab.tally(&lab.client, Proto::Udp, "198.51.100.7:53", 40);
     assert_eq!(answered(&t), 40);
@@ -245,40 +164,17 @@ fn external_ip_with_cluster_policy_is_served_and_masqueraded() {
 #[test]
 fn internal_traffic_policy_local_without_local_endpoints_drops() {
     let mut lab = Lab::new(2);
-    let m = service(
-        "itp",
-        "10.96.0.60",
-        HTTP_DNS,
-        "internalTrafficPolicy: Local",
-    ) + &slice(
-        "itp",
-        "itp-1",
-        "IPv4",
-        SLICE_PORTS,
-        &[ep(&pod_ip(1), "node-b")],
-    );
+    let m = service("itp", "10.96.0.60", HTTP_DNS, "internalTrafficPolicy: Local")
+        + &slice("itp", "itp-1", "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b")]);
     lab.sync(&m).unwrap();
     let t = lab.tally(&lab.pod_client, Proto::Tcp, "10.96.0.60:80", 2);
     assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "{t:?}");
     // With a local endpoint, only it is used.
-    let m = service(
-        "itp",
-        "10.96.0.60",
-        HTTP_DNS,
-        "internalTrafficPolicy: Local",
-    ) + &slice(
-        "itp",
-        "itp-1",
-        "IPv4",
-        SLICE_PORTS,
-        &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), NODE)],
-    );
+    let m = service("itp", "10.96.0.60", HTTP_DNS, "internalTrafficPolicy: Local")
+        + &slice("itp", "itp-1", "IPv4", SLICE_PORTS, &[ep(&pod_ip(1), "node-b"), ep(&pod_ip(2), NODE)]);
     lab.sync(&m).unwrap();
     let t = lab.tally(&lab.pod_client, Proto::Tcp, "10.96.0.60:80", 20);
-    assert_eq!(
-        t.by_responder().keys().cloned().collect::<Vec<_>>(),
-        ["ep2"]
-    );
+    assert_eq!(t.by_responder().keys().cloned().collect::<Vec<_>>(), ["ep2"]);
 }
 
 #[test]
@@ -295,31 +191,21 @@ fn a_pod_reaching_itself_through_its_service_is_masqueraded() {
 fn ipv6_cluster_ip_spreads_over_ipv6_endpoints() {
     let mut lab = Lab::new(3);
     let eps: Vec<String> = (1..=3).map(pod_ip6).collect();
-    let m = service(
-        "web6",
-        "10.96.0.70",
-        HTTP_DNS,
-        "clusterIPs: [10.96.0.70, 'fd00:96::70'], ipFamilies: [IPv4, IPv6]",
-    ) + &slice(
-        "web6",
-        "web6-v6",
-        "IPv6",
-        SLICE_PORTS,
-        &[
-            ep(&eps[0], "node-b"),
-            ep(&eps[1], "node-b"),
-            ep(&eps[2], NODE),
-        ],
-    );
+    let m =
+        service("web6", "10.96.0.70", HTTP_DNS, "clusterIPs: [10.96.0.70, 'fd00:96::70'], ipFamilies: [IPv4, IPv6]")
+            + &slice(
+                "web6",
+                "web6-v6",
+                "IPv6",
+                SLICE_PORTS,
+                &[ep(&eps[0], "node-b"), ep(&eps[1], "node-b"), ep(&eps[2], NODE)],
+            );
     lab.sync(&m).unwrap();
     for (proto, port) in [(Proto::Tcp, 80), (Proto::Udp, 53)] {
         let t = lab.tally(&lab.client, proto, &format!("[fd00:96::70]:{port}"), 90);
         assert_eq!(answered(&t), 90, "{proto:?}: {t:?}");
         assert_eq!(t.by_responder().len(), 3);
-        assert!(
-            !t.seen_sources().contains(&ip("fd00:1::2")),
-            "off-cluster IPv6 client is masqueraded"
-        );
+        assert!(!t.seen_sources().contains(&ip("fd00:1::2")), "off-cluster IPv6 client is masqueraded");
     }
     // No IPv4 endpoints: the IPv4 ClusterIP rejects.
     let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.70:80", 1);
@@ -330,21 +216,13 @@ fn ipv6_cluster_ip_spreads_over_ipv6_endpoints() {
 fn our_bytecode_decompiles_and_reloads_to_the_same_listing() {
     let mut lab = Lab::new(2);
     let m = three_pods()
-        + &load_balancer(
-            "lb",
-            "10.96.0.40",
-            "203.0.113.10",
-            &[(&pod_ip(1), NODE), (&pod_ip(2), "node-b")],
-        )
+        + &load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), NODE), (&pod_ip(2), "node-b")])
         + &service("empty", "10.96.0.30", HTTP_DNS, "")
         + &affinity_web(10800);
     lab.sync(&m).unwrap();
     let listing = lab.ruleset();
     assert!(listing.contains("update @affinity-"), "{listing}");
-    assert!(
-        listing.contains("numgen random mod 3 map @backends"),
-        "{listing}"
-    );
+    assert!(listing.contains("numgen random mod 3 map @backends"), "{listing}");
     let fresh = lab.topo.netns("fresh");
     let file = std::env::temp_dir().join(format!("{}-listing.nft", fresh.name));
     std::fs::write(&file, &listing).unwrap();
@@ -373,10 +251,9 @@ fn changing_one_endpoint_among_a_thousand_services_is_a_handful_of_messages() {
     assert!(cold.messages > 100, "{cold:?}");
 
     // An established connection to another service must survive the change.
-    let mut conn = lab.client.run(|| {
-        TcpStream::connect_timeout(&"10.97.0.1:80".parse().unwrap(), Duration::from_secs(2))
-            .unwrap()
-    });
+    let mut conn = lab
+        .client
+        .run(|| TcpStream::connect_timeout(&"10.97.0.1:80".parse().unwrap(), Duration::from_secs(2)).unwrap());
     conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut line = String::new();
@@ -385,33 +262,18 @@ fn changing_one_endpoint_among_a_thousand_services_is_a_handful_of_messages() {
     let first = line.split_whitespace().next().unwrap().to_string();
 
     // web: ep3 replaced by ep4: one endpoint changes.
-    let changed = m + &web(&[
-        (&pod_ip(1), "node-b"),
-        (&pod_ip(2), "node-c"),
-        (&pod_ip(4), NODE),
-    ]);
+    let changed = m + &web(&[(&pod_ip(1), "node-b"), (&pod_ip(2), "node-c"), (&pod_ip(4), NODE)]);
     let inc = lab.sync(&changed).unwrap();
     assert!(inc.full.is_empty());
-    assert!(
-        inc.messages <= 6,
-        "one endpoint change took {} messages: {inc:?}",
-        inc.messages
-    );
+    assert!(inc.messages <= 6, "one endpoint change took {} messages: {inc:?}", inc.messages);
 
     line.clear();
     conn.write_all(b"two\n").unwrap();
     reader.read_line(&mut line).unwrap();
-    assert_eq!(
-        line.split_whitespace().next(),
-        Some(first.as_str()),
-        "the established connection survived"
-    );
+    assert_eq!(line.split_whitespace().next(), Some(first.as_str()), "the established connection survived");
 
     let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.10:80", 60);
-    assert_eq!(
-        t.by_responder().keys().cloned().collect::<Vec<_>>(),
-        ["ep1", "ep2", "ep4"]
-    );
+    assert_eq!(t.by_responder().keys().cloned().collect::<Vec<_>>(), ["ep1", "ep2", "ep4"]);
 
     // An unchanged sync sends nothing.
     let same = lab.sync(&changed).unwrap();
@@ -436,26 +298,14 @@ fn a_batch_the_kernel_rejects_leaves_the_previous_ruleset_and_reports_why() {
             nftproxy_nftables::ruleset::Field::Port(80),
         ]
         .into(),
-        nftproxy_nftables::ruleset::Value::Verdict(nftproxy_nft_wire::Verdict::Goto(
-            "no-such-chain".into(),
-        )),
+        nftproxy_nftables::ruleset::Value::Verdict(nftproxy_nft_wire::Verdict::Goto("no-such-chain".into())),
         Some("test/broken:http"),
     );
     let err = lab.backend.sync(bad).unwrap_err().to_string();
-    assert!(
-        err.contains("add elements") && err.contains("service-ips"),
-        "{err}"
-    );
+    assert!(err.contains("add elements") && err.contains("service-ips"), "{err}");
     assert!(err.contains("No such file or directory"), "{err}");
-    assert_eq!(
-        lab.ruleset(),
-        before,
-        "the rejected transaction changed nothing"
-    );
-    assert_eq!(
-        answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.10:80", 3)),
-        3
-    );
+    assert_eq!(lab.ruleset(), before, "the rejected transaction changed nothing");
+    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.10:80", 3)), 3);
     // After a failure the next sync is a full one, and succeeds.
     let ok = lab.sync(&web(&[(&pod_ip(1), "node-b")])).unwrap();
     assert_eq!(ok.full.len(), 1, "{ok:?}");
@@ -465,8 +315,7 @@ fn a_batch_the_kernel_rejects_leaves_the_previous_ruleset_and_reports_why() {
 fn cleanup_removes_exactly_our_tables() {
     let mut lab = Lab::new(1);
     lab.sync(&web(&[(&pod_ip(1), "node-b")])).unwrap();
-    lab.node
-        .exec("nft", &["add table ip other; add chain ip other c"]);
+    lab.node.exec("nft", &["add table ip other; add chain ip other c"]);
     lab.node.exec("nft", &["add table inet kube-proxy"]);
     lab.backend.cleanup().unwrap();
     let tables = lab.node.exec("nft", &["list", "tables"]);
@@ -476,9 +325,7 @@ fn cleanup_removes_exactly_our_tables() {
 }
 
 fn affinity_web(timeout: u32) -> String {
-    let eps: Vec<_> = (1..=3)
-        .map(|n| (pod_ip(n), if n == 3 { NODE } else { "node-b" }))
-        .collect();
+    let eps: Vec<_> = (1..=3).map(|n| (pod_ip(n), if n == 3 { NODE } else { "node-b" })).collect();
     let eps: Vec<_> = eps.iter().map(|(ip, node)| ep(ip, node)).collect();
     service(
         "sticky",
@@ -487,13 +334,7 @@ fn affinity_web(timeout: u32) -> String {
         &format!(
             "type: NodePort, sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {timeout}}}}}"
         ),
-    ) + &slice(
-        "sticky",
-        "sticky-1",
-        "IPv4",
-        "{name: http, port: 8080, protocol: TCP}",
-        &eps,
-    )
+    ) + &slice("sticky", "sticky-1", "IPv4", "{name: http, port: 8080, protocol: TCP}", &eps)
 }
 
 #[test]
@@ -503,33 +344,17 @@ fn client_ip_affinity_pins_a_client_until_the_timeout() {
     for to in ["10.96.0.80:80", "10.0.1.1:30090"] {
         let t = lab.tally(&lab.client, Proto::Tcp, to, 30);
         assert_eq!(answered(&t), 30, "{to}: {t:?}");
-        assert_eq!(
-            t.by_responder().len(),
-            1,
-            "{to}: one endpoint for one client: {t:?}"
-        );
+        assert_eq!(t.by_responder().len(), 1, "{to}: one endpoint for one client: {t:?}");
     }
     let listing = lab.ruleset();
-    assert!(
-        listing.contains("flags dynamic,timeout") && listing.contains("10.0.1.2 expires"),
-        "{listing}"
-    );
+    assert!(listing.contains("flags dynamic,timeout") && listing.contains("10.0.1.2 expires"), "{listing}");
     // After the timeout the client is free again: over several expiries it meets another endpoint.
-    let first = lab
-        .tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 1)
-        .by_responder()
-        .into_keys()
-        .next()
-        .unwrap();
+    let first = lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 1).by_responder().into_keys().next().unwrap();
     let mut seen = BTreeSet::from([first]);
     for _ in 0..8 {
         std::thread::sleep(Duration::from_millis(2600));
         let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 5);
-        assert_eq!(
-            t.by_responder().len(),
-            1,
-            "pinned again after a new choice: {t:?}"
-        );
+        assert_eq!(t.by_responder().len(), 1, "pinned again after a new choice: {t:?}");
         seen.extend(t.by_responder().into_keys());
         if seen.len() > 1 {
             break;
@@ -548,32 +373,14 @@ fn load_balancer_source_ranges_drop_other_sources_before_dnat() {
         )
     };
     lab.sync(&with_ranges("'10.0.1.0/30'")).unwrap();
-    assert_eq!(
-        answered(&lab.tally(&lab.client, Proto::Tcp, "203.0.113.20:80", 5)),
-        5,
-        "client inside the range"
-    );
+    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "203.0.113.20:80", 5)), 5, "client inside the range");
     let t = lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.20:80", 2);
-    assert_eq!(
-        t.count(|o| *o == Outcome::Timeout),
-        2,
-        "pod outside the range is dropped: {t:?}"
-    );
+    assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "pod outside the range is dropped: {t:?}");
     // Neither the ClusterIP nor the node port is subject to source ranges.
-    assert_eq!(
-        answered(&lab.tally(&lab.pod_client, Proto::Tcp, "10.96.0.90:80", 3)),
-        3
-    );
-    assert_eq!(
-        answered(&lab.tally(&lab.pod_client, Proto::Tcp, "10.0.1.1:30081", 3)),
-        3
-    );
-    lab.sync(&with_ranges("'192.0.2.0/24', ' 10.244.50.0/24 '"))
-        .unwrap();
-    assert_eq!(
-        answered(&lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.20:80", 3)),
-        3
-    );
+    assert_eq!(answered(&lab.tally(&lab.pod_client, Proto::Tcp, "10.96.0.90:80", 3)), 3);
+    assert_eq!(answered(&lab.tally(&lab.pod_client, Proto::Tcp, "10.0.1.1:30081", 3)), 3);
+    lab.sync(&with_ranges("'192.0.2.0/24', ' 10.244.50.0/24 '")).unwrap();
+    assert_eq!(answered(&lab.tally(&lab.pod_client, Proto::Tcp, "203.0.113.20:80", 3)), 3);
     let t = lab.tally(&lab.client, Proto::Tcp, "203.0.113.20:80", 2);
     assert_eq!(t.count(|o| *o == Outcome::Timeout), 2, "{t:?}");
 }
@@ -581,12 +388,7 @@ fn load_balancer_source_ranges_drop_other_sources_before_dnat() {
 fn many(n: usize) -> String {
     let mut m = three_pods();
     for i in 0..n {
-        m += &service(
-            &format!("m{i}"),
-            &format!("10.98.{}.{}", i / 250, i % 250 + 1),
-            HTTP_DNS,
-            "",
-        );
+        m += &service(&format!("m{i}"), &format!("10.98.{}.{}", i / 250, i % 250 + 1), HTTP_DNS, "");
         m += &slice(
             &format!("m{i}"),
             &format!("m{i}-1"),
@@ -609,15 +411,8 @@ fn a_cold_start_in_chunks_ends_where_one_transaction_would() {
     lab.backend.force_full_sync();
     let whole = lab.sync(&m).unwrap();
     assert_eq!(whole.full.len(), 2);
-    assert_eq!(
-        lab.ruleset(),
-        listing,
-        "chunked cold start and atomic replace program the same table"
-    );
-    assert_eq!(
-        answered(&lab.tally(&lab.client, Proto::Tcp, "10.98.1.150:80", 10)),
-        10
-    );
+    assert_eq!(lab.ruleset(), listing, "chunked cold start and atomic replace program the same table");
+    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "10.98.1.150:80", 10)), 10);
 }
 
 #[test]
@@ -632,9 +427,7 @@ fn a_restarted_proxy_replaces_the_table_without_a_failed_connection() {
     let traffic = std::thread::spawn(move || {
         let mut t = Tally::default();
         let start = std::time::Instant::now();
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed)
-            && start.elapsed() < Duration::from_secs(20)
-        {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
             let one = nftproxy_integration::tally(
                 &client,
                 Proto::Udp,
@@ -651,14 +444,10 @@ fn a_restarted_proxy_replaces_the_table_without_a_failed_connection() {
     });
     std::thread::sleep(Duration::from_millis(200));
     for _ in 0..5 {
-        let mut fresh = lab
-            .node
-            .run(|| nftproxy_nftables::NftablesBackend::new().unwrap());
+        let mut fresh = lab.node.run(|| nftproxy_nftables::NftablesBackend::new().unwrap());
         let mut l = nftproxy_manifest::Loaded::default();
         l.add_text("test", &m);
-        let r = fresh
-            .sync(nftproxy_nftables::desired(&l.state, &lab.ctx))
-            .unwrap();
+        let r = fresh.sync(nftproxy_nftables::desired(&l.state, &lab.ctx)).unwrap();
         assert_eq!(r.full.len(), 2);
         assert_eq!(r.transactions, 2, "one atomic replace per family: {r:?}");
         std::thread::sleep(Duration::from_millis(100));
@@ -666,11 +455,7 @@ fn a_restarted_proxy_replaces_the_table_without_a_failed_connection() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let t = traffic.join().unwrap();
     assert!(t.total() > 50, "{t:?}");
-    assert_eq!(
-        answered(&t),
-        t.total(),
-        "a request failed during adoption: {t:?}"
-    );
+    assert_eq!(answered(&t), t.total(), "a request failed during adoption: {t:?}");
 }
 
 /// One UDP request from a fixed source port, as a resolver reusing its socket would send.
@@ -682,11 +467,7 @@ fn udp_from_port(lab: &Lab, to: &str, port: u16) -> String {
         s.send(b"who\n").unwrap();
         let mut buf = [0u8; 128];
         match s.recv(&mut buf) {
-            Ok(n) => String::from_utf8_lossy(&buf[..n])
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_string(),
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).split_whitespace().next().unwrap_or("").to_string(),
             Err(e) => format!("error: {e}"),
         }
     })
@@ -695,33 +476,19 @@ fn udp_from_port(lab: &Lab, to: &str, port: u16) -> String {
 #[test]
 fn udp_conntrack_entries_to_a_removed_endpoint_are_deleted() {
     let mut lab = Lab::new(2);
-    lab.sync(&web(&[(&pod_ip(1), "node-b"), (&pod_ip(2), "node-b")]))
-        .unwrap();
+    lab.sync(&web(&[(&pod_ip(1), "node-b"), (&pod_ip(2), "node-b")])).unwrap();
     let first = udp_from_port(&lab, "10.96.0.10:53", 40000);
     assert!(first == "ep1" || first == "ep2", "{first}");
     for _ in 0..5 {
-        assert_eq!(
-            udp_from_port(&lab, "10.96.0.10:53", 40000),
-            first,
-            "conntrack pins the flow"
-        );
+        assert_eq!(udp_from_port(&lab, "10.96.0.10:53", 40000), first, "conntrack pins the flow");
     }
     let (gone, stays) = if first == "ep1" { (1, 2) } else { (2, 1) };
     let r = lab.sync(&web(&[(&pod_ip(stays), "node-b")])).unwrap();
     assert!(r.conntrack_deleted >= 1, "{r:?}");
     // The removed pod still answers in this lab: only the deleted entry sends the flow elsewhere.
-    assert_eq!(
-        udp_from_port(&lab, "10.96.0.10:53", 40000),
-        format!("ep{stays}"),
-        "ep{gone} was removed"
-    );
+    assert_eq!(udp_from_port(&lab, "10.96.0.10:53", 40000), format!("ep{stays}"), "ep{gone} was removed");
     // Nothing was removed this time: no dump.
-    let r = lab
-        .sync(&web(&[
-            (&pod_ip(stays), "node-b"),
-            (&pod_ip(gone), "node-b"),
-        ]))
-        .unwrap();
+    let r = lab.sync(&web(&[(&pod_ip(stays), "node-b"), (&pod_ip(gone), "node-b")])).unwrap();
     assert_eq!(r.conntrack_deleted, 0);
 }
 
@@ -730,50 +497,28 @@ fn sctp_cluster_ip_is_spread_and_masqueraded_as_crafted_packets_show() {
     use nftproxy_integration::sctp::{SctpSeen, send_inits};
     let mut lab = Lab::new(3);
     let eps: Vec<_> = (1..=3).map(pod_ip).collect();
-    let m = service(
-        "sctp",
-        "10.96.0.95",
-        "{name: s, port: 80, protocol: SCTP, targetPort: 8080}",
-        "",
-    ) + &slice(
-        "sctp",
-        "sctp-1",
-        "IPv4",
-        "{name: s, port: 8080, protocol: SCTP}",
-        &[
-            ep(&eps[0], "node-b"),
-            ep(&eps[1], "node-b"),
-            ep(&eps[2], NODE),
-        ],
-    );
+    let m = service("sctp", "10.96.0.95", "{name: s, port: 80, protocol: SCTP, targetPort: 8080}", "")
+        + &slice(
+            "sctp",
+            "sctp-1",
+            "IPv4",
+            "{name: s, port: 8080, protocol: SCTP}",
+            &[ep(&eps[0], "node-b"), ep(&eps[1], "node-b"), ep(&eps[2], NODE)],
+        );
     lab.sync(&m).unwrap();
     let pods = lab.pods.clone();
-    let sniffers: Vec<_> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| lab.topo.sctp_sniffer(ns, &format!("ep{}", i + 1)))
-        .collect();
+    let sniffers: Vec<_> =
+        pods.iter().enumerate().map(|(i, ns)| lab.topo.sctp_sniffer(ns, &format!("ep{}", i + 1))).collect();
     send_inits(&lab.client, "10.96.0.95:80".parse().unwrap(), 30000..30060);
     std::thread::sleep(Duration::from_millis(300));
-    let seen: Vec<SctpSeen> = sniffers
-        .iter()
-        .flat_map(|s| s.lock().unwrap().clone())
-        .collect();
+    let seen: Vec<SctpSeen> = sniffers.iter().flat_map(|s| s.lock().unwrap().clone()).collect();
     assert_eq!(seen.len(), 60, "{seen:?}");
     for (i, s) in sniffers.iter().enumerate() {
         let s = s.lock().unwrap();
         assert!(!s.is_empty(), "ep{} got nothing", i + 1);
         for p in s.iter() {
-            assert_eq!(
-                (p.dst, p.dport),
-                (ip(&pod_ip(i + 1)), 8080),
-                "DNATed to the endpoint"
-            );
-            assert_eq!(
-                p.src,
-                ip(&pod_gw(i + 1)),
-                "masqueraded: the client is off-cluster"
-            );
+            assert_eq!((p.dst, p.dport), (ip(&pod_ip(i + 1)), 8080), "DNATed to the endpoint");
+            assert_eq!(p.src, ip(&pod_gw(i + 1)), "masqueraded: the client is off-cluster");
         }
     }
 }
@@ -787,29 +532,19 @@ fn partial_syncs_of_changed_services_end_where_a_full_sync_would() {
         l.add_text("test", m);
         l.state
     };
-    let base = many(50)
-        + &affinity_web(60)
-        + &load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), NODE)]);
+    let base = many(50) + &affinity_web(60) + &load_balancer("lb", "10.96.0.40", "203.0.113.10", &[(&pod_ip(1), NODE)]);
     lab.backend.sync_cluster(&load(&base), &lab.ctx).unwrap();
     // Change three services: web loses an endpoint, m7 is removed, sticky's timeout changes; m3
     // is named but unchanged.
     let changed_text = base
-        .replace(
-            &three_pods(),
-            &web(&[(&pod_ip(1), "node-b"), (&pod_ip(3), NODE)]),
-        )
+        .replace(&three_pods(), &web(&[(&pod_ip(1), "node-b"), (&pod_ip(3), NODE)]))
         .replace(&service("m7", "10.98.0.8", HTTP_DNS, ""), "")
         .replace("timeoutSeconds: 60", "timeoutSeconds: 120");
     assert_ne!(changed_text, base);
     let state = load(&changed_text);
-    let changed: BTreeSet<_> = ["m3", "m7", "sticky", "web"]
-        .iter()
-        .map(|n| nftproxy_model::ServiceName::new("test", *n))
-        .collect();
-    let r = lab
-        .backend
-        .sync_services(&state, &lab.ctx, &changed)
-        .unwrap();
+    let changed: BTreeSet<_> =
+        ["m3", "m7", "sticky", "web"].iter().map(|n| nftproxy_model::ServiceName::new("test", *n)).collect();
+    let r = lab.backend.sync_services(&state, &lab.ctx, &changed).unwrap();
     assert!(r.full.is_empty(), "{r:?}");
     let partial = lab.ruleset();
     lab.backend.force_full_sync();
@@ -821,11 +556,7 @@ fn partial_syncs_of_changed_services_end_where_a_full_sync_would() {
             .lines()
             .filter(|l| !l.contains("expires"))
             .map(|l| {
-                l.trim()
-                    .trim_end_matches(',')
-                    .trim_start_matches("elements = { ")
-                    .trim_end_matches(" }")
-                    .to_string()
+                l.trim().trim_end_matches(',').trim_start_matches("elements = { ").trim_end_matches(" }").to_string()
             })
             .collect();
         v.sort();
@@ -834,12 +565,6 @@ fn partial_syncs_of_changed_services_end_where_a_full_sync_would() {
     let (p, f) = (strip(&partial), strip(&lab.ruleset()));
     let only_p: Vec<_> = p.iter().filter(|l| !f.contains(l)).collect();
     let only_f: Vec<_> = f.iter().filter(|l| !p.contains(l)).collect();
-    assert!(
-        only_p.is_empty() && only_f.is_empty() && p == f,
-        "partial only: {only_p:#?}\nfull only: {only_f:#?}"
-    );
-    assert_eq!(
-        answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 5)),
-        5
-    );
+    assert!(only_p.is_empty() && only_f.is_empty() && p == f, "partial only: {only_p:#?}\nfull only: {only_f:#?}");
+    assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 5)), 5);
 }

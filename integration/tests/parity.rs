@@ -22,11 +22,7 @@ enum Backend {
 const BACKENDS: [Backend; 2] = [Backend::Nftables, Backend::Iptables];
 
 fn parity_manifests() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/parity.yaml"
-    ))
-    .unwrap()
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/parity.yaml")).unwrap()
 }
 
 fn lab(b: Backend) -> Lab {
@@ -83,47 +79,12 @@ fn flows() -> Vec<Flow> {
     use Expect::*;
     use Sender::*;
     use Source::*;
-    let f = |name, from, proto, to, n, expect| Flow {
-        name,
-        from,
-        proto,
-        to,
-        n,
-        expect,
-    };
+    let f = |name, from, proto, to, n, expect| Flow { name, from, proto, to, n, expect };
     vec![
-        f(
-            "ClusterIP TCP, three endpoints",
-            Client,
-            Proto::Tcp,
-            "10.96.1.10:80",
-            60,
-            Spread(ALL3, Masqueraded),
-        ),
-        f(
-            "ClusterIP UDP, three endpoints",
-            Client,
-            Proto::Udp,
-            "10.96.1.10:53",
-            60,
-            Spread(ALL3, Masqueraded),
-        ),
-        f(
-            "ClusterIP from a pod keeps its source",
-            PodClient,
-            Proto::Tcp,
-            "10.96.1.10:80",
-            40,
-            Spread(ALL3, Kept),
-        ),
-        f(
-            "ClusterIP from the node itself",
-            Node,
-            Proto::Udp,
-            "10.96.1.10:53",
-            40,
-            Spread(ALL3, Kept),
-        ),
+        f("ClusterIP TCP, three endpoints", Client, Proto::Tcp, "10.96.1.10:80", 60, Spread(ALL3, Masqueraded)),
+        f("ClusterIP UDP, three endpoints", Client, Proto::Udp, "10.96.1.10:53", 60, Spread(ALL3, Masqueraded)),
+        f("ClusterIP from a pod keeps its source", PodClient, Proto::Tcp, "10.96.1.10:80", 40, Spread(ALL3, Kept)),
+        f("ClusterIP from the node itself", Node, Proto::Udp, "10.96.1.10:53", 40, Spread(ALL3, Kept)),
         f(
             "NodePort from outside the node",
             Client,
@@ -132,22 +93,8 @@ fn flows() -> Vec<Flow> {
             40,
             Spread(&["ep1", "ep2"], Masqueraded),
         ),
-        f(
-            "LB IP, ETP=Local, no local endpoint: dropped",
-            Client,
-            Proto::Tcp,
-            "203.0.113.30:80",
-            2,
-            Dropped,
-        ),
-        f(
-            "NodePort, ETP=Local, no local endpoint: dropped",
-            Client,
-            Proto::Tcp,
-            "10.0.1.1:30081",
-            2,
-            Dropped,
-        ),
+        f("LB IP, ETP=Local, no local endpoint: dropped", Client, Proto::Tcp, "203.0.113.30:80", 2, Dropped),
+        f("NodePort, ETP=Local, no local endpoint: dropped", Client, Proto::Tcp, "10.0.1.1:30081", 2, Dropped),
         f(
             "LB IP, ETP=Local, from a pod: short-circuited",
             PodClient,
@@ -180,14 +127,7 @@ fn flows() -> Vec<Flow> {
             10,
             Pinned(&["ep2", "ep3"], Masqueraded),
         ),
-        f(
-            "LB IP outside loadBalancerSourceRanges: dropped",
-            PodClient,
-            Proto::Tcp,
-            "203.0.113.50:80",
-            2,
-            Dropped,
-        ),
+        f("LB IP outside loadBalancerSourceRanges: dropped", PodClient, Proto::Tcp, "203.0.113.50:80", 2, Dropped),
         f(
             "ClientIP affinity on the ClusterIP",
             Client,
@@ -204,22 +144,8 @@ fn flows() -> Vec<Flow> {
             10,
             Pinned(&["ep2", "ep3"], Masqueraded),
         ),
-        f(
-            "no endpoints: rejected",
-            Client,
-            Proto::Tcp,
-            "10.96.1.60:80",
-            2,
-            Refused,
-        ),
-        f(
-            "ITP=Local, no local endpoint: dropped",
-            PodClient,
-            Proto::Tcp,
-            "10.96.1.70:80",
-            2,
-            Dropped,
-        ),
+        f("no endpoints: rejected", Client, Proto::Tcp, "10.96.1.60:80", 2, Refused),
+        f("ITP=Local, no local endpoint: dropped", PodClient, Proto::Tcp, "10.96.1.70:80", 2, Dropped),
         f(
             "only terminating endpoints: the serving one is used",
             Client,
@@ -236,14 +162,7 @@ fn flows() -> Vec<Flow> {
             40,
             Spread(&["ep1", "ep2"], Masqueraded),
         ),
-        f(
-            "the IPv4 ClusterIP of that service has no IPv4 endpoints",
-            Client,
-            Proto::Tcp,
-            "10.96.1.100:80",
-            2,
-            Refused,
-        ),
+        f("the IPv4 ClusterIP of that service has no IPv4 endpoints", Client, Proto::Tcp, "10.96.1.100:80", 2, Refused),
         f(
             "hairpin: a pod reaching itself through its service",
             Pod(1),
@@ -275,14 +194,7 @@ struct Observed {
 
 fn observe(lab: &Lab, flow: &Flow) -> Observed {
     let to: SocketAddr = flow.to.parse().unwrap();
-    let t: Tally = tally(
-        &ns(lab, flow.from),
-        flow.proto,
-        to,
-        None,
-        flow.n,
-        Duration::from_secs(1),
-    );
+    let t: Tally = tally(&ns(lab, flow.from), flow.proto, to, None, flow.n, Duration::from_secs(1));
     Observed {
         responders: t.by_responder().into_keys().collect(),
         sources: t.seen_sources().into_iter().collect(),
@@ -330,10 +242,7 @@ fn check(flow: &Flow, o: &Observed, b: Backend) {
         }
         Expect::Pinned(eps, kind) => {
             assert_eq!(o.responders.len(), 1, "{ctx}");
-            assert!(
-                eps.contains(&o.responders.iter().next().unwrap().as_str()),
-                "{ctx}"
-            );
+            assert!(eps.contains(&o.responders.iter().next().unwrap().as_str()), "{ctx}");
             assert_eq!((o.refused, o.timeout), (0, 0), "{ctx}");
             assert_eq!(o.sources, sources_for(&o.responders, *kind), "{ctx}");
         }
@@ -357,18 +266,11 @@ fn every_flow_gets_the_same_answer_from_both_backends() {
             .collect();
         // Pinned flows may pin to different endpoints in the two labs: both are right.
         if !matches!(flow.expect, Expect::Pinned(..)) {
-            assert_eq!(
-                observed[0], observed[1],
-                "{}: nftables vs iptables",
-                flow.name
-            );
+            assert_eq!(observed[0], observed[1], "{}: nftables vs iptables", flow.name);
         }
         report.push(flow.name);
     }
-    eprintln!(
-        "parity: {} flows identical on nftables and iptables: {report:#?}",
-        report.len()
-    );
+    eprintln!("parity: {} flows identical on nftables and iptables: {report:#?}", report.len());
 }
 
 #[test]
@@ -378,11 +280,8 @@ fn sctp_reaches_the_same_endpoints_masqueraded_on_both_backends() {
     for b in BACKENDS {
         let mut lab = lab(b);
         let pods = lab.pods.clone();
-        let sniffers: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| lab.topo.sctp_sniffer(ns, &format!("ep{}", i + 1)))
-            .collect();
+        let sniffers: Vec<_> =
+            pods.iter().enumerate().map(|(i, ns)| lab.topo.sctp_sniffer(ns, &format!("ep{}", i + 1))).collect();
         send_inits(&lab.client, "10.96.1.90:80".parse().unwrap(), 31000..31060);
         std::thread::sleep(Duration::from_millis(300));
         let mut seen = BTreeSet::new();
@@ -398,9 +297,7 @@ fn sctp_reaches_the_same_endpoints_masqueraded_on_both_backends() {
         assert_eq!(total, 60, "{b:?}");
         seen_by_backend.push(seen);
     }
-    let want: BTreeSet<(String, IpAddr)> = (1..=3)
-        .map(|n| (format!("ep{n}"), ip(&pod_gw(n))))
-        .collect();
+    let want: BTreeSet<(String, IpAddr)> = (1..=3).map(|n| (format!("ep{n}"), ip(&pod_gw(n)))).collect();
     assert_eq!(seen_by_backend[0], want);
     assert_eq!(seen_by_backend[1], want);
 }
@@ -412,16 +309,8 @@ fn sctp_reaches_the_same_endpoints_masqueraded_on_both_backends() {
 fn difference_unused_cluster_ip_ports_are_rejected_by_nftables_only() {
     for b in BACKENDS {
         let lab = lab(b);
-        lab.upstream
-            .ip(&["-4", "route", "replace", "blackhole", "default"]);
-        let t = tally(
-            &lab.client,
-            Proto::Tcp,
-            "10.96.1.10:81".parse().unwrap(),
-            None,
-            2,
-            Duration::from_secs(1),
-        );
+        lab.upstream.ip(&["-4", "route", "replace", "blackhole", "default"]);
+        let t = tally(&lab.client, Proto::Tcp, "10.96.1.10:81".parse().unwrap(), None, 2, Duration::from_secs(1));
         let want = match b {
             Backend::Nftables => Outcome::Refused,
             Backend::Iptables => Outcome::Timeout,
@@ -447,32 +336,14 @@ fn difference_localhost_node_ports_exist_in_iptables_mode_only() {
                 lab.sync_iptables(&m).unwrap();
             }
         }
-        let t = tally(
-            &lab.node,
-            Proto::Tcp,
-            "127.0.0.1:30080".parse().unwrap(),
-            None,
-            4,
-            Duration::from_secs(1),
-        );
+        let t = tally(&lab.node, Proto::Tcp, "127.0.0.1:30080".parse().unwrap(), None, 4, Duration::from_secs(1));
         let answered = t.count(|o| matches!(o, Outcome::Answered { .. }));
         match b {
             Backend::Nftables => assert_eq!(answered, 0, "{b:?}: {t:?}"),
             Backend::Iptables => assert_eq!(answered, 4, "{b:?}: {t:?}"),
         }
         // Both serve the node's own address.
-        let t = tally(
-            &lab.client,
-            Proto::Tcp,
-            "10.0.1.1:30080".parse().unwrap(),
-            None,
-            4,
-            Duration::from_secs(1),
-        );
-        assert_eq!(
-            t.count(|o| matches!(o, Outcome::Answered { .. })),
-            4,
-            "{b:?}: {t:?}"
-        );
+        let t = tally(&lab.client, Proto::Tcp, "10.0.1.1:30080".parse().unwrap(), None, 4, Duration::from_secs(1));
+        assert_eq!(t.count(|o| matches!(o, Outcome::Answered { .. })), 4, "{b:?}: {t:?}");
     }
 }

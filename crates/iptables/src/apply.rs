@@ -23,53 +23,31 @@ fn tool(family: IpFamily, suffix: &str) -> String {
         IpFamily::V4 => "iptables",
         IpFamily::V6 => "ip6tables",
     };
-    if suffix.is_empty() {
-        format!("{base}-legacy")
-    } else {
-        format!("{base}-legacy-{suffix}")
-    }
+    if suffix.is_empty() { format!("{base}-legacy") } else { format!("{base}-legacy-{suffix}") }
 }
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
     let cmd = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| IptablesError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
+        .map_err(|source| IptablesError::Spawn { cmd: cmd.clone(), source })?;
     if let Some(input) = stdin {
         child
             .stdin
             .take()
             .expect("piped")
             .write_all(input.as_bytes())
-            .map_err(|source| IptablesError::Spawn {
-                cmd: cmd.clone(),
-                source,
-            })?;
+            .map_err(|source| IptablesError::Spawn { cmd: cmd.clone(), source })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| IptablesError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
+    let out = child.wait_with_output().map_err(|source| IptablesError::Spawn { cmd: cmd.clone(), source })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(IptablesError::Failed {
-            cmd,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(IptablesError::Failed { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
     }
 }
 
@@ -89,107 +67,27 @@ const fn j(
     comment: Option<&'static str>,
     new_only: bool,
 ) -> Jump {
-    Jump {
-        table,
-        from,
-        to,
-        comment,
-        new_only,
-    }
+    Jump { table, from, to, comment, new_only }
 }
 
 const JUMPS: &[Jump] = &[
-    j(
-        "filter",
-        "INPUT",
-        "KUBE-EXTERNAL-SERVICES",
-        Some("kubernetes externally-visible service portals"),
-        true,
-    ),
-    j(
-        "filter",
-        "FORWARD",
-        "KUBE-EXTERNAL-SERVICES",
-        Some("kubernetes externally-visible service portals"),
-        true,
-    ),
-    j(
-        "filter",
-        "INPUT",
-        "KUBE-NODEPORTS",
-        Some("kubernetes health check service ports"),
-        false,
-    ),
-    j(
-        "filter",
-        "FORWARD",
-        "KUBE-SERVICES",
-        Some("kubernetes service portals"),
-        true,
-    ),
-    j(
-        "filter",
-        "OUTPUT",
-        "KUBE-SERVICES",
-        Some("kubernetes service portals"),
-        true,
-    ),
-    j(
-        "filter",
-        "FORWARD",
-        "KUBE-FORWARD",
-        Some("kubernetes forwarding rules"),
-        false,
-    ),
-    j(
-        "filter",
-        "INPUT",
-        "KUBE-PROXY-FIREWALL",
-        Some("kubernetes load balancer firewall"),
-        true,
-    ),
-    j(
-        "filter",
-        "OUTPUT",
-        "KUBE-PROXY-FIREWALL",
-        Some("kubernetes load balancer firewall"),
-        true,
-    ),
-    j(
-        "filter",
-        "FORWARD",
-        "KUBE-PROXY-FIREWALL",
-        Some("kubernetes load balancer firewall"),
-        true,
-    ),
-    j(
-        "nat",
-        "OUTPUT",
-        "KUBE-SERVICES",
-        Some("kubernetes service portals"),
-        false,
-    ),
-    j(
-        "nat",
-        "PREROUTING",
-        "KUBE-SERVICES",
-        Some("kubernetes service portals"),
-        false,
-    ),
-    j(
-        "nat",
-        "POSTROUTING",
-        "KUBE-POSTROUTING",
-        Some("kubernetes postrouting rules"),
-        false,
-    ),
+    j("filter", "INPUT", "KUBE-EXTERNAL-SERVICES", Some("kubernetes externally-visible service portals"), true),
+    j("filter", "FORWARD", "KUBE-EXTERNAL-SERVICES", Some("kubernetes externally-visible service portals"), true),
+    j("filter", "INPUT", "KUBE-NODEPORTS", Some("kubernetes health check service ports"), false),
+    j("filter", "FORWARD", "KUBE-SERVICES", Some("kubernetes service portals"), true),
+    j("filter", "OUTPUT", "KUBE-SERVICES", Some("kubernetes service portals"), true),
+    j("filter", "FORWARD", "KUBE-FORWARD", Some("kubernetes forwarding rules"), false),
+    j("filter", "INPUT", "KUBE-PROXY-FIREWALL", Some("kubernetes load balancer firewall"), true),
+    j("filter", "OUTPUT", "KUBE-PROXY-FIREWALL", Some("kubernetes load balancer firewall"), true),
+    j("filter", "FORWARD", "KUBE-PROXY-FIREWALL", Some("kubernetes load balancer firewall"), true),
+    j("nat", "OUTPUT", "KUBE-SERVICES", Some("kubernetes service portals"), false),
+    j("nat", "PREROUTING", "KUBE-SERVICES", Some("kubernetes service portals"), false),
+    j("nat", "POSTROUTING", "KUBE-POSTROUTING", Some("kubernetes postrouting rules"), false),
 ];
 
 /// kubelet's jumps to KUBE-FIREWALL, which kube-proxy also ensures (IPv4, localhost NodePorts).
-const KUBELET_JUMPS: &[Jump] = &[
-    j("filter", "INPUT", "KUBE-FIREWALL", None, false),
-    j("filter", "OUTPUT", "KUBE-FIREWALL", None, false),
-];
+const KUBELET_JUMPS: &[Jump] =
+    &[j("filter", "INPUT", "KUBE-FIREWALL", None, false), j("filter", "OUTPUT", "KUBE-FIREWALL", None, false)];
 
 impl Jump {
     fn args(&self) -> Vec<&'static str> {
@@ -218,13 +116,7 @@ const FIXED_CHAINS: &[(&str, &str)] = &[
     ("nat", "KUBE-POSTROUTING"),
     ("nat", "KUBE-MARK-MASQ"),
 ];
-const SERVICE_PREFIXES: &[&str] = &[
-    "KUBE-SVC-",
-    "KUBE-SVL-",
-    "KUBE-EXT-",
-    "KUBE-FW-",
-    "KUBE-SEP-",
-];
+const SERVICE_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];
 
 /// Chain names declared in a table of `iptables-save` (or restore) text.
 fn chains(text: &str, table: &str) -> BTreeSet<String> {
@@ -270,11 +162,7 @@ pub fn with_stale_chains_deleted(text: &str, existing_nat: &str) -> String {
 /// Programs the current network namespace: jumps, then one restore.
 pub fn sync(family: IpFamily, text: &str, localhost_nodeports: bool) -> Result<(), IptablesError> {
     let ipt = tool(family, "");
-    let kubelet: &[Jump] = if family == IpFamily::V4 && localhost_nodeports {
-        KUBELET_JUMPS
-    } else {
-        &[]
-    };
+    let kubelet: &[Jump] = if family == IpFamily::V4 && localhost_nodeports { KUBELET_JUMPS } else { &[] };
     for jump in JUMPS.iter().chain(kubelet) {
         // EnsureChain, then EnsureRule(Prepend).
         let _ = run(&ipt, &["-w", "-t", jump.table, "-N", jump.to], None);
@@ -289,11 +177,7 @@ pub fn sync(family: IpFamily, text: &str, localhost_nodeports: bool) -> Result<(
     }
     let existing = run(&tool(family, "save"), &["-t", "nat"], None)?;
     let full = with_stale_chains_deleted(text, &existing);
-    run(
-        &tool(family, "restore"),
-        &["-w", "--noflush", "--counters"],
-        Some(&full),
-    )?;
+    run(&tool(family, "restore"), &["-w", "--noflush", "--counters"], Some(&full))?;
     Ok(())
 }
 

@@ -9,9 +9,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use data_encoding::BASE32;
-use nftproxy_model::{
-    IpFamily, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort,
-};
+use nftproxy_model::{IpFamily, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort};
 use sha2::{Digest, Sha256};
 
 /// Options that change kube-proxy's output; defaults are kube-proxy's on a current system.
@@ -63,23 +61,40 @@ pub fn hash16(s: &str) -> String {
 
 /// `KUBE-SVC-…` etc.: prefix + hash of `ns/svc:port` + protocol.
 pub fn service_chain(prefix: &str, p: &ResolvedServicePort) -> String {
-    format!(
-        "{prefix}{}",
-        hash16(&format!("{}{}", p.name, p.protocol.lower()))
-    )
+    format!("{prefix}{}", hash16(&format!("{}{}", p.name, p.protocol.lower())))
 }
 
 /// `KUBE-SEP-…`: hash of `ns/svc:port` + protocol + `ip:port`.
 pub fn endpoint_chain(p: &ResolvedServicePort, e: &ResolvedEndpoint) -> String {
-    format!(
-        "KUBE-SEP-{}",
-        hash16(&format!("{}{}{e}", p.name, p.protocol.lower()))
-    )
+    format!("KUBE-SEP-{}", hash16(&format!("{}{}{e}", p.name, p.protocol.lower())))
 }
 
 /// kube-proxy's probability text: 1/n with ten decimals.
 pub fn probability(n: usize) -> String {
     format!("{:.10}", 1.0 / n as f64)
+}
+
+/// kube-proxy's most common rule: traffic to `ip:port` of a protocol, with a comment, goes to
+/// `target`.
+fn dest_rule(lines: &mut Lines, chain: &str, comment: &str, proto: &str, ip: &str, port: &str, target: &str) {
+    lines.write(&[
+        "-A",
+        chain,
+        "-m",
+        "comment",
+        "--comment",
+        comment,
+        "-m",
+        proto,
+        "-p",
+        proto,
+        "-d",
+        ip,
+        "--dport",
+        port,
+        "-j",
+        target,
+    ]);
 }
 
 /// One line buffer (kube-proxy's LineBuffer): words joined by spaces.
@@ -102,49 +117,19 @@ fn q(s: String) -> String {
 }
 
 /// The restore text for one family (`iptables-restore` or `ip6tables-restore` input).
-pub fn render(
-    family: IpFamily,
-    ports: &[ResolvedServicePort],
-    ctx: &NodeContext,
-    opts: &Options,
-) -> String {
+pub fn render(family: IpFamily, ports: &[ResolvedServicePort], ctx: &NodeContext, opts: &Options) -> String {
     let mark = format!("{:#x}", 1u32 << opts.masquerade_bit);
     let mark_mask = format!("{mark}/{mark}");
     let v6 = family == IpFamily::V6;
-    let (mut filter_chains, mut filter_rules, mut nat_chains, mut nat_rules) = (
-        Lines::default(),
-        Lines::default(),
-        Lines::default(),
-        Lines::default(),
-    );
-    for c in [
-        KUBE_SERVICES,
-        KUBE_EXTERNAL_SERVICES,
-        KUBE_FORWARD,
-        KUBE_NODEPORTS,
-        KUBE_PROXY_FIREWALL,
-    ] {
+    let (mut filter_chains, mut filter_rules, mut nat_chains, mut nat_rules) =
+        (Lines::default(), Lines::default(), Lines::default(), Lines::default());
+    for c in [KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL] {
         filter_chains.chain(c);
     }
-    for c in [
-        KUBE_SERVICES,
-        KUBE_NODEPORTS,
-        KUBE_POSTROUTING,
-        KUBE_MARK_MASQ,
-    ] {
+    for c in [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ] {
         nat_chains.chain(c);
     }
-    nat_rules.write(&[
-        "-A",
-        KUBE_POSTROUTING,
-        "-m",
-        "mark",
-        "!",
-        "--mark",
-        &mark_mask,
-        "-j",
-        "RETURN",
-    ]);
+    nat_rules.write(&["-A", KUBE_POSTROUTING, "-m", "mark", "!", "--mark", &mark_mask, "-j", "RETURN"]);
     nat_rules.write(&["-A", KUBE_POSTROUTING, "-j", "MARK", "--xor-mark", &mark]);
     let mut masq = vec![
         "-A",
@@ -185,8 +170,7 @@ pub fn render(
         ]);
     }
 
-    let mut ports: Vec<&ResolvedServicePort> =
-        ports.iter().filter(|p| p.family == family).collect();
+    let mut ports: Vec<&ResolvedServicePort> = ports.iter().filter(|p| p.family == family).collect();
     ports.sort_by_key(|p| (p.name.to_string(), p.protocol));
     let total_endpoints: usize = ports.iter().map(|p| all_endpoints(p).len()).sum();
     let large = total_endpoints > LARGE_CLUSTER_ENDPOINTS;
@@ -195,20 +179,15 @@ pub fn render(
     let node_ip = ctx.node_ips(family).next().copied();
 
     for p in &ports {
-        ServicePortRules {
-            p,
-            opts,
-            large,
-            local_cidr: local_cidr.as_deref(),
-            node_ip,
-            ctx,
-        }
-        .write(&mut filter_rules, &mut nat_chains, &mut nat_rules);
+        ServicePortRules { p, opts, large, local_cidr: local_cidr.as_deref(), node_ip, ctx }.write(
+            &mut filter_rules,
+            &mut nat_chains,
+            &mut nat_rules,
+        );
     }
 
     // The NodePort dispatch, last in KUBE-SERVICES.
-    let np_comment =
-        "\"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
+    let np_comment = "\"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
     match &ctx.nodeport_addresses {
         NodePortAddresses::All => {
             let mut r = vec![
@@ -260,21 +239,9 @@ pub fn render(
     }
 
     if !opts.conntrack_tcp_be_liberal {
-        let mut r = vec![
-            "-A",
-            KUBE_FORWARD,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "INVALID",
-        ];
+        let mut r = vec!["-A", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID"];
         if opts.nfacct {
-            r.extend([
-                "-m",
-                "nfacct",
-                "--nfacct-name",
-                "ct_state_invalid_dropped_pkts",
-            ]);
+            r.extend(["-m", "nfacct", "--nfacct-name", "ct_state_invalid_dropped_pkts"]);
         }
         r.extend(["-j", "DROP"]);
         filter_rules.write(&r);
@@ -308,10 +275,7 @@ pub fn render(
         "ACCEPT",
     ]);
 
-    format!(
-        "*filter\n{}{}COMMIT\n*nat\n{}{}COMMIT\n",
-        filter_chains.0, filter_rules.0, nat_chains.0, nat_rules.0
-    )
+    format!("*filter\n{}{}COMMIT\n*nat\n{}{}COMMIT\n", filter_chains.0, filter_rules.0, nat_chains.0, nat_rules.0)
 }
 
 /// kube-proxy's `allLocallyReachableEndpoints`: cluster and local endpoints as the policies use
@@ -320,11 +284,7 @@ fn all_endpoints(p: &ResolvedServicePort) -> Vec<ResolvedEndpoint> {
     let (uses_cluster, uses_local) = uses(p);
     let mut set: BTreeSet<(String, ResolvedEndpoint)> = BTreeSet::new();
     if uses_cluster {
-        set.extend(
-            p.cluster_endpoints
-                .iter()
-                .map(|e| (e.to_string(), e.clone())),
-        );
+        set.extend(p.cluster_endpoints.iter().map(|e| (e.to_string(), e.clone())));
     }
     if uses_local {
         set.extend(p.local_endpoints.iter().map(|e| (e.to_string(), e.clone())));
@@ -377,9 +337,7 @@ impl ServicePortRules<'_> {
         };
         let accessible = p.external.is_some();
         let uses_ext_chain = has_endpoints && accessible;
-        let uses_fw = has_endpoints
-            && !p.load_balancer_ips.is_empty()
-            && !p.load_balancer_source_ranges.is_empty();
+        let uses_fw = has_endpoints && !p.load_balancer_ips.is_empty() && !p.load_balancer_source_ranges.is_empty();
         let lb_chain = if uses_fw { &fw_chain } else { &ext_chain };
 
         let (int_target, int_comment, ext_target, ext_comment) = if !has_endpoints {
@@ -389,11 +347,7 @@ impl ServicePortRules<'_> {
             let nl = q(format!("{name} has no local endpoints"));
             (
                 if has_internal { "" } else { "DROP" },
-                if has_internal {
-                    String::new()
-                } else {
-                    nl.clone()
-                },
+                if has_internal { String::new() } else { nl.clone() },
                 if has_external { "" } else { "DROP" },
                 if has_external { String::new() } else { nl },
             )
@@ -401,87 +355,19 @@ impl ServicePortRules<'_> {
 
         let cluster_ip_comment = q(format!("{name} cluster IP"));
         if has_internal {
-            nat_rules.write(&[
-                "-A",
-                KUBE_SERVICES,
-                "-m",
-                "comment",
-                "--comment",
-                &cluster_ip_comment,
-                "-m",
-                proto,
-                "-p",
-                proto,
-                "-d",
-                &cip,
-                "--dport",
-                &port,
-                "-j",
-                internal_chain,
-            ]);
+            dest_rule(nat_rules, KUBE_SERVICES, &cluster_ip_comment, proto, &cip, &port, internal_chain);
         } else {
-            filter_rules.write(&[
-                "-A",
-                KUBE_SERVICES,
-                "-m",
-                "comment",
-                "--comment",
-                &int_comment,
-                "-m",
-                proto,
-                "-p",
-                proto,
-                "-d",
-                &cip,
-                "--dport",
-                &port,
-                "-j",
-                int_target,
-            ]);
+            dest_rule(filter_rules, KUBE_SERVICES, &int_comment, proto, &cip, &port, int_target);
         }
 
         let ext_ip_comment = q(format!("{name} external IP"));
         for ip in &p.external_ips {
             let ip = ip.to_string();
             if has_endpoints {
-                nat_rules.write(&[
-                    "-A",
-                    KUBE_SERVICES,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &ext_ip_comment,
-                    "-m",
-                    proto,
-                    "-p",
-                    proto,
-                    "-d",
-                    &ip,
-                    "--dport",
-                    &port,
-                    "-j",
-                    &ext_chain,
-                ]);
+                dest_rule(nat_rules, KUBE_SERVICES, &ext_ip_comment, proto, &ip, &port, &ext_chain);
             }
             if !has_external {
-                filter_rules.write(&[
-                    "-A",
-                    KUBE_EXTERNAL_SERVICES,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &ext_comment,
-                    "-m",
-                    proto,
-                    "-p",
-                    proto,
-                    "-d",
-                    &ip,
-                    "--dport",
-                    &port,
-                    "-j",
-                    ext_target,
-                ]);
+                dest_rule(filter_rules, KUBE_EXTERNAL_SERVICES, &ext_comment, proto, &ip, &port, ext_target);
             }
         }
 
@@ -490,67 +376,16 @@ impl ServicePortRules<'_> {
         for ip in &p.load_balancer_ips {
             let ip = ip.to_string();
             if has_endpoints {
-                nat_rules.write(&[
-                    "-A",
-                    KUBE_SERVICES,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &lb_comment,
-                    "-m",
-                    proto,
-                    "-p",
-                    proto,
-                    "-d",
-                    &ip,
-                    "--dport",
-                    &port,
-                    "-j",
-                    lb_chain,
-                ]);
+                dest_rule(nat_rules, KUBE_SERVICES, &lb_comment, proto, &ip, &port, lb_chain);
             }
             if uses_fw {
-                filter_rules.write(&[
-                    "-A",
-                    KUBE_PROXY_FIREWALL,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &fw_drop_comment,
-                    "-m",
-                    proto,
-                    "-p",
-                    proto,
-                    "-d",
-                    &ip,
-                    "--dport",
-                    &port,
-                    "-j",
-                    "DROP",
-                ]);
+                dest_rule(filter_rules, KUBE_PROXY_FIREWALL, &fw_drop_comment, proto, &ip, &port, "DROP");
             }
         }
         if !has_external {
             for ip in &p.load_balancer_ips {
                 let ip = ip.to_string();
-                filter_rules.write(&[
-                    "-A",
-                    KUBE_EXTERNAL_SERVICES,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &ext_comment,
-                    "-m",
-                    proto,
-                    "-p",
-                    proto,
-                    "-d",
-                    &ip,
-                    "--dport",
-                    &port,
-                    "-j",
-                    ext_target,
-                ]);
+                dest_rule(filter_rules, KUBE_EXTERNAL_SERVICES, &ext_comment, proto, &ip, &port, ext_target);
             }
         }
 
@@ -674,19 +509,8 @@ impl ServicePortRules<'_> {
         if uses_ext_chain {
             nat_chains.chain(&ext_chain);
             if !p.external_policy_local {
-                let c = q(format!(
-                    "masquerade traffic for {name} external destinations"
-                ));
-                nat_rules.write(&[
-                    "-A",
-                    &ext_chain,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &c,
-                    "-j",
-                    KUBE_MARK_MASQ,
-                ]);
+                let c = q(format!("masquerade traffic for {name} external destinations"));
+                nat_rules.write(&["-A", &ext_chain, "-m", "comment", "--comment", &c, "-j", KUBE_MARK_MASQ]);
             } else {
                 if let Some(cidr) = self.local_cidr {
                     let c = q(format!("pod traffic for {name} external destinations"));
@@ -703,9 +527,7 @@ impl ServicePortRules<'_> {
                         &cluster_chain,
                     ]);
                 }
-                let c = q(format!(
-                    "masquerade LOCAL traffic for {name} external destinations"
-                ));
+                let c = q(format!("masquerade LOCAL traffic for {name} external destinations"));
                 nat_rules.write(&[
                     "-A",
                     &ext_chain,
@@ -720,9 +542,7 @@ impl ServicePortRules<'_> {
                     "-j",
                     KUBE_MARK_MASQ,
                 ]);
-                let c = q(format!(
-                    "route LOCAL traffic for {name} external destinations"
-                ));
+                let c = q(format!("route LOCAL traffic for {name} external destinations"));
                 nat_rules.write(&[
                     "-A",
                     &ext_chain,
@@ -779,9 +599,7 @@ impl ServicePortRules<'_> {
                     ]);
                 }
             }
-            let c = q(format!(
-                "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"
-            ));
+            let c = q(format!("other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"));
             nat_rules.write(&["-A", &fw_chain, "-m", "comment", "--comment", &c]);
         }
 
@@ -809,19 +627,7 @@ impl ServicePortRules<'_> {
                 args.extend(["-m", "recent", "--name", &sep, "--set"].map(String::from));
             }
             let dest = e.to_string();
-            args.extend(
-                [
-                    "-m",
-                    proto,
-                    "-p",
-                    proto,
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    &dest,
-                ]
-                .map(String::from),
-            );
+            args.extend(["-m", proto, "-p", proto, "-j", "DNAT", "--to-destination", &dest].map(String::from));
             nat_rules.write(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
     }
@@ -835,27 +641,11 @@ impl ServicePortRules<'_> {
                 let sep = endpoint_chain(self.p, e);
                 let mut args = vec!["-A".to_string(), chain.to_string()];
                 if !self.large {
-                    args.extend([
-                        "-m".into(),
-                        "comment".into(),
-                        "--comment".into(),
-                        q(format!("{name} -> {e}")),
-                    ]);
+                    args.extend(["-m".into(), "comment".into(), "--comment".into(), q(format!("{name} -> {e}"))]);
                 }
                 args.extend(
-                    [
-                        "-m",
-                        "recent",
-                        "--name",
-                        &sep,
-                        "--rcheck",
-                        "--seconds",
-                        &seconds,
-                        "--reap",
-                        "-j",
-                        &sep,
-                    ]
-                    .map(String::from),
+                    ["-m", "recent", "--name", &sep, "--rcheck", "--seconds", &seconds, "--reap", "-j", &sep]
+                        .map(String::from),
                 );
                 nat_rules.write(&args.iter().map(String::as_str).collect::<Vec<_>>());
             }
@@ -864,17 +654,10 @@ impl ServicePortRules<'_> {
         for (i, e) in eps.iter().enumerate() {
             let mut args = vec!["-A".to_string(), chain.to_string()];
             if !self.large {
-                args.extend([
-                    "-m".into(),
-                    "comment".into(),
-                    "--comment".into(),
-                    q(format!("{name} -> {e}")),
-                ]);
+                args.extend(["-m".into(), "comment".into(), "--comment".into(), q(format!("{name} -> {e}"))]);
             }
             if i + 1 < n {
-                args.extend(
-                    ["-m", "statistic", "--mode", "random", "--probability"].map(String::from),
-                );
+                args.extend(["-m", "statistic", "--mode", "random", "--probability"].map(String::from));
                 args.push(probability(n - i));
             }
             args.extend(["-j".to_string(), endpoint_chain(self.p, e)]);

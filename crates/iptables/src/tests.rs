@@ -17,7 +17,8 @@ fn probabilities_have_ten_decimals() {
 #[test]
 fn stale_service_chains_are_flushed_and_deleted_in_the_same_restore() {
     let text = "*filter\n:KUBE-SERVICES - [0:0]\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-AAAA - [0:0]\n-A KUBE-SERVICES -j KUBE-SVC-AAAA\nCOMMIT\n";
-    let existing = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-AAAA - [0:0]\n:KUBE-SEP-OLD - [0:0]\n:OTHER-CHAIN - [0:0]\nCOMMIT\n";
+    let existing =
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-AAAA - [0:0]\n:KUBE-SEP-OLD - [0:0]\n:OTHER-CHAIN - [0:0]\nCOMMIT\n";
     let out = with_stale_chains_deleted(text, existing);
     assert_eq!(
         out,

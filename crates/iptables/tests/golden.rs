@@ -22,24 +22,10 @@ fn parity_cluster_renders_as_the_golden_files() {
     let ctx = NodeContext {
         node_name: "node-a".into(),
         node_ips: vec!["10.0.1.1".parse().unwrap(), "fd00:1::1".parse().unwrap()],
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse().unwrap(),
-            "fd00:244::/48".parse().unwrap(),
-        ],
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00:244::/48".parse().unwrap()],
         ..Default::default()
     };
-    for (fam, file) in [
-        (IpFamily::V4, "parity-ipv4.rules"),
-        (IpFamily::V6, "parity-ipv6.rules"),
-    ] {
-        check(
-            file,
-            &render(
-                fam,
-                &resolve(&loaded.state, &ctx, fam),
-                &ctx,
-                &Options::default(),
-            ),
-        );
+    for (fam, file) in [(IpFamily::V4, "parity-ipv4.rules"), (IpFamily::V6, "parity-ipv6.rules")] {
+        check(file, &render(fam, &resolve(&loaded.state, &ctx, fam), &ctx, &Options::default()));
     }
 }

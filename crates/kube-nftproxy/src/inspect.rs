@@ -9,13 +9,7 @@ fn endpoints(eps: &[ResolvedEndpoint]) -> String {
         return "-".into();
     }
     eps.iter()
-        .map(|e| {
-            if e.terminating {
-                format!("{e} (terminating)")
-            } else {
-                e.to_string()
-            }
-        })
+        .map(|e| if e.terminating { format!("{e} (terminating)") } else { e.to_string() })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -24,17 +18,13 @@ fn notes(p: &ResolvedServicePort) -> String {
     let mut n = Vec::new();
     match &p.internal {
         EndpointChoice::Reject => n.push("internal: reject, no endpoints".to_string()),
-        EndpointChoice::Drop => {
-            n.push("internal: drop, no local endpoints (ITP=Local)".to_string())
-        }
+        EndpointChoice::Drop => n.push("internal: drop, no local endpoints (ITP=Local)".to_string()),
         EndpointChoice::Endpoints(_) if p.internal_policy_local => n.push("ITP=Local".to_string()),
         EndpointChoice::Endpoints(_) => {}
     }
     match &p.external {
         Some(EndpointChoice::Reject) => n.push("external: reject, no endpoints".into()),
-        Some(EndpointChoice::Drop) => {
-            n.push("external: drop, no local endpoints (ETP=Local)".into())
-        }
+        Some(EndpointChoice::Drop) => n.push("external: drop, no local endpoints (ETP=Local)".into()),
         Some(EndpointChoice::Endpoints(_)) if p.external_policy_local => n.push("ETP=Local".into()),
         _ => {}
     }
@@ -45,11 +35,7 @@ fn notes(p: &ResolvedServicePort) -> String {
         n.push(format!("ClientIP affinity {t}s"));
     }
     if !p.load_balancer_source_ranges.is_empty() {
-        let r: Vec<String> = p
-            .load_balancer_source_ranges
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
+        let r: Vec<String> = p.load_balancer_source_ranges.iter().map(|r| r.to_string()).collect();
         n.push(format!("LB source ranges {}", r.join(",")));
     }
     if let Some(hc) = p.health_check_node_port {
@@ -60,32 +46,16 @@ fn notes(p: &ResolvedServicePort) -> String {
 
 /// The table: one row per service port and family.
 pub fn table(ports: &[ResolvedServicePort]) -> String {
-    let header = [
-        "SERVICE PORT",
-        "PROTO",
-        "FRONTENDS",
-        "CLUSTER-WIDE ENDPOINTS",
-        "NODE-LOCAL ENDPOINTS",
-        "NOTES",
-    ];
+    let header = ["SERVICE PORT", "PROTO", "FRONTENDS", "CLUSTER-WIDE ENDPOINTS", "NODE-LOCAL ENDPOINTS", "NOTES"];
     let rows: Vec<[String; 6]> = ports
         .iter()
         .map(|p| {
-            let frontends: Vec<String> = p
-                .frontends()
-                .iter()
-                .map(|f| format!("{} {f}", f.kind))
-                .collect();
+            let frontends: Vec<String> = p.frontends().iter().map(|f| format!("{} {f}", f.kind)).collect();
             // Node-local endpoints are only computed when a Local policy uses them; show them anyway.
-            let local: Vec<ResolvedEndpoint> = if p.internal_policy_local || p.external_policy_local
-            {
+            let local: Vec<ResolvedEndpoint> = if p.internal_policy_local || p.external_policy_local {
                 p.local_endpoints.clone()
             } else {
-                p.cluster_endpoints
-                    .iter()
-                    .filter(|e| e.is_local)
-                    .cloned()
-                    .collect()
+                p.cluster_endpoints.iter().filter(|e| e.is_local).cloned().collect()
             };
             [
                 p.name.to_string(),

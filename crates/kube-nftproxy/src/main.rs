@@ -15,11 +15,7 @@ use nftproxy_nftables::NftablesBackend;
 use node_args::{IptablesArgs, NodeArgs};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "kube-nftproxy",
-    version,
-    about = "A kube-proxy replacement that programs nftables over netlink"
-)]
+#[command(name = "kube-nftproxy", version, about = "A kube-proxy replacement that programs nftables over netlink")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,12 +90,7 @@ fn load(from: &PathBuf) -> Result<Loaded> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Render {
-            from,
-            node,
-            backend: Backend::Nftables,
-            ..
-        } => {
+        Command::Render { from, node, backend: Backend::Nftables, .. } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
             for table in nftproxy_nftables::desired(&loaded.state, &ctx) {
@@ -107,20 +98,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sync {
-            from,
-            node,
-            backend: Backend::Nftables,
-            ..
-        } => {
+        Command::Sync { from, node, backend: Backend::Nftables, .. } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
-            let elements: usize = nftproxy_nftables::desired(&loaded.state, &ctx)
-                .iter()
-                .map(|r| r.element_count())
-                .sum();
-            let mut backend =
-                NftablesBackend::new().context("opening the nf_tables netlink socket")?;
+            let elements: usize =
+                nftproxy_nftables::desired(&loaded.state, &ctx).iter().map(|r| r.element_count()).sum();
+            let mut backend = NftablesBackend::new().context("opening the nf_tables netlink socket")?;
             let start = std::time::Instant::now();
             let report = backend.sync_cluster(&loaded.state, &ctx)?;
             eprintln!(
@@ -134,66 +117,37 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Cleanup {
-            backend: Backend::Nftables,
-        } => {
-            NftablesBackend::new()
-                .context("opening the nf_tables netlink socket")?
-                .cleanup()?;
+        Command::Cleanup { backend: Backend::Nftables } => {
+            NftablesBackend::new().context("opening the nf_tables netlink socket")?.cleanup()?;
             Ok(())
         }
-        Command::Render {
-            from,
-            node,
-            iptables,
-            backend: Backend::Iptables,
-        } => {
+        Command::Render { from, node, iptables, backend: Backend::Iptables } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
             for fam in [IpFamily::V4, IpFamily::V6] {
                 println!(
                     "# {fam}: input for {}",
-                    if fam == IpFamily::V6 {
-                        "ip6tables-legacy-restore"
-                    } else {
-                        "iptables-legacy-restore"
-                    }
+                    if fam == IpFamily::V6 { "ip6tables-legacy-restore" } else { "iptables-legacy-restore" }
                 );
                 print!(
                     "{}",
-                    nftproxy_iptables::render(
-                        fam,
-                        &resolve(&loaded.state, &ctx, fam),
-                        &ctx,
-                        &iptables.options()
-                    )
+                    nftproxy_iptables::render(fam, &resolve(&loaded.state, &ctx, fam), &ctx, &iptables.options())
                 );
             }
             Ok(())
         }
-        Command::Sync {
-            from,
-            node,
-            iptables,
-            backend: Backend::Iptables,
-        } => {
+        Command::Sync { from, node, iptables, backend: Backend::Iptables } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
             let opts = iptables.options();
             for fam in [IpFamily::V4, IpFamily::V6] {
-                let text =
-                    nftproxy_iptables::render(fam, &resolve(&loaded.state, &ctx, fam), &ctx, &opts);
+                let text = nftproxy_iptables::render(fam, &resolve(&loaded.state, &ctx, fam), &ctx, &opts);
                 nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)?;
             }
-            eprintln!(
-                "synced {} service(s) with iptables-legacy-restore",
-                loaded.state.services.len()
-            );
+            eprintln!("synced {} service(s) with iptables-legacy-restore", loaded.state.services.len());
             Ok(())
         }
-        Command::Cleanup {
-            backend: Backend::Iptables,
-        } => {
+        Command::Cleanup { backend: Backend::Iptables } => {
             for fam in [IpFamily::V4, IpFamily::V6] {
                 nftproxy_iptables::cleanup(fam)?;
             }
@@ -202,15 +156,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { from, node, output } => {
             let loaded = load(&from)?;
             let ctx = node.context(&loaded.state)?;
-            let ports: Vec<_> = [IpFamily::V4, IpFamily::V6]
-                .into_iter()
-                .flat_map(|f| resolve(&loaded.state, &ctx, f))
-                .collect();
+            let ports: Vec<_> =
+                [IpFamily::V4, IpFamily::V6].into_iter().flat_map(|f| resolve(&loaded.state, &ctx, f)).collect();
             match output {
                 Output::Table => print!("{}", inspect::table(&ports)),
                 Output::Json => {
-                    let warnings: Vec<String> =
-                        loaded.warnings.iter().map(|w| w.to_string()).collect();
+                    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
                     let doc = serde_json::json!({ "node": ctx, "servicePorts": ports, "warnings": warnings });
                     println!("{}", serde_json::to_string_pretty(&doc)?);
                 }

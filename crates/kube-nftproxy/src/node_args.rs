@@ -38,13 +38,9 @@ impl NodeArgs {
     /// Builds the node context; the Node object of this node (if present in `state`) fills node
     /// IPs and zone that flags left open.
     pub fn context(&self, state: &ClusterState) -> Result<NodeContext> {
-        let node_name = self
-            .hostname_override
-            .clone()
-            .map(|s| s.trim().to_lowercase())
-            .unwrap_or_else(host_name);
-        let nodeport_addresses = parse_nodeport_addresses(self.nodeport_addresses.as_deref())
-            .context("--nodeport-addresses")?;
+        let node_name = self.hostname_override.clone().map(|s| s.trim().to_lowercase()).unwrap_or_else(host_name);
+        let nodeport_addresses =
+            parse_nodeport_addresses(self.nodeport_addresses.as_deref()).context("--nodeport-addresses")?;
         let mut ctx = NodeContext {
             node_name,
             node_ips: self.node_ip.clone(),

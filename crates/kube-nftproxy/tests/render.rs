@@ -6,26 +6,12 @@ fn render(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
         .arg("render")
         .arg("--from")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../examples/demo.yaml"
-        ))
-        .args([
-            "--hostname-override",
-            "node-a",
-            "--node-ip",
-            "10.0.1.1",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-        ])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/demo.yaml"))
+        .args(["--hostname-override", "node-a", "--node-ip", "10.0.1.1", "--cluster-cidr", "10.244.0.0/16"])
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -52,10 +38,6 @@ fn iptables_render_follows_kube_proxys_flags() {
         "--iptables-masquerade-bit",
         "15",
     ]);
-    assert!(
-        !changed.contains("--random-fully")
-            && !changed.contains("KUBE-FIREWALL")
-            && !changed.contains("INVALID")
-    );
+    assert!(!changed.contains("--random-fully") && !changed.contains("KUBE-FIREWALL") && !changed.contains("INVALID"));
     assert!(changed.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x8000"));
 }

@@ -57,12 +57,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ObjectError {
-        ObjectError {
-            kind: self.kind,
-            object: object_name(self.meta),
-            field: field.into(),
-            message: message.into(),
-        }
+        ObjectError { kind: self.kind, object: object_name(self.meta), field: field.into(), message: message.into() }
     }
     fn name(&self) -> Result<String, ObjectError> {
         match self.meta.name.as_deref() {
@@ -71,50 +66,30 @@ impl Ctx<'_> {
         }
     }
     fn namespace(&self) -> String {
-        self.meta
-            .namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "default".into())
+        self.meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into())
     }
     fn ip(&self, field: String, s: &str) -> Result<IpAddr, ObjectError> {
-        s.trim()
-            .parse()
-            .map_err(|_| self.err(field, format!("{s:?} is not a valid IP address")))
+        s.trim().parse().map_err(|_| self.err(field, format!("{s:?} is not a valid IP address")))
     }
     fn port(&self, field: String, p: i32) -> Result<u16, ObjectError> {
-        u16::try_from(p)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| self.err(field, format!("{p} is out of range 1-65535")))
+        u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| self.err(field, format!("{p} is out of range 1-65535")))
     }
     fn protocol(&self, field: String, p: Option<&str>) -> Result<Protocol, ObjectError> {
         let p = p.unwrap_or("TCP");
-        Protocol::from_k8s(p).ok_or_else(|| {
-            self.err(
-                field,
-                format!("unknown protocol {p:?} (want TCP, UDP or SCTP)"),
-            )
-        })
+        Protocol::from_k8s(p).ok_or_else(|| self.err(field, format!("unknown protocol {p:?} (want TCP, UDP or SCTP)")))
     }
     fn policy(&self, field: &str, p: Option<&str>) -> Result<TrafficPolicy, ObjectError> {
         match p.unwrap_or("") {
             "" | "Cluster" => Ok(TrafficPolicy::Cluster),
             "Local" => Ok(TrafficPolicy::Local),
-            other => Err(self.err(
-                field,
-                format!("unknown traffic policy {other:?} (want Cluster or Local)"),
-            )),
+            other => Err(self.err(field, format!("unknown traffic policy {other:?} (want Cluster or Local)"))),
         }
     }
 }
 
 /// Converts a Service. `Ok(Err(skipped))` for Services the proxy does not program.
 pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectError> {
-    let cx = Ctx {
-        kind: "Service",
-        meta: &svc.metadata,
-    };
+    let cx = Ctx { kind: "Service", meta: &svc.metadata };
     let name = ServiceName::new(cx.namespace(), cx.name()?);
     let labels = svc.metadata.labels.as_ref();
     if let Some(proxy) = labels.and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)) {
@@ -152,9 +127,7 @@ pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectEr
         let f = |s: &str| format!("spec.ports[{i}].{s}");
         let port = cx.port(f("port"), p.port)?;
         let node_port = match p.node_port {
-            Some(np) if np != 0 && service_type != ServiceType::ClusterIP => {
-                Some(cx.port(f("nodePort"), np)?)
-            }
+            Some(np) if np != 0 && service_type != ServiceType::ClusterIP => Some(cx.port(f("nodePort"), np)?),
             _ => None,
         };
         let target_port = match &p.target_port {
@@ -184,11 +157,7 @@ pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectEr
 
     let mut load_balancer_ips = Vec::new();
     if service_type == ServiceType::LoadBalancer {
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref());
+        let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
         for (i, ing) in ingress.into_iter().flatten().enumerate() {
             // ipMode Proxy: the load balancer delivers to the node with the node as destination;
             // kube-proxy does not program the VIP.
@@ -204,17 +173,9 @@ pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectEr
     // kube-proxy trims whitespace around each range and falls back to the annotation.
     let (ranges, field): (Vec<String>, &str) = match &spec.load_balancer_source_ranges {
         Some(r) if !r.is_empty() => (r.clone(), "spec.loadBalancerSourceRanges"),
-        _ => match svc
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION))
-        {
+        _ => match svc.metadata.annotations.as_ref().and_then(|a| a.get(SOURCE_RANGES_ANNOTATION)) {
             Some(a) => (
-                a.split(',')
-                    .map(str::to_string)
-                    .filter(|s| !s.trim().is_empty())
-                    .collect(),
+                a.split(',').map(str::to_string).filter(|s| !s.trim().is_empty()).collect(),
                 "metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]",
             ),
             None => (Vec::new(), ""),
@@ -224,12 +185,10 @@ pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectEr
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            s.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
-                cx.err(
-                    format!("{field}[{i}]"),
-                    format!("{s:?} is not a valid CIDR"),
-                )
-            })
+            s.trim()
+                .parse::<IpNet>()
+                .map(|n| n.trunc())
+                .map_err(|_| cx.err(format!("{field}[{i}]"), format!("{s:?} is not a valid CIDR")))
         })
         .collect::<Result<Vec<_>, _>>()?;
 
@@ -253,10 +212,7 @@ pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectEr
             }
         }
         other => {
-            return Err(cx.err(
-                "spec.sessionAffinity",
-                format!("unknown session affinity {other:?}"),
-            ));
+            return Err(cx.err("spec.sessionAffinity", format!("unknown session affinity {other:?}")));
         }
     };
 
@@ -273,14 +229,8 @@ pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectEr
         external_ips,
         load_balancer_ips,
         load_balancer_source_ranges,
-        external_traffic_policy: cx.policy(
-            "spec.externalTrafficPolicy",
-            spec.external_traffic_policy.as_deref(),
-        )?,
-        internal_traffic_policy: cx.policy(
-            "spec.internalTrafficPolicy",
-            spec.internal_traffic_policy.as_deref(),
-        )?,
+        external_traffic_policy: cx.policy("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref())?,
+        internal_traffic_policy: cx.policy("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref())?,
         health_check_node_port,
         session_affinity_timeout,
         traffic_distribution: spec.traffic_distribution.clone(),
@@ -290,24 +240,13 @@ pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectEr
 /// Converts an EndpointSlice. Endpoints without addresses and ports without a number are
 /// skipped, as kube-proxy's EndpointSliceCache does.
 pub fn endpoint_slice(es: &discovery::EndpointSlice) -> Result<EndpointSlice, ObjectError> {
-    let cx = Ctx {
-        kind: "EndpointSlice",
-        meta: &es.metadata,
-    };
+    let cx = Ctx { kind: "EndpointSlice", meta: &es.metadata };
     let name = cx.name()?;
     let namespace = cx.namespace();
-    let service = es
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            cx.err(
-                format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
-                "missing: the slice belongs to no Service",
-            )
-        })?;
+    let service =
+        es.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).filter(|s| !s.is_empty()).ok_or_else(
+            || cx.err(format!("metadata.labels[{SERVICE_NAME_LABEL}]"), "missing: the slice belongs to no Service"),
+        )?;
     let address_type = match es.address_type.as_str() {
         "IPv4" => AddressType::IPv4,
         "IPv6" => AddressType::IPv6,
@@ -324,13 +263,9 @@ pub fn endpoint_slice(es: &discovery::EndpointSlice) -> Result<EndpointSlice, Ob
             let field = format!("endpoints[{i}].addresses[0]");
             let address = cx.ip(field.clone(), addr)?;
             if !family.matches(&address) {
-                return Err(cx.err(
-                    field,
-                    format!(
-                        "{addr} is not an {family} address (addressType {})",
-                        es.address_type
-                    ),
-                ));
+                return Err(
+                    cx.err(field, format!("{addr} is not an {family} address (addressType {})", es.address_type))
+                );
             }
             let cond = ep.conditions.clone().unwrap_or_default();
             let ready = cond.ready.unwrap_or(true);
@@ -371,21 +306,13 @@ pub fn endpoint_slice(es: &discovery::EndpointSlice) -> Result<EndpointSlice, Ob
         address_type,
         endpoints,
         ports,
-        trigger_time: es
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
-            .cloned(),
+        trigger_time: es.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER_TIME_ANNOTATION)).cloned(),
     })
 }
 
 /// Converts a Node: InternalIP addresses first, then ExternalIP, and the zone label.
 pub fn node(node: &core::Node) -> Result<Node, ObjectError> {
-    let cx = Ctx {
-        kind: "Node",
-        meta: &node.metadata,
-    };
+    let cx = Ctx { kind: "Node", meta: &node.metadata };
     let name = cx.name()?;
     let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
     let mut addresses = Vec::new();
@@ -396,14 +323,5 @@ pub fn node(node: &core::Node) -> Result<Node, ObjectError> {
             }
         }
     }
-    Ok(Node {
-        name,
-        addresses,
-        zone: node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ZONE_LABEL))
-            .cloned(),
-    })
+    Ok(Node { name, addresses, zone: node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned() })
 }

@@ -42,10 +42,7 @@ pub struct Loaded {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0}: no .yaml, .yml or .json files")]
     Empty(PathBuf),
 }
@@ -53,21 +50,12 @@ pub enum LoadError {
 /// Reads a file, or every `.yaml`/`.yml`/`.json` file of a directory (sorted by name, not
 /// recursive), and adds every object to one state.
 pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
-    let io = |source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
     let files: Vec<PathBuf> = if path.is_dir() {
         let mut files: Vec<PathBuf> = fs::read_dir(path)
             .map_err(io)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("yaml" | "yml" | "json")
-                    )
-            })
+            .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
             .collect();
         files.sort();
         if files.is_empty() {
@@ -79,10 +67,7 @@ pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
     };
     let mut loaded = Loaded::default();
     for file in files {
-        let text = fs::read_to_string(&file).map_err(|source| LoadError::Io {
-            path: file.clone(),
-            source,
-        })?;
+        let text = fs::read_to_string(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
         loaded.add_text(&file.display().to_string(), &text);
     }
     Ok(loaded)
@@ -94,10 +79,7 @@ impl Loaded {
     pub fn add_text(&mut self, source: &str, text: &str) {
         let trimmed = text.trim_start();
         if trimmed.starts_with('{') || trimmed.starts_with('[') {
-            for (i, doc) in serde_json::Deserializer::from_str(text)
-                .into_iter::<Value>()
-                .enumerate()
-            {
+            for (i, doc) in serde_json::Deserializer::from_str(text).into_iter::<Value>().enumerate() {
                 match doc {
                     Ok(v) => self.add_value(v),
                     Err(e) => {
@@ -132,11 +114,7 @@ impl Loaded {
             items.into_iter().for_each(|i| self.add_value(i));
             return;
         }
-        let kind = v
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let kind = v.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
         if kind == "List" || (kind.ends_with("List") && v.get("items").is_some()) {
             if let Some(Value::Array(items)) = v.get("items").cloned() {
                 items.into_iter().for_each(|i| self.add_value(i));
@@ -149,17 +127,13 @@ impl Loaded {
                 if let Some(obj) = self.typed::<k8s_openapi::api::core::v1::Service>("Service", v) {
                     match convert::service(&obj) {
                         Ok(Ok(svc)) => self.state.upsert_service(svc),
-                        Ok(Err(skip)) => self
-                            .skipped_services
-                            .push((convert::object_name(&obj.metadata), skip)),
+                        Ok(Err(skip)) => self.skipped_services.push((convert::object_name(&obj.metadata), skip)),
                         Err(e) => self.warnings.push(Warning::Object(e)),
                     }
                 }
             }
             ("EndpointSlice", "discovery.k8s.io/v1") => {
-                if let Some(obj) =
-                    self.typed::<k8s_openapi::api::discovery::v1::EndpointSlice>("EndpointSlice", v)
-                {
+                if let Some(obj) = self.typed::<k8s_openapi::api::discovery::v1::EndpointSlice>("EndpointSlice", v) {
                     match convert::endpoint_slice(&obj) {
                         Ok(s) => self.state.upsert_slice(s),
                         Err(e) => self.warnings.push(Warning::Object(e)),

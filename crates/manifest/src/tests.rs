@@ -19,16 +19,7 @@ const EXAMPLE: &str = include_str!("../../../examples/cluster.yaml");
 fn kubectl_list_example_loads_with_one_warning_for_the_malformed_service() {
     let l = load(EXAMPLE);
     let names: Vec<String> = l.state.services.keys().map(|n| n.to_string()).collect();
-    assert_eq!(
-        names,
-        [
-            "default/kubernetes",
-            "edge/ingress",
-            "shop/drain",
-            "shop/web",
-            "shop/zonal"
-        ]
-    );
+    assert_eq!(names, ["default/kubernetes", "edge/ingress", "shop/drain", "shop/web", "shop/zonal"]);
     assert_eq!(l.state.slices().len(), 6);
     assert_eq!(l.state.nodes.len(), 2);
     assert_eq!(
@@ -40,43 +31,20 @@ fn kubectl_list_example_loads_with_one_warning_for_the_malformed_service() {
 #[test]
 fn example_resolves_like_kube_proxy() {
     let l = load(EXAMPLE);
-    let mut ctx = NodeContext {
-        node_name: "node-a".into(),
-        ..Default::default()
-    };
+    let mut ctx = NodeContext { node_name: "node-a".into(), ..Default::default() };
     ctx.complete_from(&l.state.nodes["node-a"]);
     assert_eq!(ctx.zone.as_deref(), Some("zone-a"));
     let r = resolve(&l.state, &ctx, IpFamily::V4);
     let by = |n: &str| r.iter().find(|p| p.name.to_string() == n).unwrap();
-    let eps = |c: &EndpointChoice| {
-        c.endpoints()
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        eps(&by("shop/web:http").internal),
-        ["10.244.1.11:8080", "10.244.2.12:8080", "10.244.3.13:8080"]
-    );
-    assert_eq!(
-        eps(&by("shop/web:dns").internal),
-        ["10.244.1.11:5353", "10.244.2.12:5353", "10.244.3.13:5353"]
-    );
+    let eps = |c: &EndpointChoice| c.endpoints().iter().map(|e| e.to_string()).collect::<Vec<_>>();
+    assert_eq!(eps(&by("shop/web:http").internal), ["10.244.1.11:8080", "10.244.2.12:8080", "10.244.3.13:8080"]);
+    assert_eq!(eps(&by("shop/web:dns").internal), ["10.244.1.11:5353", "10.244.2.12:5353", "10.244.3.13:5353"]);
     assert_eq!(eps(&by("shop/drain:http").internal), ["10.244.1.21:8080"]);
     assert_eq!(eps(&by("shop/zonal:http").internal), ["10.244.1.31:8080"]);
     let ingress = by("edge/ingress:https");
-    assert_eq!(
-        eps(ingress.external.as_ref().unwrap()),
-        ["10.244.1.41:8443"]
-    );
-    assert_eq!(
-        eps(&ingress.internal),
-        ["10.244.1.41:8443", "10.244.2.42:8443"]
-    );
-    assert_eq!(
-        ingress.load_balancer_ips,
-        vec!["203.0.113.10".parse::<std::net::IpAddr>().unwrap()]
-    );
+    assert_eq!(eps(ingress.external.as_ref().unwrap()), ["10.244.1.41:8443"]);
+    assert_eq!(eps(&ingress.internal), ["10.244.1.41:8443", "10.244.2.42:8443"]);
+    assert_eq!(ingress.load_balancer_ips, vec!["203.0.113.10".parse::<std::net::IpAddr>().unwrap()]);
 }
 
 #[test]
@@ -92,11 +60,7 @@ fn json_list_and_json_stream_load() {
     assert_eq!(l.state.services.len(), 2);
     let b = &l.state.services[&ServiceName::new("n", "b")];
     assert_eq!(b.ports[0].protocol, Protocol::Udp);
-    assert_eq!(
-        b.ports[0].target_port,
-        TargetPort::Number(81),
-        "targetPort defaults to port"
-    );
+    assert_eq!(b.ports[0].target_port, TargetPort::Number(81), "targetPort defaults to port");
 }
 
 #[test]
@@ -118,11 +82,7 @@ fn svc_yaml(spec: &str) -> String {
 fn assert_bad_service(spec: &str, want: &str) {
     let l = load(&svc_yaml(spec));
     assert_eq!(only_warning(&l), want);
-    assert_eq!(
-        l.state.services.len(),
-        1,
-        "the good service must still be used"
-    );
+    assert_eq!(l.state.services.len(), 1, "the good service must still be used");
 }
 
 #[test]
@@ -145,21 +105,13 @@ fn unknown_protocol_names_the_field() {
 fn wrongly_typed_field_is_named_by_its_path() {
     let l = load(&svc_yaml("{clusterIP: 10.0.0.1, ports: [{port: eighty}]}"));
     let w = only_warning(&l);
-    assert!(
-        w.starts_with("Service ns/bad: spec.ports[0].port: invalid type"),
-        "{w}"
-    );
+    assert!(w.starts_with("Service ns/bad: spec.ports[0].port: invalid type"), "{w}");
 }
 
 #[test]
 fn missing_name_is_reported() {
-    let l = load(
-        "apiVersion: v1\nkind: Service\nmetadata: {namespace: ns}\nspec: {clusterIP: 10.0.0.1}\n",
-    );
-    assert_eq!(
-        only_warning(&l),
-        "Service ns/<unnamed>: metadata.name: missing (object skipped)"
-    );
+    let l = load("apiVersion: v1\nkind: Service\nmetadata: {namespace: ns}\nspec: {clusterIP: 10.0.0.1}\n");
+    assert_eq!(only_warning(&l), "Service ns/<unnamed>: metadata.name: missing (object skipped)");
 }
 
 #[test]
@@ -181,11 +133,7 @@ fn source_ranges_tolerate_whitespace_like_kube_proxy() {
     ));
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     let s = &l.state.services[&ServiceName::new("ns", "bad")];
-    let r: Vec<String> = s
-        .load_balancer_source_ranges
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
+    let r: Vec<String> = s.load_balancer_source_ranges.iter().map(|n| n.to_string()).collect();
     assert_eq!(r, ["10.1.0.0/16", "192.168.1.0/24"]);
 }
 
@@ -199,25 +147,13 @@ fn external_name_headless_and_foreign_services_are_skipped_not_warned() {
     assert!(l.warnings.is_empty());
     assert!(l.state.services.is_empty());
     let kinds: Vec<&Skipped> = l.skipped_services.iter().map(|(_, s)| s).collect();
-    assert_eq!(
-        kinds,
-        [
-            &Skipped::ExternalName,
-            &Skipped::Headless,
-            &Skipped::OtherProxy("foo".into())
-        ]
-    );
+    assert_eq!(kinds, [&Skipped::ExternalName, &Skipped::Headless, &Skipped::OtherProxy("foo".into())]);
 }
 
 #[test]
 fn affinity_defaults_to_three_hours() {
-    let l = load(&svc_yaml(
-        "{clusterIP: 10.0.0.1, sessionAffinity: ClientIP, ports: [{port: 80}]}",
-    ));
-    assert_eq!(
-        l.state.services[&ServiceName::new("ns", "bad")].session_affinity_timeout,
-        Some(10800)
-    );
+    let l = load(&svc_yaml("{clusterIP: 10.0.0.1, sessionAffinity: ClientIP, ports: [{port: 80}]}"));
+    assert_eq!(l.state.services[&ServiceName::new("ns", "bad")].session_affinity_timeout, Some(10800));
 }
 
 #[test]
@@ -227,10 +163,7 @@ fn proxy_mode_load_balancer_ips_are_not_programmed() {
          status: {loadBalancer: {ingress: [{ip: 1.1.1.1, ipMode: Proxy}, {ip: 2.2.2.2}, {hostname: lb.example.com}]}}\n",
     );
     let s = &l.state.services[&ServiceName::new("ns", "lb")];
-    assert_eq!(
-        s.load_balancer_ips,
-        vec!["2.2.2.2".parse::<std::net::IpAddr>().unwrap()]
-    );
+    assert_eq!(s.load_balancer_ips, vec!["2.2.2.2".parse::<std::net::IpAddr>().unwrap()]);
 }
 
 fn slice_yaml(labels: &str, body: &str) -> String {
@@ -256,19 +189,8 @@ fn endpoint_conditions_follow_kubernetes_defaults() {
     ));
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     let s = l.state.slices().values().next().unwrap();
-    let c: Vec<(bool, bool, bool)> = s
-        .endpoints
-        .iter()
-        .map(|e| (e.ready, e.serving, e.terminating))
-        .collect();
-    assert_eq!(
-        c,
-        [
-            (true, true, false),
-            (false, false, false),
-            (false, true, true)
-        ]
-    );
+    let c: Vec<(bool, bool, bool)> = s.endpoints.iter().map(|e| (e.ready, e.serving, e.terminating)).collect();
+    assert_eq!(c, [(true, true, false), (false, false, false), (false, true, true)]);
     assert_eq!(s.ports.len(), 1, "a port without a number is skipped");
     assert_eq!(s.ports[0].protocol, Protocol::Tcp);
 }
@@ -287,14 +209,7 @@ fn endpoint_of_the_wrong_family_is_reported() {
 
 #[test]
 fn yaml_syntax_error_in_one_document_keeps_the_others() {
-    let l = load(&format!(
-        "{}---\nkind: [unclosed\n",
-        svc_yaml("{clusterIP: 10.0.0.1, ports: [{port: 80}]}")
-    ));
+    let l = load(&format!("{}---\nkind: [unclosed\n", svc_yaml("{clusterIP: 10.0.0.1, ports: [{port: 80}]}")));
     assert_eq!(l.state.services.len(), 2);
-    assert!(
-        matches!(&l.warnings[..], [Warning::Document { .. }]),
-        "{:?}",
-        l.warnings
-    );
+    assert!(matches!(&l.warnings[..], [Warning::Document { .. }]), "{:?}", l.warnings);
 }

@@ -34,10 +34,7 @@ impl ClusterState {
     }
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
         let key = (slice.namespace.clone(), slice.name.clone());
-        self.slices_by_service
-            .entry(slice.service.clone())
-            .or_default()
-            .insert(key.clone());
+        self.slices_by_service.entry(slice.service.clone()).or_default().insert(key.clone());
         let service = slice.service.clone();
         if let Some(old) = self.slices.insert(key.clone(), slice) {
             // A slice relabelled to another Service leaves its old one.
@@ -69,15 +66,8 @@ impl ClusterState {
     }
 
     /// The slices that belong to a Service (through the `kubernetes.io/service-name` label).
-    pub fn slices_of<'a>(
-        &'a self,
-        svc: &'a ServiceName,
-    ) -> impl Iterator<Item = &'a EndpointSlice> {
-        self.slices_by_service
-            .get(svc)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.get(k))
+    pub fn slices_of<'a>(&'a self, svc: &'a ServiceName) -> impl Iterator<Item = &'a EndpointSlice> {
+        self.slices_by_service.get(svc).into_iter().flatten().filter_map(|k| self.slices.get(k))
     }
 
     /// kube-proxy's EndpointSliceCache merge for one service port and family: every slice of the
@@ -90,11 +80,7 @@ impl ClusterState {
             if slice.address_type.family() != Some(family) {
                 continue;
             }
-            let Some(ep_port) = slice
-                .ports
-                .iter()
-                .find(|p| p.name == port.port && p.protocol == port.protocol)
-            else {
+            let Some(ep_port) = slice.ports.iter().find(|p| p.name == port.port && p.protocol == port.protocol) else {
                 continue;
             };
             for ep in &slice.endpoints {
@@ -107,10 +93,8 @@ impl ClusterState {
                 }
             }
         }
-        let mut out: Vec<MergedEndpoint> = merged
-            .into_iter()
-            .map(|((_, port), endpoint)| MergedEndpoint { endpoint, port })
-            .collect();
+        let mut out: Vec<MergedEndpoint> =
+            merged.into_iter().map(|((_, port), endpoint)| MergedEndpoint { endpoint, port }).collect();
         // kube-proxy's order: by the `ip:port` string (its byEndpoint), so that every backend
         // lists endpoints as kube-proxy does.
         out.sort_by_cached_key(|m| crate::types::join_host_port(&m.endpoint.address, m.port));

@@ -12,7 +12,6 @@ mod types;
 
 pub use cluster::ClusterState;
 pub use resolve::{
-    EndpointChoice, Frontend, FrontendKind, ResolvedEndpoint, ResolvedServicePort, resolve,
-    resolve_service,
+    EndpointChoice, Frontend, FrontendKind, ResolvedEndpoint, ResolvedServicePort, resolve, resolve_service,
 };
 pub use types::*;

@@ -127,11 +127,7 @@ pub struct ResolvedServicePort {
 
 impl ResolvedServicePort {
     pub fn frontends(&self) -> Vec<Frontend> {
-        let mut out = vec![Frontend {
-            kind: FrontendKind::ClusterIP,
-            ip: Some(self.cluster_ip),
-            port: self.port,
-        }];
+        let mut out = vec![Frontend { kind: FrontendKind::ClusterIP, ip: Some(self.cluster_ip), port: self.port }];
         out.extend(self.external_ips.iter().map(|ip| Frontend {
             kind: FrontendKind::ExternalIP,
             ip: Some(*ip),
@@ -143,36 +139,20 @@ impl ResolvedServicePort {
             port: self.port,
         }));
         if let Some(np) = self.node_port {
-            out.push(Frontend {
-                kind: FrontendKind::NodePort,
-                ip: None,
-                port: np,
-            });
+            out.push(Frontend { kind: FrontendKind::NodePort, ip: None, port: np });
         }
         out
     }
 
     /// kube-proxy's `UsesClusterEndpoints`.
-    fn uses_cluster_endpoints(
-        internal_local: bool,
-        external_accessible: bool,
-        external_local: bool,
-    ) -> bool {
+    fn uses_cluster_endpoints(internal_local: bool, external_accessible: bool, external_local: bool) -> bool {
         !internal_local || (external_accessible && !external_local)
     }
 }
 
 /// Resolves every service port of the cluster for one node and family, ordered by name.
-pub fn resolve(
-    state: &ClusterState,
-    ctx: &NodeContext,
-    family: IpFamily,
-) -> Vec<ResolvedServicePort> {
-    state
-        .services
-        .values()
-        .flat_map(|svc| resolve_service(state, ctx, family, svc))
-        .collect()
+pub fn resolve(state: &ClusterState, ctx: &NodeContext, family: IpFamily) -> Vec<ResolvedServicePort> {
+    state.services.values().flat_map(|svc| resolve_service(state, ctx, family, svc)).collect()
 }
 
 /// Resolves the ports of one Service. A Service without a ClusterIP of this family has nothing
@@ -183,51 +163,25 @@ pub fn resolve_service(
     family: IpFamily,
     svc: &Service,
 ) -> Vec<ResolvedServicePort> {
-    let Some(cluster_ip) = svc
-        .cluster_ips
-        .iter()
-        .copied()
-        .find(|ip| family.matches(ip))
-    else {
+    let Some(cluster_ip) = svc.cluster_ips.iter().copied().find(|ip| family.matches(ip)) else {
         return Vec::new();
     };
-    let in_family = |ips: &[IpAddr]| {
-        ips.iter()
-            .copied()
-            .filter(|ip| family.matches(ip))
-            .collect::<Vec<_>>()
-    };
+    let in_family = |ips: &[IpAddr]| ips.iter().copied().filter(|ip| family.matches(ip)).collect::<Vec<_>>();
     let external_ips = in_family(&svc.external_ips);
     let load_balancer_ips = in_family(&svc.load_balancer_ips);
-    let source_ranges: Vec<IpNet> = svc
-        .load_balancer_source_ranges
-        .iter()
-        .copied()
-        .filter(|n| IpFamily::of_net(n) == family)
-        .collect();
+    let source_ranges: Vec<IpNet> =
+        svc.load_balancer_source_ranges.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect();
 
     svc.ports
         .iter()
         .map(|port| {
-            let name = ServicePortName {
-                service: svc.name.clone(),
-                port: port.name.clone(),
-                protocol: port.protocol,
-            };
-            let external_accessible = port.node_port.is_some()
-                || !external_ips.is_empty()
-                || !load_balancer_ips.is_empty();
+            let name = ServicePortName { service: svc.name.clone(), port: port.name.clone(), protocol: port.protocol };
+            let external_accessible =
+                port.node_port.is_some() || !external_ips.is_empty() || !load_balancer_ips.is_empty();
             let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
-            let external_local =
-                external_accessible && svc.external_traffic_policy == TrafficPolicy::Local;
+            let external_local = external_accessible && svc.external_traffic_policy == TrafficPolicy::Local;
             let endpoints = state.endpoints_for(&name, family);
-            let cat = categorize(
-                &endpoints,
-                ctx,
-                internal_local,
-                external_accessible,
-                external_local,
-            );
+            let cat = categorize(&endpoints, ctx, internal_local, external_accessible, external_local);
 
             let choice = |local_policy: bool| {
                 if !cat.has_any {
@@ -261,11 +215,7 @@ pub fn resolve_service(
                 },
                 internal_policy_local: internal_local,
                 external_policy_local: external_local,
-                health_check_node_port: if external_local {
-                    svc.health_check_node_port
-                } else {
-                    None
-                },
+                health_check_node_port: if external_local { svc.health_check_node_port } else { None },
                 affinity_timeout: svc.session_affinity_timeout,
                 topology_mode: cat.topology_mode,
                 cluster_endpoints: cat.cluster,
@@ -309,17 +259,8 @@ fn categorize(
     let all: Vec<ResolvedEndpoint> = endpoints.iter().map(resolved).collect();
     let serving_terminating = |e: &&ResolvedEndpoint| e.serving && e.terminating;
 
-    let mut out = Categorized {
-        cluster: Vec::new(),
-        local: Vec::new(),
-        has_any: false,
-        topology_mode: None,
-    };
-    let uses_cluster = ResolvedServicePort::uses_cluster_endpoints(
-        internal_local,
-        external_accessible,
-        external_local,
-    );
+    let mut out = Categorized { cluster: Vec::new(), local: Vec::new(), has_any: false, topology_mode: None };
+    let uses_cluster = ResolvedServicePort::uses_cluster_endpoints(internal_local, external_accessible, external_local);
     let uses_local = internal_local || external_local;
 
     if uses_cluster {
@@ -343,18 +284,11 @@ fn categorize(
     }
     let usable = |e: &&ResolvedEndpoint| e.ready || (e.serving && e.terminating);
     out.has_any |= all.iter().any(|e| usable(&e));
-    let local_ready: Vec<ResolvedEndpoint> = all
-        .iter()
-        .filter(|e| e.is_local && e.ready)
-        .cloned()
-        .collect();
+    let local_ready: Vec<ResolvedEndpoint> = all.iter().filter(|e| e.is_local && e.ready).cloned().collect();
     out.local = if !local_ready.is_empty() {
         local_ready
     } else {
-        all.iter()
-            .filter(|e| e.is_local && e.serving && e.terminating)
-            .cloned()
-            .collect()
+        all.iter().filter(|e| e.is_local && e.serving && e.terminating).cloned().collect()
     };
     out
 }
@@ -364,8 +298,7 @@ fn categorize(
 /// names this node (node hints) or this node's zone (zone hints).
 fn topology_mode(endpoints: &[MergedEndpoint], ctx: &NodeContext) -> Option<&'static str> {
     let ready = endpoints.iter().map(|m| &m.endpoint).filter(|e| e.ready);
-    let (mut all_node_hints, mut for_node, mut all_zone_hints, mut for_zone) =
-        (true, false, true, false);
+    let (mut all_node_hints, mut for_node, mut all_zone_hints, mut for_zone) = (true, false, true, false);
     let mut any = false;
     for ep in ready {
         any = true;

@@ -98,10 +98,7 @@ pub struct ServiceName {
 
 impl ServiceName {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ServiceName {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        ServiceName { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -122,11 +119,7 @@ pub struct ServicePortName {
 
 impl fmt::Display for ServicePortName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.port.is_empty() {
-            write!(f, "{}", self.service)
-        } else {
-            write!(f, "{}:{}", self.service, self.port)
-        }
+        if self.port.is_empty() { write!(f, "{}", self.service) } else { write!(f, "{}:{}", self.service, self.port) }
     }
 }
 
@@ -200,9 +193,7 @@ pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10800;
 impl Service {
     /// kube-proxy's `ExternallyAccessible`: reachable through something other than the ClusterIP.
     pub fn externally_accessible(&self, port: &ServicePort) -> bool {
-        port.node_port.is_some()
-            || !self.external_ips.is_empty()
-            || !self.load_balancer_ips.is_empty()
+        port.node_port.is_some() || !self.external_ips.is_empty() || !self.load_balancer_ips.is_empty()
     }
 }
 
@@ -313,9 +304,7 @@ impl NodeContext {
     }
 
     pub fn cluster_cidrs(&self, family: IpFamily) -> impl Iterator<Item = &IpNet> {
-        self.cluster_cidrs
-            .iter()
-            .filter(move |n| IpFamily::of_net(n) == family)
+        self.cluster_cidrs.iter().filter(move |n| IpFamily::of_net(n) == family)
     }
 }
 

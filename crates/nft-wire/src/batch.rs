@@ -81,12 +81,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(first_seq: u32) -> Batch {
-        let mut b = Batch {
-            buf: Vec::with_capacity(1 << 16),
-            next_seq: first_seq,
-            msgs: Vec::new(),
-            last_start: 0,
-        };
+        let mut b = Batch { buf: Vec::with_capacity(1 << 16), next_seq: first_seq, msgs: Vec::new(), last_start: 0 };
         b.raw_header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
         b
     }
@@ -124,207 +119,109 @@ impl Batch {
     }
 
     /// Appends one nf_tables message whose attributes `body` writes.
-    fn msg(
-        &mut self,
-        nft_type: u16,
-        flags: u16,
-        family: u8,
-        what: String,
-        body: impl FnOnce(&mut Writer),
-    ) {
-        let seq = self.raw_header(
-            (NFNL_SUBSYS_NFTABLES << 8) | nft_type,
-            NLM_F_REQUEST | flags,
-            family,
-            0,
-        );
-        let mut w = Writer {
-            buf: std::mem::take(&mut self.buf),
-        };
+    fn msg(&mut self, nft_type: u16, flags: u16, family: u8, what: String, body: impl FnOnce(&mut Writer)) {
+        let seq = self.raw_header((NFNL_SUBSYS_NFTABLES << 8) | nft_type, NLM_F_REQUEST | flags, family, 0);
+        let mut w = Writer { buf: std::mem::take(&mut self.buf) };
         body(&mut w);
         self.buf = w.buf;
         self.close();
-        self.msgs.push(MsgInfo {
-            seq,
-            msg_type: nft_type,
-            what,
-        });
+        self.msgs.push(MsgInfo { seq, msg_type: nft_type, what });
     }
 
     pub fn add_table(&mut self, family: u8, name: &str, table_comment: Option<&str>) {
-        self.msg(
-            NFT_MSG_NEWTABLE,
-            NLM_F_CREATE,
-            family,
-            format!("add table {name}"),
-            |w| {
-                w.str(NFTA_TABLE_NAME, name);
-                w.u32(NFTA_TABLE_FLAGS, 0);
-                if let Some(c) = table_comment {
-                    w.bytes(
-                        NFTA_TABLE_USERDATA,
-                        &Udata::default()
-                            .put_str(NFTNL_UDATA_TABLE_COMMENT, comment(c))
-                            .0,
-                    );
-                }
-            },
-        );
+        self.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, format!("add table {name}"), |w| {
+            w.str(NFTA_TABLE_NAME, name);
+            w.u32(NFTA_TABLE_FLAGS, 0);
+            if let Some(c) = table_comment {
+                w.bytes(NFTA_TABLE_USERDATA, &Udata::default().put_str(NFTNL_UDATA_TABLE_COMMENT, comment(c)).0);
+            }
+        });
     }
 
     pub fn del_table(&mut self, family: u8, name: &str) {
-        self.msg(
-            NFT_MSG_DELTABLE,
-            0,
-            family,
-            format!("delete table {name}"),
-            |w| {
-                w.str(NFTA_TABLE_NAME, name);
-            },
-        );
+        self.msg(NFT_MSG_DELTABLE, 0, family, format!("delete table {name}"), |w| {
+            w.str(NFTA_TABLE_NAME, name);
+        });
     }
 
     pub fn add_chain(&mut self, family: u8, table: &str, name: &str, base: Option<&BaseChain>) {
-        self.msg(
-            NFT_MSG_NEWCHAIN,
-            NLM_F_CREATE,
-            family,
-            format!("add chain {name}"),
-            |w| {
-                w.str(NFTA_CHAIN_TABLE, table);
-                w.str(NFTA_CHAIN_NAME, name);
-                if let Some(b) = base {
-                    w.str(NFTA_CHAIN_TYPE, b.chain_type);
-                    w.u32(NFTA_CHAIN_POLICY, NF_ACCEPT as u32);
-                    let h = w.nest(NFTA_CHAIN_HOOK);
-                    w.u32(NFTA_HOOK_HOOKNUM, b.hook);
-                    w.u32(NFTA_HOOK_PRIORITY, b.priority as u32);
-                    w.end(h);
-                }
-            },
-        );
+        self.msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, family, format!("add chain {name}"), |w| {
+            w.str(NFTA_CHAIN_TABLE, table);
+            w.str(NFTA_CHAIN_NAME, name);
+            if let Some(b) = base {
+                w.str(NFTA_CHAIN_TYPE, b.chain_type);
+                w.u32(NFTA_CHAIN_POLICY, NF_ACCEPT as u32);
+                let h = w.nest(NFTA_CHAIN_HOOK);
+                w.u32(NFTA_HOOK_HOOKNUM, b.hook);
+                w.u32(NFTA_HOOK_PRIORITY, b.priority as u32);
+                w.end(h);
+            }
+        });
     }
 
     /// Deletes every rule of a chain (`flush chain`).
     pub fn flush_chain(&mut self, family: u8, table: &str, chain: &str) {
-        self.msg(
-            NFT_MSG_DELRULE,
-            0,
-            family,
-            format!("flush chain {chain}"),
-            |w| {
-                w.str(NFTA_RULE_TABLE, table);
-                w.str(NFTA_RULE_CHAIN, chain);
-            },
-        );
+        self.msg(NFT_MSG_DELRULE, 0, family, format!("flush chain {chain}"), |w| {
+            w.str(NFTA_RULE_TABLE, table);
+            w.str(NFTA_RULE_CHAIN, chain);
+        });
     }
 
     pub fn del_chain(&mut self, family: u8, table: &str, chain: &str) {
-        self.msg(
-            NFT_MSG_DELCHAIN,
-            0,
-            family,
-            format!("delete chain {chain}"),
-            |w| {
-                w.str(NFTA_CHAIN_TABLE, table);
-                w.str(NFTA_CHAIN_NAME, chain);
-            },
-        );
+        self.msg(NFT_MSG_DELCHAIN, 0, family, format!("delete chain {chain}"), |w| {
+            w.str(NFTA_CHAIN_TABLE, table);
+            w.str(NFTA_CHAIN_NAME, chain);
+        });
     }
 
-    pub fn add_rule(
-        &mut self,
-        family: u8,
-        table: &str,
-        chain: &str,
-        exprs: &[Expr],
-        rule_comment: Option<&str>,
-    ) {
-        self.msg(
-            NFT_MSG_NEWRULE,
-            NLM_F_CREATE | NLM_F_APPEND,
-            family,
-            format!("add rule to {chain}"),
-            |w| {
-                w.str(NFTA_RULE_TABLE, table);
-                w.str(NFTA_RULE_CHAIN, chain);
-                let l = w.nest(NFTA_RULE_EXPRESSIONS);
-                for e in exprs {
-                    e.write(w);
-                }
-                w.end(l);
-                if let Some(c) = rule_comment {
-                    w.bytes(
-                        NFTA_RULE_USERDATA,
-                        &Udata::default()
-                            .put_str(NFTNL_UDATA_RULE_COMMENT, comment(c))
-                            .0,
-                    );
-                }
-            },
-        );
+    pub fn add_rule(&mut self, family: u8, table: &str, chain: &str, exprs: &[Expr], rule_comment: Option<&str>) {
+        self.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, family, format!("add rule to {chain}"), |w| {
+            w.str(NFTA_RULE_TABLE, table);
+            w.str(NFTA_RULE_CHAIN, chain);
+            let l = w.nest(NFTA_RULE_EXPRESSIONS);
+            for e in exprs {
+                e.write(w);
+            }
+            w.end(l);
+            if let Some(c) = rule_comment {
+                w.bytes(NFTA_RULE_USERDATA, &Udata::default().put_str(NFTNL_UDATA_RULE_COMMENT, comment(c)).0);
+            }
+        });
     }
 
     /// Declares a set; `id` is the transaction-local NFTA_SET_ID.
     pub fn add_set(&mut self, family: u8, table: &str, spec: &SetSpec, id: u32) {
-        self.msg(
-            NFT_MSG_NEWSET,
-            NLM_F_CREATE,
-            family,
-            format!("add set {}", spec.name),
-            |w| {
-                w.str(NFTA_SET_TABLE, table);
-                w.str(NFTA_SET_NAME, &spec.name);
-                w.u32(NFTA_SET_FLAGS, spec.flags);
-                w.u32(NFTA_SET_KEY_TYPE, spec.key_type);
-                w.u32(NFTA_SET_KEY_LEN, spec.key_len);
-                if let Some((ty, len)) = spec.data {
-                    w.u32(NFTA_SET_DATA_TYPE, ty);
-                    w.u32(NFTA_SET_DATA_LEN, len);
-                }
-                w.u32(NFTA_SET_ID, id);
-                if let Some(t) = spec.timeout_ms {
-                    w.u64(NFTA_SET_TIMEOUT, t);
-                }
-                if !spec.udata.is_empty() {
-                    w.bytes(NFTA_SET_USERDATA, &spec.udata);
-                }
-            },
-        );
+        self.msg(NFT_MSG_NEWSET, NLM_F_CREATE, family, format!("add set {}", spec.name), |w| {
+            w.str(NFTA_SET_TABLE, table);
+            w.str(NFTA_SET_NAME, &spec.name);
+            w.u32(NFTA_SET_FLAGS, spec.flags);
+            w.u32(NFTA_SET_KEY_TYPE, spec.key_type);
+            w.u32(NFTA_SET_KEY_LEN, spec.key_len);
+            if let Some((ty, len)) = spec.data {
+                w.u32(NFTA_SET_DATA_TYPE, ty);
+                w.u32(NFTA_SET_DATA_LEN, len);
+            }
+            w.u32(NFTA_SET_ID, id);
+            if let Some(t) = spec.timeout_ms {
+                w.u64(NFTA_SET_TIMEOUT, t);
+            }
+            if !spec.udata.is_empty() {
+                w.bytes(NFTA_SET_USERDATA, &spec.udata);
+            }
+        });
     }
 
     pub fn del_set(&mut self, family: u8, table: &str, name: &str) {
-        self.msg(
-            NFT_MSG_DELSET,
-            0,
-            family,
-            format!("delete set {name}"),
-            |w| {
-                w.str(NFTA_SET_TABLE, table);
-                w.str(NFTA_SET_NAME, name);
-            },
-        );
+        self.msg(NFT_MSG_DELSET, 0, family, format!("delete set {name}"), |w| {
+            w.str(NFTA_SET_TABLE, table);
+            w.str(NFTA_SET_NAME, name);
+        });
     }
 
     /// Adds elements, in as many messages as needed (a nested attribute is at most 64 KiB).
     /// `set_id` is given when the set was declared earlier in this batch (as nft does).
-    pub fn add_elems(
-        &mut self,
-        family: u8,
-        table: &str,
-        set: &str,
-        set_id: Option<u32>,
-        elems: &[Elem],
-    ) {
-        self.elems(
-            NFT_MSG_NEWSETELEM,
-            NLM_F_CREATE,
-            family,
-            table,
-            set,
-            set_id,
-            elems,
-        );
+    pub fn add_elems(&mut self, family: u8, table: &str, set: &str, set_id: Option<u32>, elems: &[Elem]) {
+        self.elems(NFT_MSG_NEWSETELEM, NLM_F_CREATE, family, table, set, set_id, elems);
     }
 
     /// Deletes elements by key (data and comments are ignored by the kernel).
@@ -334,41 +231,18 @@ impl Batch {
 
     /// Removes every element of a set (`flush set`).
     pub fn flush_set(&mut self, family: u8, table: &str, set: &str) {
-        self.msg(
-            NFT_MSG_DELSETELEM,
-            0,
-            family,
-            format!("flush set {set}"),
-            |w| {
-                w.str(NFTA_SET_ELEM_LIST_TABLE, table);
-                w.str(NFTA_SET_ELEM_LIST_SET, set);
-            },
-        );
+        self.msg(NFT_MSG_DELSETELEM, 0, family, format!("flush set {set}"), |w| {
+            w.str(NFTA_SET_ELEM_LIST_TABLE, table);
+            w.str(NFTA_SET_ELEM_LIST_SET, set);
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn elems(
-        &mut self,
-        ty: u16,
-        flags: u16,
-        family: u8,
-        table: &str,
-        set: &str,
-        set_id: Option<u32>,
-        elems: &[Elem],
-    ) {
-        let verb = if ty == NFT_MSG_NEWSETELEM {
-            "add"
-        } else {
-            "delete"
-        };
+    fn elems(&mut self, ty: u16, flags: u16, family: u8, table: &str, set: &str, set_id: Option<u32>, elems: &[Elem]) {
+        let verb = if ty == NFT_MSG_NEWSETELEM { "add" } else { "delete" };
         for (i, chunk) in elems.chunks(ELEMS_PER_MESSAGE).enumerate() {
             let first = i * ELEMS_PER_MESSAGE;
-            let what = format!(
-                "{verb} elements {}..{} of {set}",
-                first,
-                first + chunk.len()
-            );
+            let what = format!("{verb} elements {}..{} of {set}", first, first + chunk.len());
             self.msg(ty, flags, family, what, |w| {
                 w.str(NFTA_SET_ELEM_LIST_TABLE, table);
                 w.str(NFTA_SET_ELEM_LIST_SET, set);
@@ -401,9 +275,7 @@ impl Batch {
                         if let Some(c) = &e.comment {
                             w.bytes(
                                 NFTA_SET_ELEM_USERDATA,
-                                &Udata::default()
-                                    .put_str(NFTNL_UDATA_SET_ELEM_COMMENT, comment(c))
-                                    .0,
+                                &Udata::default().put_str(NFTNL_UDATA_SET_ELEM_COMMENT, comment(c)).0,
                             );
                         }
                     }
@@ -425,11 +297,7 @@ impl Batch {
             self.buf[f..f + 2].copy_from_slice(&flags.to_ne_bytes());
         }
         self.raw_header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
-        FinishedBatch {
-            bytes: self.buf,
-            last_seq,
-            msgs: self.msgs,
-        }
+        FinishedBatch { bytes: self.buf, last_seq, msgs: self.msgs }
     }
 }
 

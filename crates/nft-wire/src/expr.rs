@@ -191,12 +191,7 @@ impl Expr {
         w.str(NFTA_EXPR_NAME, self.name());
         let d = w.nest(NFTA_EXPR_DATA);
         match self {
-            Expr::Payload {
-                dreg,
-                base,
-                offset,
-                len,
-            } => {
+            Expr::Payload { dreg, base, offset, len } => {
                 w.u32(1, *dreg);
                 w.u32(2, *base as u32);
                 w.u32(3, *offset);
@@ -221,13 +216,7 @@ impl Expr {
                 w.bytes(NFTA_DATA_VALUE, data);
                 w.end(n);
             }
-            Expr::Bitwise {
-                sreg,
-                dreg,
-                mask,
-                xor,
-                spelled,
-            } => {
+            Expr::Bitwise { sreg, dreg, mask, xor, spelled } => {
                 w.u32(1, *sreg);
                 w.u32(2, *dreg);
                 if *spelled {
@@ -241,13 +230,7 @@ impl Expr {
                 w.bytes(NFTA_DATA_VALUE, xor);
                 w.end(x);
             }
-            Expr::Lookup {
-                sreg,
-                dreg,
-                set,
-                set_id,
-                invert,
-            } => {
+            Expr::Lookup { sreg, dreg, set, set_id, invert } => {
                 w.u32(2, *sreg);
                 if let Some(d) = dreg {
                     w.u32(3, *d);
@@ -272,23 +255,13 @@ impl Expr {
                 w.bytes(NFTA_DATA_VALUE, data);
                 w.end(n);
             }
-            Expr::Numgen {
-                dreg,
-                modulus,
-                random,
-            } => {
+            Expr::Numgen { dreg, modulus, random } => {
                 w.u32(1, *dreg);
                 w.u32(2, *modulus);
                 w.u32(3, u32::from(*random));
                 w.u32(4, 0);
             }
-            Expr::Nat {
-                kind,
-                family,
-                addr_min,
-                proto_min,
-                flags,
-            } => {
+            Expr::Nat { kind, family, addr_min, proto_min, flags } => {
                 w.u32(1, *kind as u32);
                 w.u32(2, u32::from(*family));
                 w.u32(3, *addr_min);
@@ -302,11 +275,7 @@ impl Expr {
             Expr::Masq { flags } => {
                 w.u32(1, *flags);
             }
-            Expr::Fib {
-                dreg,
-                flags,
-                result,
-            } => {
+            Expr::Fib { dreg, flags, result } => {
                 w.u32(3, *flags);
                 w.u32(2, *result);
                 w.u32(1, *dreg);
@@ -319,12 +288,7 @@ impl Expr {
                 w.u64(1, 0);
                 w.u64(2, 0);
             }
-            Expr::Dynset {
-                sreg_key,
-                op,
-                set,
-                set_id,
-            } => {
+            Expr::Dynset { sreg_key, op, set, set_id } => {
                 w.u32(4, *sreg_key);
                 w.u32(3, *op);
                 w.str(1, set);
@@ -341,9 +305,5 @@ impl Expr {
 /// The register that holds the field at a 32-bit word offset of a concatenation, as `nft`
 /// allocates them: the first field in `NFT_REG_1`, the others in `NFT_REG32_xx`.
 pub fn concat_reg(word: u32) -> u32 {
-    if word == 0 {
-        NFT_REG_1
-    } else {
-        NFT_REG32_00 + word
-    }
+    if word == 0 { NFT_REG_1 } else { NFT_REG32_00 + word }
 }

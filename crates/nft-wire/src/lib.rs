@@ -11,8 +11,6 @@ pub mod consts;
 pub mod expr;
 mod writer;
 
-pub use batch::{
-    BaseChain, Batch, Elem, ElemData, FinishedBatch, MsgInfo, SetSpec, split_messages,
-};
+pub use batch::{BaseChain, Batch, Elem, ElemData, FinishedBatch, MsgInfo, SetSpec, split_messages};
 pub use expr::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, concat_reg};
 pub use writer::Udata;

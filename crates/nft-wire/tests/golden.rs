@@ -14,10 +14,7 @@ fn fixture() -> Vec<(u16, Vec<u8>)> {
         .lines()
         .map(|l| {
             let (t, h) = l.split_once(' ').unwrap();
-            let bytes = (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
-                .collect();
+            let bytes = (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect();
             (t.parse().unwrap(), bytes)
         })
         .filter(|(t, _)| *t != NFNL_MSG_BATCH_BEGIN && *t != NFNL_MSG_BATCH_END)
@@ -30,10 +27,7 @@ fn set_udata(fix: &[(u16, Vec<u8>)], name: &str) -> Vec<u8> {
     let needle = format!("{name}\0");
     let (_, m) = fix
         .iter()
-        .find(|(t, m)| {
-            *t == (10 << 8 | NFT_MSG_NEWSET)
-                && m.windows(needle.len()).any(|w| w == needle.as_bytes())
-        })
+        .find(|(t, m)| *t == (10 << 8 | NFT_MSG_NEWSET) && m.windows(needle.len()).any(|w| w == needle.as_bytes()))
         .unwrap();
     let mut off = 4;
     while off < m.len() {
@@ -52,12 +46,7 @@ fn reg(w: u32) -> u32 {
 }
 
 fn payload(dreg: u32, base: PayloadBase, offset: u32, len: u32) -> Expr {
-    Expr::Payload {
-        dreg,
-        base,
-        offset,
-        len,
-    }
+    Expr::Payload { dreg, base, offset, len }
 }
 
 fn jump(c: &str) -> Expr {
@@ -69,53 +58,22 @@ fn messages_equal_nfts_bytes() {
     let fix = fixture();
     let mut b = Batch::new(1);
     b.add_table(V4, T, Some("rules for kube-nftproxy"));
-    for c in [
-        "mark-for-masquerade",
-        "masquerading",
-        "cluster-3",
-        "reject-chain",
-        "services",
-    ] {
+    for c in ["mark-for-masquerade", "masquerading", "cluster-3", "reject-chain", "services"] {
         b.add_chain(V4, T, c, None);
     }
-    b.add_chain(
-        V4,
-        T,
-        "filter-forward",
-        Some(&BaseChain {
-            chain_type: "filter",
-            hook: NF_INET_FORWARD,
-            priority: 0,
-        }),
-    );
+    b.add_chain(V4, T, "filter-forward", Some(&BaseChain { chain_type: "filter", hook: NF_INET_FORWARD, priority: 0 }));
     b.add_chain(
         V4,
         T,
         "nat-prerouting",
-        Some(&BaseChain {
-            chain_type: "nat",
-            hook: NF_INET_PRE_ROUTING,
-            priority: -100,
-        }),
+        Some(&BaseChain { chain_type: "nat", hook: NF_INET_PRE_ROUTING, priority: -100 }),
     );
 
     let sets = [
         ("cluster-ips", 0, 7, 4, None),
         ("hairpin", 0, 0x1c7, 8, None),
-        (
-            "service-ips",
-            NFT_SET_MAP,
-            0x730d,
-            12,
-            Some((NFT_DATA_VERDICT, 0)),
-        ),
-        (
-            "service-nodeports",
-            NFT_SET_MAP,
-            0x30d,
-            8,
-            Some((NFT_DATA_VERDICT, 0)),
-        ),
+        ("service-ips", NFT_SET_MAP, 0x730d, 12, Some((NFT_DATA_VERDICT, 0))),
+        ("service-nodeports", NFT_SET_MAP, 0x30d, 8, Some((NFT_DATA_VERDICT, 0))),
         ("backends", NFT_SET_MAP, 0x1cc344, 16, Some((0x1cd, 8))),
     ];
     for (id, (name, flags, key_type, key_len, data)) in sets.into_iter().enumerate() {
@@ -131,14 +89,8 @@ fn messages_equal_nfts_bytes() {
         b.add_set(V4, T, &spec, id as u32 + 1);
     }
 
-    let mark = |dreg| Expr::Meta {
-        dreg,
-        key: MetaKey::Mark,
-    };
-    let set_mark = Expr::MetaSet {
-        sreg: 1,
-        key: MetaKey::Mark,
-    };
+    let mark = |dreg| Expr::Meta { dreg, key: MetaKey::Mark };
+    let set_mark = Expr::MetaSet { sreg: 1, key: MetaKey::Mark };
     let bits_with = |mask: u32, xor: u32, spelled| Expr::Bitwise {
         sreg: 1,
         dreg: 1,
@@ -147,42 +99,19 @@ fn messages_equal_nfts_bytes() {
         spelled,
     };
     let bits = |mask, xor| bits_with(mask, xor, false);
-    let cmp = |op, data: &[u8]| Expr::Cmp {
-        sreg: 1,
-        op,
-        data: data.to_vec(),
-    };
-    b.add_rule(
-        V4,
-        T,
-        "mark-for-masquerade",
-        &[
-            mark(1),
-            bits_with(0xffff_bfff, 0x4000, true),
-            set_mark.clone(),
-        ],
-        None,
-    );
+    let cmp = |op, data: &[u8]| Expr::Cmp { sreg: 1, op, data: data.to_vec() };
+    b.add_rule(V4, T, "mark-for-masquerade", &[mark(1), bits_with(0xffff_bfff, 0x4000, true), set_mark.clone()], None);
     b.add_rule(
         V4,
         T,
         "masquerading",
         &[
-            Expr::Ct {
-                dreg: 1,
-                key: CtKey::Status,
-            },
+            Expr::Ct { dreg: 1, key: CtKey::Status },
             bits(0x20, 0),
             cmp(CmpOp::Neq, &0u32.to_ne_bytes()),
             payload(reg(0), PayloadBase::Network, 12, 4),
             payload(reg(1), PayloadBase::Network, 16, 4),
-            Expr::Lookup {
-                sreg: 1,
-                dreg: None,
-                set: "hairpin".into(),
-                set_id: Some(2),
-                invert: false,
-            },
+            Expr::Lookup { sreg: 1, dreg: None, set: "hairpin".into(), set_id: Some(2), invert: false },
             jump("mark-for-masquerade"),
         ],
         None,
@@ -191,43 +120,18 @@ fn messages_equal_nfts_bytes() {
         V4,
         T,
         "masquerading",
-        &[
-            mark(1),
-            bits_with(0x4000, 0, true),
-            cmp(CmpOp::Eq, &0u32.to_ne_bytes()),
-            Expr::Immediate(Verdict::Return),
-        ],
+        &[mark(1), bits_with(0x4000, 0, true), cmp(CmpOp::Eq, &0u32.to_ne_bytes()), Expr::Immediate(Verdict::Return)],
         None,
     );
-    b.add_rule(
-        V4,
-        T,
-        "masquerading",
-        &[mark(1), bits_with(0xffff_ffff, 0x4000, true), set_mark],
-        None,
-    );
-    b.add_rule(
-        V4,
-        T,
-        "masquerading",
-        &[Expr::Masq {
-            flags: NAT_FLAG_FULLY_RANDOM,
-        }],
-        None,
-    );
+    b.add_rule(V4, T, "masquerading", &[mark(1), bits_with(0xffff_ffff, 0x4000, true), set_mark], None);
+    b.add_rule(V4, T, "masquerading", &[Expr::Masq { flags: NAT_FLAG_FULLY_RANDOM }], None);
     b.add_rule(
         V4,
         T,
         "cluster-3",
         &[
             payload(1, PayloadBase::Network, 12, 4),
-            Expr::Bitwise {
-                sreg: 1,
-                dreg: 1,
-                mask: vec![255, 240, 0, 0],
-                xor: vec![0; 4],
-                spelled: false,
-            },
+            Expr::Bitwise { sreg: 1, dreg: 1, mask: vec![255, 240, 0, 0], xor: vec![0; 4], spelled: false },
             cmp(CmpOp::Neq, &[10, 240, 0, 0]),
             jump("mark-for-masquerade"),
         ],
@@ -238,59 +142,25 @@ fn messages_equal_nfts_bytes() {
         T,
         "cluster-3",
         &[
-            Expr::Meta {
-                dreg: 1,
-                key: MetaKey::L4proto,
-            },
+            Expr::Meta { dreg: 1, key: MetaKey::L4proto },
             cmp(CmpOp::Eq, &[6]),
             payload(reg(0), PayloadBase::Network, 16, 4),
-            Expr::Meta {
-                dreg: reg(1),
-                key: MetaKey::L4proto,
-            },
+            Expr::Meta { dreg: reg(1), key: MetaKey::L4proto },
             payload(reg(2), PayloadBase::Transport, 2, 2),
-            Expr::Numgen {
-                dreg: reg(3),
-                modulus: 3,
-                random: true,
-            },
-            Expr::Lookup {
-                sreg: 1,
-                dreg: Some(1),
-                set: "backends".into(),
-                set_id: Some(5),
-                invert: false,
-            },
-            Expr::Nat {
-                kind: NatKind::Dnat,
-                family: V4,
-                addr_min: 1,
-                proto_min: Some(reg(1)),
-                flags: None,
-            },
+            Expr::Numgen { dreg: reg(3), modulus: 3, random: true },
+            Expr::Lookup { sreg: 1, dreg: Some(1), set: "backends".into(), set_id: Some(5), invert: false },
+            Expr::Nat { kind: NatKind::Dnat, family: V4, addr_min: 1, proto_min: Some(reg(1)), flags: None },
         ],
         None,
     );
-    b.add_rule(
-        V4,
-        T,
-        "reject-chain",
-        &[Expr::Reject {
-            kind: NFT_REJECT_ICMP_UNREACH,
-            code: 3,
-        }],
-        None,
-    );
+    b.add_rule(V4, T, "reject-chain", &[Expr::Reject { kind: NFT_REJECT_ICMP_UNREACH, code: 3 }], None);
     b.add_rule(
         V4,
         T,
         "services",
         &[
             payload(reg(0), PayloadBase::Network, 16, 4),
-            Expr::Meta {
-                dreg: reg(1),
-                key: MetaKey::L4proto,
-            },
+            Expr::Meta { dreg: reg(1), key: MetaKey::L4proto },
             payload(reg(2), PayloadBase::Transport, 2, 2),
             Expr::Lookup {
                 sreg: 1,
@@ -307,18 +177,11 @@ fn messages_equal_nfts_bytes() {
         T,
         "services",
         &[
-            Expr::Fib {
-                dreg: 1,
-                flags: NFTA_FIB_F_DADDR,
-                result: NFT_FIB_RESULT_ADDRTYPE,
-            },
+            Expr::Fib { dreg: 1, flags: NFTA_FIB_F_DADDR, result: NFT_FIB_RESULT_ADDRTYPE },
             cmp(CmpOp::Eq, &RTN_LOCAL.to_ne_bytes()),
             payload(1, PayloadBase::Network, 16, 1),
             cmp(CmpOp::Neq, &[127]),
-            Expr::Meta {
-                dreg: reg(0),
-                key: MetaKey::L4proto,
-            },
+            Expr::Meta { dreg: reg(0), key: MetaKey::L4proto },
             payload(reg(1), PayloadBase::Transport, 2, 2),
             Expr::Lookup {
                 sreg: 1,
@@ -335,10 +198,7 @@ fn messages_equal_nfts_bytes() {
         T,
         "filter-forward",
         &[
-            Expr::Ct {
-                dreg: 1,
-                key: CtKey::State,
-            },
+            Expr::Ct { dreg: 1, key: CtKey::State },
             bits(8, 0),
             cmp(CmpOp::Neq, &0u32.to_ne_bytes()),
             jump("reject-chain"),
@@ -373,16 +233,8 @@ fn messages_equal_nfts_bytes() {
         "backends",
         Some(5),
         &[Elem {
-            key: key(&[
-                &[10, 96, 0, 10],
-                &[6],
-                &80u16.to_be_bytes(),
-                &1u32.to_ne_bytes(),
-            ]),
-            data: Some(ElemData::Value(key(&[
-                &[10, 244, 1, 2],
-                &8080u16.to_be_bytes(),
-            ]))),
+            key: key(&[&[10, 96, 0, 10], &[6], &80u16.to_be_bytes(), &1u32.to_ne_bytes()]),
+            data: Some(ElemData::Value(key(&[&[10, 244, 1, 2], &8080u16.to_be_bytes()]))),
             timeout_ms: None,
             comment: None,
         }],
@@ -392,12 +244,7 @@ fn messages_equal_nfts_bytes() {
         T,
         "hairpin",
         Some(2),
-        &[Elem {
-            key: key(&[&[10, 244, 1, 1], &[10, 244, 1, 1]]),
-            data: None,
-            timeout_ms: None,
-            comment: None,
-        }],
+        &[Elem { key: key(&[&[10, 244, 1, 1], &[10, 244, 1, 1]]), data: None, timeout_ms: None, comment: None }],
     );
 
     let ours = b.finish();
@@ -415,10 +262,7 @@ fn messages_equal_nfts_bytes() {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.chunks(4)
-        .map(|c| c.iter().map(|x| format!("{x:02x}")).collect::<String>())
-        .collect::<Vec<_>>()
-        .join(" ")
+    b.chunks(4).map(|c| c.iter().map(|x| format!("{x:02x}")).collect::<String>()).collect::<Vec<_>>().join(" ")
 }
 
 /// `fixtures/affinity.nft`: a dynamic set with a timeout, `update @set { ip saddr }`, a random
@@ -431,10 +275,7 @@ fn affinity_messages_equal_nfts_bytes() {
             let (t, h) = l.split_once(' ').unwrap();
             (
                 t.parse().unwrap(),
-                (0..h.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
-                    .collect(),
+                (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect(),
             )
         })
         .collect();
@@ -458,15 +299,7 @@ fn affinity_messages_equal_nfts_bytes() {
         V4,
         t,
         "affinity-X-0",
-        &[
-            saddr.clone(),
-            Expr::Dynset {
-                sreg_key: 1,
-                op: DYNSET_UPDATE,
-                set: "affinity-X-0".into(),
-                set_id: Some(1),
-            },
-        ],
+        &[saddr.clone(), Expr::Dynset { sreg_key: 1, op: DYNSET_UPDATE, set: "affinity-X-0".into(), set_id: Some(1) }],
         None,
     );
     b.add_rule(
@@ -474,23 +307,10 @@ fn affinity_messages_equal_nfts_bytes() {
         t,
         "affinity-X-0",
         &[
-            Expr::Meta {
-                dreg: 1,
-                key: MetaKey::L4proto,
-            },
-            Expr::Cmp {
-                sreg: 1,
-                op: CmpOp::Eq,
-                data: vec![6],
-            },
-            Expr::ImmediateData {
-                dreg: 1,
-                data: vec![10, 244, 1, 2],
-            },
-            Expr::ImmediateData {
-                dreg: 2,
-                data: 8080u16.to_be_bytes().to_vec(),
-            },
+            Expr::Meta { dreg: 1, key: MetaKey::L4proto },
+            Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: vec![6] },
+            Expr::ImmediateData { dreg: 1, data: vec![10, 244, 1, 2] },
+            Expr::ImmediateData { dreg: 2, data: 8080u16.to_be_bytes().to_vec() },
             Expr::Nat {
                 kind: NatKind::Dnat,
                 family: V4,
@@ -507,13 +327,7 @@ fn affinity_messages_equal_nfts_bytes() {
         "affinity-X",
         &[
             saddr,
-            Expr::Lookup {
-                sreg: 1,
-                dreg: None,
-                set: "affinity-X-0".into(),
-                set_id: Some(1),
-                invert: false,
-            },
+            Expr::Lookup { sreg: 1, dreg: None, set: "affinity-X-0".into(), set_id: Some(1), invert: false },
             Expr::Immediate(Verdict::Goto("affinity-X-0".into())),
         ],
         None,
@@ -523,27 +337,13 @@ fn affinity_messages_equal_nfts_bytes() {
         t,
         "affinity-X",
         &[
-            Expr::Numgen {
-                dreg: 1,
-                modulus: 3,
-                random: true,
-            },
-            Expr::Cmp {
-                sreg: 1,
-                op: CmpOp::Eq,
-                data: vec![0; 4],
-            },
+            Expr::Numgen { dreg: 1, modulus: 3, random: true },
+            Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: vec![0; 4] },
             Expr::Immediate(Verdict::Goto("affinity-X-0".into())),
         ],
         None,
     );
-    b.add_rule(
-        V4,
-        t,
-        "affinity-X",
-        &[Expr::Immediate(Verdict::Goto("affinity-X-0".into()))],
-        None,
-    );
+    b.add_rule(V4, t, "affinity-X", &[Expr::Immediate(Verdict::Goto("affinity-X-0".into()))], None);
     let ours: Vec<(u16, Vec<u8>)> = b
         .finish()
         .split()

@@ -11,8 +11,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use nftproxy_model::{
-    EndpointChoice, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort,
-    ServiceName,
+    EndpointChoice, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort, ServiceName,
 };
 use nftproxy_nft_wire::Verdict;
 use smallvec::smallvec;
@@ -92,10 +91,7 @@ pub fn fragments<'a>(
 ) -> impl Iterator<Item = (ServiceName, Ruleset)> + 'a {
     let mut by_service: BTreeMap<ServiceName, Vec<&ResolvedServicePort>> = BTreeMap::new();
     for p in ports.iter().filter(|p| f.matches(&p.cluster_ip)) {
-        by_service
-            .entry(p.name.service.clone())
-            .or_default()
-            .push(p);
+        by_service.entry(p.name.service.clone()).or_default().push(p);
     }
     // Lazy: the caller merges each fragment before the next is built.
     let mut cache = BTreeMap::new();
@@ -173,78 +169,44 @@ impl Builder<'_> {
     fn service_port(&mut self, p: &ResolvedServicePort) {
         let comment = p.name.to_string();
         let proto = p.protocol.number();
-        let addr_key = |ip: IpAddr, port: u16| {
-            smallvec![Field::Addr(ip), Field::Proto(proto), Field::Port(port)]
-        };
+        let addr_key = |ip: IpAddr, port: u16| smallvec![Field::Addr(ip), Field::Proto(proto), Field::Port(port)];
 
-        self.r.element(
-            CLUSTER_IPS,
-            smallvec![Field::Addr(p.cluster_ip)],
-            Value::None,
-            None,
-        );
+        self.r.element(CLUSTER_IPS, smallvec![Field::Addr(p.cluster_ip)], Value::None, None);
         let cluster_key = addr_key(p.cluster_ip, p.port);
         match &p.internal {
             EndpointChoice::Endpoints(eps) if p.affinity_timeout.is_some() => {
                 let chain = self.affinity_pick(p, eps, p.internal_policy_local);
-                let masq = self
-                    .masquerade_off_cluster()
-                    .map(|m| rules::daddr_is(self.f, p.cluster_ip).then(m));
+                let masq = self.masquerade_off_cluster().map(|m| rules::daddr_is(self.f, p.cluster_ip).then(m));
                 if let Some(m) = masq {
                     // Internal traffic enters here; external traffic arrives by goto from
                     // external-… with another daddr, so only the ClusterIP is matched.
-                    let rules = std::sync::Arc::make_mut(
-                        &mut self.r.chains.get_mut(&chain).expect("affinity chain").rules,
-                    );
+                    let rules =
+                        std::sync::Arc::make_mut(&mut self.r.chains.get_mut(&chain).expect("affinity chain").rules);
                     if !rules.contains(&m) {
                         rules.insert(0, m);
                     }
                 }
-                self.r.element(
-                    SERVICE_IPS,
-                    cluster_key,
-                    Value::Verdict(Verdict::Goto(chain)),
-                    Some(&comment),
-                );
+                self.r.element(SERVICE_IPS, cluster_key, Value::Verdict(Verdict::Goto(chain)), Some(&comment));
             }
             EndpointChoice::Endpoints(eps) => {
                 let pick = self.pick(Pick::Cluster(eps.len() as u32));
-                self.r.element(
-                    SERVICE_IPS,
-                    cluster_key.clone(),
-                    Value::Verdict(Verdict::Goto(pick)),
-                    Some(&comment),
-                );
+                self.r.element(SERVICE_IPS, cluster_key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(&comment));
                 self.backends(BACKENDS, &cluster_key, eps, &comment);
             }
-            EndpointChoice::Reject => {
-                self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, true, &comment)
-            }
-            EndpointChoice::Drop => {
-                self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, false, &comment)
-            }
+            EndpointChoice::Reject => self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, true, &comment),
+            EndpointChoice::Drop => self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, false, &comment),
         }
 
         if !p.load_balancer_source_ranges.is_empty() && p.has_any_endpoints {
             self.firewall(p, &comment);
         }
         if p.external.is_some() {
-            let ext_ips: Vec<IpAddr> = p
-                .external_ips
-                .iter()
-                .chain(&p.load_balancer_ips)
-                .copied()
-                .collect();
+            let ext_ips: Vec<IpAddr> = p.external_ips.iter().chain(&p.load_balancer_ips).copied().collect();
             for ip in ext_ips {
                 self.external(p, &ADDRESS_MAPS, addr_key(ip, p.port), &comment);
             }
             if let Some(np) = p.node_port {
-                self.external(
-                    p,
-                    &NODEPORT_MAPS,
-                    smallvec![Field::Proto(proto), Field::Port(np)],
-                    &comment,
-                );
+                self.external(p, &NODEPORT_MAPS, smallvec![Field::Proto(proto), Field::Port(np)], &comment);
             }
         }
     }
@@ -257,40 +219,19 @@ impl Builder<'_> {
         }
         if p.affinity_timeout.is_some() {
             let chain = self.affinity_external(p);
-            self.r.element(
-                maps.entry,
-                key.clone(),
-                Value::Verdict(Verdict::Goto(chain)),
-                Some(comment),
-            );
+            self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(chain)), Some(comment));
             if p.external_policy_local && p.local_endpoints.is_empty() {
                 self.no_endpoints(maps.no_endpoints, key, false, comment);
             }
             return;
         }
         if p.external_policy_local {
-            let (n, m) = (
-                p.local_endpoints.len() as u32,
-                p.cluster_endpoints.len() as u32,
-            );
-            let pick = self.pick(if nodeport {
-                Pick::NodePortLocal(n, m)
-            } else {
-                Pick::ExternalLocal(n, m)
-            });
+            let (n, m) = (p.local_endpoints.len() as u32, p.cluster_endpoints.len() as u32);
+            let pick = self.pick(if nodeport { Pick::NodePortLocal(n, m) } else { Pick::ExternalLocal(n, m) });
             if m > 0 {
-                self.pick(if nodeport {
-                    Pick::NodePortShortcut(m)
-                } else {
-                    Pick::ExternalShortcut(m)
-                });
+                self.pick(if nodeport { Pick::NodePortShortcut(m) } else { Pick::ExternalShortcut(m) });
             }
-            self.r.element(
-                maps.entry,
-                key.clone(),
-                Value::Verdict(Verdict::Goto(pick)),
-                Some(comment),
-            );
+            self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(comment));
             self.backends(maps.backends, &key, &p.local_endpoints, comment);
             self.backends(maps.cluster_backends, &key, &p.cluster_endpoints, comment);
             if n == 0 {
@@ -299,17 +240,8 @@ impl Builder<'_> {
             }
         } else if let Some(EndpointChoice::Endpoints(eps)) = &p.external {
             let n = eps.len() as u32;
-            let pick = self.pick(if nodeport {
-                Pick::NodePort(n)
-            } else {
-                Pick::External(n)
-            });
-            self.r.element(
-                maps.entry,
-                key.clone(),
-                Value::Verdict(Verdict::Goto(pick)),
-                Some(comment),
-            );
+            let pick = self.pick(if nodeport { Pick::NodePort(n) } else { Pick::External(n) });
+            self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(comment));
             self.backends(maps.backends, &key, eps, comment);
         }
     }
@@ -317,49 +249,29 @@ impl Builder<'_> {
     /// ClientIP affinity, in kube-proxy's shape because it needs per-client state: a chain per
     /// service port and endpoint list (`service-…` for cluster-wide endpoints, `local-…` for
     /// node-local ones), a chain and a dynamic set per endpoint. Only affinity services get them.
-    fn affinity_pick(
-        &mut self,
-        p: &ResolvedServicePort,
-        eps: &[ResolvedEndpoint],
-        local: bool,
-    ) -> String {
+    fn affinity_pick(&mut self, p: &ResolvedServicePort, eps: &[ResolvedEndpoint], local: bool) -> String {
         let base = names::service_base(p);
         let chain = format!("{}-{base}", if local { "local" } else { "service" });
         if self.r.chains.contains_key(&chain) {
             return chain;
         }
-        let timeout = p
-            .affinity_timeout
-            .unwrap_or(nftproxy_model::DEFAULT_AFFINITY_TIMEOUT_SECONDS);
+        let timeout = p.affinity_timeout.unwrap_or(nftproxy_model::DEFAULT_AFFINITY_TIMEOUT_SECONDS);
         let proto = p.protocol.number();
         let mut targets = Vec::new();
         for e in eps {
             let eb = names::endpoint_base(p, e);
-            let (set, ep_chain) = (
-                names::affinity_set_name(p, e, timeout),
-                format!("endpoint-{eb}"),
-            );
+            let (set, ep_chain) = (names::affinity_set_name(p, e, timeout), format!("endpoint-{eb}"));
             if !self.r.chains.contains_key(&ep_chain) {
                 self.r.set(affinity_set(self.f, &set, timeout));
-                self.r
-                    .add_rule(&ep_chain, rules::update_saddr(self.f, &set));
-                self.r
-                    .add_rule(&ep_chain, rules::dnat_to(self.f, proto, e.ip, e.port));
-                self.r.element(
-                    HAIRPIN,
-                    smallvec![Field::Addr(e.ip), Field::Addr(e.ip)],
-                    Value::None,
-                    None,
-                );
+                self.r.add_rule(&ep_chain, rules::update_saddr(self.f, &set));
+                self.r.add_rule(&ep_chain, rules::dnat_to(self.f, proto, e.ip, e.port));
+                self.r.element(HAIRPIN, smallvec![Field::Addr(e.ip), Field::Addr(e.ip)], Value::None, None);
             }
             targets.push((set, ep_chain));
         }
         self.r.chain(&chain, None);
         for (set, ep_chain) in &targets {
-            self.r.add_rule(
-                &chain,
-                rules::saddr_in(self.f, set).then(rules::goto(ep_chain)),
-            );
+            self.r.add_rule(&chain, rules::saddr_in(self.f, set).then(rules::goto(ep_chain)));
         }
         // Endpoint i is taken with probability 1/(N-i) if none before it was: an even spread,
         // as kube-proxy's iptables statistic rules do it.
@@ -408,32 +320,18 @@ impl Builder<'_> {
         let mut allowed: Vec<IpNet> = p.load_balancer_source_ranges.clone();
         // If a range holds a node IP, traffic from the node may come back to the VIP with the VIP
         // itself as source (kube-proxy allows the LB IPs then too).
-        if p.load_balancer_source_ranges
-            .iter()
-            .any(|r| self.ctx.node_ips(self.f.0).any(|ip| r.contains(ip)))
-        {
+        if p.load_balancer_source_ranges.iter().any(|r| self.ctx.node_ips(self.f.0).any(|ip| r.contains(ip))) {
             allowed.extend(p.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
         }
         self.r.chain(&chain, None);
         for net in &allowed {
-            self.r.add_rule(
-                &chain,
-                rules::saddr_in_cidr(self.f, net, false).then(rules::verdict(Verdict::Return)),
-            );
+            self.r.add_rule(&chain, rules::saddr_in_cidr(self.f, net, false).then(rules::verdict(Verdict::Return)));
         }
-        self.r.add_rule(
-            &chain,
-            rules::verdict(Verdict::Drop).comment("not in loadBalancerSourceRanges"),
-        );
+        self.r.add_rule(&chain, rules::verdict(Verdict::Drop).comment("not in loadBalancerSourceRanges"));
         let proto = p.protocol.number();
         for ip in &p.load_balancer_ips {
             let key = smallvec![Field::Addr(*ip), Field::Proto(proto), Field::Port(p.port)];
-            self.r.element(
-                FIREWALL_IPS,
-                key,
-                Value::Verdict(Verdict::Goto(chain.clone())),
-                Some(comment),
-            );
+            self.r.element(FIREWALL_IPS, key, Value::Verdict(Verdict::Goto(chain.clone())), Some(comment));
         }
     }
 
@@ -443,15 +341,12 @@ impl Builder<'_> {
     fn short_circuits(&mut self, chain: &str, target: &str) {
         for c in self.cidrs.clone() {
             let r = rules::saddr_in_cidr(self.f, &c, false).then(rules::goto(target));
-            self.r
-                .add_rule(chain, r.comment("short-circuit pod traffic"));
+            self.r.add_rule(chain, r.comment("short-circuit pod traffic"));
         }
         let r = rules::fib_saddr_local().then(rules::jump(MARK_FOR_MASQUERADE));
-        self.r
-            .add_rule(chain, r.comment("masquerade local traffic"));
+        self.r.add_rule(chain, r.comment("masquerade local traffic"));
         let r = rules::fib_saddr_local().then(rules::goto(target));
-        self.r
-            .add_rule(chain, r.comment("short-circuit local traffic"));
+        self.r.add_rule(chain, r.comment("short-circuit local traffic"));
     }
 
     fn pick(&mut self, p: Pick) -> String {
@@ -464,21 +359,12 @@ impl Builder<'_> {
             let mut key = frontend.clone();
             key.push(Field::Index(i as u32));
             self.r.element(map, key, endpoint_value(e), Some(comment));
-            self.r.element(
-                HAIRPIN,
-                smallvec![Field::Addr(e.ip), Field::Addr(e.ip)],
-                Value::None,
-                None,
-            );
+            self.r.element(HAIRPIN, smallvec![Field::Addr(e.ip), Field::Addr(e.ip)], Value::None, None);
         }
     }
 
     fn no_endpoints(&mut self, map: &str, key: Key, reject: bool, comment: &str) {
-        let v = if reject {
-            Verdict::Goto(REJECT_CHAIN.into())
-        } else {
-            Verdict::Drop
-        };
+        let v = if reject { Verdict::Goto(REJECT_CHAIN.into()) } else { Verdict::Drop };
         self.r.element(map, key, Value::Verdict(v), Some(comment));
     }
 
@@ -488,22 +374,14 @@ impl Builder<'_> {
         }
         // kube-proxy's "IfNotLocal": traffic from outside the pod CIDRs is masqueraded. Without
         // CIDRs there is no local-traffic detection and nothing is masqueraded here.
-        let mut matches = self
-            .cidrs
-            .iter()
-            .map(|c| rules::saddr_in_cidr(self.f, c, true));
+        let mut matches = self.cidrs.iter().map(|c| rules::saddr_in_cidr(self.f, c, true));
         let first = matches.next()?;
-        Some(
-            matches
-                .fold(first, |acc, m| acc.then(m))
-                .then(rules::jump(MARK_FOR_MASQUERADE)),
-        )
+        Some(matches.fold(first, |acc, m| acc.then(m)).then(rules::jump(MARK_FOR_MASQUERADE)))
     }
 
     fn dnat_rules(&mut self, chain: &str, key: BackendKey, n: u32, map: &str) {
         for proto in PROTOCOLS {
-            self.r
-                .add_rule(chain, rules::dnat_random(self.f, proto, key, n, map));
+            self.r.add_rule(chain, rules::dnat_random(self.f, proto, key, n, map));
         }
     }
 
@@ -538,14 +416,8 @@ impl Builder<'_> {
             }
             Pick::ExternalLocal(n, m) | Pick::NodePortLocal(n, m) => {
                 let (shortcut, key, map) = match pick {
-                    Pick::ExternalLocal(..) => {
-                        (Pick::ExternalShortcut(m), BackendKey::Daddr, BACKENDS)
-                    }
-                    _ => (
-                        Pick::NodePortShortcut(m),
-                        BackendKey::NodePort,
-                        NODEPORT_BACKENDS,
-                    ),
+                    Pick::ExternalLocal(..) => (Pick::ExternalShortcut(m), BackendKey::Daddr, BACKENDS),
+                    _ => (Pick::NodePortShortcut(m), BackendKey::NodePort, NODEPORT_BACKENDS),
                 };
                 if m > 0 {
                     self.short_circuits(&name, &shortcut.name());
@@ -554,12 +426,8 @@ impl Builder<'_> {
                     self.dnat_rules(&name, key, n, map);
                 }
             }
-            Pick::ExternalShortcut(m) => {
-                self.dnat_rules(&name, BackendKey::Daddr, m, CLUSTER_BACKENDS)
-            }
-            Pick::NodePortShortcut(m) => {
-                self.dnat_rules(&name, BackendKey::NodePort, m, NODEPORT_CLUSTER_BACKENDS)
-            }
+            Pick::ExternalShortcut(m) => self.dnat_rules(&name, BackendKey::Daddr, m, CLUSTER_BACKENDS),
+            Pick::NodePortShortcut(m) => self.dnat_rules(&name, BackendKey::NodePort, m, NODEPORT_CLUSTER_BACKENDS),
         }
     }
 }

@@ -30,10 +30,7 @@ pub struct UdpEndpoints {
 
 impl UdpEndpoints {
     pub fn new(ports: &[ResolvedServicePort], ctx: &NodeContext) -> UdpEndpoints {
-        let mut u = UdpEndpoints {
-            node_ips: ctx.node_ips.iter().copied().collect(),
-            ..Default::default()
-        };
+        let mut u = UdpEndpoints { node_ips: ctx.node_ips.iter().copied().collect(), ..Default::default() };
         for p in ports.iter().filter(|p| p.protocol == Protocol::Udp) {
             // Any serving endpoint counts, whatever the traffic policy (as kube-proxy).
             let eps: BTreeSet<IpAddr> = p
@@ -44,26 +41,15 @@ impl UdpEndpoints {
                 .map(|e| e.ip)
                 .collect();
             let eps = if let Some(ext) = &p.external {
-                eps.into_iter()
-                    .chain(ext.endpoints().iter().map(|e| e.ip))
-                    .collect()
+                eps.into_iter().chain(ext.endpoints().iter().map(|e| e.ip)).collect()
             } else {
                 eps
             };
-            for ip in std::iter::once(&p.cluster_ip)
-                .chain(&p.external_ips)
-                .chain(&p.load_balancer_ips)
-            {
-                u.by_frontend
-                    .entry((*ip, p.port))
-                    .or_default()
-                    .extend(eps.iter().copied());
+            for ip in std::iter::once(&p.cluster_ip).chain(&p.external_ips).chain(&p.load_balancer_ips) {
+                u.by_frontend.entry((*ip, p.port)).or_default().extend(eps.iter().copied());
             }
             if let Some(np) = p.node_port {
-                u.by_node_port
-                    .entry(np)
-                    .or_default()
-                    .extend(eps.iter().copied());
+                u.by_node_port.entry(np).or_default().extend(eps.iter().copied());
             }
         }
         u
@@ -72,16 +58,10 @@ impl UdpEndpoints {
     /// Adds another index (of other Services) to this one.
     pub fn merge(&mut self, other: &UdpEndpoints) {
         for (k, v) in &other.by_frontend {
-            self.by_frontend
-                .entry(*k)
-                .or_default()
-                .extend(v.iter().copied());
+            self.by_frontend.entry(*k).or_default().extend(v.iter().copied());
         }
         for (k, v) in &other.by_node_port {
-            self.by_node_port
-                .entry(*k)
-                .or_default()
-                .extend(v.iter().copied());
+            self.by_node_port.entry(*k).or_default().extend(v.iter().copied());
         }
         self.node_ips.extend(other.node_ips.iter().copied());
     }
@@ -89,16 +69,9 @@ impl UdpEndpoints {
     /// Whether some frontend lost an endpoint between `self` (before) and `now`: only then is a
     /// conntrack dump worth its cost.
     pub fn lost_endpoints(&self, now: &UdpEndpoints) -> bool {
-        let lost = |old: &BTreeSet<IpAddr>, new: Option<&BTreeSet<IpAddr>>| {
-            new.is_none_or(|n| !old.is_subset(n))
-        };
-        self.by_frontend
-            .iter()
-            .any(|(k, v)| lost(v, now.by_frontend.get(k)))
-            || self
-                .by_node_port
-                .iter()
-                .any(|(k, v)| lost(v, now.by_node_port.get(k)))
+        let lost = |old: &BTreeSet<IpAddr>, new: Option<&BTreeSet<IpAddr>>| new.is_none_or(|n| !old.is_subset(n));
+        self.by_frontend.iter().any(|(k, v)| lost(v, now.by_frontend.get(k)))
+            || self.by_node_port.iter().any(|(k, v)| lost(v, now.by_node_port.get(k)))
     }
 
     /// A UDP entry to a service frontend whose replies come from an address that is no longer
@@ -168,12 +141,8 @@ fn tuple(b: &[u8]) -> Tuple {
             CTA_TUPLE_IP => {
                 for (ty, v) in attrs(v) {
                     let ip = match (ty, v.len()) {
-                        (CTA_IP_V4_SRC | CTA_IP_V4_DST, 4) => {
-                            IpAddr::from(<[u8; 4]>::try_from(v).unwrap())
-                        }
-                        (CTA_IP_V6_SRC | CTA_IP_V6_DST, 16) => {
-                            IpAddr::from(<[u8; 16]>::try_from(v).unwrap())
-                        }
+                        (CTA_IP_V4_SRC | CTA_IP_V4_DST, 4) => IpAddr::from(<[u8; 4]>::try_from(v).unwrap()),
+                        (CTA_IP_V6_SRC | CTA_IP_V6_DST, 16) => IpAddr::from(<[u8; 16]>::try_from(v).unwrap()),
                         _ => continue,
                     };
                     if ty == CTA_IP_V4_SRC || ty == CTA_IP_V6_SRC {
@@ -285,11 +254,7 @@ mod tests {
         // A CT_NEW carries the same tuple layout under CTA_TUPLE_ORIG; add a reply tuple.
         let mut msg = vec![2, 0, 0, 0];
         msg.extend(delete_attrs(&e));
-        let mut reply = delete_attrs(&CtEntry {
-            orig_src: e.reply_src,
-            orig_dst: e.orig_src,
-            ..e.clone()
-        });
+        let mut reply = delete_attrs(&CtEntry { orig_src: e.reply_src, orig_dst: e.orig_src, ..e.clone() });
         reply[2] = CTA_TUPLE_REPLY as u8;
         msg.extend(reply);
         assert_eq!(parse_entry(&msg), Some(e));
@@ -298,16 +263,10 @@ mod tests {
     #[test]
     fn only_udp_entries_to_frontends_answered_by_a_gone_endpoint_are_stale() {
         let mut u = UdpEndpoints::default();
-        u.by_frontend.insert(
-            ("10.96.0.10".parse().unwrap(), 53),
-            ["10.244.2.2".parse().unwrap()].into(),
-        );
+        u.by_frontend.insert(("10.96.0.10".parse().unwrap(), 53), ["10.244.2.2".parse().unwrap()].into());
         assert!(u.is_stale(&entry("10.96.0.10", 53, "10.244.1.2")));
         assert!(!u.is_stale(&entry("10.96.0.10", 53, "10.244.2.2")));
-        assert!(
-            !u.is_stale(&entry("10.96.0.11", 53, "10.244.1.2")),
-            "not a service"
-        );
+        assert!(!u.is_stale(&entry("10.96.0.11", 53, "10.244.1.2")), "not a service");
         let mut tcp = entry("10.96.0.10", 53, "10.244.1.2");
         tcp.proto = 6;
         assert!(!u.is_stale(&tcp), "TCP is left alone");

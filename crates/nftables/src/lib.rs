@@ -27,10 +27,7 @@ use nftproxy_model::{ClusterState, IpFamily, NodeContext, resolve};
 
 /// Both families' desired tables for a cluster state on one node.
 pub fn desired(state: &ClusterState, ctx: &NodeContext) -> Vec<Ruleset> {
-    [IpFamily::V4, IpFamily::V6]
-        .into_iter()
-        .map(|fam| build(Family(fam), &resolve(state, ctx, fam), ctx))
-        .collect()
+    [IpFamily::V4, IpFamily::V6].into_iter().map(|fam| build(Family(fam), &resolve(state, ctx, fam), ctx)).collect()
 }
 
 #[cfg(test)]

@@ -26,13 +26,7 @@ pub fn hash_and_truncate(name: &str) -> String {
 /// `ns/svc/proto/port` hashed: the base of a service port's chains.
 pub fn service_base(p: &ResolvedServicePort) -> String {
     let s = &p.name.service;
-    hash_and_truncate(&format!(
-        "{}/{}/{}/{}",
-        s.namespace,
-        s.name,
-        p.protocol.lower(),
-        p.name.port
-    ))
+    hash_and_truncate(&format!("{}/{}/{}/{}", s.namespace, s.name, p.protocol.lower(), p.name.port))
 }
 
 /// `ns/svc/proto/port__ip/port` hashed (IPv6 colons become dots), the base of an endpoint's
@@ -40,14 +34,7 @@ pub fn service_base(p: &ResolvedServicePort) -> String {
 pub fn endpoint_base(p: &ResolvedServicePort, e: &ResolvedEndpoint) -> String {
     let s = &p.name.service;
     let ip = e.ip.to_string().replace(':', ".");
-    hash_and_truncate(&format!(
-        "{}/{}/{}/{}__{ip}/{}",
-        s.namespace,
-        s.name,
-        p.protocol.lower(),
-        p.name.port,
-        e.port
-    ))
+    hash_and_truncate(&format!("{}/{}/{}/{}__{ip}/{}", s.namespace, s.name, p.protocol.lower(), p.name.port, e.port))
 }
 
 /// The affinity set of an endpoint: the timeout is part of the (hashed) name, so a new timeout
@@ -55,18 +42,8 @@ pub fn endpoint_base(p: &ResolvedServicePort, e: &ResolvedEndpoint) -> String {
 pub fn affinity_set_name(p: &ResolvedServicePort, e: &ResolvedEndpoint, timeout_s: u32) -> String {
     let s = &p.name.service;
     let ip = e.ip.to_string().replace(':', ".");
-    let base = format!(
-        "{}/{}/{}/{}__{ip}/{}",
-        s.namespace,
-        s.name,
-        p.protocol.lower(),
-        p.name.port,
-        e.port
-    );
-    format!(
-        "affinity-{}",
-        hash_and_truncate(&format!("{base}/{timeout_s}s"))
-    )
+    let base = format!("{}/{}/{}/{}__{ip}/{}", s.namespace, s.name, p.protocol.lower(), p.name.port, e.port);
+    format!("affinity-{}", hash_and_truncate(&format!("{base}/{timeout_s}s")))
 }
 
 #[cfg(test)]
@@ -76,14 +53,8 @@ mod tests {
     #[test]
     fn hashes_match_kube_proxys_golden_names() {
         // From kube-proxy's nftables proxier tests.
-        assert_eq!(
-            hash_and_truncate("ns1/svc1/tcp/p80"),
-            "ULMVA6XW-ns1/svc1/tcp/p80"
-        );
-        assert_eq!(
-            hash_and_truncate("ns1/svc1/tcp/p80__10.180.0.1/80"),
-            "5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
-        );
+        assert_eq!(hash_and_truncate("ns1/svc1/tcp/p80"), "ULMVA6XW-ns1/svc1/tcp/p80");
+        assert_eq!(hash_and_truncate("ns1/svc1/tcp/p80__10.180.0.1/80"), "5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80");
     }
 
     #[test]

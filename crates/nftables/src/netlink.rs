@@ -28,12 +28,7 @@ pub struct KernelError {
 
 impl std::fmt::Display for KernelError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {}",
-            self.what,
-            io::Error::from_raw_os_error(self.errno)
-        )?;
+        write!(f, "{}: {}", self.what, io::Error::from_raw_os_error(self.errno))?;
         if let Some(m) = &self.message {
             write!(f, " ({m})")?;
         }
@@ -66,11 +61,7 @@ pub struct NftSocket {
 fn setsockopt(fd: i32, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     // SAFETY: an int option on a socket we own.
     let rc = unsafe { libc::setsockopt(fd, level, opt, &v as *const _ as *const libc::c_void, 4) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 impl NftSocket {
@@ -83,10 +74,7 @@ impl NftSocket {
         // Room for the kernel's answers to a large batch (we are root: force it).
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20)
             .or_else(|_| sock.set_recv_buffer_size(8 << 20))?;
-        let tv = libc::timeval {
-            tv_sec: 30,
-            tv_usec: 0,
-        };
+        let tv = libc::timeval { tv_sec: 30, tv_usec: 0 };
         // SAFETY: a timeval option on a socket we own.
         unsafe {
             libc::setsockopt(
@@ -97,10 +85,7 @@ impl NftSocket {
                 size_of_val(&tv) as u32,
             );
         }
-        Ok(NftSocket {
-            sock,
-            rbuf: vec![0; 1 << 20],
-        })
+        Ok(NftSocket { sock, rbuf: vec![0; 1 << 20] })
     }
 
     /// Sends one batch and waits for the kernel's verdict on it. A batch must reach the kernel
@@ -113,22 +98,13 @@ impl NftSocket {
         let want = (batch.bytes.len() + 64 * 1024).min(i32::MAX as usize) as libc::c_int;
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
             .or_else(|_| setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, want))?;
-        let sent = self
-            .sock
-            .send(&batch.bytes, neli::consts::socket::Msg::empty())?;
+        let sent = self.sock.send(&batch.bytes, neli::consts::socket::Msg::empty())?;
         if sent != batch.bytes.len() {
-            return Err(io::Error::other(format!(
-                "short send: {sent} of {} bytes",
-                batch.bytes.len()
-            ))
-            .into());
+            return Err(io::Error::other(format!("short send: {sent} of {} bytes", batch.bytes.len())).into());
         }
         let mut errors = Vec::new();
         loop {
-            let (n, _) = match self
-                .sock
-                .recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())
-            {
+            let (n, _) = match self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty()) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(NetlinkError::NoAck),
                 Err(e) => return Err(e.into()),
@@ -155,10 +131,7 @@ impl NftSocket {
             }
         }
         if errors.is_empty() {
-            Ok(CommitStats {
-                messages: batch.msgs.len(),
-                bytes: batch.bytes.len(),
-            })
+            Ok(CommitStats { messages: batch.msgs.len(), bytes: batch.bytes.len() })
         } else {
             Err(NetlinkError::Rejected(errors))
         }
@@ -186,9 +159,7 @@ impl NftSocket {
         // The kernel answers with the table (if any), then the ack or ENOENT.
         let mut found = false;
         loop {
-            let (n, _) = self
-                .sock
-                .recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
+            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
             for (ty, _, seq, payload) in messages(&self.rbuf[..n]) {
                 if seq != 0x7fff_0000 {
                     continue;
@@ -211,14 +182,7 @@ impl NftSocket {
 }
 
 impl NftSocket {
-    fn request(
-        &mut self,
-        subsys_msg: u16,
-        flags: u16,
-        family: u8,
-        attrs: &[u8],
-        seq: u32,
-    ) -> io::Result<()> {
+    fn request(&mut self, subsys_msg: u16, flags: u16, family: u8, attrs: &[u8], seq: u32) -> io::Result<()> {
         let mut msg = Vec::with_capacity(20 + attrs.len());
         msg.extend_from_slice(&((20 + attrs.len()) as u32).to_ne_bytes());
         msg.extend_from_slice(&subsys_msg.to_ne_bytes());
@@ -235,18 +199,10 @@ impl NftSocket {
     pub fn conntrack_dump(&mut self, family: u8) -> io::Result<Vec<crate::conntrack::CtEntry>> {
         use crate::conntrack::*;
         let seq = 0x7ffe_0000;
-        self.request(
-            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-            0x300, /* NLM_F_DUMP */
-            family,
-            &[],
-            seq,
-        )?;
+        self.request((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, 0x300 /* NLM_F_DUMP */, family, &[], seq)?;
         let mut out = Vec::new();
         loop {
-            let (n, _) = self
-                .sock
-                .recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
+            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
             for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
                 if s != seq {
                     continue;
@@ -255,15 +211,9 @@ impl NftSocket {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
                         let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
-                        return if err == 0 {
-                            Ok(out)
-                        } else {
-                            Err(io::Error::from_raw_os_error(-err))
-                        };
+                        return if err == 0 { Ok(out) } else { Err(io::Error::from_raw_os_error(-err)) };
                     }
-                    t if t == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
-                        out.extend(parse_entry(payload))
-                    }
+                    t if t == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => out.extend(parse_entry(payload)),
                     _ => {}
                 }
             }
@@ -273,23 +223,11 @@ impl NftSocket {
     /// Deletes one conntrack entry; one already gone is fine.
     pub fn conntrack_delete(&mut self, e: &crate::conntrack::CtEntry) -> io::Result<()> {
         use crate::conntrack::*;
-        let family = if e.orig_src.is_ipv4() {
-            NFPROTO_IPV4
-        } else {
-            NFPROTO_IPV6
-        };
+        let family = if e.orig_src.is_ipv4() { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
         let seq = 0x7ffd_0000;
-        self.request(
-            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
-            NLM_F_ACK,
-            family,
-            &delete_attrs(e),
-            seq,
-        )?;
+        self.request((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, NLM_F_ACK, family, &delete_attrs(e), seq)?;
         loop {
-            let (n, _) = self
-                .sock
-                .recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
+            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
             for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
                 if s == seq && ty == NLMSG_ERROR {
                     let err = -i32::from_ne_bytes(payload[..4].try_into().unwrap());
@@ -305,10 +243,7 @@ impl NftSocket {
 }
 
 fn describe(msgs: &[MsgInfo], seq: u32) -> String {
-    msgs.iter()
-        .find(|m| m.seq == seq)
-        .map(|m| m.what.clone())
-        .unwrap_or_else(|| format!("message {seq}"))
+    msgs.iter().find(|m| m.seq == seq).map(|m| m.what.clone()).unwrap_or_else(|| format!("message {seq}"))
 }
 
 /// The NLMSGERR_ATTR_MSG text after a capped error (errno + original header + TLVs).
@@ -325,9 +260,7 @@ fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
         }
         if ty == NLMSGERR_ATTR_MSG {
             let s = &payload[off + 4..off + len];
-            return Some(
-                String::from_utf8_lossy(s.split(|b| *b == 0).next().unwrap_or(s)).into_owned(),
-            );
+            return Some(String::from_utf8_lossy(s.split(|b| *b == 0).next().unwrap_or(s)).into_owned());
         }
         off += (len + 3) & !3;
     }

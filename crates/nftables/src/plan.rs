@@ -35,10 +35,7 @@ fn staged_elements(r: &Ruleset, max: usize) -> impl Iterator<Item = (&str, Vec<E
         let mut it = r.elements[name].iter().peekable();
         std::iter::from_fn(move || {
             it.peek()?;
-            Some((
-                name,
-                it.by_ref().take(max).map(|(k, v)| v.wire(k)).collect(),
-            ))
+            Some((name, it.by_ref().take(max).map(|(k, v)| v.wire(k)).collect()))
         })
     })
 }
@@ -131,12 +128,7 @@ pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
     for (name, add) in adds {
         b.add_elems(fam, TABLE, name, None, &add);
     }
-    let gone: Vec<&str> = prev
-        .chains
-        .keys()
-        .filter(|n| !next.chains.contains_key(*n))
-        .map(String::as_str)
-        .collect();
+    let gone: Vec<&str> = prev.chains.keys().filter(|n| !next.chains.contains_key(*n)).map(String::as_str).collect();
     delete_chains(&mut b, fam, &gone);
     for name in prev.sets.keys() {
         if !next.sets.contains_key(name) {
@@ -208,12 +200,7 @@ pub fn delta(table: &Ruleset, d: &Delta, first_seq: u32) -> Batch {
     for (set, e) in &adds {
         b.add_elems(fam, TABLE, set, None, e);
     }
-    let gone: Vec<&str> = d
-        .chains
-        .keys()
-        .filter(|n| !table.chains.contains_key(*n))
-        .map(String::as_str)
-        .collect();
+    let gone: Vec<&str> = d.chains.keys().filter(|n| !table.chains.contains_key(*n)).map(String::as_str).collect();
     delete_chains(&mut b, fam, &gone);
     for name in d.sets.keys() {
         if !table.sets.contains_key(name) {
@@ -225,20 +212,9 @@ pub fn delta(table: &Ruleset, d: &Delta, first_seq: u32) -> Batch {
 
 /// (to delete, to add): changed values are deleted and added again, since the kernel refuses to
 /// overwrite an element's data.
-fn element_diff(
-    old: &BTreeMap<Key, ElemValue>,
-    new: &BTreeMap<Key, ElemValue>,
-) -> (Vec<Elem>, Vec<Elem>) {
-    let del = old
-        .iter()
-        .filter(|(k, v)| new.get(*k) != Some(*v))
-        .map(|(k, v)| v.wire(k))
-        .collect();
-    let add = new
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, v)| v.wire(k))
-        .collect();
+fn element_diff(old: &BTreeMap<Key, ElemValue>, new: &BTreeMap<Key, ElemValue>) -> (Vec<Elem>, Vec<Elem>) {
+    let del = old.iter().filter(|(k, v)| new.get(*k) != Some(*v)).map(|(k, v)| v.wire(k)).collect();
+    let add = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| v.wire(k)).collect();
     (del, add)
 }
 

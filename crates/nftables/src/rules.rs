@@ -17,23 +17,11 @@ fn cmp(op: CmpOp, data: Vec<u8>) -> Expr {
 }
 
 fn bitwise(mask: Vec<u8>, xor: Vec<u8>, spelled: bool) -> Expr {
-    Expr::Bitwise {
-        sreg: 1,
-        dreg: 1,
-        mask,
-        xor,
-        spelled,
-    }
+    Expr::Bitwise { sreg: 1, dreg: 1, mask, xor, spelled }
 }
 
 fn lookup(set: &str, dreg: Option<u32>) -> Expr {
-    Expr::Lookup {
-        sreg: 1,
-        dreg,
-        set: set.into(),
-        set_id: None,
-        invert: false,
-    }
+    Expr::Lookup { sreg: 1, dreg, set: set.into(), set_id: None, invert: false }
 }
 
 pub fn verdict(v: Verdict) -> Rule {
@@ -53,10 +41,7 @@ pub fn ct_state_new() -> Rule {
     Rule::new(
         "ct state new",
         vec![
-            Expr::Ct {
-                dreg: 1,
-                key: CtKey::State,
-            },
+            Expr::Ct { dreg: 1, key: CtKey::State },
             bitwise(8u32.to_ne_bytes().to_vec(), vec![0; 4], false),
             cmp(CmpOp::Neq, vec![0; 4]),
         ],
@@ -68,10 +53,7 @@ pub fn ct_status_dnat() -> Rule {
     Rule::new(
         "ct status dnat",
         vec![
-            Expr::Ct {
-                dreg: 1,
-                key: CtKey::Status,
-            },
+            Expr::Ct { dreg: 1, key: CtKey::Status },
             bitwise(0x20u32.to_ne_bytes().to_vec(), vec![0; 4], false),
             cmp(CmpOp::Neq, vec![0; 4]),
         ],
@@ -79,37 +61,19 @@ pub fn ct_status_dnat() -> Rule {
 }
 
 fn daddr(f: Family, reg: u32) -> Expr {
-    Expr::Payload {
-        dreg: reg,
-        base: PayloadBase::Network,
-        offset: f.daddr_offset(),
-        len: f.addr_len(),
-    }
+    Expr::Payload { dreg: reg, base: PayloadBase::Network, offset: f.daddr_offset(), len: f.addr_len() }
 }
 
 fn saddr(f: Family, reg: u32) -> Expr {
-    Expr::Payload {
-        dreg: reg,
-        base: PayloadBase::Network,
-        offset: f.saddr_offset(),
-        len: f.addr_len(),
-    }
+    Expr::Payload { dreg: reg, base: PayloadBase::Network, offset: f.saddr_offset(), len: f.addr_len() }
 }
 
 fn l4proto(reg: u32) -> Expr {
-    Expr::Meta {
-        dreg: reg,
-        key: MetaKey::L4proto,
-    }
+    Expr::Meta { dreg: reg, key: MetaKey::L4proto }
 }
 
 fn th_dport(reg: u32) -> Expr {
-    Expr::Payload {
-        dreg: reg,
-        base: PayloadBase::Transport,
-        offset: 2,
-        len: 2,
-    }
+    Expr::Payload { dreg: reg, base: PayloadBase::Transport, offset: 2, len: 2 }
 }
 
 /// Words (32-bit registers) an address takes in a concatenation.
@@ -135,31 +99,20 @@ pub fn daddr_proto_port_vmap(f: Family, map: &str) -> Rule {
 pub fn proto_port_vmap(map: &str) -> Rule {
     Rule::new(
         format!("meta l4proto . th dport vmap @{map}"),
-        vec![
-            l4proto(concat_reg(0)),
-            th_dport(concat_reg(1)),
-            lookup(map, Some(NFT_REG_VERDICT)),
-        ],
+        vec![l4proto(concat_reg(0)), th_dport(concat_reg(1)), lookup(map, Some(NFT_REG_VERDICT))],
     )
 }
 
 /// `ip daddr @set`
 pub fn daddr_in(f: Family, set: &str) -> Rule {
-    Rule::new(
-        format!("{} daddr @{set}", f.word()),
-        vec![daddr(f, 1), lookup(set, None)],
-    )
+    Rule::new(format!("{} daddr @{set}", f.word()), vec![daddr(f, 1), lookup(set, None)])
 }
 
 /// `ip saddr . ip daddr @set`
 pub fn saddr_daddr_in(f: Family, set: &str) -> Rule {
     Rule::new(
         format!("{0} saddr . {0} daddr @{set}", f.word()),
-        vec![
-            saddr(f, concat_reg(0)),
-            daddr(f, concat_reg(addr_words(f))),
-            lookup(set, None),
-        ],
+        vec![saddr(f, concat_reg(0)), daddr(f, concat_reg(addr_words(f))), lookup(set, None)],
     )
 }
 
@@ -167,11 +120,7 @@ fn fib_local(which: u32, word: &str) -> Rule {
     Rule::new(
         format!("fib {word} type local"),
         vec![
-            Expr::Fib {
-                dreg: 1,
-                flags: which,
-                result: NFT_FIB_RESULT_ADDRTYPE,
-            },
+            Expr::Fib { dreg: 1, flags: which, result: NFT_FIB_RESULT_ADDRTYPE },
             cmp(CmpOp::Eq, RTN_LOCAL.to_ne_bytes().to_vec()),
         ],
     )
@@ -190,20 +139,8 @@ pub fn fib_saddr_local() -> Rule {
 /// `ip daddr != 127.0.0.0/8` / `ip6 daddr != ::1`: no NodePorts on loopback.
 pub fn daddr_not_loopback(f: Family) -> Rule {
     match f {
-        Family::V4 => addr_match(
-            f,
-            f.daddr_offset(),
-            "daddr",
-            &"127.0.0.0/8".parse().unwrap(),
-            true,
-        ),
-        _ => addr_match(
-            f,
-            f.daddr_offset(),
-            "daddr",
-            &"::1/128".parse().unwrap(),
-            true,
-        ),
+        Family::V4 => addr_match(f, f.daddr_offset(), "daddr", &"127.0.0.0/8".parse().unwrap(), true),
+        _ => addr_match(f, f.daddr_offset(), "daddr", &"::1/128".parse().unwrap(), true),
     }
 }
 
@@ -227,25 +164,12 @@ fn addr_match(f: Family, offset: u32, field: &str, net: &IpNet, negate: bool) ->
     };
     let prefix = u32::from(net.prefix_len());
     let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
-    let shown = if prefix == f.addr_len() * 8 {
-        net.addr().to_string()
-    } else {
-        net.to_string()
-    };
-    let text = format!(
-        "{} {field} {}{shown}",
-        f.word(),
-        if negate { "!= " } else { "" }
-    );
+    let shown = if prefix == f.addr_len() * 8 { net.addr().to_string() } else { net.to_string() };
+    let text = format!("{} {field} {}{shown}", f.word(), if negate { "!= " } else { "" });
     let exprs = if prefix % 8 == 0 {
         let len = prefix / 8;
         vec![
-            Expr::Payload {
-                dreg: 1,
-                base: PayloadBase::Network,
-                offset,
-                len,
-            },
+            Expr::Payload { dreg: 1, base: PayloadBase::Network, offset, len },
             cmp(op, bytes[..len as usize].to_vec()),
         ]
     } else {
@@ -254,12 +178,7 @@ fn addr_match(f: Family, offset: u32, field: &str, net: &IpNet, negate: bool) ->
             std::net::IpAddr::V6(m) => m.octets().to_vec(),
         };
         vec![
-            Expr::Payload {
-                dreg: 1,
-                base: PayloadBase::Network,
-                offset,
-                len: f.addr_len(),
-            },
+            Expr::Payload { dreg: 1, base: PayloadBase::Network, offset, len: f.addr_len() },
             bitwise(mask, vec![0; bytes.len()], false),
             cmp(op, bytes),
         ]
@@ -271,39 +190,21 @@ fn meta_mark_op(text: String, mask: u32, xor: u32) -> Rule {
     Rule::new(
         text,
         vec![
-            Expr::Meta {
-                dreg: 1,
-                key: MetaKey::Mark,
-            },
-            bitwise(
-                mask.to_ne_bytes().to_vec(),
-                xor.to_ne_bytes().to_vec(),
-                true,
-            ),
-            Expr::MetaSet {
-                sreg: 1,
-                key: MetaKey::Mark,
-            },
+            Expr::Meta { dreg: 1, key: MetaKey::Mark },
+            bitwise(mask.to_ne_bytes().to_vec(), xor.to_ne_bytes().to_vec(), true),
+            Expr::MetaSet { sreg: 1, key: MetaKey::Mark },
         ],
     )
 }
 
 /// `meta mark set meta mark | 0x00004000`
 pub fn mark_set_or(bits: u32) -> Rule {
-    meta_mark_op(
-        format!("meta mark set meta mark | {bits:#010x}"),
-        !bits,
-        bits,
-    )
+    meta_mark_op(format!("meta mark set meta mark | {bits:#010x}"), !bits, bits)
 }
 
 /// `meta mark set meta mark ^ 0x00004000`
 pub fn mark_set_xor(bits: u32) -> Rule {
-    meta_mark_op(
-        format!("meta mark set meta mark ^ {bits:#010x}"),
-        u32::MAX,
-        bits,
-    )
+    meta_mark_op(format!("meta mark set meta mark ^ {bits:#010x}"), u32::MAX, bits)
 }
 
 /// `meta mark & 0x00004000 == 0x00000000`
@@ -311,10 +212,7 @@ pub fn mark_clear(bits: u32) -> Rule {
     Rule::new(
         format!("meta mark & {bits:#010x} == 0x00000000"),
         vec![
-            Expr::Meta {
-                dreg: 1,
-                key: MetaKey::Mark,
-            },
+            Expr::Meta { dreg: 1, key: MetaKey::Mark },
             bitwise(bits.to_ne_bytes().to_vec(), vec![0; 4], true),
             cmp(CmpOp::Eq, vec![0; 4]),
         ],
@@ -323,23 +221,12 @@ pub fn mark_clear(bits: u32) -> Rule {
 
 /// `masquerade fully-random`
 pub fn masquerade_fully_random() -> Rule {
-    Rule::new(
-        "masquerade fully-random",
-        vec![Expr::Masq {
-            flags: NAT_FLAG_FULLY_RANDOM,
-        }],
-    )
+    Rule::new("masquerade fully-random", vec![Expr::Masq { flags: NAT_FLAG_FULLY_RANDOM }])
 }
 
 /// `reject` (ICMP / ICMPv6 port unreachable).
 pub fn reject(f: Family) -> Rule {
-    Rule::new(
-        "reject",
-        vec![Expr::Reject {
-            kind: NFT_REJECT_ICMP_UNREACH,
-            code: f.reject_code(),
-        }],
-    )
+    Rule::new("reject", vec![Expr::Reject { kind: NFT_REJECT_ICMP_UNREACH, code: f.reject_code() }])
 }
 
 /// Which frontend fields key an endpoint map.
@@ -358,25 +245,15 @@ pub fn dnat_random(f: Family, proto: u8, key: BackendKey, n: u32, map: &str) -> 
     let w = addr_words(f);
     let (mut exprs, key_text, next) = match key {
         BackendKey::Daddr => (
-            vec![
-                daddr(f, concat_reg(0)),
-                l4proto(concat_reg(w)),
-                th_dport(concat_reg(w + 1)),
-            ],
+            vec![daddr(f, concat_reg(0)), l4proto(concat_reg(w)), th_dport(concat_reg(w + 1))],
             format!("{} daddr . meta l4proto . th dport", f.word()),
             w + 2,
         ),
-        BackendKey::NodePort => (
-            vec![l4proto(concat_reg(0)), th_dport(concat_reg(1))],
-            "meta l4proto . th dport".to_string(),
-            2,
-        ),
+        BackendKey::NodePort => {
+            (vec![l4proto(concat_reg(0)), th_dport(concat_reg(1))], "meta l4proto . th dport".to_string(), 2)
+        }
     };
-    exprs.push(Expr::Numgen {
-        dreg: concat_reg(next),
-        modulus: n,
-        random: true,
-    });
+    exprs.push(Expr::Numgen { dreg: concat_reg(next), modulus: n, random: true });
     exprs.push(lookup(map, Some(1)));
     exprs.push(Expr::Nat {
         kind: NatKind::Dnat,
@@ -393,35 +270,21 @@ pub fn dnat_random(f: Family, proto: u8, key: BackendKey, n: u32, map: &str) -> 
     let mut all = vec![l4proto(1), cmp(CmpOp::Eq, vec![proto])];
     all.extend(exprs);
     Rule::new(
-        format!(
-            "meta l4proto {proto_name} dnat {0} to {key_text} . numgen random mod {n} map @{map}",
-            f.word()
-        ),
+        format!("meta l4proto {proto_name} dnat {0} to {key_text} . numgen random mod {n} map @{map}", f.word()),
         all,
     )
 }
 
 /// `ip saddr @set`
 pub fn saddr_in(f: Family, set: &str) -> Rule {
-    Rule::new(
-        format!("{} saddr @{set}", f.word()),
-        vec![saddr(f, 1), lookup(set, None)],
-    )
+    Rule::new(format!("{} saddr @{set}", f.word()), vec![saddr(f, 1), lookup(set, None)])
 }
 
 /// `update @set { ip saddr }`: remember (or refresh) this client in a dynamic set.
 pub fn update_saddr(f: Family, set: &str) -> Rule {
     Rule::new(
         format!("update @{set} {{ {} saddr }}", f.word()),
-        vec![
-            saddr(f, 1),
-            Expr::Dynset {
-                sreg_key: 1,
-                op: DYNSET_UPDATE,
-                set: set.into(),
-                set_id: None,
-            },
-        ],
+        vec![saddr(f, 1), Expr::Dynset { sreg_key: 1, op: DYNSET_UPDATE, set: set.into(), set_id: None }],
     )
 }
 
@@ -429,14 +292,7 @@ pub fn update_saddr(f: Family, set: &str) -> Rule {
 pub fn numgen_one_in(k: u32) -> Rule {
     Rule::new(
         format!("numgen random mod {k} == 0"),
-        vec![
-            Expr::Numgen {
-                dreg: 1,
-                modulus: k,
-                random: true,
-            },
-            cmp(CmpOp::Eq, vec![0; 4]),
-        ],
+        vec![Expr::Numgen { dreg: 1, modulus: k, random: true }, cmp(CmpOp::Eq, vec![0; 4])],
     )
 }
 
@@ -456,14 +312,8 @@ pub fn dnat_to(f: Family, proto: u8, ip: std::net::IpAddr, port: u16) -> Rule {
         vec![
             l4proto(1),
             cmp(CmpOp::Eq, vec![proto]),
-            Expr::ImmediateData {
-                dreg: 1,
-                data: addr_bytes,
-            },
-            Expr::ImmediateData {
-                dreg: 2,
-                data: port.to_be_bytes().to_vec(),
-            },
+            Expr::ImmediateData { dreg: 1, data: addr_bytes },
+            Expr::ImmediateData { dreg: 2, data: port.to_be_bytes().to_vec() },
             Expr::Nat {
                 kind: NatKind::Dnat,
                 family: f.nfproto(),

@@ -23,11 +23,7 @@ pub struct Rule {
 
 impl Rule {
     pub fn new(text: impl Into<String>, exprs: Vec<Expr>) -> Rule {
-        Rule {
-            text: text.into(),
-            exprs,
-            comment: None,
-        }
+        Rule { text: text.into(), exprs, comment: None }
     }
     pub fn comment(mut self, c: impl Into<String>) -> Rule {
         self.comment = Some(c.into());
@@ -109,11 +105,7 @@ fn encode(fields: &[Field]) -> Vec<u8> {
 }
 
 fn fields_text(fields: &[Field]) -> String {
-    fields
-        .iter()
-        .map(Field::text)
-        .collect::<Vec<_>>()
-        .join(" . ")
+    fields.iter().map(Field::text).collect::<Vec<_>>().join(" . ")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -188,19 +180,11 @@ pub struct Ruleset {
 
 impl Ruleset {
     pub fn new(family: Family) -> Ruleset {
-        Ruleset {
-            family,
-            chains: BTreeMap::new(),
-            sets: BTreeMap::new(),
-            elements: BTreeMap::new(),
-        }
+        Ruleset { family, chains: BTreeMap::new(), sets: BTreeMap::new(), elements: BTreeMap::new() }
     }
 
     pub fn chain(&mut self, name: &str, base: Option<BaseChain>) -> &mut Chain {
-        self.chains.entry(name.to_string()).or_insert(Chain {
-            base,
-            rules: Default::default(),
-        })
+        self.chains.entry(name.to_string()).or_insert(Chain { base, rules: Default::default() })
     }
 
     pub fn add_rule(&mut self, chain: &str, rule: Rule) {
@@ -213,20 +197,14 @@ impl Ruleset {
     }
 
     pub fn element(&mut self, set: &str, key: Key, value: Value, comment: Option<&str>) {
-        let v = ElemValue {
-            value,
-            comment: comment.map(std::sync::Arc::from),
-        };
+        let v = ElemValue { value, comment: comment.map(std::sync::Arc::from) };
         // Look the set up before allocating its name: this runs once per element.
         match self.elements.get_mut(set) {
             Some(m) => {
                 m.insert(key, v);
             }
             None => {
-                self.elements
-                    .entry(set.to_string())
-                    .or_default()
-                    .insert(key, v);
+                self.elements.entry(set.to_string()).or_default().insert(key, v);
             }
         }
     }
@@ -238,15 +216,10 @@ impl Ruleset {
     /// same transaction (`table …` creates it if missing so that `delete table` cannot fail).
     pub fn render(&self) -> String {
         let fam = self.family.word();
-        let mut out =
-            format!("table {fam} {TABLE}\ndelete table {fam} {TABLE}\ntable {fam} {TABLE} {{\n");
+        let mut out = format!("table {fam} {TABLE}\ndelete table {fam} {TABLE}\ntable {fam} {TABLE} {{\n");
         let _ = writeln!(out, "\tcomment {}", quote(TABLE_COMMENT));
         for (name, decl) in &self.sets {
-            let kind = if decl.spec.data.is_some() {
-                "map"
-            } else {
-                "set"
-            };
+            let kind = if decl.spec.data.is_some() { "map" } else { "set" };
             let _ = writeln!(out, "\n\t{kind} {name} {{\n\t\t{}", decl.type_text);
             if let Some(c) = decl.comment {
                 let _ = writeln!(out, "\t\tcomment {}", quote(c));

@@ -80,11 +80,9 @@ pub fn sets(f: Family) -> Vec<SetDecl> {
     let svc_key = [at, TYPE_INET_PROTO, TYPE_INET_SERVICE];
     let backend_key = [at, TYPE_INET_PROTO, TYPE_INET_SERVICE, TYPE_INTEGER];
     let np_backend_key = [TYPE_INET_PROTO, TYPE_INET_SERVICE, TYPE_INTEGER];
-    let backend_type = format!(
-        "typeof {w} daddr . meta l4proto . th dport . numgen random mod 1 : {w} daddr . th dport"
-    );
-    let np_backend_type =
-        format!("typeof meta l4proto . th dport . numgen random mod 1 : {w} daddr . th dport");
+    let backend_type =
+        format!("typeof {w} daddr . meta l4proto . th dport . numgen random mod 1 : {w} daddr . th dport");
+    let np_backend_type = format!("typeof meta l4proto . th dport . numgen random mod 1 : {w} daddr . th dport");
     vec![
         decl(
             CLUSTER_IPS,
@@ -213,10 +211,7 @@ pub fn sets(f: Family) -> Vec<SetDecl> {
             &np_backend_key,
             12,
             endpoint,
-            pick(
-                ud::V4_NODEPORT_CLUSTER_BACKENDS,
-                ud::V6_NODEPORT_CLUSTER_BACKENDS,
-            ),
+            pick(ud::V4_NODEPORT_CLUSTER_BACKENDS, ud::V6_NODEPORT_CLUSTER_BACKENDS),
             np_backend_type,
             "node port . index : cluster endpoint (ETP=Local short-circuit)",
             0,
@@ -238,21 +233,14 @@ pub fn affinity_set(f: Family, name: &str, timeout_s: u32) -> SetDecl {
             // What nft writes for such a set: the key's byte order (big endian).
             udata: Udata::default().put_u32(NFTNL_UDATA_SET_KEYBYTEORDER, 2).0,
         },
-        type_text: format!(
-            "type {}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout_s}s",
-            f.addr_type()
-        ),
+        type_text: format!("type {}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout_s}s", f.addr_type()),
         comment: None,
         stage: 0,
     }
 }
 
 fn base(chain_type: &'static str, hook: u32, priority: i32) -> Option<BaseChain> {
-    Some(BaseChain {
-        chain_type,
-        hook,
-        priority,
-    })
+    Some(BaseChain { chain_type, hook, priority })
 }
 
 /// How NodePorts are recognised: by a set of node addresses, or as any local address.
@@ -271,21 +259,12 @@ pub fn fixed(f: Family, nodeports: NodePortMatch) -> Ruleset {
     let prio_dstnat = -100;
     // Hooks and priorities as kube-proxy's nftables mode (v1.34): other components can rely on
     // the same ordering.
-    r.chain(
-        "filter-prerouting-pre-dnat",
-        base("filter", NF_INET_PRE_ROUTING, prio_dstnat - 10),
-    );
-    r.chain(
-        "filter-output-pre-dnat",
-        base("filter", NF_INET_LOCAL_OUT, prio_dstnat - 10),
-    );
+    r.chain("filter-prerouting-pre-dnat", base("filter", NF_INET_PRE_ROUTING, prio_dstnat - 10));
+    r.chain("filter-output-pre-dnat", base("filter", NF_INET_LOCAL_OUT, prio_dstnat - 10));
     r.chain("filter-input", base("filter", NF_INET_LOCAL_IN, 0));
     r.chain("filter-forward", base("filter", NF_INET_FORWARD, 0));
     r.chain("filter-output", base("filter", NF_INET_LOCAL_OUT, 0));
-    r.chain(
-        "nat-prerouting",
-        base("nat", NF_INET_PRE_ROUTING, prio_dstnat),
-    );
+    r.chain("nat-prerouting", base("nat", NF_INET_PRE_ROUTING, prio_dstnat));
     r.chain("nat-output", base("nat", NF_INET_LOCAL_OUT, prio_dstnat));
     r.chain("nat-postrouting", base("nat", NF_INET_POST_ROUTING, 100));
 
@@ -299,10 +278,7 @@ pub fn fixed(f: Family, nodeports: NodePortMatch) -> Ruleset {
     // loadBalancerSourceRanges are checked before DNAT, on the original destination.
     r.add_rule("filter-prerouting-pre-dnat", new_jump(FIREWALL_CHECK));
     r.add_rule("filter-output-pre-dnat", new_jump(FIREWALL_CHECK));
-    r.add_rule(
-        FIREWALL_CHECK,
-        rules::daddr_proto_port_vmap(f, FIREWALL_IPS),
-    );
+    r.add_rule(FIREWALL_CHECK, rules::daddr_proto_port_vmap(f, FIREWALL_IPS));
     r.add_rule("nat-prerouting", rules::jump(SERVICES));
     r.add_rule("nat-output", rules::jump(SERVICES));
     r.add_rule("nat-postrouting", rules::jump(MASQUERADING));
@@ -313,43 +289,22 @@ pub fn fixed(f: Family, nodeports: NodePortMatch) -> Ruleset {
         NodePortMatch::Set => rules::daddr_in(f, NODEPORT_IPS),
         NodePortMatch::AnyLocal => rules::fib_daddr_local().then(rules::daddr_not_loopback(f)),
     };
-    r.add_rule(
-        SERVICES,
-        nodeport_dst
-            .clone()
-            .then(rules::proto_port_vmap(SERVICE_NODEPORTS)),
-    );
-    r.add_rule(
-        SERVICE_ENDPOINTS_CHECK,
-        rules::daddr_proto_port_vmap(f, NO_ENDPOINT_SERVICES),
-    );
-    r.add_rule(
-        NODEPORT_ENDPOINTS_CHECK,
-        nodeport_dst.then(rules::proto_port_vmap(NO_ENDPOINT_NODEPORTS)),
-    );
+    r.add_rule(SERVICES, nodeport_dst.clone().then(rules::proto_port_vmap(SERVICE_NODEPORTS)));
+    r.add_rule(SERVICE_ENDPOINTS_CHECK, rules::daddr_proto_port_vmap(f, NO_ENDPOINT_SERVICES));
+    r.add_rule(NODEPORT_ENDPOINTS_CHECK, nodeport_dst.then(rules::proto_port_vmap(NO_ENDPOINT_NODEPORTS)));
     r.add_rule(
         CLUSTER_IPS_CHECK,
-        rules::daddr_in(f, CLUSTER_IPS)
-            .then(rules::reject(f))
-            .comment("Reject traffic to invalid ports of ClusterIPs"),
+        rules::daddr_in(f, CLUSTER_IPS).then(rules::reject(f)).comment("Reject traffic to invalid ports of ClusterIPs"),
     );
-    r.add_rule(
-        REJECT_CHAIN,
-        rules::reject(f).comment("helper for @no-endpoint-services / @no-endpoint-nodeports"),
-    );
+    r.add_rule(REJECT_CHAIN, rules::reject(f).comment("helper for @no-endpoint-services / @no-endpoint-nodeports"));
     r.add_rule(MARK_FOR_MASQUERADE, rules::mark_set_or(MASQ_MARK));
     // Hairpin: a pod that reached itself through a service must be masqueraded, or it would answer
     // itself directly. One set of `ep . ep` pairs replaces kube-proxy's rule per endpoint chain.
     r.add_rule(
         MASQUERADING,
-        rules::ct_status_dnat()
-            .then(rules::saddr_daddr_in(f, HAIRPIN))
-            .then(rules::jump(MARK_FOR_MASQUERADE)),
+        rules::ct_status_dnat().then(rules::saddr_daddr_in(f, HAIRPIN)).then(rules::jump(MARK_FOR_MASQUERADE)),
     );
-    r.add_rule(
-        MASQUERADING,
-        rules::mark_clear(MASQ_MARK).then(rules::verdict(Verdict::Return)),
-    );
+    r.add_rule(MASQUERADING, rules::mark_clear(MASQ_MARK).then(rules::verdict(Verdict::Return)));
     r.add_rule(MASQUERADING, rules::mark_set_xor(MASQ_MARK));
     r.add_rule(MASQUERADING, rules::masquerade_fully_random());
     r

@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use nftproxy_model::{
-    ClusterState, NodeContext, ResolvedServicePort, ServiceName, resolve, resolve_service,
-};
+use nftproxy_model::{ClusterState, NodeContext, ResolvedServicePort, ServiceName, resolve, resolve_service};
 
 use crate::build::{fixed_table, fragment, fragments};
 use crate::conntrack::UdpEndpoints;
@@ -49,10 +47,7 @@ impl SyncReport {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("table {} {TABLE}: {source}", family.word())]
-    Netlink {
-        family: Family,
-        source: NetlinkError,
-    },
+    Netlink { family: Family, source: NetlinkError },
     #[error("conntrack cleanup: {0}")]
     Conntrack(std::io::Error),
 }
@@ -67,36 +62,17 @@ pub struct NftablesBackend {
     pub cold_start_max_elements: usize,
 }
 
-fn ports_of(
-    state: &ClusterState,
-    ctx: &NodeContext,
-    fam: Family,
-    svc: &ServiceName,
-) -> Vec<ResolvedServicePort> {
-    state
-        .services
-        .get(svc)
-        .map(|s| resolve_service(state, ctx, fam.0, s))
-        .unwrap_or_default()
+fn ports_of(state: &ClusterState, ctx: &NodeContext, fam: Family, svc: &ServiceName) -> Vec<ResolvedServicePort> {
+    state.services.get(svc).map(|s| resolve_service(state, ctx, fam.0, s)).unwrap_or_default()
 }
 
-fn udp_index(
-    ports: &[ResolvedServicePort],
-    ctx: &NodeContext,
-) -> BTreeMap<ServiceName, UdpEndpoints> {
+fn udp_index(ports: &[ResolvedServicePort], ctx: &NodeContext) -> BTreeMap<ServiceName, UdpEndpoints> {
     // Only UDP ports have conntrack entries worth cleaning: other Services get no entry.
     let mut by: BTreeMap<ServiceName, Vec<ResolvedServicePort>> = BTreeMap::new();
-    for p in ports
-        .iter()
-        .filter(|p| p.protocol == nftproxy_model::Protocol::Udp)
-    {
-        by.entry(p.name.service.clone())
-            .or_default()
-            .push(p.clone());
+    for p in ports.iter().filter(|p| p.protocol == nftproxy_model::Protocol::Udp) {
+        by.entry(p.name.service.clone()).or_default().push(p.clone());
     }
-    by.into_iter()
-        .map(|(s, p)| (s, UdpEndpoints::new(&p, ctx)))
-        .collect()
+    by.into_iter().map(|(s, p)| (s, UdpEndpoints::new(&p, ctx))).collect()
 }
 
 impl NftablesBackend {
@@ -146,6 +122,11 @@ impl NftablesBackend {
         }
     }
 
+    /// Whether our table of `family` exists in the kernel.
+    fn table_exists(&mut self, family: Family) -> Result<bool, SyncError> {
+        self.sock.table_exists(family.nfproto(), TABLE).map_err(|e| SyncError::Netlink { family, source: e.into() })
+    }
+
     /// Brings one family's table to `want`: a diff against what we programmed, else an atomic
     /// replace of a table left by an earlier run, else a cold start in chunks.
     fn sync_table(&mut self, want: Table, report: &mut SyncReport) -> Result<(), SyncError> {
@@ -159,19 +140,10 @@ impl NftablesBackend {
             }
             None => {
                 report.full.push(family);
-                let exists = self
-                    .sock
-                    .table_exists(family.nfproto(), TABLE)
-                    .map_err(|e| SyncError::Netlink {
-                        family,
-                        source: e.into(),
-                    })?;
-                if exists {
+                if self.table_exists(family)? {
                     self.commit(family, plan::replace(&want.table, self.seq), report)?;
                 } else {
-                    for batch in
-                        plan::cold_start(&want.table, self.seq, self.cold_start_max_elements)
-                    {
+                    for batch in plan::cold_start(&want.table, self.seq, self.cold_start_max_elements) {
                         self.commit(family, batch, report)?;
                     }
                 }
@@ -194,11 +166,7 @@ impl NftablesBackend {
 
     /// A full sync: resolves every Service for this node, syncs both families, then deletes UDP
     /// conntrack entries that lead to endpoints that went away (only when some did).
-    pub fn sync_cluster(
-        &mut self,
-        state: &ClusterState,
-        ctx: &NodeContext,
-    ) -> Result<SyncReport, SyncError> {
+    pub fn sync_cluster(&mut self, state: &ClusterState, ctx: &NodeContext) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
         let mut all_ports = Vec::new();
         for family in FAMILIES {
@@ -209,9 +177,10 @@ impl NftablesBackend {
         }
         self.built_for = Some(ctx.clone());
         let now = udp_index(&all_ports, ctx);
-        let lost = self.udp.iter().any(|(svc, before)| {
-            before.lost_endpoints(now.get(svc).unwrap_or(&UdpEndpoints::default()))
-        });
+        let lost = self
+            .udp
+            .iter()
+            .any(|(svc, before)| before.lost_endpoints(now.get(svc).unwrap_or(&UdpEndpoints::default())));
         self.udp = now;
         if lost {
             report.conntrack_deleted = self.clean_conntrack().map_err(SyncError::Conntrack)?;
@@ -229,9 +198,7 @@ impl NftablesBackend {
         ctx: &NodeContext,
         changed: &BTreeSet<ServiceName>,
     ) -> Result<SyncReport, SyncError> {
-        if self.built_for.as_ref() != Some(ctx)
-            || FAMILIES.iter().any(|f| !self.programmed.contains_key(f))
-        {
+        if self.built_for.as_ref() != Some(ctx) || FAMILIES.iter().any(|f| !self.programmed.contains_key(f)) {
             return self.sync_cluster(state, ctx);
         }
         let mut report = SyncReport::default();
@@ -241,8 +208,7 @@ impl NftablesBackend {
             let mut delta = Delta::default();
             for svc in changed {
                 let ports = ports_of(state, ctx, family, svc);
-                let frag = (!ports.is_empty())
-                    .then(|| fragment(family, &ports.iter().collect::<Vec<_>>(), ctx));
+                let frag = (!ports.is_empty()).then(|| fragment(family, &ports.iter().collect::<Vec<_>>(), ctx));
                 table.swap(svc, frag, &mut delta);
                 changed_ports.extend(ports);
             }
@@ -257,10 +223,7 @@ impl NftablesBackend {
         let mut lost = false;
         for svc in changed {
             let after = now.get(svc).cloned().unwrap_or_default();
-            lost |= self
-                .udp
-                .get(svc)
-                .is_some_and(|before| before.lost_endpoints(&after));
+            lost |= self.udp.get(svc).is_some_and(|before| before.lost_endpoints(&after));
             match now.get(svc) {
                 Some(u) => self.udp.insert(svc.clone(), u.clone()),
                 None => self.udp.remove(svc),
@@ -293,14 +256,7 @@ impl NftablesBackend {
     pub fn cleanup(&mut self) -> Result<(), SyncError> {
         for family in FAMILIES {
             self.programmed.remove(&family);
-            let exists = self
-                .sock
-                .table_exists(family.nfproto(), TABLE)
-                .map_err(|e| SyncError::Netlink {
-                    family,
-                    source: e.into(),
-                })?;
-            if exists {
+            if self.table_exists(family)? {
                 let mut report = SyncReport::default();
                 self.commit(family, plan::delete(family, self.seq), &mut report)?;
             }

@@ -44,10 +44,7 @@ struct FragmentIndex {
 impl Table {
     /// Merges fragments one by one as the iterator yields them: with a lazy iterator, only one
     /// fragment exists at a time (building all first cost ~10 KiB per Service at the peak).
-    pub fn new(
-        fixed: Ruleset,
-        fragments: impl IntoIterator<Item = (ServiceName, Ruleset)>,
-    ) -> Table {
+    pub fn new(fixed: Ruleset, fragments: impl IntoIterator<Item = (ServiceName, Ruleset)>) -> Table {
         let mut t = Table {
             table: fixed,
             fragments: BTreeMap::new(),
@@ -82,9 +79,7 @@ impl Table {
             *rc += 1;
             if *rc == 1 {
                 if let Some(d) = delta.as_deref_mut() {
-                    d.sets
-                        .entry(name.clone())
-                        .or_insert_with(|| self.table.sets.get(&name).cloned());
+                    d.sets.entry(name.clone()).or_insert_with(|| self.table.sets.get(&name).cloned());
                 }
                 self.table.elements.entry(name.clone()).or_default();
                 self.table.sets.insert(name.clone(), decl);
@@ -96,9 +91,7 @@ impl Table {
             *rc += 1;
             if *rc == 1 {
                 if let Some(d) = delta.as_deref_mut() {
-                    d.chains
-                        .entry(name.clone())
-                        .or_insert_with(|| self.table.chains.get(&name).cloned());
+                    d.chains.entry(name.clone()).or_insert_with(|| self.table.chains.get(&name).cloned());
                 }
                 self.table.chains.insert(name.clone(), chain);
             }
@@ -114,9 +107,7 @@ impl Table {
                     Some(cur) if *cur == v => {}
                     Some(cur) => {
                         if let Some(d) = delta.as_deref_mut() {
-                            d.elements
-                                .entry((set.clone(), k.clone()))
-                                .or_insert_with(|| Some(cur.clone()));
+                            d.elements.entry((set.clone(), k.clone())).or_insert_with(|| Some(cur.clone()));
                         }
                         *cur = v;
                     }
@@ -143,10 +134,7 @@ impl Table {
                 if release(refs, k) {
                     if let Some(current) = self.table.elements.get_mut(set) {
                         let before = current.remove(k);
-                        delta
-                            .elements
-                            .entry((set.clone(), k.clone()))
-                            .or_insert(before);
+                        delta.elements.entry((set.clone(), k.clone())).or_insert(before);
                     }
                 }
             }

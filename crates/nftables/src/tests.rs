@@ -28,11 +28,7 @@ fn port(name: &str, cip: &str, eps: &[&str]) -> ResolvedServicePort {
         })
         .collect();
     ResolvedServicePort {
-        name: ServicePortName {
-            service: ServiceName::new("ns", name),
-            port: "http".into(),
-            protocol: Protocol::Tcp,
-        },
+        name: ServicePortName { service: ServiceName::new("ns", name), port: "http".into(), protocol: Protocol::Tcp },
         family: IpFamily::V4,
         service_type: ServiceType::ClusterIP,
         cluster_ip: cip.parse().unwrap(),
@@ -86,14 +82,10 @@ fn an_unchanged_state_plans_nothing() {
 
 #[test]
 fn one_endpoint_change_is_one_delete_and_one_add_per_touched_map() {
-    let a = table(&[
-        port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2"]),
-        port("db", "10.96.0.11", &["10.244.3.2"]),
-    ]);
-    let b = table(&[
-        port("web", "10.96.0.10", &["10.244.1.2", "10.244.4.2"]),
-        port("db", "10.96.0.11", &["10.244.3.2"]),
-    ]);
+    let a =
+        table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2"]), port("db", "10.96.0.11", &["10.244.3.2"])]);
+    let b =
+        table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.4.2"]), port("db", "10.96.0.11", &["10.244.3.2"])]);
     let batch = plan::incremental(&a, &b, 1);
     let what: Vec<&str> = batch.messages().iter().map(|m| m.what.as_str()).collect();
     assert_eq!(
@@ -110,44 +102,26 @@ fn one_endpoint_change_is_one_delete_and_one_add_per_touched_map() {
 #[test]
 fn a_new_endpoint_count_adds_its_pick_chain_and_retargets_the_service() {
     let a = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2"])]);
-    let b = table(&[port(
-        "web",
-        "10.96.0.10",
-        &["10.244.1.2", "10.244.2.2", "10.244.3.2"],
-    )]);
+    let b = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2", "10.244.3.2"])]);
     let batch = plan::incremental(&a, &b, 1);
     let what: Vec<&str> = batch.messages().iter().map(|m| m.what.as_str()).collect();
     assert_eq!(what[0], "add chain cluster-3");
     assert!(what.contains(&"delete chain cluster-2"), "{what:?}");
-    assert_eq!(
-        *what.last().unwrap(),
-        "delete chain cluster-2",
-        "chains go after the elements that jump to them"
-    );
+    assert_eq!(*what.last().unwrap(), "delete chain cluster-2", "chains go after the elements that jump to them");
 }
 
 #[test]
 fn a_service_without_endpoints_is_rejected_through_the_no_endpoint_map() {
     let r = table(&[port("empty", "10.96.0.12", &[])]);
     let text = r.render();
-    assert!(
-        text.contains("10.96.0.12 . tcp . 80 comment \"ns/empty:http\" : goto reject-chain"),
-        "{text}"
-    );
+    assert!(text.contains("10.96.0.12 . tcp . 80 comment \"ns/empty:http\" : goto reject-chain"), "{text}");
     assert!(r.elements["service-ips"].is_empty());
 }
 
 #[test]
 fn cold_start_chunks_fill_endpoint_maps_before_entry_maps() {
-    let ports: Vec<_> = (0..50)
-        .map(|i| {
-            port(
-                &format!("s{i}"),
-                &format!("10.96.1.{i}"),
-                &["10.244.1.2", "10.244.2.2"],
-            )
-        })
-        .collect();
+    let ports: Vec<_> =
+        (0..50).map(|i| port(&format!("s{i}"), &format!("10.96.1.{i}"), &["10.244.1.2", "10.244.2.2"])).collect();
     let r = table(&ports);
     let batches = plan::cold_start(&r, 1, 40);
     assert!(batches.len() > 3, "{} batches", batches.len());
@@ -156,14 +130,8 @@ fn cold_start_chunks_fill_endpoint_maps_before_entry_maps() {
         .flat_map(|b| b.messages().iter().map(|m| m.what.clone()))
         .filter(|w| w.contains("elements"))
         .collect();
-    let first_entry = order
-        .iter()
-        .position(|w| w.ends_with("service-ips") || w.ends_with("cluster-ips"))
-        .unwrap();
-    let last_backend = order
-        .iter()
-        .rposition(|w| w.ends_with("of backends"))
-        .unwrap();
+    let first_entry = order.iter().position(|w| w.ends_with("service-ips") || w.ends_with("cluster-ips")).unwrap();
+    let last_backend = order.iter().rposition(|w| w.ends_with("of backends")).unwrap();
     assert!(last_backend < first_entry, "{order:?}");
 }
 
@@ -173,25 +141,12 @@ fn swapping_fragments_gives_the_table_a_full_build_gives() {
     use std::collections::BTreeMap;
     let c = ctx();
     let ports = |eps: &[&[&str]]| -> Vec<ResolvedServicePort> {
-        eps.iter()
-            .enumerate()
-            .map(|(i, e)| port(&format!("s{i}"), &format!("10.96.0.{}", i + 1), e))
-            .collect()
+        eps.iter().enumerate().map(|(i, e)| port(&format!("s{i}"), &format!("10.96.0.{}", i + 1), e)).collect()
     };
-    let frags = |ps: &[ResolvedServicePort]| {
-        crate::fragments(Family::V4, ps, &c).collect::<BTreeMap<_, _>>()
-    };
+    let frags = |ps: &[ResolvedServicePort]| crate::fragments(Family::V4, ps, &c).collect::<BTreeMap<_, _>>();
     // s0 and s1 share an endpoint (hairpin) and an endpoint count (cluster-2).
-    let before = ports(&[
-        &["10.244.1.2", "10.244.2.2"],
-        &["10.244.1.2", "10.244.3.2"],
-        &["10.244.4.2"],
-    ]);
-    let after = ports(&[
-        &["10.244.1.2", "10.244.2.2", "10.244.5.2"],
-        &["10.244.3.2"],
-        &[],
-    ]);
+    let before = ports(&[&["10.244.1.2", "10.244.2.2"], &["10.244.1.2", "10.244.3.2"], &["10.244.4.2"]]);
+    let after = ports(&[&["10.244.1.2", "10.244.2.2", "10.244.5.2"], &["10.244.3.2"], &[]]);
     let mut t = Table::new(crate::fixed_table(Family::V4, &c), frags(&before));
     let mut d = Delta::default();
     let new = frags(&after);
@@ -206,9 +161,6 @@ fn swapping_fragments_gives_the_table_a_full_build_gives() {
     for i in 0..3 {
         t.swap(&ServiceName::new("ns", format!("s{i}")), None, &mut d);
     }
-    assert_eq!(
-        t.table,
-        Table::new(crate::fixed_table(Family::V4, &c), BTreeMap::new()).table
-    );
+    assert_eq!(t.table, Table::new(crate::fixed_table(Family::V4, &c), BTreeMap::new()).table);
     assert!(!plan::delta(&t.table, &d, 1).is_empty());
 }

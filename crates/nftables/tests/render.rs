@@ -14,10 +14,7 @@ fn example_cluster_renders_as_the_golden_file() {
         ..Default::default()
     };
     ctx.complete_from(&loaded.state.nodes["node-a"]);
-    let text: String = nftproxy_nftables::desired(&loaded.state, &ctx)
-        .iter()
-        .map(|r| r.render())
-        .collect();
+    let text: String = nftproxy_nftables::desired(&loaded.state, &ctx).iter().map(|r| r.render()).collect();
     let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/cluster.nft");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(golden, &text).unwrap();

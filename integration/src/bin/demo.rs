@@ -9,20 +9,14 @@ use nftproxy_integration::lab::{CLIENT_IP, Lab, NODE_IP};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let proxy = args
-        .next()
-        .unwrap_or_else(|| "target/debug/kube-nftproxy".into());
+    let proxy = args.next().unwrap_or_else(|| "target/debug/kube-nftproxy".into());
     let manifests = args.next().unwrap_or_else(|| "examples/demo.yaml".into());
-    let proxy = std::fs::canonicalize(&proxy)
-        .unwrap_or_else(|e| panic!("{proxy}: {e} (run `make build` first)"));
+    let proxy = std::fs::canonicalize(&proxy).unwrap_or_else(|e| panic!("{proxy}: {e} (run `make build` first)"));
     let lab = Lab::new(3);
     println!(
         "== topology: client {CLIENT_IP} -> node {NODE_IP} -> pods ep1 10.244.1.2, ep2 10.244.2.2, ep3 10.244.3.2"
     );
-    println!(
-        "   (namespaces {}*, removed at the end)\n",
-        lab.topo.prefix()
-    );
+    println!("   (namespaces {}*, removed at the end)\n", lab.topo.prefix());
 
     let cmd = format!(
         "{} sync --from {manifests} --hostname-override node-a --node-ip {NODE_IP} --cluster-cidr 10.244.0.0/16",
@@ -31,18 +25,11 @@ fn main() {
     println!(
         "== in the node namespace: kube-nftproxy sync --from {manifests} --hostname-override node-a --node-ip {NODE_IP} --cluster-cidr 10.244.0.0/16"
     );
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.node.name, "sh", "-c", &cmd])
-        .output()
-        .unwrap();
+    let out = Command::new("ip").args(["netns", "exec", &lab.node.name, "sh", "-c", &cmd]).output().unwrap();
     print!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "sync failed");
 
-    for (proto, to) in [
-        (Proto::Tcp, "10.96.0.10:80"),
-        (Proto::Udp, "10.96.0.10:53"),
-        (Proto::Tcp, "10.0.1.1:30080"),
-    ] {
+    for (proto, to) in [(Proto::Tcp, "10.96.0.10:80"), (Proto::Udp, "10.96.0.10:53"), (Proto::Tcp, "10.0.1.1:30080")] {
         let n = if to.ends_with("30080") { 30 } else { 300 };
         let t = lab.tally(&lab.client, proto, to, n);
         println!("\n== {n} new {proto:?} connections from the client to {to}");
@@ -54,10 +41,7 @@ fn main() {
             println!("   failed: {failed} ({:?})", t.outcomes);
         }
         if n == 300 {
-            println!(
-                "   chi-square against an even spread: {:.2} (2 d.f.; 13.82 = p 0.001)",
-                t.chi_square_uniform(3)
-            );
+            println!("   chi-square against an even spread: {:.2} (2 d.f.; 13.82 = p 0.001)", t.chi_square_uniform(3));
         }
         let seen: Vec<String> = t.seen_sources().iter().map(|s| s.to_string()).collect();
         println!(
@@ -66,18 +50,13 @@ fn main() {
         );
     }
 
-    let listing = lab
-        .node
-        .exec("nft", &["list", "table", "ip", "kube-nftproxy"]);
+    let listing = lab.node.exec("nft", &["list", "table", "ip", "kube-nftproxy"]);
     println!("\n== the relevant part of `nft list ruleset` in the node namespace");
     print!("{}", relevant(&listing));
     drop(lab);
     println!(
         "\n== removed the topology; leftover namespaces: {}",
-        nftproxy_integration::netns_list()
-            .iter()
-            .filter(|n| n.starts_with("knp-"))
-            .count()
+        nftproxy_integration::netns_list().iter().filter(|n| n.starts_with("knp-")).count()
     );
 }
 

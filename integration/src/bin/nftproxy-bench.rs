@@ -26,12 +26,7 @@ const OURS_NFT: &str = "nftables, same ruleset via nft -f";
 const KP_SHAPE: &str = "kube-proxy nftables shape via nft -f";
 const IPTABLES: &str = "iptables-legacy-restore (kube-proxy iptables)";
 const CONTENDERS: [&str; 4] = [NETLINK, OURS_NFT, KP_SHAPE, IPTABLES];
-const OPS: [&str; 4] = [
-    "cold sync",
-    "+1 service",
-    "1 endpoint changed",
-    "-1 service",
-];
+const OPS: [&str; 4] = ["cold sync", "+1 service", "1 endpoint changed", "-1 service"];
 
 struct Args {
     out: PathBuf,
@@ -45,10 +40,7 @@ struct Args {
 }
 
 fn list(s: &str) -> Vec<u32> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .map(|x| x.trim().parse().expect("number list"))
-        .collect()
+    s.split(',').filter(|x| !x.is_empty()).map(|x| x.trim().parse().expect("number list")).collect()
 }
 
 fn parse_args() -> Args {
@@ -102,15 +94,30 @@ fn ctx() -> NodeContext {
 /// namespace by the parent), so the figure is the proxy's own.
 fn rss_mib() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let pages: f64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     pages * 4096.0 / 1048576.0
 }
 
+/// Whether this process runs in one of the test kit's namespaces (`/run/netns/knp-*`): the only
+/// place the child may program. A positive check: the machine's own namespace cannot be told
+/// apart reliably (pid 1's may be unreadable), a namespace of ours can.
+fn in_test_netns() -> bool {
+    let ino = |p: &std::path::Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    let Some(own) = ino("/proc/self/ns/net".as_ref()) else { return false };
+    std::fs::read_dir("/run/netns").into_iter().flatten().flatten().any(|e| {
+        e.file_name().to_string_lossy().starts_with(nftproxy_integration::NS_PREFIX) && ino(&e.path()) == Some(own)
+    })
+}
+
 fn child_sync(n: u32, e: u32) {
+    // The child programs the namespace it runs in: the parent starts it in a throwaway one.
+    // Never the machine's own.
+    if !in_test_netns() {
+        eprintln!(
+            "--child-sync programs nftables in its network namespace: it runs only inside a knp-* test namespace"
+        );
+        std::process::exit(2);
+    }
     if std::env::var_os("PHASES").is_some() {
         use nftproxy_nftables::{Family, fixed_table, fragments, table::Table};
         let c = ctx();
@@ -118,31 +125,23 @@ fn child_sync(n: u32, e: u32) {
         eprintln!("state {:.1} MiB", rss_mib());
         let ports = resolve(&st, &c, IpFamily::V4);
         eprintln!("resolved {:.1} MiB", rss_mib());
-        let t = Table::new(
-            fixed_table(Family::V4, &c),
-            fragments(Family::V4, &ports, &c),
-        );
-        eprintln!(
-            "table {:.1} MiB ({} elements)",
-            rss_mib(),
-            t.table.element_count()
-        );
+        let t = Table::new(fixed_table(Family::V4, &c), fragments(Family::V4, &ports, &c));
+        eprintln!("table {:.1} MiB ({} elements)", rss_mib(), t.table.element_count());
         let b = nftproxy_nftables::plan::cold_start(&t.table, 1, 20_000);
-        eprintln!(
-            "batches {:.1} MiB ({} bytes)",
-            rss_mib(),
-            b.iter().map(|b| b.len_bytes()).sum::<usize>()
-        );
+        eprintln!("batches {:.1} MiB ({} bytes)", rss_mib(), b.iter().map(|b| b.len_bytes()).sum::<usize>());
         drop(b);
         eprintln!("after drop {:.1} MiB", rss_mib());
     }
     let st = synthetic(n, e);
     let mut b = NftablesBackend::new().unwrap();
     b.sync_cluster(&st, &ctx()).unwrap();
-    // SAFETY: getrusage fills a plain struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    println!("rss_kb {}", ru.ru_maxrss);
+    // VmHWM is this address space's peak. Not getrusage's ru_maxrss: Linux carries the
+    // high-water mark of the pre-exec address space (a fork of the big bench process) across
+    // execve into it.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).unwrap_or("0");
+    println!("rss_kb {hwm}");
 }
 
 /// One measurement: seconds, or why there is none.
@@ -192,15 +191,10 @@ fn control_plane(a: &Args, r: &mut Results) {
             let ports = |st: &ClusterState| resolve(st, &c, IpFamily::V4);
             let (p_state, p_plus, p_changed) = (ports(&state), ports(&plus), ports(&changed));
             for run in 0..a.runs {
-                eprintln!(
-                    "control plane: {n} services x {e} endpoints, run {}/{}",
-                    run + 1,
-                    a.runs
-                );
+                eprintln!("control plane: {n} services x {e} endpoints, run {}/{}", run + 1, a.runs);
                 let mut topo = Topology::new();
-                let mut rec = |who: &'static str, op: &'static str, m: M| {
-                    r.control.entry((n, e, who, op)).or_default().push(m)
-                };
+                let mut rec =
+                    |who: &'static str, op: &'static str, m: M| r.control.entry((n, e, who, op)).or_default().push(m);
 
                 // Ours over netlink.
                 let ns = topo.netns("netlink");
@@ -210,43 +204,28 @@ fn control_plane(a: &Args, r: &mut Results) {
                 rec(NETLINK, "cold sync", M::Secs(t.elapsed().as_secs_f64()));
                 let longest = r.longest_txn.entry((n, e)).or_insert(0.0);
                 *longest = longest.max(cold.longest_transaction.as_secs_f64());
-                for (op, st, svc) in [
-                    ("+1 service", &plus, n),
-                    ("1 endpoint changed", &changed, 0),
-                    ("-1 service", &minus, n),
-                ] {
+                for (op, st, svc) in
+                    [("+1 service", &plus, n), ("1 endpoint changed", &changed, 0), ("-1 service", &minus, n)]
+                {
                     let t = Instant::now();
-                    b.sync_services(
-                        st,
-                        &c,
-                        &BTreeSet::from([ServiceName::new("bench", format!("svc-{svc}"))]),
-                    )
-                    .unwrap();
+                    b.sync_services(st, &c, &BTreeSet::from([ServiceName::new("bench", format!("svc-{svc}"))]))
+                        .unwrap();
                     rec(NETLINK, op, M::Secs(t.elapsed().as_secs_f64()));
                 }
                 drop(b);
 
                 // Our ruleset through the nft binary (cold only: isolates netlink vs nft).
                 let ns = topo.netns("oursnft");
-                let text: String = nftproxy_nftables::desired(&state, &c)
-                    .iter()
-                    .map(|t| t.render())
-                    .collect();
+                let text: String = nftproxy_nftables::desired(&state, &c).iter().map(|t| t.render()).collect();
                 rec(OURS_NFT, "cold sync", nft_file(&ns.name, &text, a.deadline));
 
                 // kube-proxy's nftables shape through nft, as knftables sends it.
                 let ns = topo.netns("kpshape");
                 if given_up.contains(KP_SHAPE) {
-                    rec(
-                        KP_SHAPE,
-                        "cold sync",
-                        M::Skipped("skipped: a smaller size hit the deadline".into()),
-                    );
+                    rec(KP_SHAPE, "cold sync", M::Skipped("skipped: a smaller size hit the deadline".into()));
                 } else {
                     let mut text = KubeProxyShape::base();
-                    p_state
-                        .iter()
-                        .for_each(|p| KubeProxyShape::service(&mut text, p));
+                    p_state.iter().for_each(|p| KubeProxyShape::service(&mut text, p));
                     let cold = nft_file(&ns.name, &text, a.deadline);
                     let ok = matches!(cold, M::Secs(_));
                     rec(KP_SHAPE, "cold sync", cold);
@@ -258,16 +237,8 @@ fn control_plane(a: &Args, r: &mut Results) {
                                 .for_each(|p| KubeProxyShape::service(&mut t, p));
                             t
                         };
-                        rec(
-                            KP_SHAPE,
-                            "+1 service",
-                            nft_file(&ns.name, &one(&format!("svc-{n}"), &p_plus), a.deadline),
-                        );
-                        rec(
-                            KP_SHAPE,
-                            "1 endpoint changed",
-                            nft_file(&ns.name, &one("svc-0", &p_changed), a.deadline),
-                        );
+                        rec(KP_SHAPE, "+1 service", nft_file(&ns.name, &one(&format!("svc-{n}"), &p_plus), a.deadline));
+                        rec(KP_SHAPE, "1 endpoint changed", nft_file(&ns.name, &one("svc-0", &p_changed), a.deadline));
                         let mut rm = String::new();
                         p_changed
                             .iter()
@@ -279,26 +250,38 @@ fn control_plane(a: &Args, r: &mut Results) {
                     }
                 }
 
-                // iptables-legacy, as our iptables backend (kube-proxy's full-sync restore) does it.
+                // iptables-legacy: the restore of kube-proxy's full-sync text (our emitter), which is
+                // what dominates a sync; bounded by the deadline like the nft contenders.
                 let ns = topo.netns("iptables");
                 let opts = nftproxy_iptables::Options::default();
-                for (op, ps) in [
-                    ("cold sync", &p_state),
-                    ("+1 service", &p_plus),
-                    ("1 endpoint changed", &p_changed),
-                    ("-1 service", &ports(&minus)),
-                ] {
-                    let text = nftproxy_iptables::render(IpFamily::V4, ps, &c, &opts);
-                    let t = Instant::now();
-                    let res = ns.run(|| nftproxy_iptables::sync(IpFamily::V4, &text, true));
-                    rec(
-                        IPTABLES,
-                        op,
-                        match res {
-                            Ok(()) => M::Secs(t.elapsed().as_secs_f64()),
-                            Err(e) => M::Skipped(format!("failed: {e}")),
-                        },
-                    );
+                if given_up.contains(IPTABLES) {
+                    rec(IPTABLES, "cold sync", M::Skipped("skipped: a smaller size hit the deadline".into()));
+                } else {
+                    for (op, ps) in [
+                        ("cold sync", &p_state),
+                        ("+1 service", &p_plus),
+                        ("1 endpoint changed", &p_changed),
+                        ("-1 service", &ports(&minus)),
+                    ] {
+                        let text = nftproxy_iptables::render(IpFamily::V4, ps, &c, &opts);
+                        let mut cmd = Command::new("ip");
+                        cmd.args([
+                            "netns",
+                            "exec",
+                            &ns.name,
+                            "iptables-legacy-restore",
+                            "-w",
+                            "--noflush",
+                            "--counters",
+                        ]);
+                        let m = timed(run_bounded(cmd, Some(&text), a.deadline));
+                        let failed = !matches!(m, M::Secs(_));
+                        rec(IPTABLES, op, m);
+                        if failed {
+                            given_up.insert(IPTABLES);
+                            break;
+                        }
+                    }
                 }
 
                 // Peak RSS of a proxy process doing the cold sync (first run only).
@@ -349,20 +332,11 @@ fn data_plane(a: &Args, r: &mut Results) {
                 lab.backend.sync_cluster(&state, &lab.ctx).unwrap();
             } else {
                 let opts = nftproxy_iptables::Options::default();
-                let text = nftproxy_iptables::render(
-                    IpFamily::V4,
-                    &resolve(&state, &lab.ctx, IpFamily::V4),
-                    &lab.ctx,
-                    &opts,
-                );
-                lab.node
-                    .run(|| nftproxy_iptables::sync(IpFamily::V4, &text, true))
-                    .unwrap();
+                let text =
+                    nftproxy_iptables::render(IpFamily::V4, &resolve(&state, &lab.ctx, IpFamily::V4), &lab.ctx, &opts);
+                lab.node.run(|| nftproxy_iptables::sync(IpFamily::V4, &text, true)).unwrap();
             }
-            for (proto, to, label) in [
-                (Proto::Tcp, "10.95.0.10:80", "tcp"),
-                (Proto::Udp, "10.95.0.10:53", "udp"),
-            ] {
+            for (proto, to, label) in [(Proto::Tcp, "10.95.0.10:80", "tcp"), (Proto::Udp, "10.95.0.10:53", "udp")] {
                 let to: SocketAddr = to.parse().unwrap();
                 let requests = a.requests;
                 let (lat, total) = lab.client.run(|| {
@@ -370,8 +344,7 @@ fn data_plane(a: &Args, r: &mut Results) {
                     let start = Instant::now();
                     for _ in 0..requests {
                         let t = Instant::now();
-                        let o =
-                            nftproxy_integration::request(proto, to, None, Duration::from_secs(1));
+                        let o = nftproxy_integration::request(proto, to, None, Duration::from_secs(1));
                         if matches!(o, nftproxy_integration::Outcome::Answered { .. }) {
                             lat.push(t.elapsed().as_secs_f64() * 1e6);
                         }
@@ -381,45 +354,27 @@ fn data_plane(a: &Args, r: &mut Results) {
                     }
                     (lat, start.elapsed())
                 });
-                let metric = |m: &str| -> &'static str {
-                    Box::leak(format!("{label} {m}").into_boxed_str())
-                };
-                r.data
-                    .insert((n, backend, metric("p50 µs")), percentile(&lat, 50.0));
-                r.data
-                    .insert((n, backend, metric("p99 µs")), percentile(&lat, 99.0));
-                r.data.insert(
-                    (n, backend, metric("per s")),
-                    lat.len() as f64 / total.as_secs_f64(),
-                );
-                r.data
-                    .insert((n, backend, metric("answered")), lat.len() as f64);
+                let metric = |m: &str| -> &'static str { Box::leak(format!("{label} {m}").into_boxed_str()) };
+                r.data.insert((n, backend, metric("p50 µs")), percentile(&lat, 50.0));
+                r.data.insert((n, backend, metric("p99 µs")), percentile(&lat, 99.0));
+                r.data.insert((n, backend, metric("per s")), lat.len() as f64 / total.as_secs_f64());
+                r.data.insert((n, backend, metric("answered")), lat.len() as f64);
             }
         }
     }
 }
 
 fn fmt_s(s: f64) -> String {
-    if s < 0.01 {
-        format!("{:.2} ms", s * 1e3)
-    } else {
-        format!("{s:.3} s")
-    }
+    if s < 0.01 { format!("{:.2} ms", s * 1e3) } else { format!("{s:.3} s") }
 }
 
 fn cell(ms: Option<&Vec<M>>) -> (String, Option<f64>) {
     let Some(ms) = ms else {
         return ("–".into(), None);
     };
-    let secs: Vec<f64> = ms
-        .iter()
-        .filter_map(|m| if let M::Secs(s) = m { Some(*s) } else { None })
-        .collect();
+    let secs: Vec<f64> = ms.iter().filter_map(|m| if let M::Secs(s) = m { Some(*s) } else { None }).collect();
     match stats(&secs) {
-        Some((med, lo, hi)) if secs.len() > 1 => (
-            format!("{} ({}–{})", fmt_s(med), fmt_s(lo), fmt_s(hi)),
-            Some(med),
-        ),
+        Some((med, lo, hi)) if secs.len() > 1 => (format!("{} ({}–{})", fmt_s(med), fmt_s(lo), fmt_s(hi)), Some(med)),
         Some((med, _, _)) => (fmt_s(med), Some(med)),
         None => match ms.first() {
             Some(M::Skipped(why)) => (why.clone(), None),
@@ -445,10 +400,8 @@ fn report(a: &Args, r: &Results) -> String {
         for &n in &a.services {
             let ours = cell(r.control.get(&(n, e, NETLINK, "cold sync"))).1;
             for who in CONTENDERS {
-                let cells: Vec<(String, Option<f64>)> = OPS
-                    .iter()
-                    .map(|op| cell(r.control.get(&(n, e, who, op))))
-                    .collect();
+                let cells: Vec<(String, Option<f64>)> =
+                    OPS.iter().map(|op| cell(r.control.get(&(n, e, who, op)))).collect();
                 let ratio = match (cells[0].1, ours) {
                     (Some(x), Some(o)) if o > 0.0 => format!("{:.1}×", x / o),
                     _ => "–".into(),
@@ -472,10 +425,7 @@ fn report(a: &Args, r: &Results) -> String {
         "\n| services × endpoints | longest single kernel transaction (ours, cold) | peak RSS of our process (cold sync) |\n|---|---|---|"
     );
     for (&(n, e), t) in &r.longest_txn {
-        let rss = r
-            .rss_kb
-            .get(&(n, e))
-            .map_or("–".into(), |kb| format!("{:.1} MiB", *kb as f64 / 1024.0));
+        let rss = r.rss_kb.get(&(n, e)).map_or("–".into(), |kb| format!("{:.1} MiB", *kb as f64 / 1024.0));
         let _ = writeln!(md, "| {n} × {e} | {} | {rss} |", fmt_s(*t));
     }
     std::fs::write(a.out.join("control-plane.csv"), csv).unwrap();
@@ -493,19 +443,8 @@ fn report(a: &Args, r: &Results) -> String {
     let mut csv = String::from("services,backend,metric,value\n");
     for &n in &a.dataplane {
         for backend in [NETLINK, IPTABLES] {
-            let g = |m: &str| {
-                r.data
-                    .get(&(
-                        n,
-                        backend,
-                        Box::leak(m.to_string().into_boxed_str()) as &str,
-                    ))
-                    .copied()
-            };
-            let base = r
-                .data
-                .get(&(a.dataplane[0], backend, "tcp p50 µs"))
-                .copied();
+            let g = |m: &str| r.data.get(&(n, backend, Box::leak(m.to_string().into_boxed_str()) as &str)).copied();
+            let base = r.data.get(&(a.dataplane[0], backend, "tcp p50 µs")).copied();
             let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0} µs"));
             let ratio = match (g("tcp p50 µs"), base) {
                 (Some(x), Some(b)) if b > 0.0 => format!("{:.2}×", x / b),
@@ -539,33 +478,14 @@ fn targets(r: &Results) -> String {
             Some(false) => "MISSED",
             None => "not measured in this run",
         };
-        let _ = writeln!(
-            t,
-            "- {what}: {} — {verdict}",
-            v.unwrap_or_else(|| "–".into())
-        );
+        let _ = writeln!(t, "- {what}: {} — {verdict}", v.unwrap_or_else(|| "–".into()));
     };
     let cold = med(10_000, 3, NETLINK, "cold sync");
-    line(
-        &mut t,
-        "cold sync 10k × 3 ≤ 0.3 s",
-        cold.map(fmt_s),
-        cold.map(|v| v <= 0.3),
-    );
+    line(&mut t, "cold sync 10k × 3 ≤ 0.3 s", cold.map(fmt_s), cold.map(|v| v <= 0.3));
     let plus = med(10_000, 3, NETLINK, "+1 service");
-    line(
-        &mut t,
-        "+1 service at 10k ≤ 2 ms",
-        plus.map(fmt_s),
-        plus.map(|v| v <= 0.002),
-    );
+    line(&mut t, "+1 service at 10k ≤ 2 ms", plus.map(fmt_s), plus.map(|v| v <= 0.002));
     let longest = r.longest_txn.get(&(50_000, 3)).copied();
-    line(
-        &mut t,
-        "50k × 3 cold start, every transaction ≤ 100 ms",
-        longest.map(fmt_s),
-        longest.map(|v| v <= 0.1),
-    );
+    line(&mut t, "50k × 3 cold start, every transaction ≤ 100 ms", longest.map(fmt_s), longest.map(|v| v <= 0.1));
     let lat = |n| r.data.get(&(n, NETLINK, "tcp p50 µs")).copied();
     let ratio = match (lat(30_000), lat(0)) {
         (Some(x), Some(b)) => Some(x / b),
@@ -589,121 +509,64 @@ fn targets(r: &Results) -> String {
 
 fn plots(a: &Args, r: &Results) {
     use plotters::prelude::*;
-    let e = if a.endpoints.contains(&3) {
-        3
-    } else {
-        a.endpoints[0]
-    };
+    let e = if a.endpoints.contains(&3) { 3 } else { a.endpoints[0] };
     let path = a.out.join("control-plane.svg");
     let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).unwrap();
-    let (lo, hi) = (
-        *a.services.iter().min().unwrap() as f64,
-        *a.services.iter().max().unwrap() as f64,
-    );
+    let (lo, hi) = (*a.services.iter().min().unwrap() as f64, *a.services.iter().max().unwrap() as f64);
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("Cold sync time vs services ({e} endpoints each)"),
-            ("sans-serif", 22),
-        )
+        .caption(format!("Cold sync time vs services ({e} endpoints each)"), ("sans-serif", 22))
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(
-            (lo * 0.8..hi * 1.25).log_scale(),
-            (0.01f64..1000.0).log_scale(),
-        )
+        .build_cartesian_2d((lo * 0.8..hi * 1.25).log_scale(), (0.01f64..1000.0).log_scale())
         .unwrap();
-    chart
-        .configure_mesh()
-        .x_desc("services")
-        .y_desc("seconds (log)")
-        .draw()
-        .unwrap();
+    chart.configure_mesh().x_desc("services").y_desc("seconds (log)").draw().unwrap();
     for (i, who) in CONTENDERS.iter().enumerate() {
         let pts: Vec<(f64, f64)> = a
             .services
             .iter()
-            .filter_map(|&n| {
-                cell(r.control.get(&(n, e, *who, "cold sync")))
-                    .1
-                    .map(|v| (n as f64, v.max(0.011)))
-            })
+            .filter_map(|&n| cell(r.control.get(&(n, e, *who, "cold sync"))).1.map(|v| (n as f64, v.max(0.011))))
             .collect();
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .unwrap()
             .label(*who)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
-            .unwrap();
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled()))).unwrap();
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .unwrap();
+    chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw().unwrap();
     root.present().unwrap();
 
     let path = a.out.join("data-plane.svg");
     let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).unwrap();
     let max_n = *a.dataplane.iter().max().unwrap() as f64;
-    let max_lat = r
-        .data
-        .iter()
-        .filter(|((_, _, m), _)| *m == "tcp p50 µs")
-        .map(|(_, v)| *v)
-        .fold(1.0, f64::max);
+    let max_lat = r.data.iter().filter(|((_, _, m), _)| *m == "tcp p50 µs").map(|(_, v)| *v).fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "New TCP connection latency (p50) vs services",
-            ("sans-serif", 22),
-        )
+        .caption("New TCP connection latency (p50) vs services", ("sans-serif", 22))
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..max_n.max(1.0) * 1.05, 0f64..max_lat * 1.3)
         .unwrap();
-    chart
-        .configure_mesh()
-        .x_desc("services")
-        .y_desc("µs")
-        .draw()
-        .unwrap();
+    chart.configure_mesh().x_desc("services").y_desc("µs").draw().unwrap();
     for (i, backend) in [NETLINK, IPTABLES].iter().enumerate() {
         let pts: Vec<(f64, f64)> = a
             .dataplane
             .iter()
-            .filter_map(|&n| {
-                r.data
-                    .get(&(n, *backend, "tcp p50 µs"))
-                    .map(|v| (n as f64, *v))
-            })
+            .filter_map(|&n| r.data.get(&(n, *backend, "tcp p50 µs")).map(|v| (n as f64, *v)))
             .collect();
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .unwrap()
             .label(*backend)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
-            .unwrap();
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled()))).unwrap();
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .unwrap();
+    chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw().unwrap();
     root.present().unwrap();
 }
 
@@ -725,34 +588,18 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(
-                |m| m.lines().next().map(|l| l.split_whitespace().nth(1).map_or(
-                    String::new(),
-                    |kb| format!(
-                        "{:.0} GiB RAM",
-                        kb.parse::<f64>().unwrap_or(0.0) / 1048576.0
-                    )
-                ))
-            )
+            .and_then(|m| m.lines().next().map(|l| l
+                .split_whitespace()
+                .nth(1)
+                .map_or(String::new(), |kb| format!("{:.0} GiB RAM", kb.parse::<f64>().unwrap_or(0.0) / 1048576.0))))
             .unwrap_or_default(),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        String::from_utf8_lossy(&Command::new("nft").arg("--version").output().map(|o| o.stdout).unwrap_or_default())
             .trim(),
-        String::from_utf8_lossy(
-            &Command::new("nft")
-                .arg("--version")
-                .output()
-                .map(|o| o.stdout)
-                .unwrap_or_default()
-        )
-        .trim(),
     );
     let cmd = format!(
         "Command: `{}`{}",
-        raw.join(" ").replace(
-            &std::env::current_exe().unwrap().display().to_string(),
-            "nftproxy-bench"
-        ),
+        raw.join(" ").replace(&std::env::current_exe().unwrap().display().to_string(), "nftproxy-bench"),
         if a.quick { " (quick)" } else { "" }
     );
     let full = format!(
