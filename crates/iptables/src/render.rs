@@ -77,24 +77,7 @@ pub fn probability(n: usize) -> String {
 /// kube-proxy's most common rule: traffic to `ip:port` of a protocol, with a comment, goes to
 /// `target`.
 fn dest_rule(lines: &mut Lines, chain: &str, comment: &str, proto: &str, ip: &str, port: &str, target: &str) {
-    lines.write(&[
-        "-A",
-        chain,
-        "-m",
-        "comment",
-        "--comment",
-        comment,
-        "-m",
-        proto,
-        "-p",
-        proto,
-        "-d",
-        ip,
-        "--dport",
-        port,
-        "-j",
-        target,
-    ]);
+    lines.commented(chain, comment, &["-m", proto, "-p", proto, "-d", ip, "--dport", port, "-j", target]);
 }
 
 /// One line buffer (kube-proxy's LineBuffer): words joined by spaces.
@@ -105,6 +88,12 @@ impl Lines {
     fn write(&mut self, words: &[&str]) {
         self.0.push_str(&words.join(" "));
         self.0.push('\n');
+    }
+    /// `-A chain -m comment --comment comment rest…`: how kube-proxy starts most rules.
+    fn commented(&mut self, chain: &str, comment: &str, rest: &[&str]) {
+        let mut words = vec!["-A", chain, "-m", "comment", "--comment", comment];
+        words.extend_from_slice(rest);
+        self.write(&words);
     }
     fn chain(&mut self, name: &str) {
         let _ = writeln!(self.0, ":{name} - [0:0]");
@@ -148,26 +137,24 @@ pub fn render(family: IpFamily, ports: &[ResolvedServicePort], ctx: &NodeContext
     nat_rules.write(&["-A", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", &mark]);
     if !v6 && opts.localhost_nodeports {
         filter_chains.chain(KUBE_FIREWALL);
-        filter_rules.write(&[
-            "-A",
+        filter_rules.commented(
             KUBE_FIREWALL,
-            "-m",
-            "comment",
-            "--comment",
             "\"block incoming localnet connections\"",
-            "-d",
-            "127.0.0.0/8",
-            "!",
-            "-s",
-            "127.0.0.0/8",
-            "-m",
-            "conntrack",
-            "!",
-            "--ctstate",
-            "RELATED,ESTABLISHED,DNAT",
-            "-j",
-            "DROP",
-        ]);
+            &[
+                "-d",
+                "127.0.0.0/8",
+                "!",
+                "-s",
+                "127.0.0.0/8",
+                "-m",
+                "conntrack",
+                "!",
+                "--ctstate",
+                "RELATED,ESTABLISHED,DNAT",
+                "-j",
+                "DROP",
+            ],
+        );
     }
 
     let mut ports: Vec<&ResolvedServicePort> = ports.iter().filter(|p| p.family == family).collect();
@@ -222,18 +209,7 @@ pub fn render(family: IpFamily, ports: &[ResolvedServicePort], ctx: &NodeContext
                 .collect();
             for ip in ips {
                 let ip = ip.to_string();
-                nat_rules.write(&[
-                    "-A",
-                    KUBE_SERVICES,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    np_comment,
-                    "-d",
-                    &ip,
-                    "-j",
-                    KUBE_NODEPORTS,
-                ]);
+                nat_rules.commented(KUBE_SERVICES, np_comment, &["-d", &ip, "-j", KUBE_NODEPORTS]);
             }
         }
     }
@@ -246,34 +222,16 @@ pub fn render(family: IpFamily, ports: &[ResolvedServicePort], ctx: &NodeContext
         r.extend(["-j", "DROP"]);
         filter_rules.write(&r);
     }
-    filter_rules.write(&[
-        "-A",
+    filter_rules.commented(
         KUBE_FORWARD,
-        "-m",
-        "comment",
-        "--comment",
         "\"kubernetes forwarding rules\"",
-        "-m",
-        "mark",
-        "--mark",
-        &mark_mask,
-        "-j",
-        "ACCEPT",
-    ]);
-    filter_rules.write(&[
-        "-A",
+        &["-m", "mark", "--mark", &mark_mask, "-j", "ACCEPT"],
+    );
+    filter_rules.commented(
         KUBE_FORWARD,
-        "-m",
-        "comment",
-        "--comment",
         "\"kubernetes forwarding conntrack rule\"",
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "RELATED,ESTABLISHED",
-        "-j",
-        "ACCEPT",
-    ]);
+        &["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+    );
 
     format!("*filter\n{}{}COMMIT\n*nat\n{}{}COMMIT\n", filter_chains.0, filter_rules.0, nat_chains.0, nat_rules.0)
 }
@@ -393,89 +351,59 @@ impl ServicePortRules<'_> {
             let np = np.to_string();
             if has_endpoints {
                 if self.opts.localhost_nodeports && p.family == IpFamily::V4 && self.opts.nfacct {
-                    nat_rules.write(&[
-                        "-A",
+                    nat_rules.commented(
                         KUBE_NODEPORTS,
-                        "-m",
-                        "comment",
-                        "--comment",
                         &name,
+                        &[
+                            "-m",
+                            proto,
+                            "-p",
+                            proto,
+                            "-d",
+                            "127.0.0.0/8",
+                            "--dport",
+                            &np,
+                            "-m",
+                            "nfacct",
+                            "--nfacct-name",
+                            "localhost_nps_accepted_pkts",
+                            "-j",
+                            &ext_chain,
+                        ],
+                    );
+                }
+                nat_rules.commented(
+                    KUBE_NODEPORTS,
+                    &name,
+                    &["-m", proto, "-p", proto, "--dport", &np, "-j", &ext_chain],
+                );
+            }
+            if !has_external {
+                filter_rules.commented(
+                    KUBE_EXTERNAL_SERVICES,
+                    &ext_comment,
+                    &[
+                        "-m",
+                        "addrtype",
+                        "--dst-type",
+                        "LOCAL",
                         "-m",
                         proto,
                         "-p",
                         proto,
-                        "-d",
-                        "127.0.0.0/8",
                         "--dport",
                         &np,
-                        "-m",
-                        "nfacct",
-                        "--nfacct-name",
-                        "localhost_nps_accepted_pkts",
                         "-j",
-                        &ext_chain,
-                    ]);
-                }
-                nat_rules.write(&[
-                    "-A",
-                    KUBE_NODEPORTS,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &name,
-                    "-m",
-                    proto,
-                    "-p",
-                    proto,
-                    "--dport",
-                    &np,
-                    "-j",
-                    &ext_chain,
-                ]);
-            }
-            if !has_external {
-                filter_rules.write(&[
-                    "-A",
-                    KUBE_EXTERNAL_SERVICES,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &ext_comment,
-                    "-m",
-                    "addrtype",
-                    "--dst-type",
-                    "LOCAL",
-                    "-m",
-                    proto,
-                    "-p",
-                    proto,
-                    "--dport",
-                    &np,
-                    "-j",
-                    ext_target,
-                ]);
+                        ext_target,
+                    ],
+                );
             }
         }
 
         if let Some(hc) = p.health_check_node_port {
             let hc = hc.to_string();
             let c = q(format!("{name} health check node port"));
-            filter_rules.write(&[
-                "-A",
-                KUBE_NODEPORTS,
-                "-m",
-                "comment",
-                "--comment",
-                &c,
-                "-m",
-                "tcp",
-                "-p",
-                "tcp",
-                "--dport",
-                &hc,
-                "-j",
-                "ACCEPT",
-            ]);
+            filter_rules.commented(KUBE_NODEPORTS, &c, &["-m", "tcp", "-p", "tcp", "--dport", &hc, "-j", "ACCEPT"]);
         }
 
         if has_internal {
@@ -510,53 +438,16 @@ impl ServicePortRules<'_> {
             nat_chains.chain(&ext_chain);
             if !p.external_policy_local {
                 let c = q(format!("masquerade traffic for {name} external destinations"));
-                nat_rules.write(&["-A", &ext_chain, "-m", "comment", "--comment", &c, "-j", KUBE_MARK_MASQ]);
+                nat_rules.commented(&ext_chain, &c, &["-j", KUBE_MARK_MASQ]);
             } else {
                 if let Some(cidr) = self.local_cidr {
                     let c = q(format!("pod traffic for {name} external destinations"));
-                    nat_rules.write(&[
-                        "-A",
-                        &ext_chain,
-                        "-m",
-                        "comment",
-                        "--comment",
-                        &c,
-                        "-s",
-                        cidr,
-                        "-j",
-                        &cluster_chain,
-                    ]);
+                    nat_rules.commented(&ext_chain, &c, &["-s", cidr, "-j", &cluster_chain]);
                 }
                 let c = q(format!("masquerade LOCAL traffic for {name} external destinations"));
-                nat_rules.write(&[
-                    "-A",
-                    &ext_chain,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &c,
-                    "-m",
-                    "addrtype",
-                    "--src-type",
-                    "LOCAL",
-                    "-j",
-                    KUBE_MARK_MASQ,
-                ]);
+                nat_rules.commented(&ext_chain, &c, &["-m", "addrtype", "--src-type", "LOCAL", "-j", KUBE_MARK_MASQ]);
                 let c = q(format!("route LOCAL traffic for {name} external destinations"));
-                nat_rules.write(&[
-                    "-A",
-                    &ext_chain,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &c,
-                    "-m",
-                    "addrtype",
-                    "--src-type",
-                    "LOCAL",
-                    "-j",
-                    &cluster_chain,
-                ]);
+                nat_rules.commented(&ext_chain, &c, &["-m", "addrtype", "--src-type", "LOCAL", "-j", &cluster_chain]);
             }
             if has_external {
                 nat_rules.write(&["-A", &ext_chain, "-j", external_policy_chain]);
@@ -568,35 +459,13 @@ impl ServicePortRules<'_> {
             let mut allow_from_node = false;
             for cidr in &p.load_balancer_source_ranges {
                 let c = cidr.to_string();
-                nat_rules.write(&[
-                    "-A",
-                    &fw_chain,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &lb_comment,
-                    "-s",
-                    &c,
-                    "-j",
-                    &ext_chain,
-                ]);
+                nat_rules.commented(&fw_chain, &lb_comment, &["-s", &c, "-j", &ext_chain]);
                 allow_from_node |= self.node_ip.is_some_and(|ip| cidr.contains(&ip));
             }
             if allow_from_node {
                 for ip in &p.load_balancer_ips {
                     let ip = ip.to_string();
-                    nat_rules.write(&[
-                        "-A",
-                        &fw_chain,
-                        "-m",
-                        "comment",
-                        "--comment",
-                        &lb_comment,
-                        "-s",
-                        &ip,
-                        "-j",
-                        &ext_chain,
-                    ]);
+                    nat_rules.commented(&fw_chain, &lb_comment, &["-s", &ip, "-j", &ext_chain]);
                 }
             }
             let c = q(format!("other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"));
