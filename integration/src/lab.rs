@@ -131,8 +131,7 @@ impl Lab {
         // Child processes inherit the network namespace of the thread that starts them.
         self.node.run(|| {
             for fam in [nftproxy_model::IpFamily::V4, nftproxy_model::IpFamily::V6] {
-                let ports = nftproxy_model::resolve(&l.state, &self.ctx, fam);
-                let text = nftproxy_iptables::render(fam, &ports, &self.ctx, &opts);
+                let text = nftproxy_iptables::render_cluster(fam, &l.state, &self.ctx, &opts);
                 nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)?;
             }
             Ok(())

@@ -35,8 +35,7 @@ fn iptables_save_shows_our_chains_and_keeps_everyone_elses() {
 
     let mut l = nftproxy_manifest::Loaded::default();
     l.add_text("parity", &manifests);
-    let ports = nftproxy_model::resolve(&l.state, &lab.ctx, nftproxy_model::IpFamily::V4);
-    let text = nftproxy_iptables::render(nftproxy_model::IpFamily::V4, &ports, &lab.ctx, &Default::default());
+    let text = nftproxy_iptables::render_cluster(nftproxy_model::IpFamily::V4, &l.state, &lab.ctx, &Default::default());
     for table in ["filter", "nat"] {
         let saved = rules_per_chain(&save(table), table);
         for (chain, n) in rules_per_chain(&text, table) {

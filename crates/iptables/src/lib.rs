@@ -7,7 +7,9 @@ mod apply;
 mod render;
 
 pub use apply::{IptablesError, cleanup, sync, with_stale_chains_deleted};
-pub use render::{LARGE_CLUSTER_ENDPOINTS, Options, endpoint_chain, hash16, probability, render, service_chain};
+pub use render::{
+    LARGE_CLUSTER_ENDPOINTS, Options, endpoint_chain, hash16, probability, render, render_cluster, service_chain,
+};
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,9 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use data_encoding::BASE32;
-use nftproxy_model::{IpFamily, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort};
+use nftproxy_model::{
+    ClusterState, IpFamily, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort, resolve,
+};
 use sha2::{Digest, Sha256};
 
 /// Options that change kube-proxy's output; defaults are kube-proxy's on a current system.
@@ -103,6 +105,11 @@ impl Lines {
 /// A comment kube-proxy writes pre-quoted: `"…"`.
 fn q(s: String) -> String {
     format!("\"{s}\"")
+}
+
+/// The restore text for one family of a whole cluster, resolved for this node.
+pub fn render_cluster(family: IpFamily, state: &ClusterState, ctx: &NodeContext, opts: &Options) -> String {
+    render(family, &resolve(state, ctx, family), ctx, opts)
 }
 
 /// The restore text for one family (`iptables-restore` or `ip6tables-restore` input).

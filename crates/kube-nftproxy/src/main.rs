@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use nftproxy_manifest::{Loaded, load_path};
-use nftproxy_model::{IpFamily, resolve};
-use nftproxy_nftables::NftablesBackend;
+use nftproxy_model::{IpFamily, NodeContext, resolve};
+use nftproxy_nftables::{Family, NftablesBackend};
 
 use node_args::{IptablesArgs, NodeArgs};
 
@@ -36,31 +36,36 @@ enum Backend {
     Iptables,
 }
 
+/// What `render` and `sync` program, and how.
+#[derive(Args, Debug)]
+struct ProgramArgs {
+    #[arg(long, value_name = "PATH")]
+    from: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    iptables: IptablesArgs,
+    #[arg(long, value_enum, default_value = "nftables")]
+    backend: Backend,
+}
+
+impl ProgramArgs {
+    /// The manifests and this node's context.
+    fn load(&self) -> Result<(Loaded, NodeContext)> {
+        let loaded = load(&self.from)?;
+        let ctx = self.node.context(&loaded.state)?;
+        Ok((loaded, ctx))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the ruleset `sync` would program, in `nft -f` syntax (both families).
-    Render {
-        #[arg(long, value_name = "PATH")]
-        from: PathBuf,
-        #[command(flatten)]
-        node: NodeArgs,
-        #[command(flatten)]
-        iptables: IptablesArgs,
-        #[arg(long, value_enum, default_value = "nftables")]
-        backend: Backend,
-    },
+    /// Print the ruleset `sync` would program: `nft -f` syntax, or iptables-restore input (both
+    /// families).
+    Render(ProgramArgs),
     /// Program the current network namespace once from manifests, then exit. An existing table
     /// of ours is replaced atomically.
-    Sync {
-        #[arg(long, value_name = "PATH")]
-        from: PathBuf,
-        #[command(flatten)]
-        node: NodeArgs,
-        #[command(flatten)]
-        iptables: IptablesArgs,
-        #[arg(long, value_enum, default_value = "nftables")]
-        backend: Backend,
-    },
+    Sync(ProgramArgs),
     /// Remove our tables from the current network namespace (and nothing else).
     Cleanup {
         #[arg(long, value_enum, default_value = "nftables")]
@@ -90,61 +95,63 @@ fn load(from: &PathBuf) -> Result<Loaded> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Render { from, node, backend: Backend::Nftables, .. } => {
-            let loaded = load(&from)?;
-            let ctx = node.context(&loaded.state)?;
-            for table in nftproxy_nftables::desired(&loaded.state, &ctx) {
-                print!("{}", table.render());
+        Command::Render(args) => {
+            let (loaded, ctx) = args.load()?;
+            match args.backend {
+                Backend::Nftables => {
+                    for table in nftproxy_nftables::desired(&loaded.state, &ctx) {
+                        print!("{}", table.render());
+                    }
+                }
+                Backend::Iptables => {
+                    for fam in [IpFamily::V4, IpFamily::V6] {
+                        let tool =
+                            if fam == IpFamily::V6 { "ip6tables-legacy-restore" } else { "iptables-legacy-restore" };
+                        println!("# {fam}: input for {tool}");
+                        print!(
+                            "{}",
+                            nftproxy_iptables::render_cluster(fam, &loaded.state, &ctx, &args.iptables.options())
+                        );
+                    }
+                }
             }
             Ok(())
         }
-        Command::Sync { from, node, backend: Backend::Nftables, .. } => {
-            let loaded = load(&from)?;
-            let ctx = node.context(&loaded.state)?;
-            let elements: usize =
-                nftproxy_nftables::desired(&loaded.state, &ctx).iter().map(|r| r.element_count()).sum();
-            let mut backend = NftablesBackend::new().context("opening the nf_tables netlink socket")?;
-            let start = std::time::Instant::now();
-            let report = backend.sync_cluster(&loaded.state, &ctx)?;
-            eprintln!(
-                "synced {} service(s), {elements} map elements: {} transaction(s), {} messages, {} bytes in {:.1?} (longest transaction {:.1?})",
-                loaded.state.services.len(),
-                report.transactions,
-                report.messages,
-                report.bytes,
-                start.elapsed(),
-                report.longest_transaction
-            );
+        Command::Sync(args) => {
+            let (loaded, ctx) = args.load()?;
+            match args.backend {
+                Backend::Nftables => {
+                    let mut backend = NftablesBackend::new().context("opening the nf_tables netlink socket")?;
+                    let start = std::time::Instant::now();
+                    let report = backend.sync_cluster(&loaded.state, &ctx)?;
+                    let elements: usize = [Family::V4, Family::V6]
+                        .into_iter()
+                        .filter_map(|f| backend.programmed(f))
+                        .map(|t| t.element_count())
+                        .sum();
+                    eprintln!(
+                        "synced {} service(s), {elements} map elements: {} transaction(s), {} messages, {} bytes in {:.1?} (longest transaction {:.1?})",
+                        loaded.state.services.len(),
+                        report.transactions,
+                        report.messages,
+                        report.bytes,
+                        start.elapsed(),
+                        report.longest_transaction
+                    );
+                }
+                Backend::Iptables => {
+                    let opts = args.iptables.options();
+                    for fam in [IpFamily::V4, IpFamily::V6] {
+                        let text = nftproxy_iptables::render_cluster(fam, &loaded.state, &ctx, &opts);
+                        nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)?;
+                    }
+                    eprintln!("synced {} service(s) with iptables-legacy-restore", loaded.state.services.len());
+                }
+            }
             Ok(())
         }
         Command::Cleanup { backend: Backend::Nftables } => {
             NftablesBackend::new().context("opening the nf_tables netlink socket")?.cleanup()?;
-            Ok(())
-        }
-        Command::Render { from, node, iptables, backend: Backend::Iptables } => {
-            let loaded = load(&from)?;
-            let ctx = node.context(&loaded.state)?;
-            for fam in [IpFamily::V4, IpFamily::V6] {
-                println!(
-                    "# {fam}: input for {}",
-                    if fam == IpFamily::V6 { "ip6tables-legacy-restore" } else { "iptables-legacy-restore" }
-                );
-                print!(
-                    "{}",
-                    nftproxy_iptables::render(fam, &resolve(&loaded.state, &ctx, fam), &ctx, &iptables.options())
-                );
-            }
-            Ok(())
-        }
-        Command::Sync { from, node, iptables, backend: Backend::Iptables } => {
-            let loaded = load(&from)?;
-            let ctx = node.context(&loaded.state)?;
-            let opts = iptables.options();
-            for fam in [IpFamily::V4, IpFamily::V6] {
-                let text = nftproxy_iptables::render(fam, &resolve(&loaded.state, &ctx, fam), &ctx, &opts);
-                nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)?;
-            }
-            eprintln!("synced {} service(s) with iptables-legacy-restore", loaded.state.services.len());
             Ok(())
         }
         Command::Cleanup { backend: Backend::Iptables } => {

@@ -9,9 +9,9 @@ use nftproxy_nft_wire::*;
 const T: &str = "kube-nftproxy";
 const V4: u8 = NFPROTO_IPV4;
 
-fn fixture() -> Vec<(u16, Vec<u8>)> {
-    include_str!("fixtures/reference.hex")
-        .lines()
+/// A capture: one `<type> <payload hex>` line per message, batch begin/end left out.
+fn parse_fixture(text: &str) -> Vec<(u16, Vec<u8>)> {
+    text.lines()
         .map(|l| {
             let (t, h) = l.split_once(' ').unwrap();
             let bytes = (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect();
@@ -19,6 +19,26 @@ fn fixture() -> Vec<(u16, Vec<u8>)> {
         })
         .filter(|(t, _)| *t != NFNL_MSG_BATCH_BEGIN && *t != NFNL_MSG_BATCH_END)
         .collect()
+}
+
+fn fixture() -> Vec<(u16, Vec<u8>)> {
+    parse_fixture(include_str!("fixtures/reference.hex"))
+}
+
+/// Our batch, message by message, equals nft's capture (payloads from the nfgenmsg on).
+fn assert_same_messages(b: Batch, fix: &[(u16, Vec<u8>)]) {
+    let ours: Vec<(u16, Vec<u8>)> = b
+        .finish()
+        .split()
+        .into_iter()
+        .filter(|(t, _, _)| *t != NFNL_MSG_BATCH_BEGIN && *t != NFNL_MSG_BATCH_END)
+        .map(|(t, _, p)| (t, p.to_vec()))
+        .collect();
+    assert_eq!(ours.len(), fix.len(), "message count");
+    for (i, (o, f)) in ours.iter().zip(fix).enumerate() {
+        assert_eq!(o.0, f.0, "message {i}: type");
+        assert_eq!(hex(&o.1), hex(&f.1), "message {i} (type {}) differs", o.0);
+    }
 }
 
 fn set_udata(fix: &[(u16, Vec<u8>)], name: &str) -> Vec<u8> {
@@ -247,18 +267,7 @@ fn messages_equal_nfts_bytes() {
         &[Elem { key: key(&[&[10, 244, 1, 1], &[10, 244, 1, 1]]), data: None, timeout_ms: None, comment: None }],
     );
 
-    let ours = b.finish();
-    let ours: Vec<(u16, Vec<u8>)> = ours
-        .split()
-        .into_iter()
-        .filter(|(t, _, _)| *t != NFNL_MSG_BATCH_BEGIN && *t != NFNL_MSG_BATCH_END)
-        .map(|(t, _, p)| (t, p.to_vec()))
-        .collect();
-    assert_eq!(ours.len(), fix.len(), "message count");
-    for (i, (o, f)) in ours.iter().zip(&fix).enumerate() {
-        assert_eq!(o.0, f.0, "message {i}: type");
-        assert_eq!(hex(&o.1), hex(&f.1), "message {i} (type {}) differs", o.0);
-    }
+    assert_same_messages(b, &fix);
 }
 
 fn hex(b: &[u8]) -> String {
@@ -269,16 +278,7 @@ fn hex(b: &[u8]) -> String {
 /// `numgen … == 0` branch and a DNAT to a constant address and port.
 #[test]
 fn affinity_messages_equal_nfts_bytes() {
-    let fix: Vec<(u16, Vec<u8>)> = include_str!("fixtures/affinity.hex")
-        .lines()
-        .map(|l| {
-            let (t, h) = l.split_once(' ').unwrap();
-            (
-                t.parse().unwrap(),
-                (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect(),
-            )
-        })
-        .collect();
+    let fix = parse_fixture(include_str!("fixtures/affinity.hex"));
     let t = "t";
     let mut b = Batch::new(1);
     b.add_table(V4, t, None);
@@ -344,15 +344,5 @@ fn affinity_messages_equal_nfts_bytes() {
         None,
     );
     b.add_rule(V4, t, "affinity-X", &[Expr::Immediate(Verdict::Goto("affinity-X-0".into()))], None);
-    let ours: Vec<(u16, Vec<u8>)> = b
-        .finish()
-        .split()
-        .into_iter()
-        .filter(|(ty, _, _)| *ty != NFNL_MSG_BATCH_BEGIN && *ty != NFNL_MSG_BATCH_END)
-        .map(|(ty, _, p)| (ty, p.to_vec()))
-        .collect();
-    assert_eq!(ours.len(), fix.len());
-    for (i, (o, f)) in ours.iter().zip(&fix).enumerate() {
-        assert_eq!((o.0, hex(&o.1)), (f.0, hex(&f.1)), "message {i}");
-    }
+    assert_same_messages(b, &fix);
 }

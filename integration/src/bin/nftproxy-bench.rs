@@ -332,8 +332,7 @@ fn data_plane(a: &Args, r: &mut Results) {
                 lab.backend.sync_cluster(&state, &lab.ctx).unwrap();
             } else {
                 let opts = nftproxy_iptables::Options::default();
-                let text =
-                    nftproxy_iptables::render(IpFamily::V4, &resolve(&state, &lab.ctx, IpFamily::V4), &lab.ctx, &opts);
+                let text = nftproxy_iptables::render_cluster(IpFamily::V4, &state, &lab.ctx, &opts);
                 lab.node.run(|| nftproxy_iptables::sync(IpFamily::V4, &text, true)).unwrap();
             }
             for (proto, to, label) in [(Proto::Tcp, "10.95.0.10:80", "tcp"), (Proto::Udp, "10.95.0.10:53", "udp")] {
