@@ -2,6 +2,7 @@
 
 mod inspect;
 mod node_args;
+mod run_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,10 @@ enum Command {
     /// Program the current network namespace once from manifests, then exit. An existing table
     /// of ours is replaced atomically.
     Sync(ProgramArgs),
+    /// Run as the node's service proxy (kube-proxy's replacement): watch the API server (or, with
+    /// --from, manifests) and keep this network namespace's rules in step until SIGTERM, which
+    /// leaves them in place.
+    Run(Box<run_cmd::RunArgs>),
     /// Remove our tables from the current network namespace (and nothing else).
     Cleanup {
         #[arg(long, value_enum, default_value = "nftables")]
@@ -150,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Run(args) => run_cmd::run(*args),
         Command::Cleanup { backend: Backend::Nftables } => {
             NftablesBackend::new().context("opening the nf_tables netlink socket")?.cleanup()?;
             Ok(())

@@ -109,3 +109,11 @@ pub const NF_INET_LOCAL_IN: u32 = 1;
 pub const NF_INET_FORWARD: u32 = 2;
 pub const NF_INET_LOCAL_OUT: u32 = 3;
 pub const NF_INET_POST_ROUTING: u32 = 4;
+// generation and dumps (drift checks)
+pub const NFT_MSG_NEWGEN: u16 = 15;
+pub const NFT_MSG_GETRULE: u16 = 7;
+pub const NFT_MSG_GETSET: u16 = 10;
+pub const NFTA_GEN_ID: u16 = 1;
+pub const NFT_SET_INTERVAL: u32 = 0x1;
+pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
+pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;

@@ -6,6 +6,7 @@
 
 mod build;
 pub mod conntrack;
+pub mod drift;
 mod family;
 mod names;
 pub mod netlink;

@@ -242,6 +242,79 @@ impl NftSocket {
     }
 }
 
+impl NftSocket {
+    /// The ruleset generation of this network namespace (NFT_MSG_GETGEN): the kernel adds one on
+    /// every committed transaction, whoever sends it.
+    pub fn generation(&mut self) -> io::Result<u32> {
+        let seq = 0x7ffc_0000;
+        self.request((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, 0, 0, &[], seq)?;
+        loop {
+            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
+            for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
+                if s != seq {
+                    continue;
+                }
+                if ty == NLMSG_ERROR {
+                    let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                    return Err(io::Error::from_raw_os_error(-err));
+                }
+                if let Some(v) = attrs(payload.get(4..).unwrap_or(&[])).find(|(t, _)| *t == NFTA_GEN_ID) {
+                    if v.1.len() >= 4 {
+                        return Ok(u32::from_be_bytes(v.1[..4].try_into().unwrap()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A dump request (NLM_F_DUMP) of `msg_type` with filter attributes; returns the attributes
+    /// part of every answer (after the nfgenmsg header). ENOENT (no such table or set) is an
+    /// empty answer.
+    pub fn dump(&mut self, msg_type: u16, family: u8, filter: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let seq = 0x7ffb_0000;
+        self.request((NFNL_SUBSYS_NFTABLES << 8) | msg_type, 0x300, family, filter, seq)?;
+        let mut out = Vec::new();
+        loop {
+            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
+            for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
+                if s != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let err = -i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                        return match err {
+                            0 => Ok(out),
+                            libc::ENOENT => Ok(Vec::new()),
+                            e => Err(io::Error::from_raw_os_error(e)),
+                        };
+                    }
+                    _ => out.push(payload.get(4..).unwrap_or(&[]).to_vec()),
+                }
+            }
+        }
+    }
+}
+
+/// The netlink attributes of a buffer: (type without flags, value).
+pub fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + 4 > buf.len() {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
+        let ty = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > buf.len() {
+            return None;
+        }
+        let item = (ty, &buf[off + 4..off + len]);
+        off += (len + 3) & !3;
+        Some(item)
+    })
+}
+
 fn describe(msgs: &[MsgInfo], seq: u32) -> String {
     msgs.iter().find(|m| m.seq == seq).map(|m| m.what.clone()).unwrap_or_else(|| format!("message {seq}"))
 }

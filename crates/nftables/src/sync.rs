@@ -60,6 +60,9 @@ pub struct NftablesBackend {
     udp: BTreeMap<ServiceName, UdpEndpoints>,
     seq: u32,
     pub cold_start_max_elements: usize,
+    /// The ruleset generation after our last commit, while we know that nobody else committed
+    /// since we last checked (see [`NftablesBackend::verify`]).
+    last_gen: Option<u32>,
 }
 
 fn ports_of(state: &ClusterState, ctx: &NodeContext, fam: Family, svc: &ServiceName) -> Vec<ResolvedServicePort> {
@@ -85,6 +88,7 @@ impl NftablesBackend {
             udp: BTreeMap::new(),
             seq: 1,
             cold_start_max_elements: COLD_START_MAX_ELEMENTS,
+            last_gen: None,
         })
     }
 
@@ -107,10 +111,17 @@ impl NftablesBackend {
     ) -> Result<(), SyncError> {
         let finished = batch.finish();
         self.seq = self.seq.wrapping_add(finished.msgs.len() as u32 + 2);
+        let before = self.sock.generation().ok();
         let start = Instant::now();
         match self.sock.commit(&finished) {
             Ok(stats) => {
                 report.add(stats, start.elapsed());
+                // Still sure nobody else committed only if the generation moved by exactly ours.
+                let after = self.sock.generation().ok();
+                self.last_gen = match (before, after) {
+                    (Some(b), Some(a)) if self.last_gen == Some(b) && a == b.wrapping_add(1) => Some(a),
+                    _ => None,
+                };
                 Ok(())
             }
             Err(source) => {
@@ -250,6 +261,31 @@ impl NftablesBackend {
             }
         }
         Ok(deleted)
+    }
+
+    /// Drift check: whether our tables still hold what we programmed. Cheap when nobody else
+    /// committed since the last check (one generation query); otherwise our tables are dumped and
+    /// compared. On a difference the next sync is a full one (an atomic replace), and the
+    /// difference is returned for the log.
+    pub fn verify(&mut self) -> Result<Option<String>, SyncError> {
+        if self.programmed.is_empty() {
+            return Ok(None);
+        }
+        let netlink = |family| move |e: std::io::Error| SyncError::Netlink { family, source: e.into() };
+        let generation = self.sock.generation().map_err(netlink(Family::V4))?;
+        if self.last_gen == Some(generation) {
+            return Ok(None);
+        }
+        for (family, table) in &self.programmed {
+            let got = crate::drift::observe(&mut self.sock, family.nfproto()).map_err(netlink(*family))?;
+            if let Some(diff) = crate::drift::compare(&table.table, got.as_ref()) {
+                self.force_full_sync();
+                self.last_gen = None;
+                return Ok(Some(diff));
+            }
+        }
+        self.last_gen = Some(generation);
+        Ok(None)
     }
 
     /// Deletes our tables, and nothing else. Missing tables are fine.

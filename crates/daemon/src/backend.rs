@@ -1,0 +1,115 @@
+//! The two data planes behind one interface: nftables over netlink (incremental, with drift
+//! checks) and kube-proxy's iptables-legacy rules (full restore per sync).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use nftproxy_model::{ClusterState, IpFamily, NodeContext, ServiceName};
+use nftproxy_nftables::{NftablesBackend, SyncReport};
+
+use crate::config::{ProxyMode, Settings};
+
+pub enum Backend {
+    Nftables(Box<NftablesBackend>),
+    Iptables(nftproxy_iptables::Options),
+}
+
+/// What one successful sync did.
+#[derive(Clone, Debug, Default)]
+pub struct Synced {
+    pub full: bool,
+    pub messages: usize,
+    pub longest_transaction: Duration,
+    pub conntrack_deleted: usize,
+}
+
+/// A sync that failed, naming the family whose rules were refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{family} sync failed: {message}")]
+pub struct BackendError {
+    pub family: IpFamily,
+    pub message: String,
+}
+
+impl Backend {
+    pub fn new(settings: &Settings) -> std::io::Result<Backend> {
+        Ok(match settings.mode {
+            ProxyMode::Nftables => Backend::Nftables(Box::new(NftablesBackend::new()?)),
+            ProxyMode::Iptables => Backend::Iptables(nftproxy_iptables::Options {
+                masquerade_bit: settings.masquerade_bit,
+                localhost_nodeports: settings.localhost_nodeports,
+                conntrack_tcp_be_liberal: settings.conntrack_tcp_be_liberal,
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// Programs the state: only `changed` Services unless `full`.
+    pub fn sync(
+        &mut self,
+        state: &ClusterState,
+        ctx: &NodeContext,
+        changed: &BTreeSet<ServiceName>,
+        full: bool,
+    ) -> Result<Synced, BackendError> {
+        match self {
+            Backend::Nftables(b) => {
+                if full {
+                    b.force_full_sync();
+                }
+                let report: SyncReport = b.sync_services(state, ctx, changed).map_err(|e| BackendError {
+                    family: match &e {
+                        nftproxy_nftables::SyncError::Netlink { family, .. } => family.0,
+                        _ => IpFamily::V4,
+                    },
+                    message: e.to_string(),
+                })?;
+                Ok(Synced {
+                    full: !report.full.is_empty(),
+                    messages: report.messages,
+                    longest_transaction: report.longest_transaction,
+                    conntrack_deleted: report.conntrack_deleted,
+                })
+            }
+            Backend::Iptables(opts) => {
+                for fam in [IpFamily::V4, IpFamily::V6] {
+                    let text = nftproxy_iptables::render_cluster(fam, state, ctx, opts);
+                    nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)
+                        .map_err(|e| BackendError { family: fam, message: e.to_string() })?;
+                }
+                Ok(Synced { full: true, ..Default::default() })
+            }
+        }
+    }
+
+    /// Drift check (nftables). The iptables backend restores every chain on every sync, which
+    /// repairs drift at the next periodic sync.
+    pub fn verify(&mut self) -> Result<Option<String>, String> {
+        match self {
+            Backend::Nftables(b) => b.verify().map_err(|e| e.to_string()),
+            Backend::Iptables(_) => Ok(None),
+        }
+    }
+}
+
+/// kube-proxy's `--cleanup`: removes what either mode of ours programmed, nothing else.
+pub fn cleanup_all() -> Result<(), String> {
+    let mut errors = Vec::new();
+    match NftablesBackend::new() {
+        Ok(mut b) => {
+            if let Err(e) = b.cleanup() {
+                errors.push(e.to_string());
+            }
+        }
+        Err(e) => errors.push(format!("netlink: {e}")),
+    }
+    // Without iptables-legacy on the machine there can be no rules of ours in it.
+    let have_iptables = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("iptables-legacy-save").exists()));
+    for fam in [IpFamily::V4, IpFamily::V6].into_iter().filter(|_| have_iptables) {
+        if let Err(e) = nftproxy_iptables::cleanup(fam) {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}

@@ -1,0 +1,431 @@
+//! kube-proxy's configuration: the `KubeProxyConfiguration` file (kubeproxy.config.k8s.io/v1alpha1)
+//! and the effective settings after flags override it. Parsing is strict like kube-proxy's: an
+//! unknown field or a bad value is an error naming the field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use nftproxy_model::NodePortAddresses;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {field}: {message}")]
+    Field { file: String, field: String, message: String },
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ProxyMode {
+    #[default]
+    Nftables,
+    Iptables,
+}
+
+impl std::str::FromStr for ProxyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "nftables" => Ok(ProxyMode::Nftables),
+            "iptables" => Ok(ProxyMode::Iptables),
+            other => Err(format!("unsupported proxy mode {other:?} (want nftables or iptables)")),
+        }
+    }
+}
+
+/// A Go duration as kube-proxy's `metav1.Duration` writes it: `30s`, `1m0s`, `500ms`, `1h2m3.5s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GoDuration(pub Duration);
+
+impl std::str::FromStr for GoDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_go_duration(s).map(GoDuration)
+    }
+}
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?} (want e.g. 1s, 500ms, 1m30s)");
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.is_empty() || t.starts_with('-') {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    let mut rest = t.strip_prefix('+').unwrap_or(t);
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// The parts of `KubeProxyConfiguration` (v1alpha1) that exist. Fields kube-proxy has but that do
+/// not apply to us (IPVS, Windows, logging, …) are accepted and ignored; anything else is an
+/// error, as kube-proxy's strict decoding makes it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeProxyConfiguration {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub feature_gates: Option<BTreeMap<String, bool>>,
+    pub client_connection: Option<ClientConnection>,
+    pub logging: Option<serde_yaml::Value>,
+    pub hostname_override: Option<String>,
+    pub bind_address: Option<String>,
+    pub healthz_bind_address: Option<String>,
+    pub metrics_bind_address: Option<String>,
+    pub bind_address_hard_fail: Option<bool>,
+    pub enable_profiling: Option<bool>,
+    pub show_hidden_metrics_for_version: Option<String>,
+    pub mode: Option<String>,
+    pub iptables: Option<ModeConfig>,
+    pub ipvs: Option<serde_yaml::Value>,
+    pub nftables: Option<ModeConfig>,
+    pub winkernel: Option<serde_yaml::Value>,
+    pub detect_local_mode: Option<String>,
+    pub detect_local: Option<serde_yaml::Value>,
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: Option<String>,
+    pub node_port_addresses: Option<Vec<String>>,
+    pub oom_score_adj: Option<i32>,
+    pub conntrack: Option<Conntrack>,
+    pub config_sync_period: Option<GoDuration>,
+    pub port_range: Option<String>,
+    pub windows_run_as_service: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientConnection {
+    pub kubeconfig: Option<String>,
+    pub accept_content_types: Option<String>,
+    pub content_type: Option<String>,
+    pub qps: Option<f64>,
+    pub burst: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModeConfig {
+    pub masquerade_bit: Option<u8>,
+    pub masquerade_all: Option<bool>,
+    pub localhost_node_ports: Option<bool>,
+    pub sync_period: Option<GoDuration>,
+    pub min_sync_period: Option<GoDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Conntrack {
+    pub max_per_core: Option<i32>,
+    pub min: Option<i32>,
+    pub tcp_established_timeout: Option<GoDuration>,
+    pub tcp_close_wait_timeout: Option<GoDuration>,
+    pub tcp_be_liberal: Option<bool>,
+    pub udp_timeout: Option<GoDuration>,
+    pub udp_stream_timeout: Option<GoDuration>,
+}
+
+impl KubeProxyConfiguration {
+    /// Parses the file's text (YAML or JSON). `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<KubeProxyConfiguration, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let cfg: KubeProxyConfiguration = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let mut message = e.inner().to_string();
+            // serde_yaml prefixes the key path the error is under; we print the full path already.
+            if let Some((head, rest)) = message.split_once(": ")
+                && !head.contains(' ')
+            {
+                message = rest.to_string();
+            }
+            if field == "." {
+                ConfigError::File { file: file.into(), message }
+            } else {
+                ConfigError::Field { file: file.into(), field, message }
+            }
+        })?;
+        let field_err =
+            |field: &str, message: String| ConfigError::Field { file: file.into(), field: field.into(), message };
+        match cfg.api_version.as_deref() {
+            None | Some("kubeproxy.config.k8s.io/v1alpha1") => {}
+            Some(v) => return Err(field_err("apiVersion", format!("{v:?} (want kubeproxy.config.k8s.io/v1alpha1)"))),
+        }
+        match cfg.kind.as_deref() {
+            None | Some("KubeProxyConfiguration") => {}
+            Some(k) => return Err(field_err("kind", format!("{k:?} (want KubeProxyConfiguration)"))),
+        }
+        Ok(cfg)
+    }
+}
+
+/// What `run` runs with, after the file and flags.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub kubeconfig: Option<PathBuf>,
+    pub master: Option<String>,
+    /// Standalone: manifests instead of an API server.
+    pub from: Option<PathBuf>,
+    pub hostname_override: Option<String>,
+    pub node_ips: Vec<std::net::IpAddr>,
+    pub mode: ProxyMode,
+    pub cluster_cidrs: Vec<IpNet>,
+    pub nodeport_addresses: NodePortAddresses,
+    pub masquerade_all: bool,
+    pub masquerade_bit: u8,
+    pub localhost_nodeports: bool,
+    pub min_sync_period: Duration,
+    pub sync_period: Duration,
+    /// None: no metrics server.
+    pub metrics_bind_address: Option<SocketAddr>,
+    /// None: no health server.
+    pub healthz_bind_address: Option<SocketAddr>,
+    pub conntrack_tcp_be_liberal: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kubeconfig: None,
+            master: None,
+            from: None,
+            hostname_override: None,
+            node_ips: Vec::new(),
+            mode: ProxyMode::Nftables,
+            cluster_cidrs: Vec::new(),
+            nodeport_addresses: NodePortAddresses::Primary,
+            masquerade_all: false,
+            masquerade_bit: 14,
+            localhost_nodeports: true,
+            min_sync_period: Duration::from_secs(1),
+            sync_period: Duration::from_secs(30),
+            metrics_bind_address: Some("127.0.0.1:10249".parse().unwrap()),
+            healthz_bind_address: Some("0.0.0.0:10256".parse().unwrap()),
+            conntrack_tcp_be_liberal: false,
+        }
+    }
+}
+
+/// kube-proxy's bind-address form: `ip:port`, or empty to disable.
+pub fn parse_bind_address(s: &str) -> Result<Option<SocketAddr>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| format!("{s:?} is not ip:port"))
+}
+
+pub fn parse_nodeport_addresses(items: &[String]) -> Result<NodePortAddresses, String> {
+    let items: Vec<&str> = items.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()).collect();
+    match items.as_slice() {
+        [] | ["primary"] => Ok(NodePortAddresses::Primary),
+        ["all"] => Ok(NodePortAddresses::All),
+        list => list
+            .iter()
+            .map(|c| {
+                c.parse::<IpNet>()
+                    .map(|n| n.trunc())
+                    .map_err(|_| format!("{c:?} is not a CIDR (want primary, all, or CIDRs)"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(NodePortAddresses::Cidrs),
+    }
+}
+
+impl Settings {
+    /// Applies a configuration file over the defaults (flags are applied after, by the caller).
+    pub fn apply_file(&mut self, file: &str, cfg: &KubeProxyConfiguration) -> Result<(), ConfigError> {
+        let err = |field: &str, message: String| ConfigError::Field { file: file.into(), field: field.into(), message };
+        if let Some(k) = cfg.client_connection.as_ref().and_then(|c| c.kubeconfig.as_ref()).filter(|k| !k.is_empty()) {
+            self.kubeconfig = Some(k.into());
+        }
+        if let Some(h) = cfg.hostname_override.as_ref().filter(|h| !h.is_empty()) {
+            self.hostname_override = Some(h.clone());
+        }
+        if let Some(m) = &cfg.mode {
+            self.mode = m.parse().map_err(|e| err("mode", e))?;
+        }
+        if let Some(a) = &cfg.healthz_bind_address {
+            self.healthz_bind_address = parse_bind_address(a).map_err(|e| err("healthzBindAddress", e))?;
+        }
+        if let Some(a) = &cfg.metrics_bind_address {
+            self.metrics_bind_address = parse_bind_address(a).map_err(|e| err("metricsBindAddress", e))?;
+        }
+        if let Some(c) = cfg.cluster_cidr.as_ref().filter(|c| !c.is_empty()) {
+            self.cluster_cidrs = c
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse::<IpNet>()
+                        .map(|n| n.trunc())
+                        .map_err(|_| err("clusterCIDR", format!("{s:?} is not a CIDR")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(n) = &cfg.node_port_addresses {
+            self.nodeport_addresses = parse_nodeport_addresses(n).map_err(|e| err("nodePortAddresses", e))?;
+        }
+        if let Some(ct) = &cfg.conntrack {
+            self.conntrack_tcp_be_liberal = ct.tcp_be_liberal.unwrap_or(false);
+        }
+        // The section of the mode in use counts (kube-proxy reads iptables.* in iptables mode and
+        // nftables.* in nftables mode).
+        let (section, name) = match self.mode {
+            ProxyMode::Nftables => (&cfg.nftables, "nftables"),
+            ProxyMode::Iptables => (&cfg.iptables, "iptables"),
+        };
+        if let Some(m) = section {
+            if let Some(v) = m.masquerade_all {
+                self.masquerade_all = v;
+            }
+            if let Some(v) = m.masquerade_bit {
+                if v > 31 {
+                    return Err(err(&format!("{name}.masqueradeBit"), format!("{v} is not in 0..31")));
+                }
+                self.masquerade_bit = v;
+            }
+            if let Some(v) = m.localhost_node_ports {
+                self.localhost_nodeports = v;
+            }
+            if let Some(GoDuration(d)) = m.sync_period {
+                self.sync_period = d;
+            }
+            if let Some(GoDuration(d)) = m.min_sync_period {
+                self.min_sync_period = d;
+            }
+        }
+        self.validate().map_err(|(field, msg)| err(&format!("{name}.{field}"), msg))
+    }
+
+    /// kube-proxy's validation of the sync periods.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.sync_period.is_zero() {
+            return Err(("syncPeriod", "must be greater than 0".into()));
+        }
+        if self.min_sync_period > self.sync_period {
+            return Err((
+                "minSyncPeriod",
+                format!("{:?} must be less than or equal to syncPeriod {:?}", self.min_sync_period, self.sync_period),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let d = |s: &str| parse_go_duration(s).unwrap();
+        assert_eq!(d("30s"), Duration::from_secs(30));
+        assert_eq!(d("1m0s"), Duration::from_secs(60));
+        assert_eq!(d("500ms"), Duration::from_millis(500));
+        assert_eq!(d("1h2m3.5s"), Duration::from_millis(3_723_500));
+        assert_eq!(d("0"), Duration::ZERO);
+        for bad in ["", "10", "s", "1x", "-1s", "1.2.3s"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    const FILE: &str = r#"
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clientConnection:
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+  qps: 5
+clusterCIDR: 10.244.0.0/16,fd00:244::/48
+metricsBindAddress: 0.0.0.0:10249
+healthzBindAddress: ""
+nodePortAddresses: ["primary"]
+nftables:
+  masqueradeAll: true
+  syncPeriod: 1m0s
+  minSyncPeriod: 250ms
+iptables:
+  syncPeriod: 10s
+ipvs:
+  scheduler: rr
+conntrack:
+  tcpBeLiberal: true
+"#;
+
+    #[test]
+    fn file_sets_what_it_names() {
+        let cfg = KubeProxyConfiguration::parse("kp.yaml", FILE).unwrap();
+        let mut s = Settings::default();
+        s.apply_file("kp.yaml", &cfg).unwrap();
+        assert_eq!(s.kubeconfig.as_deref(), Some(std::path::Path::new("/var/lib/kube-proxy/kubeconfig.conf")));
+        assert_eq!(s.cluster_cidrs.len(), 2);
+        assert_eq!(s.metrics_bind_address, Some("0.0.0.0:10249".parse().unwrap()));
+        assert_eq!(s.healthz_bind_address, None, "an empty address disables the server");
+        assert!(s.masquerade_all);
+        // nftables mode reads the nftables section, not the iptables one.
+        assert_eq!(s.sync_period, Duration::from_secs(60));
+        assert_eq!(s.min_sync_period, Duration::from_millis(250));
+        assert!(s.conntrack_tcp_be_liberal);
+    }
+
+    #[test]
+    fn iptables_mode_reads_its_own_section() {
+        let text = FILE.replace("mode: nftables", "mode: iptables");
+        let cfg = KubeProxyConfiguration::parse("kp.yaml", &text).unwrap();
+        let mut s = Settings::default();
+        s.apply_file("kp.yaml", &cfg).unwrap();
+        assert_eq!(s.mode, ProxyMode::Iptables);
+        assert_eq!(s.sync_period, Duration::from_secs(10));
+        assert!(!s.masquerade_all);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = KubeProxyConfiguration::parse("kp.yaml", "nftables:\n  syncPeriod: soon\n").unwrap_err().to_string();
+        assert!(e.starts_with("kp.yaml: nftables.syncPeriod: invalid duration \"soon\""), "{e}");
+        let e = KubeProxyConfiguration::parse("kp.yaml", "nftable:\n  syncPeriod: 1s\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `nftable`"), "{e}");
+        let e = KubeProxyConfiguration::parse("kp.yaml", "kind: KubeletConfiguration\n").unwrap_err().to_string();
+        assert_eq!(e, "kp.yaml: kind: \"KubeletConfiguration\" (want KubeProxyConfiguration)");
+        let cfg = KubeProxyConfiguration::parse("kp.yaml", "mode: ipvs\n").unwrap();
+        let e = Settings::default().apply_file("kp.yaml", &cfg).unwrap_err().to_string();
+        assert_eq!(e, "kp.yaml: mode: unsupported proxy mode \"ipvs\" (want nftables or iptables)");
+        let cfg =
+            KubeProxyConfiguration::parse("kp.yaml", "nftables:\n  minSyncPeriod: 1m\n  syncPeriod: 30s\n").unwrap();
+        let e = Settings::default().apply_file("kp.yaml", &cfg).unwrap_err().to_string();
+        assert!(e.starts_with("kp.yaml: nftables.minSyncPeriod: 60s must be less than"), "{e}");
+        let cfg = KubeProxyConfiguration::parse("kp.yaml", "metricsBindAddress: localhost\n").unwrap();
+        let e = Settings::default().apply_file("kp.yaml", &cfg).unwrap_err().to_string();
+        assert_eq!(e, "kp.yaml: metricsBindAddress: \"localhost\" is not ip:port");
+    }
+}

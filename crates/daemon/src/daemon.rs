@@ -1,0 +1,378 @@
+//! The proxy's main loop: source events → change tracker → bounded-frequency syncs → backend,
+//! with kube-proxy's metrics and health servers beside it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nftproxy_kube::SourceEvent;
+use nftproxy_model::{
+    ClusterState, IpFamily, NodeContext, NodePortAddresses, ServiceType, TrafficPolicy, resolve_service,
+};
+use tokio::sync::mpsc;
+
+use crate::backend::Backend;
+use crate::config::Settings;
+use crate::health::{ProxyHealth, ServiceHealthEntry, ServiceHealthServers};
+use crate::metrics::Metrics;
+use crate::tracker::{ChangeTracker, Changes};
+
+/// Where the cluster comes from.
+pub enum Source {
+    /// The Kubernetes API (kube-rs watchers).
+    Api(kube::Client),
+    /// Manifests on disk, polled at this interval.
+    Manifests(std::path::PathBuf, Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("--metrics-bind-address {addr}: {source}")]
+    MetricsBind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("--healthz-bind-address {addr}: {source}")]
+    HealthzBind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("netlink socket: {0}")]
+    Backend(std::io::Error),
+}
+
+fn family_label(f: IpFamily) -> &'static str {
+    match f {
+        IpFamily::V4 => "IPv4",
+        IpFamily::V6 => "IPv6",
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// The running proxy (everything but the source task and the HTTP servers).
+pub struct Proxy {
+    pub settings: Settings,
+    pub node_name: String,
+    pub tracker: ChangeTracker,
+    backend: Backend,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<ProxyHealth>,
+    service_health: ServiceHealthServers,
+    need_full: bool,
+    last_sync: Option<Instant>,
+    last_failure: bool,
+}
+
+impl Proxy {
+    pub fn new(settings: Settings, node_name: String) -> Result<Proxy, DaemonError> {
+        let backend = Backend::new(&settings).map_err(DaemonError::Backend)?;
+        let health = Arc::new(ProxyHealth::new(settings.sync_period));
+        Ok(Proxy {
+            service_health: ServiceHealthServers::new(health.clone(), Vec::new()),
+            tracker: ChangeTracker::default(),
+            metrics: Arc::new(Metrics::new()),
+            health,
+            backend,
+            node_name,
+            settings,
+            need_full: true,
+            last_sync: None,
+            last_failure: false,
+        })
+    }
+
+    /// The node context: flags, completed by this node's Node object.
+    pub fn context(&self) -> NodeContext {
+        let mut ctx = NodeContext {
+            node_name: self.node_name.clone(),
+            node_ips: self.settings.node_ips.clone(),
+            zone: None,
+            cluster_cidrs: self.settings.cluster_cidrs.clone(),
+            masquerade_all: self.settings.masquerade_all,
+            nodeport_addresses: self.settings.nodeport_addresses.clone(),
+        };
+        if let Some(node) = &self.tracker.node {
+            ctx.complete_from(node);
+        }
+        ctx
+    }
+
+    /// Takes one source event.
+    pub fn event(&mut self, ev: SourceEvent) {
+        match &ev {
+            SourceEvent::Warning(w) => tracing::warn!("{w}"),
+            SourceEvent::WatchError { kind, error } => tracing::warn!(kind, "watch failed, retrying: {error}"),
+            SourceEvent::Node { eligible, .. } => self.health.set_node_eligible(*eligible),
+            _ => {}
+        }
+        let (svc0, ep0) = (self.tracker.service_changes_total, self.tracker.endpoint_changes_total);
+        if self.tracker.apply(ev) {
+            self.health.queued();
+            for f in ["IPv4", "IPv6"] {
+                self.metrics.last_queued_timestamp.with_label_values(&[f]).set(unix_now());
+            }
+        }
+        self.metrics.service_changes_total.inc_by(self.tracker.service_changes_total - svc0);
+        self.metrics.endpoint_changes_total.inc_by(self.tracker.endpoint_changes_total - ep0);
+        let (s, e) = self.tracker.pending_counts();
+        self.metrics.service_changes_pending.set(s as i64);
+        self.metrics.endpoint_changes_pending.set(e as i64);
+    }
+
+    /// When the next sync is due (None: not before the lists are complete). kube-proxy's
+    /// bounded-frequency runner: at most every min-sync-period, at least every sync-period; a
+    /// failed sync is retried (full) after max(min-sync-period, 1 s).
+    pub fn next_sync(&self) -> Option<Instant> {
+        if !self.tracker.ready() {
+            return None;
+        }
+        let Some(last) = self.last_sync else {
+            return Some(Instant::now());
+        };
+        let min = self.settings.min_sync_period;
+        if self.last_failure {
+            return Some(last + min.max(Duration::from_secs(1)));
+        }
+        if self.tracker.pending() || self.need_full {
+            return Some(last + min);
+        }
+        Some(last + self.settings.sync_period)
+    }
+
+    /// One sync: drift check, then the pending changes (or everything).
+    pub async fn sync(&mut self) {
+        self.last_sync = Some(Instant::now());
+        match tokio::task::block_in_place(|| self.backend.verify()) {
+            Ok(Some(diff)) => {
+                tracing::warn!("our rules were changed by someone else ({diff}): restoring them");
+                self.metrics.drift_repairs.inc();
+                self.need_full = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("drift check failed: {e}");
+                self.need_full = true;
+            }
+        }
+        let changes: Changes = self.tracker.take();
+        let ctx = self.context();
+        let full = self.need_full || changes.node;
+        let start = Instant::now();
+        let result =
+            tokio::task::block_in_place(|| self.backend.sync(&self.tracker.state, &ctx, &changes.services, full));
+        let took = start.elapsed().as_secs_f64();
+        self.metrics.service_changes_pending.set(0);
+        self.metrics.endpoint_changes_pending.set(0);
+        match result {
+            Ok(done) => {
+                self.need_full = false;
+                self.last_failure = false;
+                for f in ["IPv4", "IPv6"] {
+                    self.metrics.sync_duration.with_label_values(&[f]).observe(took);
+                    let h =
+                        if done.full { &self.metrics.sync_full_duration } else { &self.metrics.sync_partial_duration };
+                    h.with_label_values(&[f]).observe(took);
+                    self.metrics.last_timestamp.with_label_values(&[f]).set(unix_now());
+                    self.health.updated(f);
+                    if done.conntrack_deleted > 0 {
+                        self.metrics.conntrack_deleted.with_label_values(&[f]).inc_by(done.conntrack_deleted as u64);
+                    }
+                }
+                self.metrics.last_sync_messages.set(done.messages as f64);
+                self.observe_programming_latency(&changes.trigger_times);
+                self.update_counts(&ctx);
+                self.sync_service_health(&ctx).await;
+                tracing::info!(
+                    full = done.full,
+                    services = changes.services.len(),
+                    messages = done.messages,
+                    seconds = took,
+                    "synced"
+                );
+            }
+            Err(e) => {
+                tracing::error!("{e}; the previous rules stay in place, a full sync follows");
+                let fam = family_label(e.family);
+                match self.settings.mode {
+                    crate::config::ProxyMode::Nftables => {
+                        self.metrics.nftables_sync_failures.with_label_values(&[fam]).inc()
+                    }
+                    crate::config::ProxyMode::Iptables => {
+                        self.metrics.iptables_restore_failures.with_label_values(&[fam]).inc()
+                    }
+                }
+                self.need_full = true;
+                self.last_failure = true;
+                self.tracker.give_back(changes);
+            }
+        }
+    }
+
+    /// kube-proxy's network programming latency: from the trigger time the EndpointSlice
+    /// controller stamped on a slice to the moment its rules are in the kernel.
+    fn observe_programming_latency(&self, trigger_times: &[String]) {
+        let now = jiff::Timestamp::now();
+        for t in trigger_times {
+            let Ok(ts) = t.parse::<jiff::Timestamp>() else {
+                tracing::debug!("unparsable trigger time {t:?}");
+                continue;
+            };
+            let secs = now.duration_since(ts).as_secs_f64();
+            if secs >= 0.0 {
+                for f in ["IPv4", "IPv6"] {
+                    self.metrics.network_programming_duration.with_label_values(&[f]).observe(secs);
+                }
+            }
+        }
+    }
+
+    fn update_counts(&self, ctx: &NodeContext) {
+        let state: &ClusterState = &self.tracker.state;
+        for fam in [IpFamily::V4, IpFamily::V6] {
+            let l = family_label(fam);
+            let services = state.services.values().filter(|s| s.cluster_ips.iter().any(|ip| fam.matches(ip)));
+            let (mut svcs, mut ports) = (0, 0);
+            for s in services {
+                svcs += 1;
+                ports += s.ports.len();
+            }
+            let endpoints: usize = state
+                .slices()
+                .values()
+                .filter(|s| s.address_type.family() == Some(fam))
+                .map(|s| s.endpoints.len() * s.ports.len().max(1))
+                .sum();
+            self.metrics.services.with_label_values(&[l]).set(svcs as i64);
+            self.metrics.service_ports.with_label_values(&[l]).set(ports as i64);
+            self.metrics.endpoints.with_label_values(&[l]).set(endpoints as i64);
+            // Services with a Local policy whose policy leaves them no endpoints here.
+            let (mut internal, mut external) = (0, 0);
+            for s in state.services.values().filter(|s| {
+                s.internal_traffic_policy == TrafficPolicy::Local || s.external_traffic_policy == TrafficPolicy::Local
+            }) {
+                for p in resolve_service(state, ctx, fam, s) {
+                    if p.internal_policy_local && p.has_any_endpoints && p.local_endpoints.is_empty() {
+                        internal += 1;
+                    }
+                    if p.external_policy_local && p.has_any_endpoints && p.local_endpoints.is_empty() {
+                        external += 1;
+                    }
+                }
+            }
+            self.metrics.no_local_endpoints.with_label_values(&["internal", l]).set(internal);
+            self.metrics.no_local_endpoints.with_label_values(&["external", l]).set(external);
+        }
+    }
+
+    /// Addresses the healthCheckNodePort servers listen on: kube-proxy's NodePort addresses.
+    fn health_check_addresses(&self, ctx: &NodeContext) -> Vec<IpAddr> {
+        match &ctx.nodeport_addresses {
+            NodePortAddresses::Primary if !ctx.node_ips.is_empty() => ctx.node_ips.clone(),
+            _ => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+        }
+    }
+
+    async fn sync_service_health(&mut self, ctx: &NodeContext) {
+        let state = &self.tracker.state;
+        let mut want = BTreeMap::new();
+        for s in state.services.values() {
+            let Some(port) = s.health_check_node_port else { continue };
+            if s.service_type != ServiceType::LoadBalancer || s.external_traffic_policy != TrafficPolicy::Local {
+                continue;
+            }
+            // kube-proxy counts distinct local ready endpoint addresses over all ports and families.
+            let mut local = std::collections::BTreeSet::new();
+            for fam in [IpFamily::V4, IpFamily::V6] {
+                for p in resolve_service(state, ctx, fam, s) {
+                    local.extend(p.local_endpoints.iter().filter(|e| e.ready).map(|e| e.ip));
+                }
+            }
+            want.insert(s.name.clone(), ServiceHealthEntry { port, local_endpoints: local.len() });
+        }
+        let addrs = self.health_check_addresses(ctx);
+        if addrs != self.service_health.addresses {
+            // New addresses: every server is started again on them.
+            self.service_health = ServiceHealthServers::new(self.health.clone(), addrs);
+        }
+        self.service_health.sync(want).await;
+    }
+
+    /// The healthCheckNodePort servers now running.
+    pub fn service_health_ports(&self) -> BTreeMap<nftproxy_model::ServiceName, u16> {
+        self.service_health.serving()
+    }
+}
+
+/// Binds the metrics and health servers. Errors name the flag.
+pub async fn serve_http(proxy: &Proxy) -> Result<(), DaemonError> {
+    if let Some(addr) = proxy.settings.metrics_bind_address {
+        let l =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::MetricsBind { addr, source })?;
+        let (m, mode) = (proxy.metrics.clone(), proxy.settings.mode);
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || async move {
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+                }),
+            )
+            .route(
+                "/proxyMode",
+                axum::routing::get(move || async move {
+                    match mode {
+                        crate::config::ProxyMode::Nftables => "nftables",
+                        crate::config::ProxyMode::Iptables => "iptables",
+                    }
+                }),
+            )
+            .merge(crate::health::router(proxy.health.clone(), proxy.metrics.clone()));
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+    }
+    if let Some(addr) = proxy.settings.healthz_bind_address {
+        let l =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::HealthzBind { addr, source })?;
+        let app = crate::health::router(proxy.health.clone(), proxy.metrics.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+    }
+    Ok(())
+}
+
+/// Runs until SIGTERM or SIGINT. The rules stay in place when it returns (like kube-proxy: a
+/// restart must not interrupt traffic).
+pub async fn run(settings: Settings, node_name: String, source: Source) -> Result<(), DaemonError> {
+    let mut proxy = Proxy::new(settings, node_name.clone())?;
+    serve_http(&proxy).await?;
+    let (tx, mut rx) = mpsc::channel::<SourceEvent>(1024);
+    let source_task = match source {
+        Source::Api(client) => tokio::spawn(nftproxy_kube::watch(client, node_name, tx)),
+        Source::Manifests(path, every) => tokio::spawn(crate::manifests::watch(path, node_name, every, tx)),
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tracing::info!(mode = ?proxy.settings.mode, node = %proxy.node_name, "waiting for the complete lists of Services and EndpointSlices");
+    loop {
+        let due = proxy.next_sync();
+        let sleep = async {
+            match due {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                proxy.event(ev);
+                // Take whatever else is queued before deciding when to sync.
+                while let Ok(ev) = rx.try_recv() {
+                    proxy.event(ev);
+                }
+            }
+            _ = sleep => proxy.sync().await,
+            _ = term.recv() => { tracing::info!("SIGTERM: exiting, rules left in place"); break }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted: exiting, rules left in place"); break }
+        }
+    }
+    source_task.abort();
+    Ok(())
+}

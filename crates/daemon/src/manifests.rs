@@ -1,0 +1,56 @@
+//! Standalone input: a manifest file or directory, read again whenever it changes (polled: a
+//! ConfigMap mounted into a pod changes by a symlink swap that inotify watches on the file miss).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use nftproxy_kube::SourceEvent;
+use tokio::sync::mpsc;
+
+/// Names, sizes and modification times of the manifest files: any change → reload.
+fn stamp(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut files = vec![path.to_path_buf()];
+    if path.is_dir() {
+        files = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        files.sort();
+    }
+    files
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).ok();
+            let len = m.as_ref().map_or(0, |m| m.len());
+            let mtime = m.and_then(|m| m.modified().ok());
+            (p, len, mtime)
+        })
+        .collect()
+}
+
+/// Loads `path` now and again after every change, sending complete lists each time.
+pub async fn watch(path: PathBuf, node_name: String, interval: Duration, tx: mpsc::Sender<SourceEvent>) {
+    let mut last = None;
+    loop {
+        let now = stamp(&path);
+        if last.as_ref() != Some(&now) {
+            last = Some(now);
+            let events = match nftproxy_manifest::load_path(&path) {
+                Ok(loaded) => {
+                    let mut ev: Vec<SourceEvent> =
+                        loaded.warnings.iter().map(|w| SourceEvent::Warning(w.to_string())).collect();
+                    let node = loaded.state.nodes.get(&node_name).cloned();
+                    ev.push(SourceEvent::ServicesListed(loaded.state.services.values().cloned().collect()));
+                    ev.push(SourceEvent::SlicesListed(loaded.state.slices().values().cloned().collect()));
+                    ev.push(SourceEvent::Node { eligible: node.is_some(), node });
+                    ev
+                }
+                // A missing or unreadable path keeps what was programmed.
+                Err(e) => vec![SourceEvent::Warning(e.to_string())],
+            };
+            for e in events {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

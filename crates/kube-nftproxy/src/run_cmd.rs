@@ -1,0 +1,190 @@
+//! `kube-nftproxy run`: the long-running proxy, with kube-proxy's flag names. Flags override the
+//! `--config` file, which overrides the defaults (kube-proxy's precedence).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use nftproxy_daemon::config::{GoDuration, parse_bind_address, parse_nodeport_addresses};
+use nftproxy_daemon::{KubeProxyConfiguration, ProxyMode, Settings, Source};
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// kubeconfig of the API server to watch. Default: the in-cluster service account.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The API server address (overrides the kubeconfig's).
+    #[arg(long, value_name = "URL")]
+    master: Option<String>,
+    /// Standalone: watch this manifest file or directory instead of an API server.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["kubeconfig", "master"])]
+    from: Option<PathBuf>,
+    /// This node's name. Default: the host name.
+    #[arg(long = "hostname-override", value_name = "NAME")]
+    hostname_override: Option<String>,
+    /// This node's IP (repeatable). Default: the addresses of its Node object.
+    #[arg(long = "node-ip", value_name = "IP")]
+    node_ip: Vec<IpAddr>,
+    /// nftables (default) or iptables (kube-proxy's iptables-legacy rules).
+    #[arg(long = "proxy-mode", value_name = "MODE", value_parser = |s: &str| s.parse::<ProxyMode>())]
+    proxy_mode: Option<ProxyMode>,
+    /// Pod CIDRs (comma-separated): traffic from outside them to a ClusterIP is masqueraded.
+    #[arg(long = "cluster-cidr", value_name = "CIDR[,CIDR]")]
+    cluster_cidr: Option<String>,
+    /// `primary` (default), `all`, or CIDRs (comma-separated) of addresses that take NodePorts.
+    #[arg(long = "nodeport-addresses", value_name = "primary|all|CIDR,...")]
+    nodeport_addresses: Option<String>,
+    /// Masquerade all traffic sent to Service IPs.
+    #[arg(long = "masquerade-all", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    masquerade_all: Option<bool>,
+    /// Minimum time between syncs (Go duration, default 1s).
+    #[arg(long = "min-sync-period", value_name = "DURATION")]
+    min_sync_period: Option<GoDuration>,
+    /// Maximum time between syncs (Go duration, default 30s).
+    #[arg(long = "sync-period", value_name = "DURATION")]
+    sync_period: Option<GoDuration>,
+    /// ip:port of /metrics (default 127.0.0.1:10249; empty: off).
+    #[arg(long = "metrics-bind-address", value_name = "IP:PORT")]
+    metrics_bind_address: Option<String>,
+    /// ip:port of /healthz and /livez (default 0.0.0.0:10256; empty: off).
+    #[arg(long = "healthz-bind-address", value_name = "IP:PORT")]
+    healthz_bind_address: Option<String>,
+    /// The masquerade mark bit in iptables mode (default 14).
+    #[arg(long = "iptables-masquerade-bit", value_name = "BIT", value_parser = clap::value_parser!(u8).range(0..=31))]
+    iptables_masquerade_bit: Option<u8>,
+    /// Remove our rules (both modes) and exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// Log verbosity (kube-proxy's --v): 0–1 info, 2–3 debug, 4+ trace.
+    #[arg(long = "v", short = 'v', value_name = "LEVEL", default_value_t = 0)]
+    verbosity: u8,
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> Result<Settings> {
+        let mut s = Settings::default();
+        // The mode decides which section of the file counts: flags first for that.
+        if let Some(m) = self.proxy_mode {
+            s.mode = m;
+        }
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
+            let file = path.display().to_string();
+            let cfg = KubeProxyConfiguration::parse(&file, &text)?;
+            if self.proxy_mode.is_some() {
+                // The flag wins over the file's mode.
+                let mut c = cfg.clone();
+                c.mode = None;
+                s.apply_file(&file, &c)?;
+            } else {
+                s.apply_file(&file, &cfg)?;
+            }
+        }
+        if let Some(k) = &self.kubeconfig {
+            s.kubeconfig = Some(k.clone());
+        }
+        s.master = self.master.clone().or(s.master);
+        s.from = self.from.clone();
+        if self.from.is_some() {
+            s.kubeconfig = None;
+        }
+        if let Some(h) = &self.hostname_override {
+            s.hostname_override = Some(h.clone());
+        }
+        if !self.node_ip.is_empty() {
+            s.node_ips = self.node_ip.clone();
+        }
+        if let Some(c) = &self.cluster_cidr {
+            s.cluster_cidrs = c
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    c.parse::<ipnet::IpNet>()
+                        .map(|n| n.trunc())
+                        .with_context(|| format!("--cluster-cidr: {c:?} is not a CIDR"))
+                })
+                .collect::<Result<_>>()?;
+        }
+        if let Some(n) = &self.nodeport_addresses {
+            s.nodeport_addresses =
+                parse_nodeport_addresses(&[n.clone()]).map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
+        }
+        if let Some(m) = self.masquerade_all {
+            s.masquerade_all = m;
+        }
+        if let Some(GoDuration(d)) = self.min_sync_period {
+            s.min_sync_period = d;
+        }
+        if let Some(GoDuration(d)) = self.sync_period {
+            s.sync_period = d;
+        }
+        if let Some(a) = &self.metrics_bind_address {
+            s.metrics_bind_address =
+                parse_bind_address(a).map_err(|e| anyhow::anyhow!("--metrics-bind-address: {e}"))?;
+        }
+        if let Some(a) = &self.healthz_bind_address {
+            s.healthz_bind_address =
+                parse_bind_address(a).map_err(|e| anyhow::anyhow!("--healthz-bind-address: {e}"))?;
+        }
+        if let Some(b) = self.iptables_masquerade_bit {
+            s.masquerade_bit = b;
+        }
+        if let Err((field, msg)) = s.validate() {
+            let flag = if field == "syncPeriod" { "--sync-period" } else { "--min-sync-period" };
+            bail!("{flag}: {msg}");
+        }
+        Ok(s)
+    }
+}
+
+fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0 | 1 => "info",
+        2 | 3 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "warn,nftproxy_daemon={level},nftproxy_kube={level},kube_nftproxy={level}"
+        ))
+    });
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let settings = args.settings()?;
+    init_logging(args.verbosity);
+    if args.cleanup {
+        nftproxy_daemon::backend::cleanup_all().map_err(|e| anyhow::anyhow!("cleanup: {e}"))?;
+        eprintln!("removed kube-nftproxy's nftables tables and iptables chains");
+        return Ok(());
+    }
+    let node_name =
+        settings.hostname_override.clone().map(|s| s.trim().to_lowercase()).unwrap_or_else(crate::node_args::host_name);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let source = match &settings.from {
+            Some(path) => {
+                nftproxy_manifest::load_path(path).with_context(|| format!("--from {}", path.display()))?;
+                Source::Manifests(path.clone(), Duration::from_secs(1))
+            }
+            None => {
+                let client = nftproxy_kube::client(settings.kubeconfig.as_deref(), settings.master.as_deref()).await?;
+                Source::Api(client)
+            }
+        };
+        nftproxy_daemon::run(settings, node_name, source).await?;
+        Ok::<_, anyhow::Error>(())
+    })
+}

@@ -1,0 +1,271 @@
+//! The Kubernetes API as an input: three kube-rs watchers (Services, EndpointSlices, this node's
+//! Node) whose objects are converted to the service model as they arrive and sent on as
+//! [`SourceEvent`]s. Nothing of the API objects is kept here: only the model's small types leave
+//! this crate, so managedFields, annotations and status never stay in memory.
+//!
+//! A (re)list is delivered whole, as one `…Listed` event after kube-rs's `InitDone`: the consumer
+//! replaces its view atomically, so neither the first sync nor a relist after `410 Gone` ever
+//! sees a half-empty cluster.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::utils::Backoff;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Config};
+use nftproxy_manifest::convert;
+use nftproxy_model::{EndpointSlice, Node, Service, ServiceName};
+use tokio::sync::mpsc;
+
+/// kube-proxy's selector for both Services and EndpointSlices: objects of another service proxy
+/// and headless Services' slices are never ours.
+pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+/// The taint the cluster autoscaler puts on a node it is about to delete (kube-proxy's /healthz
+/// then answers 503 so load balancers drain it).
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// What the API told us, already in the service model's terms.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceEvent {
+    /// Every Service, after a (re)list. Replaces what came before.
+    ServicesListed(Vec<Service>),
+    ServiceApplied(Service),
+    /// Deleted, or changed into something the proxy does not program (ExternalName, another
+    /// proxy's label, headless, unusable).
+    ServiceDeleted(ServiceName),
+    SlicesListed(Vec<EndpointSlice>),
+    SliceApplied(EndpointSlice),
+    SliceDeleted {
+        namespace: String,
+        name: String,
+    },
+    /// This node's Node object (None: it does not exist).
+    Node {
+        node: Option<Node>,
+        eligible: bool,
+    },
+    /// One object was unusable; it was treated as absent.
+    Warning(String),
+    /// A watch failed (the watcher retries on its own, with backoff).
+    WatchError {
+        kind: &'static str,
+        error: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig { path: String, source: kube::config::KubeconfigError },
+    #[error("in-cluster configuration (no --kubeconfig given): {0}")]
+    InCluster(kube::config::InClusterError),
+    #[error("--master {url}: {error}")]
+    Master { url: String, error: String },
+    #[error("API client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// kube-proxy's client rules: `--kubeconfig` if given (its current context), else the in-cluster
+/// service account; `--master` overrides the server address of either.
+pub async fn client(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<Client, ClientError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|source| ClientError::Kubeconfig { path: path.display().to_string(), source })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| ClientError::Kubeconfig { path: path.display().to_string(), source })?
+        }
+        None if master.is_some() => Config::new(master.unwrap().parse().map_err(|e: http::uri::InvalidUri| {
+            ClientError::Master { url: master.unwrap().into(), error: e.to_string() }
+        })?),
+        None => Config::incluster().map_err(ClientError::InCluster)?,
+    };
+    if let Some(url) = master {
+        config.cluster_url = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ClientError::Master { url: url.into(), error: e.to_string() })?;
+    }
+    // Watches are long polls; the default read timeout would cut them.
+    config.read_timeout = None;
+    Ok(Client::try_from(config)?)
+}
+
+/// Reconnect delays: 100 ms doubling to 1 s. client-go's reflector backs off to 30 s; a proxy must
+/// see changes soon after the API server is back, and one list per second per watcher while it is
+/// down is cheap.
+#[derive(Clone, Debug)]
+pub struct ReconnectBackoff {
+    next: Duration,
+    pub max: Duration,
+}
+
+impl Default for ReconnectBackoff {
+    fn default() -> Self {
+        ReconnectBackoff { next: Duration::from_millis(100), max: Duration::from_secs(1) }
+    }
+}
+
+impl Iterator for ReconnectBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(d)
+    }
+}
+
+impl Backoff for ReconnectBackoff {
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+}
+
+/// Runs the three watchers until `tx` is closed. `node_name` selects this node's Node.
+pub async fn watch(client: Client, node_name: String, tx: mpsc::Sender<SourceEvent>) {
+    let selector = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
+    let services = watch_kind(
+        "Service",
+        Api::<core::Service>::all(client.clone()),
+        selector.clone(),
+        tx.clone(),
+        |items| SourceEvent::ServicesListed(items.into_iter().flatten().collect()),
+        service_event,
+    );
+    let slices = watch_kind(
+        "EndpointSlice",
+        Api::<discovery::EndpointSlice>::all(client.clone()),
+        selector,
+        tx.clone(),
+        |items| SourceEvent::SlicesListed(items.into_iter().flatten().collect()),
+        slice_event,
+    );
+    let nodes = watch_node(Api::<core::Node>::all(client), node_name, tx);
+    tokio::join!(services, slices, nodes);
+}
+
+/// One converted object: `Ok(Some)` usable, `Ok(None)` deliberately not ours, `Err` unusable.
+type Converted<T> = Result<Option<T>, String>;
+
+fn service_event(svc: &core::Service) -> (Converted<Service>, SourceEvent) {
+    let name = ServiceName::new(
+        svc.metadata.namespace.clone().unwrap_or_default(),
+        svc.metadata.name.clone().unwrap_or_default(),
+    );
+    match convert::service(svc) {
+        Ok(Ok(s)) => (Ok(Some(s.clone())), SourceEvent::ServiceApplied(s)),
+        Ok(Err(_skipped)) => (Ok(None), SourceEvent::ServiceDeleted(name)),
+        Err(e) => (Err(e.to_string()), SourceEvent::ServiceDeleted(name)),
+    }
+}
+
+fn slice_event(es: &discovery::EndpointSlice) -> (Converted<EndpointSlice>, SourceEvent) {
+    let deleted = || SourceEvent::SliceDeleted {
+        namespace: es.metadata.namespace.clone().unwrap_or_default(),
+        name: es.metadata.name.clone().unwrap_or_default(),
+    };
+    match convert::endpoint_slice(es) {
+        Ok(s) => (Ok(Some(s.clone())), SourceEvent::SliceApplied(s)),
+        Err(e) => (Err(e.to_string()), deleted()),
+    }
+}
+
+async fn watch_kind<K, T>(
+    kind: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    tx: mpsc::Sender<SourceEvent>,
+    listed: impl Fn(Vec<Option<T>>) -> SourceEvent,
+    convert: impl Fn(&K) -> (Converted<T>, SourceEvent),
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let stream = watcher(api, config).backoff(ReconnectBackoff::default());
+    let mut buffer: Vec<Option<T>> = Vec::new();
+    let deleted = |obj: &K| match convert(obj).1 {
+        SourceEvent::ServiceApplied(s) => SourceEvent::ServiceDeleted(s.name),
+        SourceEvent::SliceApplied(s) => SourceEvent::SliceDeleted { namespace: s.namespace, name: s.name },
+        other => other,
+    };
+    forward(stream, &tx, kind, |ev| match ev {
+        watcher::Event::Init => {
+            buffer.clear();
+            vec![]
+        }
+        watcher::Event::InitApply(obj) => {
+            let (c, _) = convert(&obj);
+            match c {
+                Ok(v) => {
+                    buffer.push(v);
+                    vec![]
+                }
+                Err(w) => vec![SourceEvent::Warning(w)],
+            }
+        }
+        watcher::Event::InitDone => vec![listed(std::mem::take(&mut buffer))],
+        watcher::Event::Apply(obj) => match convert(&obj) {
+            (Err(w), ev) => vec![SourceEvent::Warning(w), ev],
+            (_, ev) => vec![ev],
+        },
+        watcher::Event::Delete(obj) => vec![deleted(&obj)],
+    })
+    .await
+}
+
+async fn forward<K>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    tx: &mpsc::Sender<SourceEvent>,
+    kind: &'static str,
+    mut handle: impl FnMut(watcher::Event<K>) -> Vec<SourceEvent>,
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        let events = match item {
+            Ok(ev) => handle(ev),
+            Err(e) => vec![SourceEvent::WatchError { kind, error: e.to_string() }],
+        };
+        for ev in events {
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn watch_node(api: Api<core::Node>, node_name: String, tx: mpsc::Sender<SourceEvent>) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    let stream = watcher(api, config).backoff(ReconnectBackoff::default());
+    let mut seen: Option<core::Node> = None;
+    forward(stream, &tx, "Node", |ev| match ev {
+        watcher::Event::Init => {
+            seen = None;
+            vec![]
+        }
+        watcher::Event::InitApply(n) => {
+            seen = Some(n);
+            vec![]
+        }
+        watcher::Event::InitDone => vec![node_event(seen.take().as_ref())],
+        watcher::Event::Apply(n) => vec![node_event(Some(&n))],
+        watcher::Event::Delete(_) => vec![node_event(None)],
+    })
+    .await
+}
+
+/// kube-proxy's NodeEligible: the Node exists, is not being deleted and is not tainted for
+/// deletion by the autoscaler.
+fn node_event(node: Option<&core::Node>) -> SourceEvent {
+    let Some(n) = node else {
+        return SourceEvent::Node { node: None, eligible: false };
+    };
+    let eligible = n.metadata.deletion_timestamp.is_none()
+        && !n.spec.as_ref().and_then(|s| s.taints.as_ref()).into_iter().flatten().any(|t| t.key == TO_BE_DELETED_TAINT);
+    match convert::node(n) {
+        Ok(node) => SourceEvent::Node { node: Some(node), eligible },
+        Err(e) => SourceEvent::Warning(e.to_string()),
+    }
+}

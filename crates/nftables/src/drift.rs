@@ -1,0 +1,174 @@
+//! Drift detection: has someone else changed our table since we programmed it? The cheap part is
+//! the ruleset generation (one round trip): unchanged since our last commit means nobody
+//! committed anything. Only when it moved do we dump our table (chains, rule counts, sets and
+//! element counts) and compare it with what we programmed.
+//!
+//! What this cannot see: an element deleted and re-added with other data in one transaction by
+//! someone else (counts unchanged), or a rule replaced in place. Both need deliberate editing of
+//! our table; deletions, flushes and additions — what tools and people do — are seen.
+
+use std::collections::BTreeMap;
+
+use nftproxy_nft_wire::consts::*;
+
+use crate::netlink::{NftSocket, attrs};
+use crate::ruleset::{Ruleset, TABLE};
+
+/// Our table as the kernel has it, reduced to what we compare.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Chain → number of rules.
+    pub chains: BTreeMap<String, usize>,
+    /// Set → number of elements (None: filled by packets, not compared).
+    pub sets: BTreeMap<String, Option<usize>>,
+}
+
+fn str_attr(v: &[u8]) -> String {
+    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
+}
+
+fn name_attr(ty: u16, name: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    let len = 4 + name.len() + 1;
+    v.extend_from_slice(&(len as u16).to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(name.as_bytes());
+    v.push(0);
+    v.resize(v.len().next_multiple_of(4), 0);
+    v
+}
+
+/// Dumps our table of a family; None when it does not exist.
+pub fn observe(sock: &mut NftSocket, nfproto: u8) -> std::io::Result<Option<Observed>> {
+    if !sock.table_exists(nfproto, TABLE)? {
+        return Ok(None);
+    }
+    let mut obs = Observed::default();
+    for msg in sock.dump(NFT_MSG_GETCHAIN, nfproto, &name_attr(NFTA_CHAIN_TABLE, TABLE))? {
+        if let Some((_, n)) = attrs(&msg).find(|(t, _)| *t == NFTA_CHAIN_NAME) {
+            obs.chains.entry(str_attr(n)).or_insert(0);
+        }
+    }
+    for msg in sock.dump(NFT_MSG_GETRULE, nfproto, &name_attr(NFTA_RULE_TABLE, TABLE))? {
+        if let Some((_, n)) = attrs(&msg).find(|(t, _)| *t == NFTA_RULE_CHAIN) {
+            *obs.chains.entry(str_attr(n)).or_insert(0) += 1;
+        }
+    }
+    let mut sets = Vec::new();
+    for msg in sock.dump(NFT_MSG_GETSET, nfproto, &name_attr(NFTA_SET_TABLE, TABLE))? {
+        let mut name = None;
+        let mut flags = 0u32;
+        for (t, v) in attrs(&msg) {
+            match t {
+                NFTA_SET_NAME => name = Some(str_attr(v)),
+                NFTA_SET_FLAGS if v.len() >= 4 => flags = u32::from_be_bytes(v[..4].try_into().unwrap()),
+                _ => {}
+            }
+        }
+        if let Some(n) = name {
+            sets.push((n, flags));
+        }
+    }
+    for (name, flags) in sets {
+        if flags & NFT_SET_EVAL != 0 {
+            obs.sets.insert(name, None);
+            continue;
+        }
+        let mut filter = name_attr(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+        filter.extend(name_attr(NFTA_SET_ELEM_LIST_SET, &name));
+        let mut count = 0;
+        for msg in sock.dump(NFT_MSG_GETSETELEM, nfproto, &filter)? {
+            for (t, list) in attrs(&msg) {
+                if t != NFTA_SET_ELEM_LIST_ELEMENTS {
+                    continue;
+                }
+                for (_, elem) in attrs(list) {
+                    // Interval sets hold a range as a start and an end element: count starts.
+                    let end = attrs(elem).any(|(t, v)| {
+                        t == NFTA_SET_ELEM_FLAGS
+                            && v.len() >= 4
+                            && u32::from_be_bytes(v[..4].try_into().unwrap()) & NFT_SET_ELEM_INTERVAL_END != 0
+                    });
+                    if !end {
+                        count += 1;
+                    }
+                }
+            }
+        }
+        obs.sets.insert(name, Some(count));
+    }
+    Ok(Some(obs))
+}
+
+/// What differs between what we programmed and what the kernel has (first difference only),
+/// or None.
+pub fn compare(want: &Ruleset, got: Option<&Observed>) -> Option<String> {
+    let fam = want.family.word();
+    let Some(got) = got else {
+        return Some(format!("table {fam} {TABLE} is gone"));
+    };
+    for (name, chain) in &want.chains {
+        match got.chains.get(name) {
+            None => return Some(format!("chain {name} is gone")),
+            Some(&n) if n != chain.rules.len() => {
+                return Some(format!("chain {name} has {n} rules, we programmed {}", chain.rules.len()));
+            }
+            _ => {}
+        }
+    }
+    if let Some(extra) = got.chains.keys().find(|c| !want.chains.contains_key(*c)) {
+        return Some(format!("chain {extra} was added"));
+    }
+    for name in want.sets.keys() {
+        match got.sets.get(name) {
+            None => return Some(format!("set {name} is gone")),
+            Some(Some(n)) => {
+                let want_n = want.elements.get(name).map_or(0, BTreeMap::len);
+                if *n != want_n {
+                    return Some(format!("set {name} has {n} elements, we programmed {want_n}"));
+                }
+            }
+            Some(None) => {}
+        }
+    }
+    if let Some(extra) = got.sets.keys().find(|s| !want.sets.contains_key(*s)) {
+        return Some(format!("set {extra} was added"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::family::Family;
+    use nftproxy_model::NodeContext;
+
+    fn observed_of(r: &Ruleset) -> Observed {
+        Observed {
+            chains: r.chains.iter().map(|(k, c)| (k.clone(), c.rules.len())).collect(),
+            sets: r.elements.iter().map(|(k, e)| (k.clone(), Some(e.len()))).collect(),
+        }
+    }
+
+    #[test]
+    fn differences_are_named() {
+        let want = crate::fixed_table(Family::V4, &NodeContext::default());
+        let same = observed_of(&want);
+        assert_eq!(compare(&want, Some(&same)), None);
+        assert_eq!(compare(&want, None).as_deref(), Some("table ip kube-nftproxy is gone"));
+        let (chain, n) = same.chains.iter().find(|(_, n)| **n > 0).map(|(c, n)| (c.clone(), *n)).unwrap();
+        let mut fewer = same.clone();
+        fewer.chains.insert(chain.clone(), n - 1);
+        assert_eq!(compare(&want, Some(&fewer)), Some(format!("chain {chain} has {} rules, we programmed {n}", n - 1)));
+        let mut extra = same.clone();
+        extra.chains.insert("debug".into(), 1);
+        assert_eq!(compare(&want, Some(&extra)).as_deref(), Some("chain debug was added"));
+        let set = same.sets.keys().next().unwrap().clone();
+        let mut gone = same.clone();
+        gone.sets.remove(&set);
+        assert_eq!(compare(&want, Some(&gone)), Some(format!("set {set} is gone")));
+        let mut dynamic = same.clone();
+        dynamic.sets.insert(set, None);
+        assert_eq!(compare(&want, Some(&dynamic)), None, "sets filled by packets are not counted");
+    }
+}
