@@ -7,10 +7,11 @@ CARGO      ?= cargo
 JOBS       ?= 2
 CARGOFLAGS ?= -j$(JOBS)
 # Debian packages the kernel tests and the demo use: nft (oracle in tests), iptables-legacy,
-# conntrack, ip, sysctl; libclang-dev for the rustables test reader (bindgen).
-DEB_PKGS   := nftables iptables conntrack iproute2 procps libclang-dev
+# conntrack, ip, sysctl; libclang-dev for the rustables test reader (bindgen); curl and openssl
+# for the end-to-end tests against kube-apiserver (API calls, service-account key).
+DEB_PKGS   := nftables iptables conntrack iproute2 procps libclang-dev curl openssl ca-certificates
 
-.PHONY: all build test unit-test kernel-test demo bench bench-quick deps check-root clean
+.PHONY: all build test unit-test kernel-test demo bench bench-quick deps peers check-root clean
 
 all: build
 
@@ -26,13 +27,18 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+## peers: kube-apiserver, kube-proxy and etcd built from the Go module proxy (pinned versions)
+## into /var/cache/kube-nftproxy/peers, once; later runs reuse them.
+peers:
+	@bash integration/peers/build-peers.sh >/dev/null
+
 check-root:
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root (network namespaces, nftables)"; exit 1; }
 
 ## test: unit tests and kernel tests (in throwaway network namespaces).
 # The last line is the plain total over every test binary ("N passed, N failed").
-test: check-root deps
-	@mkdir -p target; set -o pipefail; $(CARGO) test $(CARGOFLAGS) --workspace --lib --bins --tests --no-fail-fast 2>&1 \
+test: check-root deps peers
+	@mkdir -p target; set -o pipefail; KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) $(CARGO) test $(CARGOFLAGS) --workspace --lib --bins --tests --no-fail-fast 2>&1 \
 	  | tee target/test.log; rc=$$?; \
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log; \
 	exit $$rc

@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod control_plane;
 pub mod lab;
 pub mod sctp;
 pub mod yaml;

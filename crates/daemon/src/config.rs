@@ -429,3 +429,27 @@ conntrack:
         assert_eq!(e, "kp.yaml: metricsBindAddress: \"localhost\" is not ip:port");
     }
 }
+
+#[cfg(test)]
+mod deploy_tests {
+    use super::*;
+
+    /// The ConfigMap in deploy/ holds a configuration `run --config` accepts.
+    #[test]
+    fn deploy_configmap_is_a_valid_configuration() {
+        let text = include_str!("../../../deploy/kube-nftproxy.yaml");
+        let cm = text
+            .split("\n---\n")
+            .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).unwrap())
+            .find(|d| d["kind"] == "ConfigMap")
+            .expect("a ConfigMap");
+        let conf = cm["data"]["config.conf"].as_str().unwrap();
+        let cfg = KubeProxyConfiguration::parse("config.conf", conf).unwrap();
+        let mut s = Settings::default();
+        s.apply_file("config.conf", &cfg).unwrap();
+        assert_eq!(s.mode, ProxyMode::Nftables);
+        assert_eq!(s.kubeconfig, None, "in-cluster service account");
+        assert_eq!(s.healthz_bind_address, Some("0.0.0.0:10256".parse().unwrap()));
+        assert_eq!(s.sync_period, Duration::from_secs(30));
+    }
+}

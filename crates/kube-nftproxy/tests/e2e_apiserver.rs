@@ -1,0 +1,471 @@
+//! End to end against a real kube-apiserver (and etcd), both running in a control-plane network
+//! namespace: `kube-nftproxy run` in the node namespace watches the API with the RBAC of
+//! `deploy/`, and real packets from a client namespace reach the pods it picks.
+//!
+//! Each test starts its own control plane (≈ 5–10 s); the peers are built once by
+//! `integration/peers/build-peers.sh` (`make test` runs it first).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use nftproxy_integration::control_plane::ControlPlane;
+use nftproxy_integration::lab::{CLIENT_IP, Lab, NODE, NODE_IP, POD_PORT, pod_ip};
+use nftproxy_integration::{Ns, Outcome, Proto, request};
+use serde_json::{Value, json};
+
+const CLUSTER_IP: &str = "10.96.0.10";
+/// What a change may take from the API call's return to traffic following it (the bar).
+const CHANGE_BUDGET: Duration = Duration::from_secs(2);
+
+/// `kube-nftproxy run` in the node namespace; killed on drop, SIGTERM on request.
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(node: &Ns, kubeconfig: &std::path::Path, log: PathBuf, extra: &[&str]) -> Daemon {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = node
+            .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--hostname-override", NODE, "--cluster-cidr", "10.244.0.0/16,fd00:244::/48"])
+            .args(["--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "0.0.0.0:10256"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn kube-nftproxy run");
+        Daemon { child: Some(child), log }
+    }
+
+    /// SIGTERM, then wait for the exit (which must be clean).
+    fn terminate(&mut self) {
+        let mut c = self.child.take().unwrap();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().unwrap();
+        assert!(status.success(), "kube-nftproxy exited with {status} after SIGTERM; log:\n{}", self.log_text());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn node_obj() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}
+    })
+}
+
+fn service(spec_extra: Value) -> Value {
+    let mut spec = json!({
+        "clusterIP": CLUSTER_IP,
+        "ports": [
+            {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": POD_PORT},
+            {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": POD_PORT}
+        ]
+    });
+    for (k, v) in spec_extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}, "spec": spec})
+}
+
+/// The Service's slice with endpoints on pods `eps` (all on this node), stamped with the
+/// EndpointSlice controller's trigger-time annotation.
+fn slice(eps: &[usize]) -> Value {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|&n| json!({"addresses": [pod_ip(n)], "conditions": {"ready": true}, "nodeName": NODE}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": "web-1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"},
+            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": rfc3339(now)}
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "tcp", "port": POD_PORT, "protocol": "TCP"}, {"name": "udp", "port": POD_PORT, "protocol": "UDP"}]
+    })
+}
+
+fn rfc3339(unix: u64) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{unix}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn ask(from: &Ns, proto: Proto, to: &str) -> Outcome {
+    let to: SocketAddr = to.parse().unwrap();
+    from.run(|| request(proto, to, None, Duration::from_millis(300)))
+}
+
+/// Polls until `ok` holds for 10 consecutive requests; returns how long that took (from `since`)
+/// or panics after `limit`.
+fn settle(
+    from: &Ns,
+    proto: Proto,
+    to: &str,
+    since: Instant,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&Outcome) -> bool,
+) -> Duration {
+    let mut streak = 0;
+    let mut first_ok: Option<Duration> = None;
+    let mut last = None;
+    while since.elapsed() < limit + Duration::from_secs(3) {
+        let o = ask(from, proto, to);
+        if ok(&o) {
+            first_ok.get_or_insert(since.elapsed());
+            streak += 1;
+            if streak == 10 {
+                let t = first_ok.unwrap();
+                assert!(t <= limit, "{what}: took {t:?}, more than {limit:?}");
+                return t;
+            }
+        } else {
+            streak = 0;
+            first_ok = None;
+            last = Some(o);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("{what}: not reached within {limit:?}; last outcome {last:?}");
+}
+
+fn answered_by(allowed: &'static [&'static str]) -> impl Fn(&Outcome) -> bool {
+    move |o| matches!(o, Outcome::Answered { responder, .. } if allowed.contains(&responder.as_str()))
+}
+
+fn curl(ns: &Ns, url: &str) -> (u16, String) {
+    let out = ns.command("curl").args(["-s", "--max-time", "3", "-w", "\n%{http_code}", url]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
+}
+
+fn apply_deploy(cp: &ControlPlane) {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kube-nftproxy.yaml")).unwrap();
+    let mut kinds = Vec::new();
+    for doc in text.split("\n---\n") {
+        let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+        if v.is_null() {
+            continue;
+        }
+        let obj: Value = serde_json::to_value(v).unwrap();
+        let created = cp.create(&obj);
+        kinds.push(created["kind"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]);
+}
+
+#[test]
+fn api_changes_reach_the_kernel_within_two_seconds() {
+    let mut lab = Lab::new(3);
+    let cp = ControlPlane::start(&mut lab.topo, &lab.node);
+    // deploy/ is valid (created for real) and its RBAC is what the proxy runs with below.
+    apply_deploy(&cp);
+    cp.create(&node_obj());
+    let log = cp.dir.join("proxy.log");
+    let _daemon = Daemon::start(&lab.node, &cp.proxy_kubeconfig(6443), log.clone(), &[]);
+
+    let vip = format!("{CLUSTER_IP}:80");
+    let mut timings = Vec::new();
+    cp.create(&service(json!({})));
+    let t = Instant::now();
+    cp.create(&slice(&[1, 2, 3]));
+    timings.push((
+        "create service + 3 endpoints",
+        settle(
+            &lab.client,
+            Proto::Tcp,
+            &vip,
+            t,
+            Duration::from_secs(10),
+            "first sync",
+            answered_by(&["ep1", "ep2", "ep3"]),
+        ),
+    ));
+    let t = lab.client.run(|| {
+        nftproxy_integration::tally(&lab.client, Proto::Udp, vip.parse().unwrap(), None, 60, Duration::from_secs(1))
+    });
+    assert_eq!(t.by_responder().len(), 3, "all three endpoints answer: {:?}", t.by_responder());
+    // From outside --cluster-cidr to a ClusterIP: masqueraded to the node's address on the pod's link.
+    assert!(
+        t.seen_sources().iter().all(|s| s.to_string().starts_with("10.244.") && s.to_string().ends_with(".1")),
+        "ClusterIP traffic from outside the cluster CIDR is masqueraded: {:?}",
+        t.seen_sources()
+    );
+
+    for (eps, allowed, what) in [
+        (&[1][..], &["ep1"][..], "scale 3 → 1"),
+        (&[][..], &[][..], "scale 1 → 0"),
+        (&[1, 2][..], &["ep1", "ep2"][..], "scale 0 → 2"),
+    ] {
+        let t = Instant::now();
+        cp.replace(&slice(eps));
+        let allowed: &'static [&'static str] = Box::leak(allowed.to_vec().into_boxed_slice());
+        let took = if eps.is_empty() {
+            settle(&lab.client, Proto::Tcp, &vip, t, CHANGE_BUDGET, what, |o| *o == Outcome::Refused)
+        } else {
+            settle(&lab.client, Proto::Tcp, &vip, t, CHANGE_BUDGET, what, answered_by(allowed))
+        };
+        timings.push((what, took));
+    }
+    let two = lab.client.run(|| {
+        nftproxy_integration::tally(&lab.client, Proto::Tcp, vip.parse().unwrap(), None, 40, Duration::from_secs(1))
+    });
+    assert_eq!(two.by_responder().keys().cloned().collect::<Vec<_>>(), ["ep1", "ep2"]);
+
+    // ClusterIP → NodePort → LoadBalancer (ETP Local, with its health check node port).
+    let t = Instant::now();
+    cp.replace(&service(json!({"type": "NodePort", "ports": [
+        {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": POD_PORT, "nodePort": 30080},
+        {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": POD_PORT, "nodePort": 30080}]})));
+    let np = format!("{NODE_IP}:30080");
+    timings.push((
+        "ClusterIP → NodePort",
+        settle(&lab.client, Proto::Tcp, &np, t, CHANGE_BUDGET, "NodePort", answered_by(&["ep1", "ep2"])),
+    ));
+    let lb_spec = json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32100, "ports": [
+        {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": POD_PORT, "nodePort": 30080},
+        {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": POD_PORT, "nodePort": 30080}]});
+    cp.replace(&service(lb_spec.clone()));
+    let mut with_status = cp.api("GET", "/api/v1/namespaces/default/services/web", None);
+    with_status["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}});
+    let t = Instant::now();
+    cp.api("PUT", "/api/v1/namespaces/default/services/web/status", Some(&with_status));
+    timings.push((
+        "NodePort → LoadBalancer",
+        settle(&lab.client, Proto::Tcp, "192.0.2.10:80", t, CHANGE_BUDGET, "LB IP", answered_by(&["ep1", "ep2"])),
+    ));
+    let t = lab.client.run(|| {
+        nftproxy_integration::tally(
+            &lab.client,
+            Proto::Tcp,
+            "192.0.2.10:80".parse().unwrap(),
+            None,
+            20,
+            Duration::from_secs(1),
+        )
+    });
+    assert!(t.seen_sources().iter().all(|s| s.to_string() == CLIENT_IP), "ETP Local keeps the client's address");
+
+    // healthCheckNodePort: kube-proxy's JSON, 200 with local endpoints.
+    let (code, body) = curl(&lab.client, &format!("http://{NODE_IP}:32100/"));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["service"], json!({"namespace": "default", "name": "web"}));
+    assert_eq!(v["localEndpoints"], 2);
+    assert_eq!(v["serviceProxyHealthy"], true);
+
+    // Metrics and health.
+    let (code, metrics) = curl(&lab.node, "http://127.0.0.1:10249/metrics");
+    assert_eq!(code, 200);
+    let last = metric(&metrics, "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(now - last < 60.0, "last sync {last} is recent (now {now})");
+    let syncs = metric(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}").unwrap();
+    assert!(syncs >= 6.0, "one sync per change at least: {syncs}");
+    let partial =
+        metric(&metrics, "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}").unwrap();
+    assert!(partial >= 4.0, "changes after the first sync are partial syncs: {partial}");
+    let npd = metric(&metrics, "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"}").unwrap();
+    assert!(npd >= 4.0, "every slice change with a trigger time is observed: {npd}");
+    assert_eq!(
+        metric(&metrics, "kubenftproxy_services{ip_family=\"IPv4\"}"),
+        Some(2.0),
+        "web and the API server's own `kubernetes`"
+    );
+    assert_eq!(
+        metric(&metrics, "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"}"),
+        Some(0.0)
+    );
+    let (code, health) = curl(&lab.client, &format!("http://{NODE_IP}:10256/healthz"));
+    assert_eq!(code, 200, "{health}");
+    let h: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(h["healthy"], true);
+    assert_eq!(h["nodeEligible"], true);
+    assert_eq!(curl(&lab.node, "http://127.0.0.1:10256/livez").0, 200);
+
+    // Delete the Service: its rules are gone (its address is routed like any other, towards the
+    // node's upstream, and nobody answers).
+    let t = Instant::now();
+    cp.delete(&service(json!({})));
+    timings.push((
+        "delete service",
+        settle(&lab.client, Proto::Tcp, &vip, t, CHANGE_BUDGET, "delete", |o| !matches!(o, Outcome::Answered { .. })),
+    ));
+    let table = lab.node.exec("nft", &["list", "table", "ip", "kube-nftproxy"]);
+    assert!(!table.contains("default/web"), "no element of the deleted Service is left:\n{table}");
+    assert!(!table.contains(CLUSTER_IP));
+    assert_eq!(curl(&lab.client, &format!("http://{NODE_IP}:32100/")).0, 0, "its health check server is closed");
+
+    for (what, t) in &timings {
+        eprintln!("API change → traffic: {what}: {t:?}");
+    }
+}
+
+#[test]
+fn outage_restart_and_drift_keep_traffic_flowing() {
+    let mut lab = Lab::new(3);
+    let mut cp = ControlPlane::start(&mut lab.topo, &lab.node);
+    // A second API server on the same etcd: changes made while the proxy's one is down.
+    cp.start_apiserver(6444);
+    apply_deploy(&cp);
+    cp.create(&node_obj());
+    cp.create(&service(json!({})));
+    cp.create(&slice(&[1, 2, 3]));
+    let kubeconfig = cp.proxy_kubeconfig(6443);
+    let log = cp.dir.join("proxy.log");
+    let extra = ["--sync-period", "2s"];
+    let mut daemon = Daemon::start(&lab.node, &kubeconfig, log.clone(), &extra);
+    let vip = format!("{CLUSTER_IP}:80");
+    settle(
+        &lab.client,
+        Proto::Udp,
+        &vip,
+        Instant::now(),
+        Duration::from_secs(10),
+        "first sync",
+        answered_by(&["ep1", "ep2", "ep3"]),
+    );
+
+    // The proxy's API server goes away: rules and traffic stay.
+    cp.stop_apiserver(6443);
+    let during = lab.client.run(|| {
+        nftproxy_integration::tally(&lab.client, Proto::Tcp, vip.parse().unwrap(), None, 30, Duration::from_secs(1))
+    });
+    assert_eq!(during.count(|o| matches!(o, Outcome::Answered { .. })), 30, "{:?}", during.by_responder());
+    // A change made while it is down (through the other API server) …
+    cp.replace_on(6444, &slice(&[1]));
+    std::thread::sleep(Duration::from_secs(3));
+    let still = lab.client.run(|| {
+        nftproxy_integration::tally(&lab.client, Proto::Tcp, vip.parse().unwrap(), None, 30, Duration::from_secs(1))
+    });
+    assert_eq!(still.by_responder().len(), 3, "the proxy cannot know yet");
+    // … is applied within 2 s of its return.
+    cp.start_apiserver(6443);
+    let back = Instant::now();
+    let took = settle(
+        &lab.client,
+        Proto::Tcp,
+        &vip,
+        back,
+        CHANGE_BUDGET,
+        "change made during the outage",
+        answered_by(&["ep1"]),
+    );
+    eprintln!("API server back → change applied: {took:?}");
+
+    // Restart the proxy under load: not one failed request (SIGTERM leaves the rules; the new
+    // process adopts them with an atomic replace after its first complete lists).
+    cp.replace(&slice(&[1, 2, 3]));
+    settle(
+        &lab.client,
+        Proto::Udp,
+        &vip,
+        Instant::now(),
+        CHANGE_BUDGET,
+        "back to 3",
+        answered_by(&["ep1", "ep2", "ep3"]),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = {
+        let (client, stop, vip) = (lab.client.clone(), stop.clone(), vip.clone());
+        std::thread::spawn(move || {
+            let mut outcomes = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                for proto in [Proto::Tcp, Proto::Udp] {
+                    outcomes.push(ask(&client, proto, &vip));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            outcomes
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.terminate();
+    assert!(lab.node.exec("nft", &["list", "tables"]).contains("kube-nftproxy"), "SIGTERM leaves the rules");
+    let mut daemon = Daemon::start(&lab.node, &kubeconfig, log.clone(), &extra);
+    // Wait for the new process's first sync, then a little more traffic.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while curl(&lab.node, "http://127.0.0.1:10249/metrics")
+        .1
+        .lines()
+        .all(|l| !l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count"))
+    {
+        assert!(Instant::now() < deadline, "restarted proxy did not sync; log:\n{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = loader.join().unwrap();
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !matches!(o, Outcome::Answered { .. })).collect();
+    assert!(outcomes.len() > 50, "load ran: {}", outcomes.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the restart: {:?}",
+        failed.len(),
+        outcomes.len(),
+        failed
+    );
+    eprintln!("restart under load: {} requests, 0 failed", outcomes.len());
+
+    // Drift: someone deletes an element of ours, then the whole table; the next sync restores.
+    let handle_line = lab.node.exec("nft", &["-a", "list", "chain", "ip", "kube-nftproxy", "services"]);
+    assert!(handle_line.contains("vmap"), "{handle_line}");
+    lab.node.exec("nft", &["flush", "map", "ip", "kube-nftproxy", "service-ips"]);
+    settle(
+        &lab.client,
+        Proto::Tcp,
+        &vip,
+        Instant::now(),
+        Duration::from_secs(5),
+        "flushed map restored",
+        answered_by(&["ep1", "ep2", "ep3"]),
+    );
+    lab.node.exec("nft", &["delete", "table", "ip", "kube-nftproxy"]);
+    settle(
+        &lab.client,
+        Proto::Tcp,
+        &vip,
+        Instant::now(),
+        Duration::from_secs(5),
+        "deleted table restored",
+        answered_by(&["ep1", "ep2", "ep3"]),
+    );
+    let (_, metrics) = curl(&lab.node, "http://127.0.0.1:10249/metrics");
+    assert!(metric(&metrics, "kubenftproxy_drift_repairs_total").unwrap() >= 2.0, "{metrics}");
+    daemon.terminate();
+}
