@@ -26,6 +26,7 @@ have_all() { [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/kube-proxy" ] && [ -x "$
 
 if have_all; then echo "$OUT"; exit 0; fi
 
+[ -x /usr/local/go/bin/go ] && PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "build-peers: 'go' not found; Go is needed to build kube-apiserver/etcd" >&2; exit 1; }
 mkdir -p "$ROOT"
 exec 9>"$ROOT/.lock"
