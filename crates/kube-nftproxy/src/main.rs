@@ -1,5 +1,6 @@
 //! kube-nftproxy: a kube-proxy replacement that programs nftables over netlink.
 
+mod debug_cmds;
 mod inspect;
 mod node_args;
 mod run_cmd;
@@ -30,7 +31,7 @@ enum Output {
 
 /// Which data plane to program.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     /// nf_tables over netlink: tables `ip kube-nftproxy` and `ip6 kube-nftproxy`.
     Nftables,
     /// kube-proxy's iptables mode, exactly: iptables-legacy(-restore) chains KUBE-*.
@@ -71,6 +72,13 @@ enum Command {
     /// --from, manifests) and keep this network namespace's rules in step until SIGTERM, which
     /// leaves them in place.
     Run(Box<run_cmd::RunArgs>),
+    /// What the proxy does with one packet, from the service model (no kernel needed): frontend,
+    /// Service port, candidate endpoints with probabilities, masquerade, affinity, or why it is
+    /// rejected or dropped; with --backend iptables also kube-proxy's chains on the way.
+    Explain(Box<debug_cmds::ExplainArgs>),
+    /// Follow real packets of one flow through this network namespace's rules, with the kernel's
+    /// nftables tracing; the marking rule is removed afterwards (also on Ctrl-C).
+    Trace(debug_cmds::TraceArgs),
     /// Remove our tables from the current network namespace (and nothing else).
     Cleanup {
         #[arg(long, value_enum, default_value = "nftables")]
@@ -90,7 +98,7 @@ enum Command {
 }
 
 /// Loads manifests and reports every warning on stderr: bad objects never stop the rest.
-fn load(from: &PathBuf) -> Result<Loaded> {
+pub(crate) fn load(from: &PathBuf) -> Result<Loaded> {
     let loaded = load_path(from).with_context(|| format!("--from {}", from.display()))?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
@@ -156,6 +164,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run(args) => run_cmd::run(*args),
+        Command::Explain(args) => debug_cmds::run_explain(*args),
+        Command::Trace(args) => debug_cmds::run_trace(args),
         Command::Cleanup { backend: Backend::Nftables } => {
             NftablesBackend::new().context("opening the nf_tables netlink socket")?.cleanup()?;
             Ok(())

@@ -269,3 +269,32 @@ fn node_event(node: Option<&core::Node>) -> SourceEvent {
         Err(e) => SourceEvent::Warning(e.to_string()),
     }
 }
+
+/// One complete list of Services, EndpointSlices and Nodes (no watch): the cluster as it is now,
+/// for one-shot commands such as `explain --kubeconfig`. Unusable objects are skipped with a
+/// warning each.
+pub async fn snapshot(client: Client) -> Result<(nftproxy_model::ClusterState, Vec<String>), kube::Error> {
+    let lp = kube::api::ListParams::default().labels(PROXY_LABEL_SELECTOR);
+    let mut state = nftproxy_model::ClusterState::default();
+    let mut warnings = Vec::new();
+    for svc in Api::<core::Service>::all(client.clone()).list(&lp).await? {
+        match convert::service(&svc) {
+            Ok(Ok(s)) => state.upsert_service(s),
+            Ok(Err(_)) => {}
+            Err(e) => warnings.push(e.to_string()),
+        }
+    }
+    for es in Api::<discovery::EndpointSlice>::all(client.clone()).list(&lp).await? {
+        match convert::endpoint_slice(&es) {
+            Ok(s) => state.upsert_slice(s),
+            Err(e) => warnings.push(e.to_string()),
+        }
+    }
+    for n in Api::<core::Node>::all(client).list(&Default::default()).await? {
+        match convert::node(&n) {
+            Ok(node) => state.upsert_node(node),
+            Err(e) => warnings.push(e.to_string()),
+        }
+    }
+    Ok((state, warnings))
+}

@@ -116,7 +116,10 @@ pub fn compare(want: &Ruleset, got: Option<&Observed>) -> Option<String> {
             _ => {}
         }
     }
-    if let Some(extra) = got.chains.keys().find(|c| !want.chains.contains_key(*c)) {
+    // `kube-nftproxy trace` adds short-lived chains of its own: not drift.
+    if let Some(extra) =
+        got.chains.keys().find(|c| !want.chains.contains_key(*c) && !c.starts_with(crate::trace::TRACE_CHAIN_PREFIX))
+    {
         return Some(format!("chain {extra} was added"));
     }
     for name in want.sets.keys() {

@@ -18,6 +18,7 @@ mod schema;
 mod schema_udata;
 mod sync;
 pub mod table;
+pub mod trace;
 
 pub use build::{build, fixed_table, fragment, fragments};
 pub use family::Family;

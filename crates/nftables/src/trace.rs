@@ -1,0 +1,600 @@
+//! `trace`: follow packets of one flow through our table with the kernel's own tracing. A chain
+//! of ours at raw priority (-300, before conntrack and NAT) marks only packets matching the flow
+//! (`meta nftrace set 1`, in prerouting and output); a second netlink socket subscribed to
+//! NFNLGRP_NFTRACE receives one event per rule, return and policy the marked packet meets, in
+//! every table. [`TraceSession`]'s `Drop` removes the chains, so tracing never stays on.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use neli::consts::socket::NlFamily;
+use neli::socket::NlSocket;
+use neli::utils::Groups;
+use nftproxy_nft_wire::consts::*;
+use nftproxy_nft_wire::expr::{CmpOp, Expr, MetaKey, PayloadBase};
+use nftproxy_nft_wire::{BaseChain, Batch};
+use serde::Serialize;
+
+use crate::family::Family;
+use crate::netlink::{NftSocket, attrs};
+use crate::ruleset::TABLE;
+
+/// Chains of ours that are not part of the programmed ruleset (drift checks skip them).
+pub const TRACE_CHAIN_PREFIX: &str = "trace-";
+const TRACE_COMMENT: &str = "kube-nftproxy trace: marks only the traced flow";
+
+/// The flow to trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceFlow {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IP protocol number (6, 17, 132).
+    pub protocol: u8,
+    pub dport: u16,
+}
+
+/// A packet's addresses as a trace event saw them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PacketView {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+/// One step of a traced packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceEvent {
+    /// The kernel's id of the packet (all events of one packet share it).
+    pub id: u32,
+    pub family: &'static str,
+    pub table: String,
+    pub chain: String,
+    /// The netfilter hook of the base chain this step runs under.
+    pub hook: Option<&'static str>,
+    /// "rule", "return" or "policy".
+    pub kind: &'static str,
+    pub rule_handle: Option<u64>,
+    /// What the rule does, from its expressions and comment (ours only).
+    pub rule: Option<String>,
+    /// "accept", "drop", "continue", "jump X", "goto X", "return", …
+    pub verdict: Option<String>,
+    pub packet: Option<PacketView>,
+    /// The map element a verdict-map lookup hit, named by its comment (`ns/svc:port`).
+    pub map_hit: Option<String>,
+}
+
+fn hook_name(h: u32) -> &'static str {
+    match h {
+        NF_INET_PRE_ROUTING => "prerouting",
+        NF_INET_LOCAL_IN => "input",
+        NF_INET_FORWARD => "forward",
+        NF_INET_LOCAL_OUT => "output",
+        NF_INET_POST_ROUTING => "postrouting",
+        _ => "?",
+    }
+}
+
+fn str_attr(v: &[u8]) -> String {
+    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
+}
+
+fn be32(v: &[u8]) -> Option<u32> {
+    v.get(..4).map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+}
+
+fn name_attr(ty: u16, name: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&((4 + name.len() + 1) as u16).to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(name.as_bytes());
+    v.push(0);
+    v.resize(v.len().next_multiple_of(4), 0);
+    v
+}
+
+/// The comment of nftnl userdata (TLV type 0), if any.
+fn udata_comment(u: &[u8]) -> Option<String> {
+    let mut off = 0;
+    while off + 2 <= u.len() {
+        let (ty, len) = (u[off], u[off + 1] as usize);
+        let v = u.get(off + 2..off + 2 + len)?;
+        if ty == 0 {
+            return Some(str_attr(v));
+        }
+        off += 2 + len;
+    }
+    None
+}
+
+/// What one of our rules does, in a few words: its verdict map or NAT map, reject, masquerade,
+/// and its comment.
+#[derive(Clone, Debug, Default)]
+struct RuleInfo {
+    text: String,
+    /// The verdict map it looks up, if any.
+    vmap: Option<String>,
+}
+
+fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
+    let (mut chain, mut handle, mut info) = (None, None, RuleInfo::default());
+    let mut parts: Vec<String> = Vec::new();
+    let mut comment = None;
+    for (t, v) in attrs(msg) {
+        match t {
+            NFTA_RULE_CHAIN => chain = Some(str_attr(v)),
+            NFTA_RULE_HANDLE => handle = v.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap())),
+            NFTA_RULE_USERDATA => comment = udata_comment(v),
+            NFTA_RULE_EXPRESSIONS => {
+                let mut names = Vec::new();
+                for (_, e) in attrs(v) {
+                    let mut name = String::new();
+                    let mut set = None;
+                    let mut verdict_map = false;
+                    for (et, ev) in attrs(e) {
+                        match et {
+                            NFTA_EXPR_NAME => name = str_attr(ev),
+                            NFTA_EXPR_DATA if name == "lookup" => {
+                                for (lt, lv) in attrs(ev) {
+                                    match lt {
+                                        NFTA_LOOKUP_SET => set = Some(str_attr(lv)),
+                                        // NFTA_LOOKUP_DREG 0: the verdict register.
+                                        3 => verdict_map = be32(lv) == Some(0),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    if let Some(s) = &set {
+                        if verdict_map {
+                            info.vmap = Some(s.clone());
+                        }
+                    }
+                    names.push((name, set, verdict_map));
+                }
+                let has = |n: &str| names.iter().any(|(x, _, _)| x == n);
+                let map_of =
+                    |pred: &dyn Fn(bool) -> bool| names.iter().find_map(|(_, s, vm)| s.clone().filter(|_| pred(*vm)));
+                if let Some(m) = &info.vmap {
+                    parts.push(format!("vmap @{m}"));
+                } else if has("nat") {
+                    parts.push(match map_of(&|vm| !vm) {
+                        Some(m) => format!("dnat to an endpoint from @{m} (numgen random)"),
+                        None => "nat".into(),
+                    });
+                } else if has("masq") {
+                    parts.push("masquerade".into());
+                } else if has("reject") {
+                    parts.push("reject".into());
+                } else if has("dynset") {
+                    parts.push("remember the client for affinity".into());
+                } else if let Some(m) = map_of(&|_| true) {
+                    parts.push(format!("match @{m}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(c) = comment {
+        parts.push(format!("\"{c}\""));
+    }
+    info.text = parts.join(" ");
+    Some((chain?, handle?, info))
+}
+
+/// A trace in progress: chains installed, events subscribed. Dropping it removes the chains.
+pub struct TraceSession {
+    cmd: NftSocket,
+    events: NlSocket,
+    family: Family,
+    chains: Vec<String>,
+    rules: BTreeMap<(String, u64), RuleInfo>,
+    base_hooks: BTreeMap<String, &'static str>,
+    /// Per traced packet: the hook of its latest base-chain event.
+    current_hook: BTreeMap<u32, &'static str>,
+    /// Per traced packet: its latest headers (the kernel sends them once per hook, not per rule).
+    current_headers: BTreeMap<u32, (Vec<u8>, Option<Vec<u8>>)>,
+    buf: Vec<u8>,
+    seq: u32,
+    removed: bool,
+}
+
+impl TraceSession {
+    /// Installs the marking chains in our table of the flow's family (which must exist) and
+    /// subscribes to trace events. Nothing else is traced: the rule matches source, destination,
+    /// protocol and destination port.
+    pub fn start(flow: TraceFlow) -> io::Result<TraceSession> {
+        let family = if flow.dst.is_ipv4() { Family::V4 } else { Family::V6 };
+        if flow.src.is_ipv4() != flow.dst.is_ipv4() {
+            return Err(io::Error::other("--src and --dst are of different IP families"));
+        }
+        let mut cmd = NftSocket::open()?;
+        if !cmd.table_exists(family.nfproto(), TABLE)? {
+            return Err(io::Error::other(format!(
+                "no table {} {TABLE} in this network namespace: is kube-nftproxy running here?",
+                family.word()
+            )));
+        }
+        // Subscribe before the rule exists, so no event of the first packet is missed.
+        let events = NlSocket::connect(NlFamily::Netfilter, None, Groups::empty())?;
+        // NETLINK_ADD_MEMBERSHIP takes the group number itself (bind() would want a bit mask).
+        let rc =
+            setsockopt_int(events.as_raw_fd(), libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTRACE as i32);
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        setsockopt_int(events.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 4 << 20);
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        // SAFETY: a timeval option on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                events.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                size_of_val(&tv) as u32,
+            );
+        }
+        let pid = std::process::id();
+        let chains = vec![format!("{TRACE_CHAIN_PREFIX}prerouting-{pid}"), format!("{TRACE_CHAIN_PREFIX}output-{pid}")];
+        let seq = 0x7ff0_0000;
+        let mut batch = Batch::new(seq);
+        let fam = family.nfproto();
+        let exprs = match_flow(&flow);
+        for (name, hook) in chains.iter().zip([NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT]) {
+            batch.add_chain(fam, TABLE, name, Some(&BaseChain { chain_type: "filter", hook, priority: -300 }));
+            batch.add_rule(fam, TABLE, name, &exprs, Some(TRACE_COMMENT));
+        }
+        cmd.commit(&batch.finish()).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut s = TraceSession {
+            cmd,
+            events,
+            family,
+            chains,
+            rules: BTreeMap::new(),
+            base_hooks: BTreeMap::new(),
+            current_hook: BTreeMap::new(),
+            current_headers: BTreeMap::new(),
+            buf: vec![0; 1 << 16],
+            seq: seq + 16,
+            removed: false,
+        };
+        s.load_table()?;
+        Ok(s)
+    }
+
+    /// Our table's rules (for their descriptions) and base chains (for hook names).
+    fn load_table(&mut self) -> io::Result<()> {
+        let fam = self.family.nfproto();
+        for msg in self.cmd.dump(NFT_MSG_GETCHAIN, fam, &name_attr(NFTA_CHAIN_TABLE, TABLE))? {
+            let mut name = None;
+            let mut hook = None;
+            for (t, v) in attrs(&msg) {
+                match t {
+                    NFTA_CHAIN_NAME => name = Some(str_attr(v)),
+                    NFTA_CHAIN_HOOK => {
+                        hook = attrs(v).find(|(t, _)| *t == NFTA_HOOK_HOOKNUM).and_then(|(_, v)| be32(v)).map(hook_name)
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(n), Some(h)) = (name, hook) {
+                self.base_hooks.insert(n, h);
+            }
+        }
+        for msg in self.cmd.dump(NFT_MSG_GETRULE, fam, &name_attr(NFTA_RULE_TABLE, TABLE))? {
+            if let Some((chain, handle, info)) = rule_info(&msg) {
+                self.rules.insert((chain, handle), info);
+            }
+        }
+        Ok(())
+    }
+
+    /// The comment of the element of verdict map `set` whose key starts with `key`.
+    fn element_comment(&mut self, set: &str, key: &[u8]) -> io::Result<Option<String>> {
+        let mut filter = name_attr(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+        filter.extend(name_attr(NFTA_SET_ELEM_LIST_SET, set));
+        for msg in self.cmd.dump(NFT_MSG_GETSETELEM, self.family.nfproto(), &filter)? {
+            for (t, list) in attrs(&msg) {
+                if t != NFTA_SET_ELEM_LIST_ELEMENTS {
+                    continue;
+                }
+                for (_, elem) in attrs(list) {
+                    let mut k = None;
+                    let mut comment = None;
+                    for (et, ev) in attrs(elem) {
+                        match et {
+                            NFTA_SET_ELEM_KEY => {
+                                k = attrs(ev).find(|(t, _)| *t == NFTA_DATA_VALUE).map(|(_, v)| v.to_vec())
+                            }
+                            NFTA_SET_ELEM_USERDATA => comment = udata_comment(ev),
+                            _ => {}
+                        }
+                    }
+                    if k.as_deref().is_some_and(|k| k.starts_with(key)) {
+                        return Ok(comment);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next trace event, waiting at most until `deadline`.
+    pub fn next_event(&mut self, deadline: Instant) -> io::Result<Option<TraceEvent>> {
+        while Instant::now() < deadline {
+            let n = match self.events.recv(&mut self.buf[..], neli::consts::socket::Msg::empty()) {
+                Ok((n, _)) => n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let msgs: Vec<Vec<u8>> = split(&self.buf[..n])
+                .filter(|(ty, _)| *ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE)
+                .map(|(_, p)| p.to_vec())
+                .collect();
+            if let Some(m) = msgs.first() {
+                // One event per datagram in practice; more are kept for the next call.
+                if let Some(ev) = self.parse(m)? {
+                    return Ok(Some(ev));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn parse(&mut self, payload: &[u8]) -> io::Result<Option<TraceEvent>> {
+        let body = payload.get(4..).unwrap_or(&[]);
+        let (mut table, mut chain, mut handle, mut kind, mut verdict, mut id) = (None, None, None, 0, None, 0);
+        let (mut net, mut transport, mut nfproto) = (None, None, 0);
+        for (t, v) in attrs(body) {
+            match t {
+                NFTA_TRACE_TABLE => table = Some(str_attr(v)),
+                NFTA_TRACE_CHAIN => chain = Some(str_attr(v)),
+                NFTA_TRACE_RULE_HANDLE => handle = v.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap())),
+                NFTA_TRACE_TYPE => kind = be32(v).unwrap_or(0),
+                NFTA_TRACE_VERDICT => verdict = Some(verdict_text(v)),
+                NFTA_TRACE_POLICY => verdict = be32(v).map(|p| if p == 1 { "accept".into() } else { "drop".into() }),
+                NFTA_TRACE_ID => id = be32(v).unwrap_or(0),
+                NFTA_TRACE_NETWORK_HEADER => net = Some(v.to_vec()),
+                NFTA_TRACE_TRANSPORT_HEADER => transport = Some(v.to_vec()),
+                NFTA_TRACE_NFPROTO => nfproto = be32(v).unwrap_or(0),
+                _ => {}
+            }
+        }
+        let (Some(table), Some(chain)) = (table, chain) else { return Ok(None) };
+        let packet = net.as_deref().and_then(|n| packet_view(n, transport.as_deref(), nfproto as u8));
+        match &net {
+            Some(n) => {
+                self.current_headers.insert(id, (n.clone(), transport.clone()));
+            }
+            None => {
+                if let Some((n, t)) = self.current_headers.get(&id) {
+                    (net, transport) = (Some(n.clone()), t.clone());
+                }
+            }
+        }
+        // Headers as of this step, for the map lookup (this event may not carry them).
+        let current = net.as_deref().and_then(|n| packet_view(n, transport.as_deref(), nfproto as u8));
+        let ours = table == TABLE;
+        let hook = match self.base_hooks.get(&chain).filter(|_| ours) {
+            Some(h) => {
+                self.current_hook.insert(id, h);
+                Some(*h)
+            }
+            None => self.current_hook.get(&id).copied(),
+        };
+        let info = handle.filter(|_| ours).and_then(|h| self.rules.get(&(chain.clone(), h)).cloned());
+        let mut map_hit = None;
+        if let (Some(info), Some(p)) = (&info, &current) {
+            if let (Some(set), Some(dport)) = (&info.vmap, p.dport) {
+                let proto = net.as_deref().map(|n| l4proto(n)).unwrap_or(0);
+                let mut key = Vec::new();
+                if set.contains("nodeport") {
+                    key.extend([proto, 0, 0, 0]);
+                } else {
+                    match p.dst {
+                        IpAddr::V4(a) => key.extend(a.octets()),
+                        IpAddr::V6(a) => key.extend(a.octets()),
+                    }
+                    key.extend([proto, 0, 0, 0]);
+                }
+                key.extend(dport.to_be_bytes());
+                map_hit = self.element_comment(set, &key)?.map(|c| format!("@{set}: {c}"));
+            }
+        }
+        Ok(Some(TraceEvent {
+            id,
+            family: if nfproto == NFPROTO_IPV6 as u32 { "ip6" } else { "ip" },
+            table,
+            chain,
+            hook,
+            kind: match kind {
+                NFT_TRACETYPE_RULE => "rule",
+                NFT_TRACETYPE_RETURN => "return",
+                NFT_TRACETYPE_POLICY => "policy",
+                _ => "?",
+            },
+            rule_handle: handle,
+            rule: info.map(|i| i.text).filter(|t| !t.is_empty()),
+            verdict,
+            packet,
+            map_hit,
+        }))
+    }
+
+    /// Removes the marking chains (also done on drop). A table replaced meanwhile by a full sync
+    /// took them with it: that is fine.
+    pub fn stop(&mut self) -> io::Result<()> {
+        if self.removed {
+            return Ok(());
+        }
+        self.removed = true;
+        let fam = self.family.nfproto();
+        let mut batch = Batch::new(self.seq);
+        for c in &self.chains {
+            batch.del_chain(fam, TABLE, c);
+        }
+        match self.cmd.commit(&batch.finish()) {
+            Ok(_) => Ok(()),
+            Err(crate::netlink::NetlinkError::Rejected(errs)) if errs.iter().all(|e| e.errno == libc::ENOENT) => Ok(()),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+
+    /// The chains this session added (for tests and messages).
+    pub fn chains(&self) -> &[String] {
+        &self.chains
+    }
+}
+
+impl Drop for TraceSession {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("kube-nftproxy trace: removing chains {:?}: {e}", self.chains);
+        }
+    }
+}
+
+fn setsockopt_int(fd: i32, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> i32 {
+    // SAFETY: an int option on a socket we own.
+    unsafe { libc::setsockopt(fd, level, opt, &v as *const _ as *const libc::c_void, 4) }
+}
+
+/// `ip saddr S ip daddr D meta l4proto P th dport N meta nftrace set 1`
+fn match_flow(f: &TraceFlow) -> Vec<Expr> {
+    let (saddr_off, daddr_off, len, src, dst) = match (f.src, f.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (12, 16, 4, s.octets().to_vec(), d.octets().to_vec()),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (8, 24, 16, s.octets().to_vec(), d.octets().to_vec()),
+        _ => unreachable!("families checked by the caller"),
+    };
+    vec![
+        Expr::Payload { dreg: 1, base: PayloadBase::Network, offset: saddr_off, len },
+        Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: src },
+        Expr::Payload { dreg: 1, base: PayloadBase::Network, offset: daddr_off, len },
+        Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: dst },
+        Expr::Meta { dreg: 1, key: MetaKey::L4proto },
+        Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: vec![f.protocol] },
+        Expr::Payload { dreg: 1, base: PayloadBase::Transport, offset: 2, len: 2 },
+        Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: f.dport.to_be_bytes().to_vec() },
+        Expr::ImmediateData { dreg: 1, data: vec![1] },
+        Expr::MetaSet { sreg: 1, key: MetaKey::Nftrace },
+    ]
+}
+
+fn verdict_text(v: &[u8]) -> String {
+    let mut code = None;
+    let mut chain = None;
+    for (t, x) in attrs(v) {
+        match t {
+            NFTA_VERDICT_CODE => code = be32(x).map(|c| c as i32),
+            NFTA_VERDICT_CHAIN => chain = Some(str_attr(x)),
+            _ => {}
+        }
+    }
+    let chain = chain.unwrap_or_default();
+    match code {
+        Some(0) => "drop".into(),
+        Some(1) => "accept".into(),
+        Some(2) => "stolen".into(),
+        Some(3) => "queue".into(),
+        Some(-1) => "continue".into(),
+        Some(-2) => "break".into(),
+        Some(-3) => format!("jump {chain}"),
+        Some(-4) => format!("goto {chain}"),
+        Some(-5) => "return".into(),
+        Some(c) => format!("verdict {c}"),
+        None => "?".into(),
+    }
+}
+
+fn l4proto(net: &[u8]) -> u8 {
+    match net.first().map(|b| b >> 4) {
+        Some(4) => net.get(9).copied().unwrap_or(0),
+        Some(6) => net.get(6).copied().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn packet_view(net: &[u8], transport: Option<&[u8]>, _nfproto: u8) -> Option<PacketView> {
+    let (src, dst) = match net.first()? >> 4 {
+        4 if net.len() >= 20 => (
+            IpAddr::from(<[u8; 4]>::try_from(&net[12..16]).ok()?),
+            IpAddr::from(<[u8; 4]>::try_from(&net[16..20]).ok()?),
+        ),
+        6 if net.len() >= 40 => (
+            IpAddr::from(<[u8; 16]>::try_from(&net[8..24]).ok()?),
+            IpAddr::from(<[u8; 16]>::try_from(&net[24..40]).ok()?),
+        ),
+        _ => return None,
+    };
+    let ports = transport.filter(|t| t.len() >= 4 && matches!(l4proto(net), 6 | 17 | 132));
+    Some(PacketView {
+        src,
+        dst,
+        sport: ports.map(|t| u16::from_be_bytes([t[0], t[1]])),
+        dport: ports.map(|t| u16::from_be_bytes([t[2], t[3]])),
+    })
+}
+
+fn split(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + 16 > buf.len() {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+        if len < 16 || off + len > buf.len() {
+            return None;
+        }
+        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        let item = (ty, &buf[off + 16..off + len]);
+        off += (len + 3) & !3;
+        Some(item)
+    })
+}
+
+/// Waits up to `wait` for events of `count` packets; the session is stopped before returning.
+pub fn trace_packets(
+    flow: TraceFlow,
+    count: usize,
+    wait: Duration,
+    ready: impl FnOnce(&[String]),
+    stop: &std::sync::atomic::AtomicBool,
+) -> io::Result<Vec<TraceEvent>> {
+    let mut session = TraceSession::start(flow)?;
+    ready(session.chains());
+    let deadline = Instant::now() + wait;
+    let mut events: Vec<TraceEvent> = Vec::new();
+    let mut ids: Vec<u32> = Vec::new();
+    // Events of a packet arrive together; after the count is reached, wait a moment for the
+    // rest of the last packet's path.
+    let mut settle_until: Option<Instant> = None;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let now = Instant::now();
+        let until = settle_until.map_or(deadline, |s| s.min(deadline));
+        if now >= until {
+            break;
+        }
+        let step = (now + Duration::from_millis(100)).min(until);
+        let Some(ev) = session.next_event(step)? else { continue };
+        if !ids.contains(&ev.id) {
+            if ids.len() == count {
+                continue;
+            }
+            ids.push(ev.id);
+            if ids.len() == count {
+                settle_until = Some(Instant::now() + Duration::from_millis(300));
+            }
+        }
+        events.push(ev);
+    }
+    session.stop()?;
+    Ok(events)
+}
