@@ -219,8 +219,6 @@ impl TracedPacket {
             );
             if let Some(r) = &st.rule {
                 let _ = write!(line, " {r}");
-            } else if let Some(h) = st.rule_handle {
-                let _ = write!(line, " rule handle {h}");
             }
             if let Some(v) = &st.verdict {
                 let _ = write!(line, " → {v}");

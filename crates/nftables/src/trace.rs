@@ -416,6 +416,8 @@ impl TraceSession {
             chain,
             hook,
             kind: match kind {
+                // The end of a chain is reported as a rule event without a rule.
+                NFT_TRACETYPE_RULE if handle.is_none() => "return",
                 NFT_TRACETYPE_RULE => "rule",
                 NFT_TRACETYPE_RETURN => "return",
                 NFT_TRACETYPE_POLICY => "policy",

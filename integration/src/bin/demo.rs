@@ -50,6 +50,57 @@ fn main() {
         );
     }
 
+    // Debugging: the model's answer (explain), then the kernel's (trace) for one real request.
+    let explain = format!(
+        "{} explain --from {manifests} --hostname-override node-a --node-ip {NODE_IP} --cluster-cidr 10.244.0.0/16 --src {CLIENT_IP} --dst 10.96.0.10 --proto tcp --dport 80 --backend iptables",
+        proxy.display()
+    );
+    println!(
+        "\n== kube-nftproxy explain --from {manifests} … --src {CLIENT_IP} --dst 10.96.0.10 --proto tcp --dport 80 --backend iptables"
+    );
+    let out = Command::new("sh").args(["-c", &explain]).output().unwrap();
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "explain failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    println!(
+        "\n== in the node namespace: kube-nftproxy trace --src {CLIENT_IP} --dst 10.96.0.10 --proto udp --dport 53"
+    );
+    let mut tracer = lab
+        .node
+        .command(proxy.to_str().unwrap())
+        .args([
+            "trace",
+            "--src",
+            CLIENT_IP,
+            "--dst",
+            "10.96.0.10",
+            "--proto",
+            "udp",
+            "--dport",
+            "53",
+            "--timeout",
+            "10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(tracer.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut err, &mut first).unwrap();
+    print!("{first}");
+    let answer = lab.client.run(|| {
+        nftproxy_integration::request(
+            Proto::Udp,
+            "10.96.0.10:53".parse().unwrap(),
+            None,
+            std::time::Duration::from_secs(1),
+        )
+    });
+    let out = tracer.wait_with_output().unwrap();
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("   the client's request was answered by: {answer:?}");
+
     let listing = lab.node.exec("nft", &["list", "table", "ip", "kube-nftproxy"]);
     println!("\n== the relevant part of `nft list ruleset` in the node namespace");
     print!("{}", relevant(&listing));
