@@ -1,5 +1,6 @@
-//! A real Kubernetes control plane for end-to-end tests: etcd and kube-apiserver, built from
-//! their Go modules by `integration/peers/build-peers.sh` and run **inside a control-plane
+//! A real Kubernetes control plane for end-to-end tests: etcd (Debian's etcd-server, unpacked) and
+//! kube-apiserver (built from its Go module), provided by `integration/peers/build-peers.sh` and
+//! run **inside a control-plane
 //! namespace** of the test topology. Nothing listens in the root namespace: the API server binds
 //! 10.0.9.1:6443 (and loopback) in its namespace, the node reaches it over a veth, and the test
 //! talks to it with curl run inside that namespace.
@@ -112,7 +113,8 @@ impl ControlPlane {
             "--listen-peer-urls=http://127.0.0.1:2380",
             "--initial-advertise-peer-urls=http://127.0.0.1:2380",
             "--initial-cluster=cp=http://127.0.0.1:2380",
-            "--unsafe-no-fsync",
+            // Both etcd 3.4 (Debian's) and 3.5+ take these.
+            "--logger=zap",
             "--log-level=warn",
         ]
         .iter()

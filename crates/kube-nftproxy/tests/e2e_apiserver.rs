@@ -288,6 +288,21 @@ fn api_changes_reach_the_kernel_within_two_seconds() {
     assert_eq!(v["localEndpoints"], 2);
     assert_eq!(v["serviceProxyHealthy"], true);
 
+    // `explain --kubeconfig` reads the same cluster from the API server (as the proxy's user).
+    let out = lab
+        .node
+        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args(["explain", "--kubeconfig", cp.proxy_kubeconfig(6443).to_str().unwrap(), "--hostname-override", NODE])
+        .args(["--src", CLIENT_IP, "--dst", "192.0.2.10", "--proto", "tcp", "--dport", "80", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ex: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ex["servicePort"], "default/web:tcp");
+    assert_eq!(ex["masquerade"], false, "ETP Local: {ex:#}");
+    let cands: Vec<&str> = ex["verdict"]["candidates"].as_array().unwrap().iter().map(|c| c["endpoint"].as_str().unwrap()).collect();
+    assert_eq!(cands, [format!("{}:{POD_PORT}", pod_ip(1)), format!("{}:{POD_PORT}", pod_ip(2))]);
+
     // Metrics and health.
     let (code, metrics) = curl(&lab.node, "http://127.0.0.1:10249/metrics");
     assert_eq!(code, 200);
