@@ -16,6 +16,7 @@ use crate::backend::Backend;
 use crate::config::Settings;
 use crate::health::{ProxyHealth, ServiceHealthEntry, ServiceHealthServers};
 use crate::metrics::Metrics;
+use crate::runner::{BoundedFrequency, RunnerState};
 use crate::tracker::{ChangeTracker, Changes};
 
 /// Where the cluster comes from.
@@ -117,24 +118,16 @@ impl Proxy {
         self.metrics.endpoint_changes_pending.set(e as i64);
     }
 
-    /// When the next sync is due (None: not before the lists are complete). kube-proxy's
-    /// bounded-frequency runner: at most every min-sync-period, at least every sync-period; a
-    /// failed sync is retried (full) after max(min-sync-period, 1 s).
+    /// When the next sync is due (None: not before the lists are complete); see
+    /// [`crate::runner`].
     pub fn next_sync(&self) -> Option<Instant> {
-        if !self.tracker.ready() {
-            return None;
-        }
-        let Some(last) = self.last_sync else {
-            return Some(Instant::now());
-        };
-        let min = self.settings.min_sync_period;
-        if self.last_failure {
-            return Some(last + min.max(Duration::from_secs(1)));
-        }
-        if self.tracker.pending() || self.need_full {
-            return Some(last + min);
-        }
-        Some(last + self.settings.sync_period)
+        let runner = BoundedFrequency { min: self.settings.min_sync_period, max: self.settings.sync_period };
+        runner.due(RunnerState {
+            ready: self.tracker.ready(),
+            last_sync: self.last_sync,
+            pending: self.tracker.pending() || self.need_full,
+            failed: self.last_failure,
+        })
     }
 
     /// One sync: drift check, then the pending changes (or everything).

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod health;
 pub mod manifests;
 pub mod metrics;
+pub mod runner;
 pub mod tracker;
 
 pub use config::{KubeProxyConfiguration, ProxyMode, Settings};

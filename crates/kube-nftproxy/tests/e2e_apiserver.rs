@@ -300,7 +300,8 @@ fn api_changes_reach_the_kernel_within_two_seconds() {
     let ex: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ex["servicePort"], "default/web:tcp");
     assert_eq!(ex["masquerade"], false, "ETP Local: {ex:#}");
-    let cands: Vec<&str> = ex["verdict"]["candidates"].as_array().unwrap().iter().map(|c| c["endpoint"].as_str().unwrap()).collect();
+    let cands: Vec<&str> =
+        ex["verdict"]["candidates"].as_array().unwrap().iter().map(|c| c["endpoint"].as_str().unwrap()).collect();
     assert_eq!(cands, [format!("{}:{POD_PORT}", pod_ip(1)), format!("{}:{POD_PORT}", pod_ip(2))]);
 
     // Metrics and health.
