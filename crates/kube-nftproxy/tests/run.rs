@@ -74,7 +74,7 @@ fn standalone_follows_the_manifest_and_leaves_rules_on_sigterm() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("cluster.yaml");
     std::fs::write(&file, manifest(&[1, 2])).unwrap();
-    let mut child = lab
+    let child = lab
         .node
         .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
         .args(["run", "--from", file.to_str().unwrap(), "--hostname-override", NODE, "--node-ip", "10.0.1.1"])
@@ -122,5 +122,56 @@ fn standalone_follows_the_manifest_and_leaves_rules_on_sigterm() {
     assert!(log.contains("demo/broken") && log.contains("spec.ports[0].port"), "the bad object is named: {log}");
     assert!(log.contains("rules left in place"), "{log}");
     wait_for(&["ep2"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn iptables_mode_and_cleanup() {
+    let lab = Lab::new(2);
+    let dir = std::env::temp_dir().join(format!("{}ipt", lab.topo.prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cluster.yaml");
+    std::fs::write(&file, manifest(&[1, 2])).unwrap();
+    let mut child = lab
+        .node
+        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args(["run", "--proxy-mode", "iptables", "--from", file.to_str().unwrap(), "--hostname-override", NODE])
+        .args(["--node-ip", "10.0.1.1", "--cluster-cidr", "10.244.0.0/16"])
+        .args(["--metrics-bind-address", "", "--healthz-bind-address", ""])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 && Instant::now() < deadline {
+        let o =
+            lab.client.run(|| request(Proto::Tcp, "10.96.0.10:80".parse().unwrap(), None, Duration::from_millis(300)));
+        if let Outcome::Answered { responder, .. } = o {
+            seen.insert(responder);
+        }
+    }
+    assert_eq!(seen.len(), 2, "both endpoints answer through kube-proxy's iptables rules");
+    let save = lab.node.exec("iptables-legacy-save", &[]);
+    assert!(save.contains("-A KUBE-SERVICES") && save.contains("demo/web:http"), "{save}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(lab.node.exec("iptables-legacy-save", &[]).contains("KUBE-SVC-"), "SIGTERM keeps the rules");
+
+    // `run --cleanup` removes our rules of both modes, and nothing else.
+    lab.node.exec("iptables-legacy", &["-t", "filter", "-N", "SOMEONE-ELSE"]);
+    lab.node.exec("nft", &["add", "table", "inet", "someone-else"]);
+    lab.node.exec(
+        env!("CARGO_BIN_EXE_kube-nftproxy"),
+        &["sync", "--from", file.to_str().unwrap(), "--hostname-override", NODE],
+    );
+    let out = lab.node.command(env!("CARGO_BIN_EXE_kube-nftproxy")).args(["run", "--cleanup"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let save = lab.node.exec("iptables-legacy-save", &[]);
+    assert!(!save.contains("KUBE-"), "{save}");
+    assert!(save.contains(":SOMEONE-ELSE"), "other chains stay: {save}");
+    assert_eq!(lab.node.exec("nft", &["list", "tables"]).trim(), "table inet someone-else");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -157,6 +157,8 @@ struct Results {
     control: BTreeMap<(u32, u32, &'static str, &'static str), Vec<M>>,
     longest_txn: BTreeMap<(u32, u32), f64>,
     rss_kb: BTreeMap<(u32, u32), u64>,
+    /// The daemon's drift check (ours): (nobody else committed, after someone else committed).
+    drift: BTreeMap<(u32, u32), (f64, f64)>,
     /// (n, backend, metric) → value
     data: BTreeMap<(u32, &'static str, &'static str), f64>,
 }
@@ -212,6 +214,17 @@ fn control_plane(a: &Args, r: &mut Results) {
                         .unwrap();
                     rec(NETLINK, op, M::Secs(t.elapsed().as_secs_f64()));
                 }
+                // The drift check every sync starts with: one generation query when nobody else
+                // committed; a dump of our table compared with what we programmed when someone did.
+                ns.exec("nft", &["add", "table", "inet", "someone-else"]);
+                let t = Instant::now();
+                assert_eq!(b.verify().unwrap(), None);
+                let after_outside = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                assert_eq!(b.verify().unwrap(), None);
+                let idle = t.elapsed().as_secs_f64();
+                let d = r.drift.entry((n, e)).or_insert((f64::MAX, f64::MAX));
+                *d = (d.0.min(idle), d.1.min(after_outside));
                 drop(b);
 
                 // Our ruleset through the nft binary (cold only: isolates netlink vs nft).
@@ -421,11 +434,12 @@ fn report(a: &Args, r: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| services × endpoints | longest single kernel transaction (ours, cold) | peak RSS of our process (cold sync) |\n|---|---|---|"
+        "\n| services × endpoints | longest single kernel transaction (ours, cold) | peak RSS of our process (cold sync) | drift check, nobody else committed | drift check after an outside commit (dump + compare) |\n|---|---|---|---|---|"
     );
     for (&(n, e), t) in &r.longest_txn {
         let rss = r.rss_kb.get(&(n, e)).map_or("–".into(), |kb| format!("{:.1} MiB", *kb as f64 / 1024.0));
-        let _ = writeln!(md, "| {n} × {e} | {} | {rss} |", fmt_s(*t));
+        let (idle, dump) = r.drift.get(&(n, e)).map_or(("–".into(), "–".into()), |d| (fmt_s(d.0), fmt_s(d.1)));
+        let _ = writeln!(md, "| {n} × {e} | {} | {rss} | {idle} | {dump} |", fmt_s(*t));
     }
     std::fs::write(a.out.join("control-plane.csv"), csv).unwrap();
 
