@@ -30,14 +30,9 @@ fn parse_proto(s: &str) -> Result<Protocol, String> {
     }
 }
 
+/// The packet: source, destination, protocol and destination port.
 #[derive(Args, Debug)]
-pub struct ExplainArgs {
-    /// Manifests to explain from (file or directory).
-    #[arg(long, value_name = "PATH", required_unless_present = "kubeconfig", conflicts_with = "kubeconfig")]
-    from: Option<PathBuf>,
-    /// Read the cluster from this API server instead (one list of Services, EndpointSlices, Nodes).
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
+pub struct FlowArgs {
     #[arg(long, value_name = "IP")]
     src: IpAddr,
     #[arg(long, value_name = "IP")]
@@ -46,6 +41,18 @@ pub struct ExplainArgs {
     proto: Protocol,
     #[arg(long, value_name = "PORT")]
     dport: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// Manifests to explain from (file or directory).
+    #[arg(long, value_name = "PATH", required_unless_present = "kubeconfig", conflicts_with = "kubeconfig")]
+    from: Option<PathBuf>,
+    /// Read the cluster from this API server instead (one list of Services, EndpointSlices, Nodes).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    flow: FlowArgs,
     #[command(flatten)]
     node: NodeArgs,
     /// nftables: our rules; iptables: also kube-proxy's chains on the path, with probabilities.
@@ -72,7 +79,8 @@ pub fn run_explain(a: ExplainArgs) -> Result<()> {
         (None, None) => bail!("--from or --kubeconfig is required"),
     };
     let ctx = a.node.context(&state)?;
-    let flow = Flow { src: a.src, dst: a.dst, protocol: a.proto, dport: a.dport };
+    let f = &a.flow;
+    let flow = Flow { src: f.src, dst: f.dst, protocol: f.proto, dport: f.dport };
     let ex = explain(&state, &ctx, flow, a.backend == Backend::Iptables);
     match a.output {
         TextOrJson::Text => print!("{}", render_text(&ex)),
@@ -83,14 +91,8 @@ pub fn run_explain(a: ExplainArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
-    #[arg(long, value_name = "IP")]
-    src: IpAddr,
-    #[arg(long, value_name = "IP")]
-    dst: IpAddr,
-    #[arg(long, value_name = "tcp|udp|sctp", value_parser = parse_proto)]
-    proto: Protocol,
-    #[arg(long, value_name = "PORT")]
-    dport: u16,
+    #[command(flatten)]
+    flow: FlowArgs,
     /// Stop after this many packets of the flow.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     count: u32,
@@ -113,7 +115,8 @@ pub fn run_trace(a: TraceArgs) -> Result<()> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
-    let flow = TraceFlow { src: a.src, dst: a.dst, protocol: a.proto.number(), dport: a.dport };
+    let f = &a.flow;
+    let flow = TraceFlow { src: f.src, dst: f.dst, protocol: f.proto.number(), dport: f.dport };
     let events = trace_packets(
         flow,
         a.count as usize,
@@ -121,10 +124,10 @@ pub fn run_trace(a: TraceArgs) -> Result<()> {
         |chains| {
             eprintln!(
                 "tracing {} {} → {}:{} (chains {} at raw priority; up to {} packet(s), {} s); send the traffic now",
-                a.proto,
-                a.src,
-                a.dst,
-                a.dport,
+                f.proto,
+                f.src,
+                f.dst,
+                f.dport,
                 chains.join(", "),
                 a.count,
                 a.timeout

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use nftproxy_nft_wire::consts::*;
 
-use crate::netlink::{NftSocket, attrs};
+use crate::netlink::{NftSocket, attrs, name_attr, str_attr};
 use crate::ruleset::{Ruleset, TABLE};
 
 /// Our table as the kernel has it, reduced to what we compare.
@@ -21,21 +21,6 @@ pub struct Observed {
     pub chains: BTreeMap<String, usize>,
     /// Set → number of elements (None: filled by packets, not compared).
     pub sets: BTreeMap<String, Option<usize>>,
-}
-
-fn str_attr(v: &[u8]) -> String {
-    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
-}
-
-fn name_attr(ty: u16, name: &str) -> Vec<u8> {
-    let mut v = Vec::new();
-    let len = 4 + name.len() + 1;
-    v.extend_from_slice(&(len as u16).to_ne_bytes());
-    v.extend_from_slice(&ty.to_ne_bytes());
-    v.extend_from_slice(name.as_bytes());
-    v.push(0);
-    v.resize(v.len().next_multiple_of(4), 0);
-    v
 }
 
 /// Dumps our table of a family; None when it does not exist.

@@ -198,26 +198,9 @@ impl NftSocket {
     /// Every conntrack entry of a family (ctnetlink dump).
     pub fn conntrack_dump(&mut self, family: u8) -> io::Result<Vec<crate::conntrack::CtEntry>> {
         use crate::conntrack::*;
-        let seq = 0x7ffe_0000;
-        self.request((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, 0x300 /* NLM_F_DUMP */, family, &[], seq)?;
-        let mut out = Vec::new();
-        loop {
-            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
-            for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
-                if s != seq {
-                    continue;
-                }
-                match ty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
-                        return if err == 0 { Ok(out) } else { Err(io::Error::from_raw_os_error(-err)) };
-                    }
-                    t if t == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => out.extend(parse_entry(payload)),
-                    _ => {}
-                }
-            }
-        }
+        let new = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
+        let answers = self.dump_raw((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, family, &[], 0x7ffe_0000)?;
+        Ok(answers.iter().filter(|(ty, _)| *ty == new).flat_map(|(_, p)| parse_entry(p)).collect())
     }
 
     /// Deletes one conntrack entry; one already gone is fine.
@@ -271,8 +254,13 @@ impl NftSocket {
     /// part of every answer (after the nfgenmsg header). ENOENT (no such table or set) is an
     /// empty answer.
     pub fn dump(&mut self, msg_type: u16, family: u8, filter: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        let seq = 0x7ffb_0000;
-        self.request((NFNL_SUBSYS_NFTABLES << 8) | msg_type, 0x300, family, filter, seq)?;
+        let answers = self.dump_raw((NFNL_SUBSYS_NFTABLES << 8) | msg_type, family, filter, 0x7ffb_0000)?;
+        Ok(answers.into_iter().map(|(_, p)| p.get(4..).unwrap_or(&[]).to_vec()).collect())
+    }
+
+    /// Any netfilter dump: every answer's (type, payload after the netlink header) until DONE.
+    fn dump_raw(&mut self, subsys_msg: u16, family: u8, filter: &[u8], seq: u32) -> io::Result<Vec<(u16, Vec<u8>)>> {
+        self.request(subsys_msg, 0x300 /* NLM_F_DUMP */, family, filter, seq)?;
         let mut out = Vec::new();
         loop {
             let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
@@ -290,11 +278,27 @@ impl NftSocket {
                             e => Err(io::Error::from_raw_os_error(e)),
                         };
                     }
-                    _ => out.push(payload.get(4..).unwrap_or(&[]).to_vec()),
+                    _ => out.push((ty, payload.to_vec())),
                 }
             }
         }
     }
+}
+
+/// A NUL-terminated string attribute's text.
+pub fn str_attr(v: &[u8]) -> String {
+    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
+}
+
+/// A string attribute (NUL-terminated, padded), as filters of dump requests need.
+pub fn name_attr(ty: u16, name: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&((4 + name.len() + 1) as u16).to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(name.as_bytes());
+    v.push(0);
+    v.resize(v.len().next_multiple_of(4), 0);
+    v
 }
 
 /// The netlink attributes of a buffer: (type without flags, value).
@@ -340,7 +344,8 @@ fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
     None
 }
 
-fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8])> {
+/// The netlink messages of a datagram: (type, flags, seq, payload after the header).
+pub(crate) fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8])> {
     let mut off = 0;
     std::iter::from_fn(move || {
         if off + 16 > buf.len() {

@@ -19,7 +19,7 @@ use nftproxy_nft_wire::{BaseChain, Batch};
 use serde::Serialize;
 
 use crate::family::Family;
-use crate::netlink::{NftSocket, attrs};
+use crate::netlink::{NftSocket, attrs, name_attr, str_attr};
 use crate::ruleset::TABLE;
 
 /// Chains of ours that are not part of the programmed ruleset (drift checks skip them).
@@ -79,22 +79,8 @@ fn hook_name(h: u32) -> &'static str {
     }
 }
 
-fn str_attr(v: &[u8]) -> String {
-    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
-}
-
 fn be32(v: &[u8]) -> Option<u32> {
     v.get(..4).map(|b| u32::from_be_bytes(b.try_into().unwrap()))
-}
-
-fn name_attr(ty: u16, name: &str) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&((4 + name.len() + 1) as u16).to_ne_bytes());
-    v.extend_from_slice(&ty.to_ne_bytes());
-    v.extend_from_slice(name.as_bytes());
-    v.push(0);
-    v.resize(v.len().next_multiple_of(4), 0);
-    v
 }
 
 /// The comment of nftnl userdata (TLV type 0), if any.
@@ -335,9 +321,9 @@ impl TraceSession {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let msgs: Vec<Vec<u8>> = split(&self.buf[..n])
-                .filter(|(ty, _)| *ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE)
-                .map(|(_, p)| p.to_vec())
+            let msgs: Vec<Vec<u8>> = crate::netlink::messages(&self.buf[..n])
+                .filter(|(ty, ..)| *ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE)
+                .map(|(.., p)| p.to_vec())
                 .collect();
             if let Some(m) = msgs.first() {
                 // One event per datagram in practice; more are kept for the next call.
@@ -542,23 +528,6 @@ fn packet_view(net: &[u8], transport: Option<&[u8]>, _nfproto: u8) -> Option<Pac
         dst,
         sport: ports.map(|t| u16::from_be_bytes([t[0], t[1]])),
         dport: ports.map(|t| u16::from_be_bytes([t[2], t[3]])),
-    })
-}
-
-fn split(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        if off + 16 > buf.len() {
-            return None;
-        }
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-        if len < 16 || off + len > buf.len() {
-            return None;
-        }
-        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        let item = (ty, &buf[off + 16..off + len]);
-        off += (len + 3) & !3;
-        Some(item)
     })
 }
 
