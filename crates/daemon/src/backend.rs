@@ -84,9 +84,9 @@ impl Backend {
 
     /// Drift check (nftables). The iptables backend restores every chain on every sync, which
     /// repairs drift at the next periodic sync.
-    pub fn verify(&mut self) -> Result<Option<String>, String> {
+    pub fn verify(&mut self, deep: bool) -> Result<Option<String>, String> {
         match self {
-            Backend::Nftables(b) => b.verify().map_err(|e| e.to_string()),
+            Backend::Nftables(b) => b.verify(deep).map_err(|e| e.to_string()),
             Backend::Iptables(_) => Ok(None),
         }
     }

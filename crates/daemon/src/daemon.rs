@@ -60,6 +60,7 @@ pub struct Proxy {
     need_full: bool,
     last_sync: Option<Instant>,
     last_failure: bool,
+    last_deep_check: Option<Instant>,
 }
 
 impl Proxy {
@@ -77,6 +78,7 @@ impl Proxy {
             need_full: true,
             last_sync: None,
             last_failure: false,
+            last_deep_check: None,
         })
     }
 
@@ -133,7 +135,12 @@ impl Proxy {
     /// One sync: drift check, then the pending changes (or everything).
     pub async fn sync(&mut self) {
         self.last_sync = Some(Instant::now());
-        match tokio::task::block_in_place(|| self.backend.verify()) {
+        // Element counts (a dump of every element) at most once per sync period.
+        let deep = self.last_deep_check.is_none_or(|t| t.elapsed() >= self.settings.sync_period);
+        if deep {
+            self.last_deep_check = Some(Instant::now());
+        }
+        match tokio::task::block_in_place(|| self.backend.verify(deep)) {
             Ok(Some(diff)) => {
                 tracing::warn!("our rules were changed by someone else ({diff}): restoring them");
                 self.metrics.drift_repairs.inc();

@@ -23,8 +23,9 @@ pub struct Observed {
     pub sets: BTreeMap<String, Option<usize>>,
 }
 
-/// Dumps our table of a family; None when it does not exist.
-pub fn observe(sock: &mut NftSocket, nfproto: u8) -> std::io::Result<Option<Observed>> {
+/// Dumps our table of a family; None when it does not exist. Element counts only with
+/// `elements` (a dump of every element: 80 ms at 10,000 services, 1.3 s at 50,000).
+pub fn observe(sock: &mut NftSocket, nfproto: u8, elements: bool) -> std::io::Result<Option<Observed>> {
     if !sock.table_exists(nfproto, TABLE)? {
         return Ok(None);
     }
@@ -55,7 +56,7 @@ pub fn observe(sock: &mut NftSocket, nfproto: u8) -> std::io::Result<Option<Obse
         }
     }
     for (name, flags) in sets {
-        if flags & NFT_SET_EVAL != 0 {
+        if flags & NFT_SET_EVAL != 0 || !elements {
             obs.sets.insert(name, None);
             continue;
         }
@@ -86,7 +87,7 @@ pub fn observe(sock: &mut NftSocket, nfproto: u8) -> std::io::Result<Option<Obse
 }
 
 /// What differs between what we programmed and what the kernel has (first difference only),
-/// or None.
+/// or None. Sets observed without a count are compared by name only.
 pub fn compare(want: &Ruleset, got: Option<&Observed>) -> Option<String> {
     let fam = want.family.word();
     let Some(got) = got else {

@@ -264,10 +264,12 @@ impl NftablesBackend {
     }
 
     /// Drift check: whether our tables still hold what we programmed. Cheap when nobody else
-    /// committed since the last check (one generation query); otherwise our tables are dumped and
-    /// compared. On a difference the next sync is a full one (an atomic replace), and the
-    /// difference is returned for the log.
-    pub fn verify(&mut self) -> Result<Option<String>, SyncError> {
+    /// committed since the last deep check (one generation query); otherwise our tables' chains,
+    /// rule counts and sets are dumped and compared, and with `deep` also every set's element
+    /// count. On a difference the next sync is a full one (an atomic replace), and the difference
+    /// is returned for the log. Only a deep check that passes marks the generation as seen, so a
+    /// structural check repeats until a deep one has looked at the elements too.
+    pub fn verify(&mut self, deep: bool) -> Result<Option<String>, SyncError> {
         if self.programmed.is_empty() {
             return Ok(None);
         }
@@ -277,14 +279,16 @@ impl NftablesBackend {
             return Ok(None);
         }
         for (family, table) in &self.programmed {
-            let got = crate::drift::observe(&mut self.sock, family.nfproto()).map_err(netlink(*family))?;
+            let got = crate::drift::observe(&mut self.sock, family.nfproto(), deep).map_err(netlink(*family))?;
             if let Some(diff) = crate::drift::compare(&table.table, got.as_ref()) {
                 self.force_full_sync();
                 self.last_gen = None;
                 return Ok(Some(diff));
             }
         }
-        self.last_gen = Some(generation);
+        if deep {
+            self.last_gen = Some(generation);
+        }
         Ok(None)
     }
 
