@@ -402,6 +402,11 @@ fn outage_restart_and_drift_keep_traffic_flowing() {
         answered_by(&["ep1"]),
     );
     eprintln!("API server back → change applied: {took:?}");
+    // The restarted API server's watch cache begins after the change: the proxy's watches from
+    // the old resourceVersion get 410 Gone ("too old resource version") and relist — and the
+    // rules stayed in place through all of it (traffic above).
+    let text = daemon.log_text();
+    assert!(text.contains("too old resource version"), "the 410 relist path ran; log:\n{text}");
 
     // Restart the proxy under load: not one failed request (SIGTERM leaves the rules; the new
     // process adopts them with an atomic replace after its first complete lists).
