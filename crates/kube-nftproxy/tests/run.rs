@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nftproxy_integration::lab::{Lab, NODE};
-use nftproxy_integration::{Outcome, Proto, request};
+use nftproxy_integration::{Outcome, Proto, TempDir, request};
 
 fn run_err(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_kube-nftproxy")).arg("run").args(args).output().unwrap();
@@ -24,8 +24,7 @@ fn bad_flags_and_config_fail_with_one_line_naming_them() {
     assert_eq!(e.trim(), "kube-nftproxy: --min-sync-period: 60s must be less than or equal to syncPeriod 30s");
     let e = run_err(&["--metrics-bind-address", "localhost"]);
     assert_eq!(e.trim(), "kube-nftproxy: --metrics-bind-address: \"localhost\" is not ip:port");
-    let dir = std::env::temp_dir().join(format!("knp-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new(&format!("knp-run-{}", std::process::id()));
     let cfg = dir.join("config.yaml");
     std::fs::write(
         &cfg,
@@ -40,7 +39,6 @@ fn bad_flags_and_config_fail_with_one_line_naming_them() {
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     let e = run_err(&["--config", dir.join("missing.yaml").to_str().unwrap()]);
     assert!(e.contains("--config") && e.contains("No such file"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 const WEB: &str = r#"
@@ -70,8 +68,7 @@ fn manifest(eps: &[usize]) -> String {
 #[test]
 fn standalone_follows_the_manifest_and_leaves_rules_on_sigterm() {
     let lab = Lab::new(2);
-    let dir = std::env::temp_dir().join(format!("{}manifests", lab.topo.prefix()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new(&format!("{}manifests", lab.topo.prefix()));
     let file = dir.join("cluster.yaml");
     std::fs::write(&file, manifest(&[1, 2])).unwrap();
     let child = lab
@@ -122,14 +119,12 @@ fn standalone_follows_the_manifest_and_leaves_rules_on_sigterm() {
     assert!(log.contains("demo/broken") && log.contains("spec.ports[0].port"), "the bad object is named: {log}");
     assert!(log.contains("rules left in place"), "{log}");
     wait_for(&["ep2"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn iptables_mode_and_cleanup() {
     let lab = Lab::new(2);
-    let dir = std::env::temp_dir().join(format!("{}ipt", lab.topo.prefix()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new(&format!("{}ipt", lab.topo.prefix()));
     let file = dir.join("cluster.yaml");
     std::fs::write(&file, manifest(&[1, 2])).unwrap();
     let mut child = lab
@@ -173,5 +168,4 @@ fn iptables_mode_and_cleanup() {
     assert!(!save.contains("KUBE-"), "{save}");
     assert!(save.contains(":SOMEONE-ELSE"), "other chains stay: {save}");
     assert_eq!(lab.node.exec("nft", &["list", "tables"]).trim(), "table inet someone-else");
-    let _ = std::fs::remove_dir_all(&dir);
 }
