@@ -196,7 +196,10 @@ fn api_changes_reach_the_kernel_within_two_seconds() {
     apply_deploy(&cp);
     cp.create(&node_obj());
     let log = cp.dir.join("proxy.log");
-    let _daemon = Daemon::start(&lab.node, &cp.proxy_kubeconfig(6443), log.clone(), &[]);
+    // The kubeconfig names a port nobody listens on; --master overrides its server (kube-proxy's
+    // precedence), so this also tests --master.
+    let master = format!("https://{}:6443", nftproxy_integration::control_plane::API_IP);
+    let _daemon = Daemon::start(&lab.node, &cp.proxy_kubeconfig(6449), log.clone(), &["--master", &master]);
 
     let vip = format!("{CLUSTER_IP}:80");
     let mut timings = Vec::new();
