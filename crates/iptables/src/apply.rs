@@ -125,10 +125,8 @@ fn chains(text: &str, table: &str) -> BTreeSet<String> {
     for line in text.lines() {
         if let Some(t) = line.strip_prefix('*') {
             in_table = t == table;
-        } else if in_table {
-            if let Some(rest) = line.strip_prefix(':') {
-                out.insert(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
+        } else if in_table && let Some(rest) = line.strip_prefix(':') {
+            out.insert(rest.split_whitespace().next().unwrap_or("").to_string());
         }
     }
     out

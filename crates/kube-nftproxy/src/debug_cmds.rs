@@ -229,11 +229,11 @@ impl TracedPacket {
             if let Some(m) = &st.map_hit {
                 let _ = write!(line, "  [{m}]");
             }
-            if let Some(p) = st.packet {
-                if Some(p) != last_packet {
-                    let _ = write!(line, "  (packet now {} → {})", addr(&p.src, p.sport), addr(&p.dst, p.dport));
-                    last_packet = Some(p);
-                }
+            if let Some(p) = st.packet
+                && Some(p) != last_packet
+            {
+                let _ = write!(line, "  (packet now {} → {})", addr(&p.src, p.sport), addr(&p.dst, p.dport));
+                last_packet = Some(p);
             }
             let _ = writeln!(s, "{line}");
         }

@@ -98,7 +98,7 @@ enum Command {
 }
 
 /// Loads manifests and reports every warning on stderr: bad objects never stop the rest.
-pub(crate) fn load(from: &PathBuf) -> Result<Loaded> {
+pub(crate) fn load(from: &std::path::Path) -> Result<Loaded> {
     let loaded = load_path(from).with_context(|| format!("--from {}", from.display()))?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");

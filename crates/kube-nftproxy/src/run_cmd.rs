@@ -112,8 +112,8 @@ impl RunArgs {
                 .collect::<Result<_>>()?;
         }
         if let Some(n) = &self.nodeport_addresses {
-            s.nodeport_addresses =
-                parse_nodeport_addresses(&[n.clone()]).map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
+            s.nodeport_addresses = parse_nodeport_addresses(std::slice::from_ref(n))
+                .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
         }
         if let Some(m) = self.masquerade_all {
             s.masquerade_all = m;

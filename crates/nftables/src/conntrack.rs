@@ -83,10 +83,10 @@ impl UdpEndpoints {
         if let Some(eps) = self.by_frontend.get(&(e.orig_dst, e.orig_dport)) {
             return !eps.contains(&e.reply_src);
         }
-        if self.node_ips.contains(&e.orig_dst) {
-            if let Some(eps) = self.by_node_port.get(&e.orig_dport) {
-                return !eps.contains(&e.reply_src);
-            }
+        if self.node_ips.contains(&e.orig_dst)
+            && let Some(eps) = self.by_node_port.get(&e.orig_dport)
+        {
+            return !eps.contains(&e.reply_src);
         }
         false
     }

@@ -241,10 +241,10 @@ impl NftSocket {
                     let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
                     return Err(io::Error::from_raw_os_error(-err));
                 }
-                if let Some(v) = attrs(payload.get(4..).unwrap_or(&[])).find(|(t, _)| *t == NFTA_GEN_ID) {
-                    if v.1.len() >= 4 {
-                        return Ok(u32::from_be_bytes(v.1[..4].try_into().unwrap()));
-                    }
+                if let Some(v) = attrs(payload.get(4..).unwrap_or(&[])).find(|(t, _)| *t == NFTA_GEN_ID)
+                    && v.1.len() >= 4
+                {
+                    return Ok(u32::from_be_bytes(v.1[..4].try_into().unwrap()));
                 }
             }
         }

@@ -131,11 +131,11 @@ impl Table {
                 continue;
             };
             for k in keys {
-                if release(refs, k) {
-                    if let Some(current) = self.table.elements.get_mut(set) {
-                        let before = current.remove(k);
-                        delta.elements.entry((set.clone(), k.clone())).or_insert(before);
-                    }
+                if release(refs, k)
+                    && let Some(current) = self.table.elements.get_mut(set)
+                {
+                    let before = current.remove(k);
+                    delta.elements.entry((set.clone(), k.clone())).or_insert(before);
                 }
             }
         }

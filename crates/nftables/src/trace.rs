@@ -137,10 +137,10 @@ fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
                             _ => {}
                         }
                     }
-                    if let Some(s) = &set {
-                        if verdict_map {
-                            info.vmap = Some(s.clone());
-                        }
+                    if let Some(s) = &set
+                        && verdict_map
+                    {
+                        info.vmap = Some(s.clone());
                     }
                     names.push((name, set, verdict_map));
                 }
@@ -378,22 +378,22 @@ impl TraceSession {
         };
         let info = handle.filter(|_| ours).and_then(|h| self.rules.get(&(chain.clone(), h)).cloned());
         let mut map_hit = None;
-        if let (Some(info), Some(p)) = (&info, &current) {
-            if let (Some(set), Some(dport)) = (&info.vmap, p.dport) {
-                let proto = net.as_deref().map(|n| l4proto(n)).unwrap_or(0);
-                let mut key = Vec::new();
-                if set.contains("nodeport") {
-                    key.extend([proto, 0, 0, 0]);
-                } else {
-                    match p.dst {
-                        IpAddr::V4(a) => key.extend(a.octets()),
-                        IpAddr::V6(a) => key.extend(a.octets()),
-                    }
-                    key.extend([proto, 0, 0, 0]);
+        if let (Some(info), Some(p)) = (&info, &current)
+            && let (Some(set), Some(dport)) = (&info.vmap, p.dport)
+        {
+            let proto = net.as_deref().map(l4proto).unwrap_or(0);
+            let mut key = Vec::new();
+            if set.contains("nodeport") {
+                key.extend([proto, 0, 0, 0]);
+            } else {
+                match p.dst {
+                    IpAddr::V4(a) => key.extend(a.octets()),
+                    IpAddr::V6(a) => key.extend(a.octets()),
                 }
-                key.extend(dport.to_be_bytes());
-                map_hit = self.element_comment(set, &key)?.map(|c| format!("@{set}: {c}"));
+                key.extend([proto, 0, 0, 0]);
             }
+            key.extend(dport.to_be_bytes());
+            map_hit = self.element_comment(set, &key)?.map(|c| format!("@{set}: {c}"));
         }
         Ok(Some(TraceEvent {
             id,
