@@ -1,0 +1,34 @@
+//! Prints what a cluster looks like to the proxy, as the service-model events the watchers
+//! produce (the first lines are the complete lists, then every change):
+//!
+//!     cargo run -p nftproxy-kube --example watch_events -- ~/.kube/config node-a
+
+use nftproxy_kube::{SourceEvent, client, watch};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let kubeconfig = args.next().ok_or("usage: watch_events KUBECONFIG NODE")?;
+    let node = args.next().ok_or("usage: watch_events KUBECONFIG NODE")?;
+    let client = client(Some(std::path::Path::new(&kubeconfig)), None).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(watch(client, node, tx));
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            SourceEvent::ServicesListed(s) => println!("listed {} Services", s.len()),
+            SourceEvent::SlicesListed(s) => println!("listed {} EndpointSlices", s.len()),
+            SourceEvent::ServiceApplied(s) => println!("Service {} applied ({} ports)", s.name, s.ports.len()),
+            SourceEvent::ServiceDeleted(n) => println!("Service {n} deleted"),
+            SourceEvent::SliceApplied(s) => {
+                println!("EndpointSlice {}/{} applied ({} endpoints)", s.namespace, s.name, s.endpoints.len())
+            }
+            SourceEvent::SliceDeleted { namespace, name } => println!("EndpointSlice {namespace}/{name} deleted"),
+            SourceEvent::Node { node, eligible } => {
+                println!("Node: {:?}, eligible: {eligible}", node.map(|n| n.addresses))
+            }
+            SourceEvent::Warning(w) => println!("warning: {w}"),
+            SourceEvent::WatchError { kind, error } => println!("{kind} watch failed (retrying): {error}"),
+        }
+    }
+    Ok(())
+}
