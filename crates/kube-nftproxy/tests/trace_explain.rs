@@ -102,11 +102,36 @@ endpoints:
 - {addresses: [10.244.1.2], nodeName: node-a, conditions: {ready: true}}
 "#;
 
+const WEB6: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web6, namespace: demo}
+spec:
+  clusterIP: fd00:96::10
+  clusterIPs: [fd00:96::10]
+  ipFamilies: [IPv6]
+  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web6-1, namespace: demo, labels: {kubernetes.io/service-name: web6}}
+addressType: IPv6
+ports: [{name: dns, port: 8080, protocol: UDP}]
+endpoints:
+- {addresses: ["fd00:244:1::2"], conditions: {ready: true}}
+- {addresses: ["fd00:244:2::2"], conditions: {ready: true}}
+"#;
+
 /// `kube-nftproxy trace … --output json` in the node namespace; returns once it is tracing.
 fn start_trace(node: &Ns, proto: &str, dst: &str, dport: u16) -> Child {
+    start_trace_from(node, CLIENT_IP, proto, dst, dport)
+}
+
+fn start_trace_from(node: &Ns, src: &str, proto: &str, dst: &str, dport: u16) -> Child {
     let mut child = node
         .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
-        .args(["trace", "--src", CLIENT_IP, "--dst", dst, "--proto", proto, "--dport", &dport.to_string()])
+        .args(["trace", "--src", src, "--dst", dst, "--proto", proto, "--dport", &dport.to_string()])
         .args(["--count", "1", "--timeout", "10", "--output", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -137,7 +162,7 @@ fn chains(p: &Value) -> Vec<String> {
 #[test]
 fn trace_shows_the_path_and_the_endpoint_that_answered() {
     let mut lab = Lab::new(3);
-    lab.sync(MANIFESTS).unwrap();
+    lab.sync(&format!("{MANIFESTS}{WEB6}")).unwrap();
 
     let tracer = start_trace(&lab.node, "udp", "10.96.0.10", 53);
     let answer = lab.client.run(|| request(Proto::Udp, "10.96.0.10:53".parse().unwrap(), None, Duration::from_secs(1)));
@@ -163,6 +188,17 @@ fn trace_shows_the_path_and_the_endpoint_that_answered() {
     assert_eq!(p["outcome"], "reject", "{p:#}");
     assert_eq!(p["dnatTo"], Value::Null);
     assert!(chains(&p).contains(&"reject-chain".to_string()), "{:?}", chains(&p));
+
+    // IPv6: the same, in the ip6 table.
+    let tracer = start_trace_from(&lab.node, "fd00:1::2", "udp", "fd00:96::10", 53);
+    let answer =
+        lab.client.run(|| request(Proto::Udp, "[fd00:96::10]:53".parse().unwrap(), None, Duration::from_secs(1)));
+    let p = finish(tracer);
+    let Outcome::Answered { responder, .. } = answer else { panic!("no IPv6 answer: {answer:?}") };
+    let ep: usize = responder.trim_start_matches("ep").parse().unwrap();
+    assert_eq!(p["dnatTo"], format!("[fd00:244:{ep}::2]:8080"), "{p:#}");
+    assert_eq!(p["servicePort"], "demo/web6:dns");
+    assert!(p["steps"].as_array().unwrap().iter().all(|s| s["family"] == "ip6"));
 
     // Tracing is off again: no chain of the tracer is left.
     let table = lab.ruleset();
