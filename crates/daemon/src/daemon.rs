@@ -7,16 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nftproxy_kube::SourceEvent;
-use nftproxy_model::{
-    ClusterState, IpFamily, NodeContext, NodePortAddresses, ServiceType, TrafficPolicy, resolve_service,
-};
+use nftproxy_model::{IpFamily, NodeContext, NodePortAddresses};
 use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::config::Settings;
-use crate::health::{ProxyHealth, ServiceHealthEntry, ServiceHealthServers};
+use crate::health::{ProxyHealth, ServiceHealthServers};
 use crate::metrics::Metrics;
 use crate::runner::{BoundedFrequency, RunnerState};
+use crate::stats::Stats;
 use crate::tracker::{ChangeTracker, Changes};
 
 /// Where the cluster comes from.
@@ -61,6 +60,7 @@ pub struct Proxy {
     last_sync: Option<Instant>,
     last_failure: bool,
     last_deep_check: Option<Instant>,
+    stats: Stats,
 }
 
 impl Proxy {
@@ -79,6 +79,7 @@ impl Proxy {
             last_sync: None,
             last_failure: false,
             last_deep_check: None,
+            stats: Stats::default(),
         })
     }
 
@@ -178,8 +179,7 @@ impl Proxy {
                 }
                 self.metrics.last_sync_messages.set(done.messages as f64);
                 self.observe_programming_latency(&changes.trigger_times);
-                self.update_counts(&ctx);
-                self.sync_service_health(&ctx).await;
+                self.update_stats(&ctx, &changes, done.full).await;
                 tracing::info!(
                     full = done.full,
                     services = changes.services.len(),
@@ -224,42 +224,28 @@ impl Proxy {
         }
     }
 
-    fn update_counts(&self, ctx: &NodeContext) {
-        let state: &ClusterState = &self.tracker.state;
-        for fam in [IpFamily::V4, IpFamily::V6] {
-            let l = family_label(fam);
-            let services = state.services.values().filter(|s| s.cluster_ips.iter().any(|ip| fam.matches(ip)));
-            let (mut svcs, mut ports) = (0, 0);
-            for s in services {
-                svcs += 1;
-                ports += s.ports.len();
-            }
-            let endpoints: usize = state
-                .slices()
-                .values()
-                .filter(|s| s.address_type.family() == Some(fam))
-                .map(|s| s.endpoints.len() * s.ports.len().max(1))
-                .sum();
-            self.metrics.services.with_label_values(&[l]).set(svcs as i64);
-            self.metrics.service_ports.with_label_values(&[l]).set(ports as i64);
-            self.metrics.endpoints.with_label_values(&[l]).set(endpoints as i64);
-            // Services with a Local policy whose policy leaves them no endpoints here.
-            let (mut internal, mut external) = (0, 0);
-            for s in state.services.values().filter(|s| {
-                s.internal_traffic_policy == TrafficPolicy::Local || s.external_traffic_policy == TrafficPolicy::Local
-            }) {
-                for p in resolve_service(state, ctx, fam, s) {
-                    if p.internal_policy_local && p.has_any_endpoints && p.local_endpoints.is_empty() {
-                        internal += 1;
-                    }
-                    if p.external_policy_local && p.has_any_endpoints && p.local_endpoints.is_empty() {
-                        external += 1;
-                    }
-                }
-            }
-            self.metrics.no_local_endpoints.with_label_values(&["internal", l]).set(internal);
-            self.metrics.no_local_endpoints.with_label_values(&["external", l]).set(external);
+    /// Gauges and health-check servers, from [`Stats`] kept up to date with the changed Services
+    /// only (all of them after a full sync).
+    async fn update_stats(&mut self, ctx: &NodeContext, changes: &Changes, full: bool) {
+        if full || changes.node {
+            self.stats.rebuild(&self.tracker.state, ctx);
+        } else {
+            self.stats.update(&self.tracker.state, ctx, &changes.services);
         }
+        for fam in [IpFamily::V4, IpFamily::V6] {
+            let (l, t) = (family_label(fam), self.stats.totals(fam));
+            self.metrics.services.with_label_values(&[l]).set(t.services);
+            self.metrics.service_ports.with_label_values(&[l]).set(t.service_ports);
+            self.metrics.endpoints.with_label_values(&[l]).set(t.endpoints);
+            self.metrics.no_local_endpoints.with_label_values(&["internal", l]).set(t.no_local_internal);
+            self.metrics.no_local_endpoints.with_label_values(&["external", l]).set(t.no_local_external);
+        }
+        let addrs = self.health_check_addresses(ctx);
+        if addrs != self.service_health.addresses {
+            // New addresses: every server is started again on them.
+            self.service_health = ServiceHealthServers::new(self.health.clone(), addrs);
+        }
+        self.service_health.sync(self.stats.health().clone()).await;
     }
 
     /// Addresses the healthCheckNodePort servers listen on: kube-proxy's NodePort addresses.
@@ -268,31 +254,6 @@ impl Proxy {
             NodePortAddresses::Primary if !ctx.node_ips.is_empty() => ctx.node_ips.clone(),
             _ => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
         }
-    }
-
-    async fn sync_service_health(&mut self, ctx: &NodeContext) {
-        let state = &self.tracker.state;
-        let mut want = BTreeMap::new();
-        for s in state.services.values() {
-            let Some(port) = s.health_check_node_port else { continue };
-            if s.service_type != ServiceType::LoadBalancer || s.external_traffic_policy != TrafficPolicy::Local {
-                continue;
-            }
-            // kube-proxy counts distinct local ready endpoint addresses over all ports and families.
-            let mut local = std::collections::BTreeSet::new();
-            for fam in [IpFamily::V4, IpFamily::V6] {
-                for p in resolve_service(state, ctx, fam, s) {
-                    local.extend(p.local_endpoints.iter().filter(|e| e.ready).map(|e| e.ip));
-                }
-            }
-            want.insert(s.name.clone(), ServiceHealthEntry { port, local_endpoints: local.len() });
-        }
-        let addrs = self.health_check_addresses(ctx);
-        if addrs != self.service_health.addresses {
-            // New addresses: every server is started again on them.
-            self.service_health = ServiceHealthServers::new(self.health.clone(), addrs);
-        }
-        self.service_health.sync(want).await;
     }
 
     /// The healthCheckNodePort servers now running.

@@ -10,6 +10,7 @@ pub mod health;
 pub mod manifests;
 pub mod metrics;
 pub mod runner;
+pub mod stats;
 pub mod tracker;
 
 pub use config::{KubeProxyConfiguration, ProxyMode, Settings};
