@@ -188,3 +188,46 @@ pub fn run(args: RunArgs) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        run: super::RunArgs,
+    }
+
+    fn settings(args: &[&str]) -> anyhow::Result<nftproxy_daemon::Settings> {
+        Wrap::try_parse_from(std::iter::once("run").chain(args.iter().copied()))?.run.settings()
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let path = std::env::temp_dir().join(format!("knp-runcfg-{}.yaml", std::process::id()));
+        std::fs::write(
+            &path,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n\
+             clusterCIDR: 10.244.0.0/16\nmetricsBindAddress: 0.0.0.0:9999\n\
+             iptables: {syncPeriod: 10s, minSyncPeriod: 2s, masqueradeBit: 12}\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let from_file = settings(&["--config", file]);
+        let flags = settings(&["--config", file, "--sync-period", "5s", "--proxy-mode", "nftables"]);
+        std::fs::remove_file(&path).unwrap();
+        let f = from_file.unwrap();
+        assert_eq!(f.mode, nftproxy_daemon::ProxyMode::Iptables);
+        assert_eq!(f.sync_period, std::time::Duration::from_secs(10));
+        assert_eq!(f.masquerade_bit, 12);
+        assert_eq!(f.metrics_bind_address, Some("0.0.0.0:9999".parse().unwrap()));
+        assert_eq!(f.healthz_bind_address, Some("0.0.0.0:10256".parse().unwrap()), "default kept");
+        let g = flags.unwrap();
+        assert_eq!(g.mode, nftproxy_daemon::ProxyMode::Nftables, "--proxy-mode wins over the file");
+        assert_eq!(g.sync_period, std::time::Duration::from_secs(5), "--sync-period wins");
+        // In nftables mode the file's iptables section does not apply.
+        assert_eq!(g.min_sync_period, std::time::Duration::from_secs(1));
+        assert_eq!(g.cluster_cidrs, vec!["10.244.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
+    }
+}
