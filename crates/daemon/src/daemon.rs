@@ -307,7 +307,15 @@ pub async fn run(settings: Settings, node_name: String, source: Source) -> Resul
     serve_http(&proxy).await?;
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(1024);
     let source_task = match source {
-        Source::Api(client) => tokio::spawn(nftproxy_kube::watch(client, node_name, tx)),
+        Source::Api(client) => {
+            let (c, n) = (client.clone(), node_name.clone());
+            tokio::spawn(async move {
+                if let Err(e) = nftproxy_kube::announce_start(c, &n).await {
+                    tracing::warn!("could not post the Starting event: {e}");
+                }
+            });
+            tokio::spawn(nftproxy_kube::watch(client, node_name, tx))
+        }
         Source::Manifests(path, every) => tokio::spawn(crate::manifests::watch(path, node_name, every, tx)),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -291,6 +291,15 @@ fn api_changes_reach_the_kernel_within_two_seconds() {
     assert_eq!(v["localEndpoints"], 2);
     assert_eq!(v["serviceProxyHealthy"], true);
 
+    // kube-proxy's start event about the Node, posted with deploy/'s RBAC.
+    let events = cp.api("GET", "/apis/events.k8s.io/v1/namespaces/default/events", None);
+    let starting = events["items"].as_array().unwrap().iter().find(|e| e["reason"] == "Starting");
+    let starting = starting.unwrap_or_else(|| panic!("no Starting event: {events:#}"));
+    assert_eq!(starting["regarding"]["kind"], "Node");
+    assert_eq!(starting["regarding"]["name"], NODE);
+    assert_eq!(starting["reportingController"], "kube-nftproxy");
+    assert_eq!(starting["action"], "StartKubeProxy");
+
     // `explain --kubeconfig` reads the same cluster from the API server (as the proxy's user).
     let out = lab
         .node

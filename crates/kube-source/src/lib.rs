@@ -298,3 +298,27 @@ pub async fn snapshot(client: Client) -> Result<(nftproxy_model::ClusterState, V
     }
     Ok((state, warnings))
 }
+
+/// kube-proxy's start announcement: a Normal event `Starting` (action `StartKubeProxy`) about this
+/// node's Node, as `kubectl get events` shows for kube-proxy.
+pub async fn announce_start(client: Client, node_name: &str) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let reporter = Reporter { controller: "kube-nftproxy".into(), instance: Some(node_name.to_string()) };
+    let node = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node_name.to_string()),
+        // kube-proxy's NodeRef uses the node name as UID.
+        uid: Some(node_name.to_string()),
+        ..Default::default()
+    };
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Starting".into(),
+        note: Some("kube-nftproxy is programming this node's Services".into()),
+        action: "StartKubeProxy".into(),
+        secondary: None,
+    };
+    Recorder::new(client, reporter).publish(&ev, &node).await
+}
