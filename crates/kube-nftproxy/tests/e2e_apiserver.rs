@@ -35,6 +35,12 @@ impl Daemon {
             .arg(kubeconfig)
             .args(["--hostname-override", NODE, "--cluster-cidr", "10.244.0.0/16,fd00:244::/48"])
             .args(["--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "0.0.0.0:10256"])
+            // KNP_E2E_MIN_SYNC_PERIOD=0s measures the pipeline without kube-proxy's 1 s default.
+            .args(
+                std::env::var("KNP_E2E_MIN_SYNC_PERIOD")
+                    .map(|v| vec!["--min-sync-period".to_string(), v])
+                    .unwrap_or_default(),
+            )
             .args(extra)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
