@@ -4,7 +4,7 @@
 //! NFNLGRP_NFTRACE receives one event per rule, return and policy the marked packet meets, in
 //! every table. [`TraceSession`]'s `Drop` removes the chains, so tracing never stays on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -187,6 +187,10 @@ pub struct TraceSession {
     /// Per traced packet: its latest headers (the kernel sends them once per hook, not per rule).
     current_headers: BTreeMap<u32, (Vec<u8>, Option<Vec<u8>>)>,
     buf: Vec<u8>,
+    /// Trace messages received but not yet returned (a datagram may carry several).
+    pending: VecDeque<Vec<u8>>,
+    /// Verdict-map elements (key, comment), dumped once per set and session.
+    map_elements: BTreeMap<String, Vec<(Vec<u8>, Option<String>)>>,
     seq: u32,
     removed: bool,
 }
@@ -248,6 +252,8 @@ impl TraceSession {
             current_hook: BTreeMap::new(),
             current_headers: BTreeMap::new(),
             buf: vec![0; 1 << 16],
+            pending: VecDeque::new(),
+            map_elements: BTreeMap::new(),
             seq: seq + 16,
             removed: false,
         };
@@ -284,55 +290,63 @@ impl TraceSession {
 
     /// The comment of the element of verdict map `set` whose key starts with `key`.
     fn element_comment(&mut self, set: &str, key: &[u8]) -> io::Result<Option<String>> {
+        if !self.map_elements.contains_key(set) {
+            let elements = self.dump_elements(set)?;
+            self.map_elements.insert(set.to_string(), elements);
+        }
+        Ok(self.map_elements[set].iter().find(|(k, _)| k.starts_with(key)).and_then(|(_, c)| c.clone()))
+    }
+
+    fn dump_elements(&mut self, set: &str) -> io::Result<Vec<(Vec<u8>, Option<String>)>> {
         let mut filter = name_attr(NFTA_SET_ELEM_LIST_TABLE, TABLE);
         filter.extend(name_attr(NFTA_SET_ELEM_LIST_SET, set));
+        let mut out = Vec::new();
         for msg in self.cmd.dump(NFT_MSG_GETSETELEM, self.family.nfproto(), &filter)? {
-            for (t, list) in attrs(&msg) {
-                if t != NFTA_SET_ELEM_LIST_ELEMENTS {
-                    continue;
-                }
+            for (_, list) in attrs(&msg).filter(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS) {
                 for (_, elem) in attrs(list) {
-                    let mut k = None;
+                    let mut k = Vec::new();
                     let mut comment = None;
                     for (et, ev) in attrs(elem) {
                         match et {
                             NFTA_SET_ELEM_KEY => {
-                                k = attrs(ev).find(|(t, _)| *t == NFTA_DATA_VALUE).map(|(_, v)| v.to_vec())
+                                k = attrs(ev)
+                                    .find(|(t, _)| *t == NFTA_DATA_VALUE)
+                                    .map_or(Vec::new(), |(_, v)| v.to_vec())
                             }
                             NFTA_SET_ELEM_USERDATA => comment = udata_comment(ev),
                             _ => {}
                         }
                     }
-                    if k.as_deref().is_some_and(|k| k.starts_with(key)) {
-                        return Ok(comment);
-                    }
+                    out.push((k, comment));
                 }
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// The next trace event, waiting at most until `deadline`.
     pub fn next_event(&mut self, deadline: Instant) -> io::Result<Option<TraceEvent>> {
-        while Instant::now() < deadline {
+        loop {
+            while let Some(m) = self.pending.pop_front() {
+                if let Some(ev) = self.parse(&m)? {
+                    return Ok(Some(ev));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
             let n = match self.events.recv(&mut self.buf[..], neli::consts::socket::Msg::empty()) {
                 Ok((n, _)) => n,
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let msgs: Vec<Vec<u8>> = crate::netlink::messages(&self.buf[..n])
-                .filter(|(ty, ..)| *ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE)
-                .map(|(.., p)| p.to_vec())
-                .collect();
-            if let Some(m) = msgs.first() {
-                // One event per datagram in practice; more are kept for the next call.
-                if let Some(ev) = self.parse(m)? {
-                    return Ok(Some(ev));
-                }
-            }
+            self.pending.extend(
+                crate::netlink::messages(&self.buf[..n])
+                    .filter(|(ty, ..)| *ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE)
+                    .map(|(.., p)| p.to_vec()),
+            );
         }
-        Ok(None)
     }
 
     fn parse(&mut self, payload: &[u8]) -> io::Result<Option<TraceEvent>> {
