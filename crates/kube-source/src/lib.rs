@@ -128,22 +128,8 @@ impl Backoff for ReconnectBackoff {
 /// Runs the three watchers until `tx` is closed. `node_name` selects this node's Node.
 pub async fn watch(client: Client, node_name: String, tx: mpsc::Sender<SourceEvent>) {
     let selector = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
-    let services = watch_kind(
-        "Service",
-        Api::<core::Service>::all(client.clone()),
-        selector.clone(),
-        tx.clone(),
-        |items| SourceEvent::ServicesListed(items.into_iter().flatten().collect()),
-        service_event,
-    );
-    let slices = watch_kind(
-        "EndpointSlice",
-        Api::<discovery::EndpointSlice>::all(client.clone()),
-        selector,
-        tx.clone(),
-        |items| SourceEvent::SlicesListed(items.into_iter().flatten().collect()),
-        slice_event,
-    );
+    let services = watch_kind(Api::<core::Service>::all(client.clone()), selector.clone(), tx.clone(), SERVICES);
+    let slices = watch_kind(Api::<discovery::EndpointSlice>::all(client.clone()), selector, tx.clone(), SLICES);
     let nodes = watch_node(Api::<core::Node>::all(client), node_name, tx);
     tokio::join!(services, slices, nodes);
 }
@@ -151,67 +137,72 @@ pub async fn watch(client: Client, node_name: String, tx: mpsc::Sender<SourceEve
 /// One converted object: `Ok(Some)` usable, `Ok(None)` deliberately not ours, `Err` unusable.
 type Converted<T> = Result<Option<T>, String>;
 
-fn service_event(svc: &core::Service) -> (Converted<Service>, SourceEvent) {
-    let name = ServiceName::new(
-        svc.metadata.namespace.clone().unwrap_or_default(),
-        svc.metadata.name.clone().unwrap_or_default(),
-    );
-    match convert::service(svc) {
-        Ok(Ok(s)) => (Ok(Some(s.clone())), SourceEvent::ServiceApplied(s)),
-        Ok(Err(_skipped)) => (Ok(None), SourceEvent::ServiceDeleted(name)),
-        Err(e) => (Err(e.to_string()), SourceEvent::ServiceDeleted(name)),
-    }
-}
-
-fn slice_event(es: &discovery::EndpointSlice) -> (Converted<EndpointSlice>, SourceEvent) {
-    let deleted = || SourceEvent::SliceDeleted {
-        namespace: es.metadata.namespace.clone().unwrap_or_default(),
-        name: es.metadata.name.clone().unwrap_or_default(),
-    };
-    match convert::endpoint_slice(es) {
-        Ok(s) => (Ok(Some(s.clone())), SourceEvent::SliceApplied(s)),
-        Err(e) => (Err(e.to_string()), deleted()),
-    }
-}
-
-async fn watch_kind<K, T>(
+/// How objects of one kind become model events.
+struct KindEvents<K, T> {
     kind: &'static str,
-    api: Api<K>,
-    config: watcher::Config,
-    tx: mpsc::Sender<SourceEvent>,
-    listed: impl Fn(Vec<Option<T>>) -> SourceEvent,
-    convert: impl Fn(&K) -> (Converted<T>, SourceEvent),
-) where
+    convert: fn(&K) -> Converted<T>,
+    applied: fn(T) -> SourceEvent,
+    listed: fn(Vec<T>) -> SourceEvent,
+    /// From the object's metadata alone: a deleted or unusable object needs only its name.
+    deleted: fn(&K) -> SourceEvent,
+}
+
+fn ns_name(meta: &kube::api::ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+const SERVICES: KindEvents<core::Service, Service> = KindEvents {
+    kind: "Service",
+    convert: |svc| match convert::service(svc) {
+        Ok(Ok(s)) => Ok(Some(s)),
+        // ExternalName, headless, another proxy's: not ours (also when a Service becomes one).
+        Ok(Err(_skipped)) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    },
+    applied: SourceEvent::ServiceApplied,
+    listed: SourceEvent::ServicesListed,
+    deleted: |svc| {
+        let (ns, name) = ns_name(&svc.metadata);
+        SourceEvent::ServiceDeleted(ServiceName::new(ns, name))
+    },
+};
+
+const SLICES: KindEvents<discovery::EndpointSlice, EndpointSlice> = KindEvents {
+    kind: "EndpointSlice",
+    convert: |es| convert::endpoint_slice(es).map(Some).map_err(|e| e.to_string()),
+    applied: SourceEvent::SliceApplied,
+    listed: SourceEvent::SlicesListed,
+    deleted: |es| {
+        let (namespace, name) = ns_name(&es.metadata);
+        SourceEvent::SliceDeleted { namespace, name }
+    },
+};
+
+async fn watch_kind<K, T>(api: Api<K>, config: watcher::Config, tx: mpsc::Sender<SourceEvent>, k: KindEvents<K, T>)
+where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     let stream = watcher(api, config).backoff(ReconnectBackoff::default());
-    let mut buffer: Vec<Option<T>> = Vec::new();
-    let deleted = |obj: &K| match convert(obj).1 {
-        SourceEvent::ServiceApplied(s) => SourceEvent::ServiceDeleted(s.name),
-        SourceEvent::SliceApplied(s) => SourceEvent::SliceDeleted { namespace: s.namespace, name: s.name },
-        other => other,
-    };
-    forward(stream, &tx, kind, |ev| match ev {
+    let mut buffer: Vec<T> = Vec::new();
+    forward(stream, &tx, k.kind, |ev| match ev {
         watcher::Event::Init => {
             buffer.clear();
             vec![]
         }
-        watcher::Event::InitApply(obj) => {
-            let (c, _) = convert(&obj);
-            match c {
-                Ok(v) => {
-                    buffer.push(v);
-                    vec![]
-                }
-                Err(w) => vec![SourceEvent::Warning(w)],
+        watcher::Event::InitApply(obj) => match (k.convert)(&obj) {
+            Ok(v) => {
+                buffer.extend(v);
+                vec![]
             }
-        }
-        watcher::Event::InitDone => vec![listed(std::mem::take(&mut buffer))],
-        watcher::Event::Apply(obj) => match convert(&obj) {
-            (Err(w), ev) => vec![SourceEvent::Warning(w), ev],
-            (_, ev) => vec![ev],
+            Err(w) => vec![SourceEvent::Warning(w)],
         },
-        watcher::Event::Delete(obj) => vec![deleted(&obj)],
+        watcher::Event::InitDone => vec![(k.listed)(std::mem::take(&mut buffer))],
+        watcher::Event::Apply(obj) => match (k.convert)(&obj) {
+            Ok(Some(v)) => vec![(k.applied)(v)],
+            Ok(None) => vec![(k.deleted)(&obj)],
+            Err(w) => vec![SourceEvent::Warning(w), (k.deleted)(&obj)],
+        },
+        watcher::Event::Delete(obj) => vec![(k.deleted)(&obj)],
     })
     .await
 }
