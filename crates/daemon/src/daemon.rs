@@ -1,7 +1,6 @@
 //! The proxy's main loop: source events → change tracker → bounded-frequency syncs → backend,
 //! with kube-proxy's metrics and health servers beside it.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -254,11 +253,6 @@ impl Proxy {
             NodePortAddresses::Primary if !ctx.node_ips.is_empty() => ctx.node_ips.clone(),
             _ => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
         }
-    }
-
-    /// The healthCheckNodePort servers now running.
-    pub fn service_health_ports(&self) -> BTreeMap<nftproxy_model::ServiceName, u16> {
-        self.service_health.serving()
     }
 }
 

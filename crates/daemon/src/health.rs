@@ -172,11 +172,6 @@ impl ServiceHealthServers {
         ServiceHealthServers { health, running: BTreeMap::new(), addresses }
     }
 
-    /// The ports being served, per Service.
-    pub fn serving(&self) -> BTreeMap<ServiceName, u16> {
-        self.running.iter().map(|(k, r)| (k.clone(), r.port)).collect()
-    }
-
     /// Brings the servers to `want`. A port that cannot be bound is logged and skipped, like
     /// kube-proxy (the Service's other rules are unaffected).
     pub async fn sync(&mut self, want: BTreeMap<ServiceName, ServiceHealthEntry>) {

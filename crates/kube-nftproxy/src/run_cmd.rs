@@ -75,15 +75,12 @@ impl RunArgs {
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
             let file = path.display().to_string();
-            let cfg = KubeProxyConfiguration::parse(&file, &text)?;
+            let mut cfg = KubeProxyConfiguration::parse(&file, &text)?;
             if self.proxy_mode.is_some() {
                 // The flag wins over the file's mode.
-                let mut c = cfg.clone();
-                c.mode = None;
-                s.apply_file(&file, &c)?;
-            } else {
-                s.apply_file(&file, &cfg)?;
+                cfg.mode = None;
             }
+            s.apply_file(&file, &cfg)?;
         }
         if let Some(k) = &self.kubeconfig {
             s.kubeconfig = Some(k.clone());

@@ -174,6 +174,9 @@ fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
     Some((chain?, handle?, info))
 }
 
+/// A map element's key bytes and its comment.
+type KeyComment = (Vec<u8>, Option<String>);
+
 /// A trace in progress: chains installed, events subscribed. Dropping it removes the chains.
 pub struct TraceSession {
     cmd: NftSocket,
@@ -190,7 +193,7 @@ pub struct TraceSession {
     /// Trace messages received but not yet returned (a datagram may carry several).
     pending: VecDeque<Vec<u8>>,
     /// Verdict-map elements (key, comment), dumped once per set and session.
-    map_elements: BTreeMap<String, Vec<(Vec<u8>, Option<String>)>>,
+    map_elements: BTreeMap<String, Vec<KeyComment>>,
     seq: u32,
     removed: bool,
 }
@@ -297,7 +300,7 @@ impl TraceSession {
         Ok(self.map_elements[set].iter().find(|(k, _)| k.starts_with(key)).and_then(|(_, c)| c.clone()))
     }
 
-    fn dump_elements(&mut self, set: &str) -> io::Result<Vec<(Vec<u8>, Option<String>)>> {
+    fn dump_elements(&mut self, set: &str) -> io::Result<Vec<KeyComment>> {
         let mut filter = name_attr(NFTA_SET_ELEM_LIST_TABLE, TABLE);
         filter.extend(name_attr(NFTA_SET_ELEM_LIST_SET, set));
         let mut out = Vec::new();
