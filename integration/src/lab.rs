@@ -110,6 +110,7 @@ impl Lab {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00:244::/48".parse().unwrap()],
             masquerade_all: false,
             nodeport_addresses: NodePortAddresses::Primary,
+            ..Default::default()
         };
         Lab { topo, node, upstream, client, pod_client, pods: pod_nss, backend, ctx }
     }

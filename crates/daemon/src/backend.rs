@@ -11,7 +11,15 @@ use crate::config::{ProxyMode, Settings};
 
 pub enum Backend {
     Nftables(Box<NftablesBackend>),
-    Iptables(nftproxy_iptables::Options),
+    Iptables(IptablesBackend),
+}
+
+/// kube-proxy's iptables mode: full restores, and the UDP conntrack reconciler over a netfilter
+/// socket of its own.
+pub struct IptablesBackend {
+    opts: nftproxy_iptables::Options,
+    conntrack: nftproxy_nftables::netlink::NftSocket,
+    udp_services: BTreeSet<ServiceName>,
 }
 
 /// What one successful sync did.
@@ -35,11 +43,15 @@ impl Backend {
     pub fn new(settings: &Settings) -> std::io::Result<Backend> {
         Ok(match settings.mode {
             ProxyMode::Nftables => Backend::Nftables(Box::new(NftablesBackend::new()?)),
-            ProxyMode::Iptables => Backend::Iptables(nftproxy_iptables::Options {
-                masquerade_bit: settings.masquerade_bit,
-                localhost_nodeports: settings.localhost_nodeports,
-                conntrack_tcp_be_liberal: settings.conntrack_tcp_be_liberal,
-                ..Default::default()
+            ProxyMode::Iptables => Backend::Iptables(IptablesBackend {
+                opts: nftproxy_iptables::Options {
+                    masquerade_bit: settings.masquerade_bit,
+                    localhost_nodeports: settings.effective_localhost_nodeports(),
+                    conntrack_tcp_be_liberal: settings.conntrack_tcp_be_liberal,
+                    ..Default::default()
+                },
+                conntrack: nftproxy_nftables::netlink::NftSocket::open()?,
+                udp_services: BTreeSet::new(),
             }),
         })
     }
@@ -71,13 +83,28 @@ impl Backend {
                     conntrack_deleted: report.conntrack_deleted,
                 })
             }
-            Backend::Iptables(opts) => {
+            Backend::Iptables(b) => {
                 for fam in [IpFamily::V4, IpFamily::V6] {
-                    let text = nftproxy_iptables::render_cluster(fam, state, ctx, opts);
-                    nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)
+                    let text = nftproxy_iptables::render_cluster(fam, state, ctx, &b.opts);
+                    nftproxy_iptables::sync(fam, &text, b.opts.localhost_nodeports)
                         .map_err(|e| BackendError { family: fam, message: e.to_string() })?;
                 }
-                Ok(Synced { full: true, ..Default::default() })
+                // kube-proxy's iptables proxier runs the same reconciler after a sync that
+                // touched a UDP Service (every Service on a full sync).
+                let now = nftproxy_nftables::conntrack::udp_services(state);
+                let required = if full {
+                    !now.is_empty() || !b.udp_services.is_empty()
+                } else {
+                    changed.iter().any(|s| now.contains(s) || b.udp_services.contains(s))
+                };
+                b.udp_services = now;
+                let conntrack_deleted = if required {
+                    nftproxy_nftables::conntrack::reconcile(&mut b.conntrack, state)
+                        .map_err(|e| BackendError { family: IpFamily::V4, message: format!("conntrack cleanup: {e}") })?
+                } else {
+                    0
+                };
+                Ok(Synced { full: true, conntrack_deleted, ..Default::default() })
             }
         }
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use nftproxy_model::NodePortAddresses;
+use nftproxy_model::{DetectLocalMode, NodePortAddresses};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +113,7 @@ pub struct KubeProxyConfiguration {
     pub nftables: Option<ModeConfig>,
     pub winkernel: Option<serde_yaml::Value>,
     pub detect_local_mode: Option<String>,
-    pub detect_local: Option<serde_yaml::Value>,
+    pub detect_local: Option<DetectLocal>,
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Option<String>,
     pub node_port_addresses: Option<Vec<String>>,
@@ -142,6 +142,13 @@ pub struct ModeConfig {
     pub localhost_node_ports: Option<bool>,
     pub sync_period: Option<GoDuration>,
     pub min_sync_period: Option<GoDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DetectLocal {
+    pub bridge_interface: Option<String>,
+    pub interface_name_prefix: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -200,7 +207,9 @@ pub struct Settings {
     pub node_ips: Vec<std::net::IpAddr>,
     pub mode: ProxyMode,
     pub cluster_cidrs: Vec<IpNet>,
-    pub nodeport_addresses: NodePortAddresses,
+    /// None: the mode's default (kube-proxy: `primary` in nftables mode, every local address
+    /// in iptables mode).
+    pub nodeport_addresses: Option<NodePortAddresses>,
     pub masquerade_all: bool,
     pub masquerade_bit: u8,
     pub localhost_nodeports: bool,
@@ -211,6 +220,71 @@ pub struct Settings {
     /// None: no health server.
     pub healthz_bind_address: Option<SocketAddr>,
     pub conntrack_tcp_be_liberal: bool,
+    /// `--detect-local-mode` with its interface flags.
+    pub detect_local: DetectLocalMode,
+    /// The conntrack sysctls kube-proxy sets at start.
+    pub conntrack: ConntrackSettings,
+}
+
+/// kube-proxy's conntrack settings (v1alpha1 defaults). A zero value means "leave the sysctl
+/// alone", as in kube-proxy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConntrackSettings {
+    pub max_per_core: i32,
+    pub min: i32,
+    pub tcp_established_timeout: Duration,
+    pub tcp_close_wait_timeout: Duration,
+    pub tcp_be_liberal: bool,
+    pub udp_timeout: Duration,
+    pub udp_stream_timeout: Duration,
+}
+
+impl Default for ConntrackSettings {
+    fn default() -> Self {
+        ConntrackSettings {
+            max_per_core: 32 * 1024,
+            min: 128 * 1024,
+            tcp_established_timeout: Duration::from_secs(24 * 3600),
+            tcp_close_wait_timeout: Duration::from_secs(3600),
+            tcp_be_liberal: false,
+            udp_timeout: Duration::ZERO,
+            udp_stream_timeout: Duration::ZERO,
+        }
+    }
+}
+
+/// kube-proxy's `--detect-local-mode` with `--pod-bridge-interface` / `--pod-interface-name-prefix`
+/// (or the file's `detectLocalMode` / `detectLocal`). Errors name the flag (without `--`) that
+/// is wrong.
+pub fn detect_local_mode(
+    mode: Option<&str>,
+    bridge: Option<&str>,
+    prefix: Option<&str>,
+) -> Result<DetectLocalMode, (&'static str, String)> {
+    let mode = mode.map(str::trim).unwrap_or("");
+    Ok(match mode {
+        "" | "ClusterCIDR" => DetectLocalMode::ClusterCidr,
+        "NodeCIDR" => DetectLocalMode::NodeCidr,
+        "BridgeInterface" => match bridge.map(str::trim).filter(|b| !b.is_empty()) {
+            Some(b) => DetectLocalMode::BridgeInterface(b.to_string()),
+            None => return Err(("pod-bridge-interface", "must not be empty with --detect-local-mode BridgeInterface".into())),
+        },
+        "InterfaceNamePrefix" => match prefix.map(str::trim).filter(|p| !p.is_empty()) {
+            Some(p) => DetectLocalMode::InterfaceNamePrefix(p.to_string()),
+            None => {
+                return Err((
+                    "pod-interface-name-prefix",
+                    "must not be empty with --detect-local-mode InterfaceNamePrefix".into(),
+                ));
+            }
+        },
+        other => {
+            return Err((
+                "detect-local-mode",
+                format!("unknown mode {other:?} (want ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix)"),
+            ));
+        }
+    })
 }
 
 impl Default for Settings {
@@ -223,7 +297,7 @@ impl Default for Settings {
             node_ips: Vec::new(),
             mode: ProxyMode::Nftables,
             cluster_cidrs: Vec::new(),
-            nodeport_addresses: NodePortAddresses::Primary,
+            nodeport_addresses: None,
             masquerade_all: false,
             masquerade_bit: 14,
             localhost_nodeports: true,
@@ -232,6 +306,8 @@ impl Default for Settings {
             metrics_bind_address: Some("127.0.0.1:10249".parse().unwrap()),
             healthz_bind_address: Some("0.0.0.0:10256".parse().unwrap()),
             conntrack_tcp_be_liberal: false,
+            detect_local: DetectLocalMode::ClusterCidr,
+            conntrack: ConntrackSettings::default(),
         }
     }
 }
@@ -292,11 +368,51 @@ impl Settings {
                 })
                 .collect::<Result<_, _>>()?;
         }
-        if let Some(n) = &cfg.node_port_addresses {
-            self.nodeport_addresses = parse_nodeport_addresses(n).map_err(|e| err("nodePortAddresses", e))?;
+        if let Some(n) = cfg.node_port_addresses.as_ref().filter(|n| !n.is_empty()) {
+            self.nodeport_addresses = Some(parse_nodeport_addresses(n).map_err(|e| err("nodePortAddresses", e))?);
         }
         if let Some(ct) = &cfg.conntrack {
             self.conntrack_tcp_be_liberal = ct.tcp_be_liberal.unwrap_or(false);
+            let c = &mut self.conntrack;
+            c.tcp_be_liberal = self.conntrack_tcp_be_liberal;
+            if let Some(v) = ct.max_per_core {
+                if v < 0 {
+                    return Err(err("conntrack.maxPerCore", format!("{v} must be greater than or equal to 0")));
+                }
+                c.max_per_core = v;
+            }
+            if let Some(v) = ct.min {
+                if v < 0 {
+                    return Err(err("conntrack.min", format!("{v} must be greater than or equal to 0")));
+                }
+                c.min = v;
+            }
+            for (value, slot) in [
+                (ct.tcp_established_timeout, &mut c.tcp_established_timeout),
+                (ct.tcp_close_wait_timeout, &mut c.tcp_close_wait_timeout),
+                (ct.udp_timeout, &mut c.udp_timeout),
+                (ct.udp_stream_timeout, &mut c.udp_stream_timeout),
+            ] {
+                if let Some(GoDuration(d)) = value {
+                    *slot = d;
+                }
+            }
+        }
+        if cfg.detect_local_mode.is_some() || cfg.detect_local.is_some() {
+            let dl = cfg.detect_local.clone().unwrap_or_default();
+            self.detect_local = detect_local_mode(
+                cfg.detect_local_mode.as_deref(),
+                dl.bridge_interface.as_deref(),
+                dl.interface_name_prefix.as_deref(),
+            )
+            .map_err(|(flag, e)| {
+                let field = match flag {
+                    "pod-bridge-interface" => "detectLocal.bridgeInterface",
+                    "pod-interface-name-prefix" => "detectLocal.interfaceNamePrefix",
+                    _ => "detectLocalMode",
+                };
+                err(field, e)
+            })?;
         }
         // The section of the mode in use counts (kube-proxy reads iptables.* in iptables mode and
         // nftables.* in nftables mode).
@@ -325,6 +441,20 @@ impl Settings {
             }
         }
         self.validate().map_err(|(field, msg)| err(&format!("{name}.{field}"), msg))
+    }
+
+    /// The NodePort addresses in force: the configured ones, else the mode's default.
+    pub fn effective_nodeport_addresses(&self) -> NodePortAddresses {
+        self.nodeport_addresses.clone().unwrap_or(match self.mode {
+            ProxyMode::Nftables => NodePortAddresses::Primary,
+            ProxyMode::Iptables => NodePortAddresses::All,
+        })
+    }
+
+    /// kube-proxy's iptables mode turns localhost NodePorts off when the NodePort addresses
+    /// hold no IPv4 loopback address (`ContainsIPv4Loopback`).
+    pub fn effective_localhost_nodeports(&self) -> bool {
+        self.localhost_nodeports && self.effective_nodeport_addresses().contains_ipv4_loopback()
     }
 
     /// kube-proxy's validation of the sync periods.

@@ -60,6 +60,9 @@ pub struct Proxy {
     last_failure: bool,
     last_deep_check: Option<Instant>,
     stats: Stats,
+    /// This node's interface addresses (rtnetlink), for `--nodeport-addresses CIDR,…` and
+    /// `primary`; None until read.
+    local_addresses: Option<Vec<IpAddr>>,
 }
 
 impl Proxy {
@@ -79,7 +82,25 @@ impl Proxy {
             last_failure: false,
             last_deep_check: None,
             stats: Stats::default(),
+            local_addresses: None,
         })
+    }
+
+    /// Reads the interface addresses again; a change makes the next sync a full one (NodePort
+    /// addresses are part of the fixed table).
+    pub fn refresh_local_addresses(&mut self) {
+        match nftproxy_nftables::addrs::interface_addresses() {
+            Ok(a) => {
+                if self.local_addresses.as_ref() != Some(&a) {
+                    if self.local_addresses.is_some() {
+                        tracing::info!(addresses = ?a, "interface addresses changed");
+                    }
+                    self.local_addresses = Some(a);
+                    self.tracker.context_changed();
+                }
+            }
+            Err(e) => tracing::warn!("reading the interface addresses (rtnetlink): {e}"),
+        }
     }
 
     /// The node context: flags, completed by this node's Node object.
@@ -87,14 +108,18 @@ impl Proxy {
         let mut ctx = NodeContext {
             node_name: self.node_name.clone(),
             node_ips: self.settings.node_ips.clone(),
-            zone: None,
             cluster_cidrs: self.settings.cluster_cidrs.clone(),
+            detect_local: self.settings.detect_local.clone(),
             masquerade_all: self.settings.masquerade_all,
-            nodeport_addresses: self.settings.nodeport_addresses.clone(),
+            masquerade_bit: self.settings.masquerade_bit,
+            nodeport_addresses: self.settings.effective_nodeport_addresses(),
+            local_addresses: self.local_addresses.clone(),
+            ..Default::default()
         };
         if let Some(node) = &self.tracker.node {
             ctx.complete_from(node);
         }
+        ctx.service_cidrs = self.tracker.state.service_cidrs();
         ctx
     }
 
@@ -104,6 +129,7 @@ impl Proxy {
             SourceEvent::Warning(w) => tracing::warn!("{w}"),
             SourceEvent::WatchError { kind, error } => tracing::warn!(kind, "watch failed, retrying: {error}"),
             SourceEvent::Node { eligible, .. } => self.health.set_node_eligible(*eligible),
+            SourceEvent::LocalAddressesChanged => self.refresh_local_addresses(),
             _ => {}
         }
         let (svc0, ep0) = (self.tracker.service_changes_total, self.tracker.endpoint_changes_total);
@@ -294,12 +320,39 @@ pub async fn serve_http(proxy: &Proxy) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Follows the kernel's address changes (rtnetlink multicast) on a thread of its own: each one
+/// becomes a `LocalAddressesChanged` event, so NodePort addresses follow the interfaces.
+fn spawn_address_monitor(tx: mpsc::Sender<SourceEvent>) {
+    let mut monitor = match nftproxy_nftables::addrs::AddressMonitor::open() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("cannot follow interface address changes (rtnetlink): {e}");
+            return;
+        }
+    };
+    std::thread::Builder::new()
+        .name("address-monitor".into())
+        .spawn(move || {
+            while monitor.wait().is_ok() {
+                // Several changes in a row (an interface going down) become one look.
+                std::thread::sleep(Duration::from_millis(50));
+                if tx.blocking_send(SourceEvent::LocalAddressesChanged).is_err() {
+                    return;
+                }
+            }
+        })
+        .ok();
+}
+
 /// Runs until SIGTERM or SIGINT. The rules stay in place when it returns (like kube-proxy: a
 /// restart must not interrupt traffic).
 pub async fn run(settings: Settings, node_name: String, source: Source) -> Result<(), DaemonError> {
     let mut proxy = Proxy::new(settings, node_name.clone())?;
+    crate::sysctls::apply_at_start(&proxy.settings);
+    proxy.refresh_local_addresses();
     serve_http(&proxy).await?;
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(1024);
+    spawn_address_monitor(tx.clone());
     let source_task = match source {
         Source::Api(client) => {
             let (c, n) = (client.clone(), node_name.clone());

@@ -61,8 +61,12 @@ pub const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
 
 impl ProxyHealth {
     /// kube-proxy's health timeout is twice the sync period.
+    /// The node counts as eligible until a Node event says otherwise (kube-proxy: "the node is
+    /// eligible while it's starting up and until we've processed the first node event that
+    /// indicates the contrary"), so a proxy without a Node object is not drained.
     pub fn new(sync_period: Duration) -> ProxyHealth {
-        ProxyHealth { timeout: 2 * sync_period, inner: Mutex::default() }
+        let inner = HealthInner { node_eligible: true, ..Default::default() };
+        ProxyHealth { timeout: 2 * sync_period, inner: Mutex::new(inner) }
     }
 
     /// A change arrived that the next sync must program.
@@ -256,10 +260,13 @@ mod tests {
         h.updated("IPv6");
         assert!(h.healthy());
         let (body, ok) = h.body(true);
-        assert!(!ok, "no Node seen yet: not eligible");
+        assert!(ok, "no Node event yet: eligible, as kube-proxy starts");
+        assert_eq!(body.node_eligible, Some(true));
+        h.set_node_eligible(false);
+        let (body, ok) = h.body(true);
+        assert!(!ok, "a Node event made it ineligible");
         assert_eq!(body.node_eligible, Some(false));
-        h.set_node_eligible(true);
-        assert!(h.body(true).1);
+        assert!(h.body(false).1, "/livez ignores eligibility");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod runner;
 pub mod stats;
+pub mod sysctls;
 pub mod tracker;
 
 pub use config::{KubeProxyConfiguration, ProxyMode, Settings};

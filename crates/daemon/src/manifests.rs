@@ -39,7 +39,11 @@ pub async fn watch(path: PathBuf, node_name: String, interval: Duration, tx: mps
                     let node = loaded.state.nodes.get(&node_name).cloned();
                     ev.push(SourceEvent::ServicesListed(loaded.state.services.values().cloned().collect()));
                     ev.push(SourceEvent::SlicesListed(loaded.state.slices().values().cloned().collect()));
-                    ev.push(SourceEvent::Node { eligible: node.is_some(), node });
+                    ev.push(SourceEvent::ServiceCidrsListed(
+                        loaded.state.service_cidr_objects.iter().map(|(n, c)| (n.clone(), c.clone())).collect(),
+                    ));
+                    // No Node object in the manifests: nothing says the node is ineligible.
+                    ev.push(SourceEvent::Node { eligible: true, node });
                     ev
                 }
                 // A missing or unreadable path keeps what was programmed.

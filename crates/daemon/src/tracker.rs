@@ -14,7 +14,8 @@ pub struct Changes {
     /// Trigger times (`endpoints.kubernetes.io/last-change-trigger-time`) of the slices that
     /// changed, for the network-programming-latency metric.
     pub trigger_times: Vec<String>,
-    /// This node's Node changed (node IPs, zone): everything is resolved again.
+    /// This node's context changed (its Node's IPs, zone or pod CIDRs, the ServiceCIDRs, its
+    /// interface addresses): everything is resolved again.
     pub node: bool,
 }
 
@@ -103,8 +104,39 @@ impl ChangeTracker {
                 }
                 false
             }
-            SourceEvent::Warning(_) | SourceEvent::WatchError { .. } => false,
+            SourceEvent::ServiceCidrsListed(list) => {
+                let new: BTreeMap<String, Vec<ipnet::IpNet>> = list.into_iter().collect();
+                self.service_cidrs_changed(new)
+            }
+            SourceEvent::ServiceCidrApplied((name, cidrs)) => {
+                let mut new = self.state.service_cidr_objects.clone();
+                new.insert(name, cidrs);
+                self.service_cidrs_changed(new)
+            }
+            SourceEvent::ServiceCidrDeleted(name) => {
+                let mut new = self.state.service_cidr_objects.clone();
+                new.remove(&name);
+                self.service_cidrs_changed(new)
+            }
+            SourceEvent::LocalAddressesChanged | SourceEvent::Warning(_) | SourceEvent::WatchError { .. } => false,
         }
+    }
+
+    /// ServiceCIDRs are part of the node context (the `cluster-ips-check` drop): a change is a
+    /// full resync, as a Node change is.
+    fn service_cidrs_changed(&mut self, new: BTreeMap<String, Vec<ipnet::IpNet>>) -> bool {
+        let before = self.state.service_cidrs();
+        self.state.service_cidr_objects = new;
+        if self.state.service_cidrs() == before {
+            return false;
+        }
+        self.changes.node = true;
+        true
+    }
+
+    /// Something outside the cluster objects changed the node context (interface addresses).
+    pub fn context_changed(&mut self) {
+        self.changes.node = true;
     }
 
     fn service_applied(&mut self, svc: Service) -> bool {
@@ -281,6 +313,26 @@ ports: [{port: 8080}]
         assert!(!t.apply(SourceEvent::ServiceDeleted(a.name.clone())));
         assert_eq!(t.pending_counts(), (1, 0));
         assert_eq!(t.take().services.len(), 1);
+    }
+
+    #[test]
+    fn service_cidr_changes_resync_everything_once() {
+        let state = objects(TWO);
+        let mut t = ChangeTracker::default();
+        for e in listed(&state) {
+            t.apply(e);
+        }
+        t.take();
+        let cidr = |s: &str| vec![s.parse::<ipnet::IpNet>().unwrap()];
+        assert!(t.apply(SourceEvent::ServiceCidrsListed(vec![("kubernetes".into(), cidr("10.96.0.0/16"))])));
+        assert!(t.take().node);
+        // A second object with the same CIDR changes nothing the rules use.
+        assert!(!t.apply(SourceEvent::ServiceCidrApplied(("copy".into(), cidr("10.96.0.0/16")))));
+        assert!(t.apply(SourceEvent::ServiceCidrApplied(("extra".into(), cidr("10.97.0.0/16")))));
+        assert_eq!(t.state.service_cidrs().len(), 2);
+        assert!(t.apply(SourceEvent::ServiceCidrDeleted("extra".into())));
+        assert!(!t.apply(SourceEvent::ServiceCidrDeleted("copy".into())));
+        assert_eq!(t.state.service_cidrs(), cidr("10.96.0.0/16"));
     }
 
     #[test]

@@ -10,18 +10,21 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use nftproxy_model::{
-    ClusterState, EndpointChoice, IpFamily, NodeContext, NodePortAddresses, Protocol, ResolvedEndpoint,
+    ClusterState, EndpointChoice, IpFamily, LocalTraffic, NodeContext, Protocol, ResolvedEndpoint,
     ResolvedServicePort, join_host_port, resolve,
 };
 use serde::Serialize;
 
 /// The packet to explain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Flow {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub protocol: Protocol,
     pub dport: u16,
+    /// The interface the packet arrives on (for interface-based local-traffic detection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iifname: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -103,17 +106,32 @@ impl FrontendKind {
     }
 }
 
+/// How the local-traffic detector decides, for the text.
+fn describe_local(lt: &LocalTraffic) -> String {
+    match lt {
+        LocalTraffic::Unknown => "no detector".into(),
+        LocalTraffic::Cidr(n) => format!("pod CIDR {n}"),
+        LocalTraffic::Interface(i) => format!("input interface {i}"),
+        LocalTraffic::InterfacePrefix(p) => format!("input interface {p}*"),
+    }
+}
+
+/// kube-proxy lets the LB IPs themselves through a source-range firewall when a range holds the
+/// primary node IP (a VIP bound on the node answers the node with the VIP as source).
+fn allowed_from_node(p: &ResolvedServicePort, ctx: &NodeContext, src: &IpAddr) -> bool {
+    let node_ip = ctx.primary_node_ip(IpFamily::of(src));
+    p.load_balancer_ips.contains(src)
+        && p.load_balancer_source_ranges.iter().any(|r| node_ip.is_some_and(|ip| r.contains(&ip)))
+}
+
 fn in_cidrs(ip: &IpAddr, cidrs: &[IpNet]) -> bool {
     cidrs.iter().any(|c| c.contains(ip))
 }
 
-/// Whether NodePorts accept `dst`: `primary` → the node's IPs; `all` → any local address, which
-/// the model knows as the node's IPs; CIDRs → addresses inside them.
+/// Whether NodePorts accept `dst` (the model's [`NodeContext::takes_nodeports`]; never on
+/// loopback, as in kube-proxy's nftables mode).
 fn nodeport_address(ctx: &NodeContext, dst: &IpAddr) -> bool {
-    match &ctx.nodeport_addresses {
-        NodePortAddresses::Primary | NodePortAddresses::All => ctx.node_ips.contains(dst),
-        NodePortAddresses::Cidrs(c) => in_cidrs(dst, c),
-    }
+    !dst.is_loopback() && ctx.takes_nodeports(dst)
 }
 
 fn matching_frontend(p: &ResolvedServicePort, f: &Flow, ctx: &NodeContext) -> Option<FrontendKind> {
@@ -154,7 +172,7 @@ pub fn explain(state: &ClusterState, ctx: &NodeContext, flow: Flow, with_iptable
     let family = IpFamily::of(&flow.dst);
     let ports = resolve(state, ctx, family);
     let mut ex = Explanation {
-        flow,
+        flow: flow.clone(),
         service_port: None,
         frontend: None,
         traffic: None,
@@ -192,8 +210,10 @@ pub fn explain(state: &ClusterState, ctx: &NodeContext, flow: Flow, with_iptable
     if let Some(mode) = p.topology_mode {
         ex.notes.push(format!("topology: endpoints filtered with {mode}"));
     }
-    let from_pod = in_cidrs(&flow.src, &ctx.cluster_cidrs);
-    let from_node = ctx.node_ips.contains(&flow.src);
+    let local_detect = ctx.is_local_traffic(&flow.src, flow.iifname.as_deref());
+    let from_pod = local_detect == Some(true);
+    let from_node = ctx.node_ips.contains(&flow.src)
+        || ctx.local_addresses.as_ref().is_some_and(|a| a.contains(&flow.src));
 
     let internal = kind == FrontendKind::ClusterIp;
     // Which list applies. External traffic under ETP=Local from a pod or from the node itself is
@@ -223,7 +243,10 @@ pub fn explain(state: &ClusterState, ctx: &NodeContext, flow: Flow, with_iptable
     if kind == FrontendKind::LoadBalancerIp
         && !p.load_balancer_source_ranges.is_empty()
         && !in_cidrs(&flow.src, &p.load_balancer_source_ranges)
-        && p.has_any_endpoints
+        // nftables mode checks source ranges whether or not there are endpoints; iptables mode
+        // only sends traffic through KUBE-FW- when there are.
+        && (p.has_any_endpoints || !with_iptables)
+        && !allowed_from_node(p, ctx, &flow.src)
     {
         ex.verdict = Verdict::Drop {
             reason: format!(
@@ -251,21 +274,20 @@ pub fn explain(state: &ClusterState, ctx: &NodeContext, flow: Flow, with_iptable
             (ex.masquerade, ex.masquerade_reason) = if ctx.masquerade_all {
                 (true, "--masquerade-all".into())
             } else if internal {
-                if ctx.cluster_cidrs.is_empty() {
-                    (
+                match (ctx.local_traffic(family), local_detect) {
+                    (LocalTraffic::Unknown, _) => (
                         false,
-                        "no --cluster-cidr: no local-traffic detection, ClusterIP traffic is not masqueraded".into(),
-                    )
-                } else if !from_pod {
-                    (
+                        "no local-traffic detector (no --cluster-cidr / pod CIDR / interface of this family): ClusterIP traffic is not masqueraded".into(),
+                    ),
+                    (_, None) => (
                         true,
-                        format!(
-                            "source {} is outside the cluster CIDRs (off-cluster traffic to a cluster IP)",
-                            flow.src
-                        ),
-                    )
-                } else {
-                    (false, format!("source {} is a pod (inside the cluster CIDRs)", flow.src))
+                        "the local-traffic detector matches the input interface: without --iifname the packet counts as not from a pod".into(),
+                    ),
+                    (lt, Some(false)) => (
+                        true,
+                        format!("source {} is not pod traffic ({}): off-cluster traffic to a cluster IP", flow.src, describe_local(&lt)),
+                    ),
+                    (lt, Some(true)) => (false, format!("source {} is a pod ({})", flow.src, describe_local(&lt))),
                 }
             } else if short_circuit {
                 if from_node {

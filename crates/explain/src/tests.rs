@@ -14,7 +14,7 @@ fn cluster() -> (ClusterState, NodeContext) {
 }
 
 fn flow(src: &str, dst: &str, proto: Protocol, dport: u16) -> Flow {
-    Flow { src: src.parse().unwrap(), dst: dst.parse().unwrap(), protocol: proto, dport }
+    Flow { src: src.parse().unwrap(), dst: dst.parse().unwrap(), protocol: proto, dport, iifname: None }
 }
 
 fn endpoints(ex: &Explanation) -> Vec<(String, f64)> {
@@ -37,7 +37,7 @@ fn cluster_ip_from_outside_is_masqueraded_and_spread_evenly() {
     );
     assert!(eps.iter().all(|e| (e.1 - 1.0 / 3.0).abs() < 1e-9));
     assert!(ex.masquerade);
-    assert!(ex.masquerade_reason.contains("outside the cluster CIDRs"));
+    assert!(ex.masquerade_reason.contains("is not pod traffic (pod CIDR 10.244.0.0/16)"), "{}", ex.masquerade_reason);
     let from_pod = explain(&state, &ctx, flow("10.244.2.12", "10.96.10.10", Protocol::Tcp, 80), false);
     assert!(!from_pod.masquerade);
     assert!(from_pod.notes.iter().any(|n| n.contains("hairpin")), "{:?}", from_pod.notes);

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use data_encoding::BASE32;
 use nftproxy_model::{
-    ClusterState, IpFamily, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort, resolve,
+    ClusterState, IpFamily, LocalTraffic, NodeContext, NodePortIps, ResolvedEndpoint, ResolvedServicePort, resolve,
 };
 use sha2::{Digest, Sha256};
 
@@ -168,12 +168,12 @@ pub fn render(family: IpFamily, ports: &[ResolvedServicePort], ctx: &NodeContext
     ports.sort_by_key(|p| (p.name.to_string(), p.protocol));
     let total_endpoints: usize = ports.iter().map(|p| all_endpoints(p).len()).sum();
     let large = total_endpoints > LARGE_CLUSTER_ENDPOINTS;
-    // kube-proxy's local-traffic detector in ClusterCIDR mode: one CIDR per family.
-    let local_cidr = ctx.cluster_cidrs(family).next().map(|c| c.to_string());
-    let node_ip = ctx.node_ips(family).next().copied();
+    // kube-proxy's local-traffic detector (one per family).
+    let local = LocalArgs::new(&ctx.local_traffic(family));
+    let node_ip = ctx.primary_node_ip(family);
 
     for p in &ports {
-        ServicePortRules { p, opts, large, local_cidr: local_cidr.as_deref(), node_ip, ctx }.write(
+        ServicePortRules { p, opts, large, local: local.as_ref(), node_ip, ctx }.write(
             &mut filter_rules,
             &mut nat_chains,
             &mut nat_rules,
@@ -182,8 +182,8 @@ pub fn render(family: IpFamily, ports: &[ResolvedServicePort], ctx: &NodeContext
 
     // The NodePort dispatch, last in KUBE-SERVICES.
     let np_comment = "\"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
-    match &ctx.nodeport_addresses {
-        NodePortAddresses::All => {
+    match ctx.nodeport_ips(family) {
+        NodePortIps::AnyLocal => {
             let mut r = vec![
                 "-A",
                 KUBE_SERVICES,
@@ -204,16 +204,11 @@ pub fn render(family: IpFamily, ports: &[ResolvedServicePort], ctx: &NodeContext
             r.extend(["-j", KUBE_NODEPORTS]);
             nat_rules.write(&r);
         }
-        other => {
-            let ips: Vec<IpAddr> = ctx
-                .node_ips(family)
-                .copied()
-                .filter(|ip| match other {
-                    NodePortAddresses::Cidrs(c) => c.iter().any(|n| n.contains(ip)),
-                    _ => true,
-                })
-                .filter(|ip| !ip.is_loopback() || (!v6 && opts.localhost_nodeports))
-                .collect();
+        NodePortIps::Ips(ips) => {
+            // kube-proxy skips loopback addresses that cannot take NodePorts (IPv6 never; IPv4
+            // only with localhost NodePorts).
+            let ips: Vec<IpAddr> =
+                ips.into_iter().filter(|ip| !ip.is_loopback() || (!v6 && opts.localhost_nodeports)).collect();
             for ip in ips {
                 let ip = ip.to_string();
                 nat_rules.commented(KUBE_SERVICES, np_comment, &["-d", &ip, "-j", KUBE_NODEPORTS]);
@@ -259,18 +254,38 @@ fn all_endpoints(p: &ResolvedServicePort) -> Vec<ResolvedEndpoint> {
 
 /// (UsesClusterEndpoints, UsesLocalEndpoints)
 fn uses(p: &ResolvedServicePort) -> (bool, bool) {
-    let accessible = p.external.is_some();
     (
-        !p.internal_policy_local || (accessible && !p.external_policy_local),
-        p.internal_policy_local || p.external_policy_local,
+        ResolvedServicePort::uses_cluster_endpoints(p.internal_policy_local, p.external.is_some()),
+        ResolvedServicePort::uses_local_endpoints(p.internal_policy_local, p.external_policy_local),
     )
+}
+
+/// kube-proxy's local-traffic detector as iptables arguments (`IfLocal` / `IfNotLocal`).
+struct LocalArgs {
+    if_local: Vec<String>,
+    if_not_local: Vec<String>,
+}
+
+impl LocalArgs {
+    fn new(lt: &LocalTraffic) -> Option<LocalArgs> {
+        let (flag, value) = match lt {
+            LocalTraffic::Unknown => return None,
+            LocalTraffic::Cidr(n) => ("-s", n.to_string()),
+            LocalTraffic::Interface(i) => ("-i", i.clone()),
+            LocalTraffic::InterfacePrefix(p) => ("-i", format!("{p}+")),
+        };
+        Some(LocalArgs {
+            if_local: vec![flag.to_string(), value.clone()],
+            if_not_local: vec!["!".to_string(), flag.to_string(), value],
+        })
+    }
 }
 
 struct ServicePortRules<'a> {
     p: &'a ResolvedServicePort,
     opts: &'a Options,
     large: bool,
-    local_cidr: Option<&'a str>,
+    local: Option<&'a LocalArgs>,
     node_ip: Option<IpAddr>,
     ctx: &'a NodeContext,
 }
@@ -433,10 +448,11 @@ impl ServicePortRules<'_> {
                 r.extend(args);
                 r.extend(["-j", KUBE_MARK_MASQ]);
                 nat_rules.write(&r);
-            } else if let Some(cidr) = self.local_cidr {
+            } else if let Some(local) = self.local {
                 let mut r = vec!["-A", internal_chain.as_str()];
                 r.extend(args);
-                r.extend(["!", "-s", cidr, "-j", KUBE_MARK_MASQ]);
+                r.extend(local.if_not_local.iter().map(String::as_str));
+                r.extend(["-j", KUBE_MARK_MASQ]);
                 nat_rules.write(&r);
             }
         }
@@ -447,9 +463,11 @@ impl ServicePortRules<'_> {
                 let c = q(format!("masquerade traffic for {name} external destinations"));
                 nat_rules.commented(&ext_chain, &c, &["-j", KUBE_MARK_MASQ]);
             } else {
-                if let Some(cidr) = self.local_cidr {
+                if let Some(local) = self.local {
                     let c = q(format!("pod traffic for {name} external destinations"));
-                    nat_rules.commented(&ext_chain, &c, &["-s", cidr, "-j", &cluster_chain]);
+                    let mut r: Vec<&str> = local.if_local.iter().map(String::as_str).collect();
+                    r.extend(["-j", &cluster_chain]);
+                    nat_rules.commented(&ext_chain, &c, &r);
                 }
                 let c = q(format!("masquerade LOCAL traffic for {name} external destinations"));
                 nat_rules.commented(&ext_chain, &c, &["-m", "addrtype", "--src-type", "LOCAL", "-j", KUBE_MARK_MASQ]);

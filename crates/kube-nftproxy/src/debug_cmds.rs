@@ -41,6 +41,10 @@ pub struct FlowArgs {
     proto: Protocol,
     #[arg(long, value_name = "PORT")]
     dport: u16,
+    /// The interface the packet arrives on (explain only; for --detect-local-mode
+    /// BridgeInterface / InterfaceNamePrefix).
+    #[arg(long, value_name = "NAME")]
+    iifname: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -78,9 +82,9 @@ pub fn run_explain(a: ExplainArgs) -> Result<()> {
         }
         (None, None) => bail!("--from or --kubeconfig is required"),
     };
-    let ctx = a.node.context(&state)?;
+    let ctx = a.node.context(&state, a.backend == Backend::Iptables)?;
     let f = &a.flow;
-    let flow = Flow { src: f.src, dst: f.dst, protocol: f.proto, dport: f.dport };
+    let flow = Flow { src: f.src, dst: f.dst, protocol: f.proto, dport: f.dport, iifname: f.iifname.clone() };
     let ex = explain(&state, &ctx, flow, a.backend == Backend::Iptables);
     match a.output {
         TextOrJson::Text => print!("{}", render_text(&ex)),

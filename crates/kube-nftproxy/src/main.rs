@@ -52,10 +52,21 @@ struct ProgramArgs {
 }
 
 impl ProgramArgs {
+    /// kube-proxy's iptables options for this node: localhost NodePorts only when the NodePort
+    /// addresses hold an IPv4 loopback address (`ContainsIPv4Loopback`).
+    fn iptables_options(&self, ctx: &NodeContext) -> nftproxy_iptables::Options {
+        let mut o = self.iptables.options();
+        o.localhost_nodeports &= ctx.nodeport_addresses.contains_ipv4_loopback();
+        o
+    }
+
     /// The manifests and this node's context.
     fn load(&self) -> Result<(Loaded, NodeContext)> {
         let loaded = load(&self.from)?;
-        let ctx = self.node.context(&loaded.state)?;
+        let mut ctx = self.node.context(&loaded.state, self.backend == Backend::Iptables)?;
+        if self.backend == Backend::Iptables {
+            ctx.masquerade_bit = self.iptables.masquerade_bit;
+        }
         Ok((loaded, ctx))
     }
 }
@@ -123,7 +134,7 @@ fn run(cli: Cli) -> Result<()> {
                         println!("# {fam}: input for {tool}");
                         print!(
                             "{}",
-                            nftproxy_iptables::render_cluster(fam, &loaded.state, &ctx, &args.iptables.options())
+                            nftproxy_iptables::render_cluster(fam, &loaded.state, &ctx, &args.iptables_options(&ctx))
                         );
                     }
                 }
@@ -131,7 +142,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sync(args) => {
-            let (loaded, ctx) = args.load()?;
+            let (loaded, mut ctx) = args.load()?;
+            // On the node itself: NodePorts follow its real interface addresses.
+            ctx.local_addresses = Some(
+                nftproxy_nftables::addrs::interface_addresses().context("reading the interface addresses (rtnetlink)")?,
+            );
             match args.backend {
                 Backend::Nftables => {
                     let mut backend = NftablesBackend::new().context("opening the nf_tables netlink socket")?;
@@ -153,7 +168,19 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
                 Backend::Iptables => {
-                    let opts = args.iptables.options();
+                    let opts = args.iptables_options(&ctx);
+                    if opts.localhost_nodeports {
+                        // kube-proxy's iptables mode: localhost NodePorts need route_localnet.
+                        let s = nftproxy_daemon::sysctls::Sysctl {
+                            path: "/proc/sys/net/ipv4/conf/all/route_localnet".into(),
+                            value: 1,
+                            raise_only: false,
+                            name: "net.ipv4.conf.all.route_localnet",
+                        };
+                        if let nftproxy_daemon::sysctls::Outcome::Skipped(why) = nftproxy_daemon::sysctls::apply_one(&s, true) {
+                            eprintln!("warning: {} not set: {why}", s.name);
+                        }
+                    }
                     for fam in [IpFamily::V4, IpFamily::V6] {
                         let text = nftproxy_iptables::render_cluster(fam, &loaded.state, &ctx, &opts);
                         nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)?;
@@ -178,7 +205,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { from, node, output } => {
             let loaded = load(&from)?;
-            let ctx = node.context(&loaded.state)?;
+            let ctx = node.context(&loaded.state, false)?;
             let ports: Vec<_> =
                 [IpFamily::V4, IpFamily::V6].into_iter().flat_map(|f| resolve(&loaded.state, &ctx, f)).collect();
             match output {

@@ -22,10 +22,21 @@ pub struct NodeArgs {
     /// Masquerade all traffic sent to Service IPs.
     #[arg(long = "masquerade-all")]
     pub masquerade_all: bool,
-    /// Addresses that accept NodePort traffic: `primary` (the node IPs, the default), `all`, or
-    /// comma-separated CIDRs.
+    /// Addresses that accept NodePort traffic: `primary` (the primary node IPs; the nftables
+    /// default), `all` (every local address; the iptables default), or comma-separated CIDRs
+    /// (the node's interface addresses inside them).
     #[arg(long = "nodeport-addresses", value_name = "primary|all|CIDR,...")]
     pub nodeport_addresses: Option<String>,
+    /// How pod traffic is recognised: ClusterCIDR (default), NodeCIDR (the Node's
+    /// spec.podCIDRs), BridgeInterface, InterfaceNamePrefix.
+    #[arg(long = "detect-local-mode", value_name = "MODE")]
+    pub detect_local_mode: Option<String>,
+    /// The bridge pods are attached to (--detect-local-mode BridgeInterface).
+    #[arg(long = "pod-bridge-interface", value_name = "NAME")]
+    pub pod_bridge_interface: Option<String>,
+    /// The name prefix of pods' interfaces (--detect-local-mode InterfaceNamePrefix).
+    #[arg(long = "pod-interface-name-prefix", value_name = "PREFIX")]
+    pub pod_interface_name_prefix: Option<String>,
 }
 
 pub fn host_name() -> String {
@@ -35,29 +46,36 @@ pub fn host_name() -> String {
 }
 
 impl NodeArgs {
-    /// Builds the node context; the Node object of this node (if present in `state`) fills node
-    /// IPs and zone that flags left open.
-    pub fn context(&self, state: &ClusterState) -> Result<NodeContext> {
+    /// Builds the node context for a backend (kube-proxy's defaults differ by mode: NodePorts on
+    /// the primary node IPs in nftables mode, on every local address in iptables mode); the Node
+    /// object of this node and the ServiceCIDRs (if present in `state`) fill what flags left open.
+    pub fn context(&self, state: &ClusterState, iptables: bool) -> Result<NodeContext> {
         let node_name = self.hostname_override.clone().map(|s| s.trim().to_lowercase()).unwrap_or_else(host_name);
-        let nodeport_addresses =
-            parse_nodeport_addresses(self.nodeport_addresses.as_deref()).context("--nodeport-addresses")?;
+        let nodeport_addresses = parse_nodeport_addresses(self.nodeport_addresses.as_deref(), iptables)
+            .context("--nodeport-addresses")?;
+        let detect_local = nftproxy_daemon::config::detect_local_mode(
+            self.detect_local_mode.as_deref(),
+            self.pod_bridge_interface.as_deref(),
+            self.pod_interface_name_prefix.as_deref(),
+        )
+        .map_err(|(flag, e)| anyhow::anyhow!("--{flag}: {e}"))?;
         let mut ctx = NodeContext {
             node_name,
             node_ips: self.node_ip.clone(),
-            zone: None,
             cluster_cidrs: self.cluster_cidr.iter().map(IpNet::trunc).collect(),
             masquerade_all: self.masquerade_all,
             nodeport_addresses,
+            detect_local,
+            ..Default::default()
         };
-        if let Some(node) = state.nodes.get(&ctx.node_name) {
-            ctx.complete_from(node);
-        }
+        ctx.complete_from_state(state);
         Ok(ctx)
     }
 }
 
-fn parse_nodeport_addresses(s: Option<&str>) -> Result<NodePortAddresses> {
+fn parse_nodeport_addresses(s: Option<&str>, iptables: bool) -> Result<NodePortAddresses> {
     Ok(match s.map(str::trim) {
+        None | Some("") if iptables => NodePortAddresses::All,
         None | Some("") | Some("primary") => NodePortAddresses::Primary,
         Some("all") => NodePortAddresses::All,
         Some(list) => {

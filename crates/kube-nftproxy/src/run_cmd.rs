@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use nftproxy_daemon::config::{GoDuration, parse_bind_address, parse_nodeport_addresses};
+use nftproxy_daemon::config::{GoDuration, detect_local_mode, parse_bind_address, parse_nodeport_addresses};
+use nftproxy_model::DetectLocalMode;
 use nftproxy_daemon::{KubeProxyConfiguration, ProxyMode, Settings, Source};
 
 #[derive(Args, Debug, Default)]
@@ -57,6 +58,40 @@ pub struct RunArgs {
     /// The masquerade mark bit in iptables mode (default 14).
     #[arg(long = "iptables-masquerade-bit", value_name = "BIT", value_parser = clap::value_parser!(u8).range(0..=31))]
     iptables_masquerade_bit: Option<u8>,
+    /// How pod traffic is recognised: ClusterCIDR (default), NodeCIDR, BridgeInterface,
+    /// InterfaceNamePrefix.
+    #[arg(long = "detect-local-mode", value_name = "MODE")]
+    detect_local_mode: Option<String>,
+    /// The pods' bridge (--detect-local-mode BridgeInterface).
+    #[arg(long = "pod-bridge-interface", value_name = "NAME")]
+    pod_bridge_interface: Option<String>,
+    /// The prefix of the pods' interface names (--detect-local-mode InterfaceNamePrefix).
+    #[arg(long = "pod-interface-name-prefix", value_name = "PREFIX")]
+    pod_interface_name_prefix: Option<String>,
+    /// iptables mode: NodePorts on 127.0.0.1 too (default true; sets route_localnet).
+    #[arg(long = "iptables-localhost-nodeports", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    iptables_localhost_nodeports: Option<bool>,
+    /// Conntrack entries per CPU (default 32768; 0: leave nf_conntrack_max alone).
+    #[arg(long = "conntrack-max-per-core", value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    conntrack_max_per_core: Option<i32>,
+    /// Minimum conntrack entries, whatever the CPU count (default 131072).
+    #[arg(long = "conntrack-min", value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    conntrack_min: Option<i32>,
+    /// Idle timeout of established TCP connections (default 24h0m0s; 0: leave it).
+    #[arg(long = "conntrack-tcp-timeout-established", value_name = "DURATION")]
+    conntrack_tcp_timeout_established: Option<GoDuration>,
+    /// TCP CLOSE_WAIT timeout (default 1h0m0s; 0: leave it).
+    #[arg(long = "conntrack-tcp-timeout-close-wait", value_name = "DURATION")]
+    conntrack_tcp_timeout_close_wait: Option<GoDuration>,
+    /// Set nf_conntrack_tcp_be_liberal (and, in iptables mode, no INVALID-drop rule).
+    #[arg(long = "conntrack-tcp-be-liberal", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    conntrack_tcp_be_liberal: Option<bool>,
+    /// UDP conntrack timeout (0: leave it).
+    #[arg(long = "conntrack-udp-timeout", value_name = "DURATION")]
+    conntrack_udp_timeout: Option<GoDuration>,
+    /// UDP stream conntrack timeout (0: leave it).
+    #[arg(long = "conntrack-udp-timeout-stream", value_name = "DURATION")]
+    conntrack_udp_timeout_stream: Option<GoDuration>,
     /// Remove our rules (both modes) and exit.
     #[arg(long)]
     cleanup: bool,
@@ -108,9 +143,55 @@ impl RunArgs {
                 })
                 .collect::<Result<_>>()?;
         }
-        if let Some(n) = &self.nodeport_addresses {
-            s.nodeport_addresses = parse_nodeport_addresses(std::slice::from_ref(n))
-                .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
+        if let Some(n) = self.nodeport_addresses.as_ref().filter(|n| !n.trim().is_empty()) {
+            s.nodeport_addresses = Some(
+                parse_nodeport_addresses(std::slice::from_ref(n))
+                    .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?,
+            );
+        }
+        if self.detect_local_mode.is_some() || self.pod_bridge_interface.is_some() || self.pod_interface_name_prefix.is_some() {
+            // The flags complete the file's settings (kube-proxy: flags override field by field).
+            let mode = self.detect_local_mode.clone().or_else(|| match &s.detect_local {
+                DetectLocalMode::ClusterCidr => None,
+                DetectLocalMode::NodeCidr => Some("NodeCIDR".into()),
+                DetectLocalMode::BridgeInterface(_) => Some("BridgeInterface".into()),
+                DetectLocalMode::InterfaceNamePrefix(_) => Some("InterfaceNamePrefix".into()),
+            });
+            let (bridge, prefix) = match &s.detect_local {
+                DetectLocalMode::BridgeInterface(b) => (Some(b.clone()), None),
+                DetectLocalMode::InterfaceNamePrefix(p) => (None, Some(p.clone())),
+                _ => (None, None),
+            };
+            s.detect_local = detect_local_mode(
+                mode.as_deref(),
+                self.pod_bridge_interface.clone().or(bridge).as_deref(),
+                self.pod_interface_name_prefix.clone().or(prefix).as_deref(),
+            )
+            .map_err(|(flag, e)| anyhow::anyhow!("--{flag}: {e}"))?;
+        }
+        if let Some(v) = self.iptables_localhost_nodeports {
+            s.localhost_nodeports = v;
+        }
+        let c = &mut s.conntrack;
+        if let Some(v) = self.conntrack_max_per_core {
+            c.max_per_core = v;
+        }
+        if let Some(v) = self.conntrack_min {
+            c.min = v;
+        }
+        for (flag, slot) in [
+            (self.conntrack_tcp_timeout_established, &mut c.tcp_established_timeout),
+            (self.conntrack_tcp_timeout_close_wait, &mut c.tcp_close_wait_timeout),
+            (self.conntrack_udp_timeout, &mut c.udp_timeout),
+            (self.conntrack_udp_timeout_stream, &mut c.udp_stream_timeout),
+        ] {
+            if let Some(GoDuration(d)) = flag {
+                *slot = d;
+            }
+        }
+        if let Some(v) = self.conntrack_tcp_be_liberal {
+            c.tcp_be_liberal = v;
+            s.conntrack_tcp_be_liberal = v;
         }
         if let Some(m) = self.masquerade_all {
             s.masquerade_all = m;

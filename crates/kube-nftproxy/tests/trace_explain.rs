@@ -224,7 +224,7 @@ fn explain_agrees_with_the_kernel() {
     ];
     for (from, src, dst, dport, proto) in cases {
         let protocol = if proto == Proto::Tcp { Protocol::Tcp } else { Protocol::Udp };
-        let ex = explain(&loaded.state, &lab.ctx, Flow { src: ip(src), dst: ip(dst), protocol, dport }, false);
+        let ex = explain(&loaded.state, &lab.ctx, Flow { src: ip(src), dst: ip(dst), protocol, dport, iifname: None }, false);
         // Drops wait out every timeout: fewer of those.
         let n = if matches!(ex.verdict, Verdict::Dnat { .. }) { 30 } else { 10 };
         let t = tally(from, proto, format!("{dst}:{dport}").parse().unwrap(), None, n, Duration::from_millis(500));

@@ -26,6 +26,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             SourceEvent::Node { node, eligible } => {
                 println!("Node: {:?}, eligible: {eligible}", node.map(|n| n.addresses))
             }
+            SourceEvent::ServiceCidrsListed(l) => println!("listed {} ServiceCIDRs", l.len()),
+            SourceEvent::ServiceCidrApplied((name, cidrs)) => println!("ServiceCIDR {name} applied: {cidrs:?}"),
+            SourceEvent::ServiceCidrDeleted(name) => println!("ServiceCIDR {name} deleted"),
+            SourceEvent::LocalAddressesChanged => println!("interface addresses changed"),
             SourceEvent::Warning(w) => println!("warning: {w}"),
             SourceEvent::WatchError { kind, error } => println!("{kind} watch failed (retrying): {error}"),
         }

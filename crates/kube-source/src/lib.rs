@@ -18,6 +18,8 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Config};
 use nftproxy_manifest::convert;
+use ipnet::IpNet;
+use k8s_openapi::api::networking::v1 as networking;
 use nftproxy_model::{EndpointSlice, Node, Service, ServiceName};
 use tokio::sync::mpsc;
 
@@ -48,6 +50,12 @@ pub enum SourceEvent {
         node: Option<Node>,
         eligible: bool,
     },
+    /// Every `networking.k8s.io/v1` ServiceCIDR (name, `spec.cidrs`), after a (re)list.
+    ServiceCidrsListed(Vec<(String, Vec<IpNet>)>),
+    ServiceCidrApplied((String, Vec<IpNet>)),
+    ServiceCidrDeleted(String),
+    /// This node's interface addresses may have changed (rtnetlink told us): look again.
+    LocalAddressesChanged,
     /// One object was unusable; it was treated as absent.
     Warning(String),
     /// A watch failed (the watcher retries on its own, with backoff).
@@ -125,13 +133,16 @@ impl Backoff for ReconnectBackoff {
     }
 }
 
-/// Runs the three watchers until `tx` is closed. `node_name` selects this node's Node.
+/// Runs the four watchers until `tx` is closed. `node_name` selects this node's Node.
 pub async fn watch(client: Client, node_name: String, tx: mpsc::Sender<SourceEvent>) {
     let selector = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
     let services = watch_kind(Api::<core::Service>::all(client.clone()), selector.clone(), tx.clone(), SERVICES);
     let slices = watch_kind(Api::<discovery::EndpointSlice>::all(client.clone()), selector, tx.clone(), SLICES);
+    // kube-proxy watches ServiceCIDRs (MultiCIDRServiceAllocator, GA in 1.33) to drop traffic to
+    // unallocated ClusterIPs. The first sync does not wait for them, as kube-proxy's does not.
+    let cidrs = watch_kind(Api::<networking::ServiceCIDR>::all(client.clone()), Default::default(), tx.clone(), SERVICE_CIDRS);
     let nodes = watch_node(Api::<core::Node>::all(client), node_name, tx);
-    tokio::join!(services, slices, nodes);
+    tokio::join!(services, slices, cidrs, nodes);
 }
 
 /// One converted object: `Ok(Some)` usable, `Ok(None)` deliberately not ours, `Err` unusable.
@@ -176,6 +187,14 @@ const SLICES: KindEvents<discovery::EndpointSlice, EndpointSlice> = KindEvents {
         let (namespace, name) = ns_name(&es.metadata);
         SourceEvent::SliceDeleted { namespace, name }
     },
+};
+
+const SERVICE_CIDRS: KindEvents<networking::ServiceCIDR, (String, Vec<IpNet>)> = KindEvents {
+    kind: "ServiceCIDR",
+    convert: |sc| convert::service_cidr(sc).map(Some).map_err(|e| e.to_string()),
+    applied: SourceEvent::ServiceCidrApplied,
+    listed: SourceEvent::ServiceCidrsListed,
+    deleted: |sc| SourceEvent::ServiceCidrDeleted(sc.metadata.name.clone().unwrap_or_default()),
 };
 
 async fn watch_kind<K, T>(api: Api<K>, config: watcher::Config, tx: mpsc::Sender<SourceEvent>, k: KindEvents<K, T>)
@@ -231,6 +250,9 @@ async fn watch_node(api: Api<core::Node>, node_name: String, tx: mpsc::Sender<So
     let config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let stream = watcher(api, config).backoff(ReconnectBackoff::default());
     let mut seen: Option<core::Node> = None;
+    // Whether a Node was ever seen: a Node that never existed says nothing about eligibility
+    // (kube-proxy starts eligible); one that went away makes the node ineligible.
+    let mut existed = false;
     forward(stream, &tx, "Node", |ev| match ev {
         watcher::Event::Init => {
             seen = None;
@@ -240,18 +262,25 @@ async fn watch_node(api: Api<core::Node>, node_name: String, tx: mpsc::Sender<So
             seen = Some(n);
             vec![]
         }
-        watcher::Event::InitDone => vec![node_event(seen.take().as_ref())],
-        watcher::Event::Apply(n) => vec![node_event(Some(&n))],
-        watcher::Event::Delete(_) => vec![node_event(None)],
+        watcher::Event::InitDone => {
+            let n = seen.take();
+            existed |= n.is_some();
+            vec![node_event(n.as_ref(), existed)]
+        }
+        watcher::Event::Apply(n) => {
+            existed = true;
+            vec![node_event(Some(&n), true)]
+        }
+        watcher::Event::Delete(_) => vec![node_event(None, true)],
     })
     .await
 }
 
 /// kube-proxy's NodeEligible: the Node exists, is not being deleted and is not tainted for
-/// deletion by the autoscaler.
-fn node_event(node: Option<&core::Node>) -> SourceEvent {
+/// deletion by the autoscaler. Before any Node was seen the node counts as eligible.
+fn node_event(node: Option<&core::Node>, existed: bool) -> SourceEvent {
     let Some(n) = node else {
-        return SourceEvent::Node { node: None, eligible: false };
+        return SourceEvent::Node { node: None, eligible: !existed };
     };
     let eligible = n.metadata.deletion_timestamp.is_none()
         && !n.spec.as_ref().and_then(|s| s.taints.as_ref()).into_iter().flatten().any(|t| t.key == TO_BE_DELETED_TAINT);
@@ -281,11 +310,25 @@ pub async fn snapshot(client: Client) -> Result<(nftproxy_model::ClusterState, V
             Err(e) => warnings.push(e.to_string()),
         }
     }
-    for n in Api::<core::Node>::all(client).list(&Default::default()).await? {
+    for n in Api::<core::Node>::all(client.clone()).list(&Default::default()).await? {
         match convert::node(&n) {
             Ok(node) => state.upsert_node(node),
             Err(e) => warnings.push(e.to_string()),
         }
+    }
+    // An API server without ServiceCIDRs (before 1.33) simply has none.
+    match Api::<networking::ServiceCIDR>::all(client).list(&Default::default()).await {
+        Ok(list) => {
+            for sc in list {
+                match convert::service_cidr(&sc) {
+                    Ok((name, cidrs)) => {
+                        state.service_cidr_objects.insert(name, cidrs);
+                    }
+                    Err(e) => warnings.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => warnings.push(format!("ServiceCIDRs not listed: {e}")),
     }
     Ok((state, warnings))
 }

@@ -33,6 +33,47 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Used by kube-proxy when `spec.loadBalancerSourceRanges` is empty.
 pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
+/// kube-proxy's `netutils.ParseIPSloppy` (Go's pre-1.17 `net.ParseIP`): an IPv4 field with
+/// leading zeros is decimal (`010.096.000.010` is 10.96.0.10), not octal and not an error.
+/// Surrounding whitespace is ignored.
+pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(v4) = parse_ipv4_sloppy(s) {
+        return Some(IpAddr::V4(v4));
+    }
+    // An IPv6 address ending in a sloppy dotted quad (`::ffff:010.1.2.3`).
+    let (head, tail) = s.rsplit_once(':')?;
+    let v4 = parse_ipv4_sloppy(tail)?;
+    format!("{head}:{v4}").parse().ok()
+}
+
+fn parse_ipv4_sloppy(s: &str) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse::<u16>().ok().filter(|v| *v <= 255)? as u8;
+    }
+    parts.next().is_none().then_some(std::net::Ipv4Addr::from(octets))
+}
+
+/// kube-proxy's `netutils.ParseCIDRSloppy`: `ParseIPSloppy` for the address; the network is
+/// the address masked to the prefix.
+pub fn parse_cidr_sloppy(s: &str) -> Option<IpNet> {
+    let (addr, len) = s.trim().split_once('/')?;
+    let ip = parse_ip_sloppy(addr)?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    IpNet::new(ip, len.parse().ok()?).ok().map(|n| n.trunc())
+}
+
 /// A Service the proxy deliberately does not program, and why (not an error).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Skipped {
@@ -69,7 +110,10 @@ impl Ctx<'_> {
         self.meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into())
     }
     fn ip(&self, field: String, s: &str) -> Result<IpAddr, ObjectError> {
-        s.trim().parse().map_err(|_| self.err(field, format!("{s:?} is not a valid IP address")))
+        parse_ip_sloppy(s).ok_or_else(|| self.err(field, format!("{s:?} is not a valid IP address")))
+    }
+    fn cidr(&self, field: String, s: &str) -> Result<IpNet, ObjectError> {
+        parse_cidr_sloppy(s).ok_or_else(|| self.err(field, format!("{s:?} is not a valid CIDR")))
     }
     fn port(&self, field: String, p: i32) -> Result<u16, ObjectError> {
         u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| self.err(field, format!("{p} is out of range 1-65535")))
@@ -184,12 +228,7 @@ pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectEr
     let load_balancer_source_ranges = ranges
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            s.trim()
-                .parse::<IpNet>()
-                .map(|n| n.trunc())
-                .map_err(|_| cx.err(format!("{field}[{i}]"), format!("{s:?} is not a valid CIDR")))
-        })
+        .map(|(i, s)| cx.cidr(format!("{field}[{i}]"), s))
         .collect::<Result<Vec<_>, _>>()?;
 
     let session_affinity_timeout = match spec.session_affinity.as_deref().unwrap_or("None") {
@@ -323,5 +362,38 @@ pub fn node(node: &core::Node) -> Result<Node, ObjectError> {
             }
         }
     }
-    Ok(Node { name, addresses, zone: node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned() })
+    let spec = node.spec.as_ref();
+    let pod_cidrs = match spec.and_then(|s| s.pod_cidrs.as_ref()).filter(|c| !c.is_empty()) {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cx.cidr(format!("spec.podCIDRs[{i}]"), c))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => match spec.and_then(|s| s.pod_cidr.as_deref()).filter(|c| !c.is_empty()) {
+            Some(c) => vec![cx.cidr("spec.podCIDR".into(), c)?],
+            None => Vec::new(),
+        },
+    };
+    Ok(Node {
+        name,
+        addresses,
+        zone: node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned(),
+        pod_cidrs,
+    })
+}
+
+/// Converts a `networking.k8s.io/v1` ServiceCIDR: its name and `spec.cidrs`.
+pub fn service_cidr(sc: &k8s_openapi::api::networking::v1::ServiceCIDR) -> Result<(String, Vec<IpNet>), ObjectError> {
+    let cx = Ctx { kind: "ServiceCIDR", meta: &sc.metadata };
+    let name = cx.name()?;
+    let cidrs = sc
+        .spec
+        .as_ref()
+        .and_then(|s| s.cidrs.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| cx.cidr(format!("spec.cidrs[{i}]"), c))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((name, cidrs))
 }

@@ -148,6 +148,16 @@ impl Loaded {
                     }
                 }
             }
+            ("ServiceCIDR", "networking.k8s.io/v1") => {
+                if let Some(obj) = self.typed::<k8s_openapi::api::networking::v1::ServiceCIDR>("ServiceCIDR", v) {
+                    match convert::service_cidr(&obj) {
+                        Ok((name, cidrs)) => {
+                            self.state.service_cidr_objects.insert(name, cidrs);
+                        }
+                        Err(e) => self.warnings.push(Warning::Object(e)),
+                    }
+                }
+            }
             _ => self.ignored_objects += 1,
         }
     }

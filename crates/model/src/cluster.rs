@@ -16,6 +16,8 @@ pub struct ClusterState {
     /// services in one namespace made that O(n²)).
     slices_by_service: BTreeMap<ServiceName, BTreeSet<(String, String)>>,
     pub nodes: BTreeMap<String, Node>,
+    /// `networking.k8s.io/v1` ServiceCIDR objects: name → `spec.cidrs`.
+    pub service_cidr_objects: BTreeMap<String, Vec<ipnet::IpNet>>,
 }
 
 /// One endpoint address and port for one service port, merged over all slices.
@@ -60,6 +62,11 @@ impl ClusterState {
     /// Every slice, keyed by (namespace, name).
     pub fn slices(&self) -> &BTreeMap<(String, String), EndpointSlice> {
         &self.slices
+    }
+    /// Every CIDR of every ServiceCIDR object, deduplicated and ordered.
+    pub fn service_cidrs(&self) -> Vec<ipnet::IpNet> {
+        let set: BTreeSet<ipnet::IpNet> = self.service_cidr_objects.values().flatten().copied().collect();
+        set.into_iter().collect()
     }
     pub fn upsert_node(&mut self, node: Node) {
         self.nodes.insert(node.name.clone(), node);

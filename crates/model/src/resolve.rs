@@ -144,9 +144,16 @@ impl ResolvedServicePort {
         out
     }
 
-    /// kube-proxy's `UsesClusterEndpoints`.
-    fn uses_cluster_endpoints(internal_local: bool, external_accessible: bool, external_local: bool) -> bool {
-        !internal_local || (external_accessible && !external_local)
+    /// kube-proxy's `UsesClusterEndpoints`: internal traffic policy Cluster, or reachable from
+    /// outside at all — even with externalTrafficPolicy=Local, pods and the node itself reach an
+    /// external frontend through the cluster-wide endpoints (the short-circuit).
+    pub fn uses_cluster_endpoints(internal_local: bool, external_accessible: bool) -> bool {
+        !internal_local || external_accessible
+    }
+
+    /// kube-proxy's `UsesLocalEndpoints`.
+    pub fn uses_local_endpoints(internal_local: bool, external_local: bool) -> bool {
+        internal_local || external_local
     }
 }
 
@@ -260,8 +267,8 @@ fn categorize(
     let serving_terminating = |e: &&ResolvedEndpoint| e.serving && e.terminating;
 
     let mut out = Categorized { cluster: Vec::new(), local: Vec::new(), has_any: false, topology_mode: None };
-    let uses_cluster = ResolvedServicePort::uses_cluster_endpoints(internal_local, external_accessible, external_local);
-    let uses_local = internal_local || external_local;
+    let uses_cluster = ResolvedServicePort::uses_cluster_endpoints(internal_local, external_accessible);
+    let uses_local = ResolvedServicePort::uses_local_endpoints(internal_local, external_local);
 
     if uses_cluster {
         let mode = topology_mode(endpoints, ctx);

@@ -257,39 +257,129 @@ pub struct Node {
     pub addresses: Vec<IpAddr>,
     /// The `topology.kubernetes.io/zone` label.
     pub zone: Option<String>,
+    /// `spec.podCIDRs` (for `--detect-local-mode NodeCIDR`).
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// `--nodeport-addresses`: which local addresses accept NodePort traffic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Default)]
 pub enum NodePortAddresses {
-    /// kube-proxy nftables' default (`primary`): the node's own IPs.
+    /// kube-proxy nftables' default (`primary`): the node's primary IP of each family.
     #[default]
     Primary,
-    /// Every local address of the node (kube-proxy iptables' default). Loopback is excluded,
-    /// as in nftables mode: no localhost NodePorts.
+    /// Every local address of the node (kube-proxy iptables' default, `0.0.0.0/0` and `::/0`).
     All,
-    /// Local addresses inside these CIDRs.
+    /// Local (interface) addresses inside these CIDRs (kube-proxy's `GetNodeIPs`). A CIDR of
+    /// `0.0.0.0/0` or `::/0` means every local address of that family.
     Cidrs(Vec<IpNet>),
 }
 
-/// Everything about the node the proxy runs on that changes what it programs.
+impl NodePortAddresses {
+    /// kube-proxy's `ContainsIPv4Loopback`: every address (no IPv4 CIDR, or `0.0.0.0/0`), or an
+    /// IPv4 CIDR that overlaps 127.0.0.0/8. `primary` never does (node IPs are not loopback).
+    pub fn contains_ipv4_loopback(&self) -> bool {
+        let loopback: IpNet = "127.0.0.0/8".parse().expect("valid");
+        match self {
+            NodePortAddresses::All => true,
+            NodePortAddresses::Primary => false,
+            NodePortAddresses::Cidrs(c) => {
+                let v4: Vec<&IpNet> = c.iter().filter(|n| matches!(n, IpNet::V4(_))).collect();
+                v4.is_empty() || v4.iter().any(|n| n.contains(&loopback) || loopback.contains(*n))
+            }
+        }
+    }
+}
+
+/// Which local addresses of one family take NodePorts (kube-proxy's `MatchAll` / `GetNodeIPs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum NodePortIps {
+    /// Every local address (`fib daddr type local` / `-m addrtype --dst-type LOCAL`).
+    AnyLocal,
+    /// Exactly these (loopback included when configured; each backend decides what it does
+    /// with loopback, as kube-proxy's modes do).
+    Ips(Vec<IpAddr>),
+}
+
+/// kube-proxy's `--detect-local-mode`: how traffic from this node's pods is recognised (it is
+/// not masqueraded to ClusterIPs, and takes the ETP=Local short-circuit).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum DetectLocalMode {
+    /// The first `--cluster-cidr` of each family (kube-proxy's default).
+    #[default]
+    ClusterCidr,
+    /// The first of this node's `spec.podCIDRs` of each family.
+    NodeCidr,
+    /// Packets that arrive on this bridge (`--pod-bridge-interface`).
+    BridgeInterface(String),
+    /// Packets that arrive on an interface whose name starts with this (`--pod-interface-name-prefix`).
+    InterfaceNamePrefix(String),
+}
+
+/// The local-traffic detector of one family, as the backends match it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum LocalTraffic {
+    /// No detection possible (no CIDR of this family): kube-proxy's no-op detector — nothing is
+    /// masqueraded for being off-cluster and there is no pod short-circuit.
+    Unknown,
+    /// Source address inside this CIDR.
+    Cidr(IpNet),
+    /// Input interface named exactly this.
+    Interface(String),
+    /// Input interface name starting with this.
+    InterfacePrefix(String),
+}
+
+/// kube-proxy's masquerade mark (`masqueradeBit` 14).
+pub const DEFAULT_MASQUERADE_BIT: u8 = 14;
+
+/// Everything about the node the proxy runs on that changes what it programs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeContext {
     /// `--hostname-override`, else the host name.
     pub node_name: String,
-    /// `--node-ip` (repeatable), else the Node object's addresses.
+    /// `--node-ip` (repeatable), else the Node object's addresses. The first of each family is
+    /// the primary node IP.
     pub node_ips: Vec<IpAddr>,
     /// The `topology.kubernetes.io/zone` label of this node, from its Node object.
     pub zone: Option<String>,
-    /// `--cluster-cidr` (repeatable): traffic from outside these ranges is masqueraded when it
-    /// goes to a ClusterIP. Empty → no local-traffic detection (kube-proxy's no-op detector).
+    /// `--cluster-cidr` (repeatable): with [`DetectLocalMode::ClusterCidr`], traffic from outside
+    /// the first CIDR of a family is masqueraded when it goes to a ClusterIP.
     pub cluster_cidrs: Vec<IpNet>,
+    /// This node's `spec.podCIDRs`, from its Node object ([`DetectLocalMode::NodeCidr`]).
+    pub pod_cidrs: Vec<IpNet>,
+    pub detect_local: DetectLocalMode,
     pub masquerade_all: bool,
+    /// The masquerade mark bit (`--iptables-masquerade-bit`, `nftables.masqueradeBit`).
+    pub masquerade_bit: u8,
     pub nodeport_addresses: NodePortAddresses,
+    /// The node's interface addresses, read from the kernel by the caller (rtnetlink). None
+    /// when unknown (rendering away from the node): the node IPs stand in for them.
+    pub local_addresses: Option<Vec<IpAddr>>,
+    /// The `spec.cidrs` of every ServiceCIDR object: traffic to an address inside them that no
+    /// Service uses is dropped (kube-proxy nftables' `cluster-ips-check`).
+    pub service_cidrs: Vec<IpNet>,
+}
+
+impl Default for NodeContext {
+    fn default() -> Self {
+        NodeContext {
+            node_name: String::new(),
+            node_ips: Vec::new(),
+            zone: None,
+            cluster_cidrs: Vec::new(),
+            pod_cidrs: Vec::new(),
+            detect_local: DetectLocalMode::default(),
+            masquerade_all: false,
+            masquerade_bit: DEFAULT_MASQUERADE_BIT,
+            nodeport_addresses: NodePortAddresses::default(),
+            local_addresses: None,
+            service_cidrs: Vec::new(),
+        }
+    }
 }
 
 impl NodeContext {
-    /// Fills what flags left open from this node's Node object: node IPs and zone.
+    /// Fills what flags left open from this node's Node object: node IPs, zone and pod CIDRs.
     pub fn complete_from(&mut self, node: &Node) {
         if self.node_ips.is_empty() {
             self.node_ips = node.addresses.clone();
@@ -297,14 +387,104 @@ impl NodeContext {
         if self.zone.is_none() {
             self.zone = node.zone.clone();
         }
+        if self.pod_cidrs.is_empty() {
+            self.pod_cidrs = node.pod_cidrs.clone();
+        }
+    }
+
+    /// Fills what the cluster state says about this node: its Node object and the ServiceCIDRs.
+    pub fn complete_from_state(&mut self, state: &crate::ClusterState) {
+        if let Some(node) = state.nodes.get(&self.node_name) {
+            self.complete_from(node);
+        }
+        self.service_cidrs = state.service_cidrs();
     }
 
     pub fn node_ips(&self, family: IpFamily) -> impl Iterator<Item = &IpAddr> {
         self.node_ips.iter().filter(move |ip| family.matches(ip))
     }
 
+    /// The primary node IP of a family (kube-proxy's `nodeIPs[family]`).
+    pub fn primary_node_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        self.node_ips(family).next().copied()
+    }
+
     pub fn cluster_cidrs(&self, family: IpFamily) -> impl Iterator<Item = &IpNet> {
         self.cluster_cidrs.iter().filter(move |n| IpFamily::of_net(n) == family)
+    }
+
+    pub fn service_cidrs(&self, family: IpFamily) -> impl Iterator<Item = &IpNet> {
+        self.service_cidrs.iter().filter(move |n| IpFamily::of_net(n) == family)
+    }
+
+    /// The mark that flags a packet for masquerading.
+    pub fn masquerade_mark(&self) -> u32 {
+        1u32 << self.masquerade_bit.min(31)
+    }
+
+    /// kube-proxy's local-traffic detector for a family (`getLocalDetectors`): the first CIDR
+    /// of that family (cluster or node pod CIDRs), or the interface match.
+    pub fn local_traffic(&self, family: IpFamily) -> LocalTraffic {
+        let first = |nets: &[IpNet]| nets.iter().find(|n| IpFamily::of_net(n) == family).map(|n| LocalTraffic::Cidr(*n));
+        match &self.detect_local {
+            DetectLocalMode::ClusterCidr => first(&self.cluster_cidrs),
+            DetectLocalMode::NodeCidr => first(&self.pod_cidrs),
+            DetectLocalMode::BridgeInterface(i) if !i.is_empty() => Some(LocalTraffic::Interface(i.clone())),
+            DetectLocalMode::InterfaceNamePrefix(p) if !p.is_empty() => Some(LocalTraffic::InterfacePrefix(p.clone())),
+            _ => None,
+        }
+        .unwrap_or(LocalTraffic::Unknown)
+    }
+
+    /// Whether a packet with this source (and input interface, when known) counts as local
+    /// traffic, i.e. from a pod. `None`: the detector cannot tell (no detector, or an interface
+    /// match without an interface).
+    pub fn is_local_traffic(&self, src: &IpAddr, iifname: Option<&str>) -> Option<bool> {
+        match self.local_traffic(IpFamily::of(src)) {
+            LocalTraffic::Unknown => None,
+            LocalTraffic::Cidr(n) => Some(n.contains(src)),
+            LocalTraffic::Interface(i) => iifname.map(|n| n == i),
+            LocalTraffic::InterfacePrefix(p) => iifname.map(|n| n.starts_with(&p)),
+        }
+    }
+
+    /// The addresses that take NodePorts in a family (kube-proxy's `NodePortAddresses`).
+    pub fn nodeport_ips(&self, family: IpFamily) -> NodePortIps {
+        let locals: Vec<IpAddr> = match &self.local_addresses {
+            Some(a) => a.iter().copied().filter(|ip| family.matches(ip)).collect(),
+            None => self.node_ips(family).copied().collect(),
+        };
+        match &self.nodeport_addresses {
+            NodePortAddresses::All => NodePortIps::AnyLocal,
+            NodePortAddresses::Primary => {
+                // kube-proxy turns `primary` into the primary node IP's /32 (/128) and then keeps
+                // the interface addresses inside it.
+                let primary = self.primary_node_ip(family);
+                NodePortIps::Ips(primary.filter(|p| self.local_addresses.is_none() || locals.contains(p)).into_iter().collect())
+            }
+            NodePortAddresses::Cidrs(cidrs) => {
+                let of_family: Vec<&IpNet> = cidrs.iter().filter(|n| IpFamily::of_net(n) == family).collect();
+                if of_family.is_empty() || of_family.iter().any(|n| n.prefix_len() == 0) {
+                    // kube-proxy: no CIDR of this family means the zero CIDR, i.e. every address.
+                    return NodePortIps::AnyLocal;
+                }
+                let mut ips: Vec<IpAddr> =
+                    locals.into_iter().filter(|ip| of_family.iter().any(|n| n.contains(ip))).collect();
+                ips.dedup();
+                NodePortIps::Ips(ips)
+            }
+        }
+    }
+
+    /// Whether `ip` takes NodePorts (loopback decided by the caller).
+    pub fn takes_nodeports(&self, ip: &IpAddr) -> bool {
+        match self.nodeport_ips(IpFamily::of(ip)) {
+            NodePortIps::AnyLocal => match &self.local_addresses {
+                Some(a) => a.contains(ip) || ip.is_loopback(),
+                None => self.node_ips.contains(ip) || ip.is_loopback(),
+            },
+            NodePortIps::Ips(ips) => ips.contains(ip),
+        }
     }
 }
 

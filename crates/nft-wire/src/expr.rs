@@ -14,6 +14,7 @@ pub enum PayloadBase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MetaKey {
     Mark = 3,
+    Iifname = 6,
     Nftrace = 12,
     L4proto = 16,
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use nftproxy_model::{
-    EndpointChoice, NodeContext, NodePortAddresses, ResolvedEndpoint, ResolvedServicePort, ServiceName,
+    EndpointChoice, LocalTraffic, NodeContext, NodePortIps, ResolvedEndpoint, ResolvedServicePort, ServiceName,
 };
 use nftproxy_nft_wire::Verdict;
 use smallvec::smallvec;
@@ -59,7 +59,8 @@ struct Builder<'a> {
     f: Family,
     r: Ruleset,
     ctx: &'a NodeContext,
-    cidrs: Vec<IpNet>,
+    /// kube-proxy's local-traffic detector for this family.
+    local: LocalTraffic,
     picks: BTreeSet<Pick>,
     /// Pick chains already built for other fragments: the same for every service.
     cache: &'a mut BTreeMap<Pick, Chain>,
@@ -70,14 +71,17 @@ pub fn build(f: Family, ports: &[ResolvedServicePort], ctx: &NodeContext) -> Rul
     Table::new(fixed_table(f, ctx), fragments(f, ports, ctx)).table
 }
 
-/// What does not depend on services: the schema and the node's NodePort addresses.
+/// What does not depend on services: the schema, the node's NodePort addresses, the masquerade
+/// mark and the Service CIDRs.
 pub fn fixed_table(f: Family, ctx: &NodeContext) -> Ruleset {
-    let nodeports = match ctx.nodeport_addresses {
-        NodePortAddresses::All => NodePortMatch::AnyLocal,
-        _ => NodePortMatch::Set,
+    let (nodeports, ips) = match ctx.nodeport_ips(f.0) {
+        NodePortIps::AnyLocal => (NodePortMatch::AnyLocal, Vec::new()),
+        // kube-proxy's nftables mode never takes NodePorts on loopback addresses.
+        NodePortIps::Ips(ips) => (NodePortMatch::Set, ips.into_iter().filter(|ip| !ip.is_loopback()).collect()),
     };
-    let mut r = fixed(f, nodeports);
-    for ip in nodeport_ips(f, ctx) {
+    let service_cidrs: Vec<IpNet> = ctx.service_cidrs(f.0).copied().collect();
+    let mut r = fixed(f, nodeports, ctx.masquerade_mark(), &service_cidrs);
+    for ip in ips {
         r.element(NODEPORT_IPS, smallvec![Field::Addr(ip)], Value::None, None);
     }
     r
@@ -117,7 +121,7 @@ fn fragment_with(
         f,
         r: Ruleset::new(f),
         ctx,
-        cidrs: ctx.cluster_cidrs(f.0).copied().collect(),
+        local: ctx.local_traffic(f.0),
         picks: BTreeSet::new(),
         cache,
     };
@@ -128,16 +132,6 @@ fn fragment_with(
         b.pick_chain(pick);
     }
     b.r
-}
-
-/// The addresses that accept NodePorts when they are matched by set.
-fn nodeport_ips(f: Family, ctx: &NodeContext) -> Vec<IpAddr> {
-    let ips = ctx.node_ips(f.0).copied();
-    match &ctx.nodeport_addresses {
-        NodePortAddresses::Primary => ips.collect(),
-        NodePortAddresses::Cidrs(c) => ips.filter(|ip| c.iter().any(|n| n.contains(ip))).collect(),
-        NodePortAddresses::All => Vec::new(),
-    }
 }
 
 fn endpoint_value(e: &ResolvedEndpoint) -> Value {
@@ -197,7 +191,9 @@ impl Builder<'_> {
             EndpointChoice::Drop => self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, false, &comment),
         }
 
-        if !p.load_balancer_source_ranges.is_empty() && p.has_any_endpoints {
+        // kube-proxy's nftables mode checks source ranges before anything else, endpoints or
+        // not: a blocked source is dropped even when an allowed one would be rejected.
+        if !p.load_balancer_source_ranges.is_empty() {
             self.firewall(p, &comment);
         }
         if p.external.is_some() {
@@ -318,9 +314,10 @@ impl Builder<'_> {
     fn firewall(&mut self, p: &ResolvedServicePort, comment: &str) {
         let chain = format!("firewall-{}", names::service_base(p));
         let mut allowed: Vec<IpNet> = p.load_balancer_source_ranges.clone();
-        // If a range holds a node IP, traffic from the node may come back to the VIP with the VIP
-        // itself as source (kube-proxy allows the LB IPs then too).
-        if p.load_balancer_source_ranges.iter().any(|r| self.ctx.node_ips(self.f.0).any(|ip| r.contains(ip))) {
+        // If a range holds the (primary) node IP, traffic from the node may come back to the VIP
+        // with the VIP itself as source (kube-proxy allows the LB IPs then too).
+        let node_ip = self.ctx.primary_node_ip(self.f.0);
+        if p.load_balancer_source_ranges.iter().any(|r| node_ip.is_some_and(|ip| r.contains(&ip))) {
             allowed.extend(p.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
         }
         self.r.chain(&chain, None);
@@ -339,9 +336,8 @@ impl Builder<'_> {
     /// reach the service through all its endpoints (`target`); only traffic from outside keeps
     /// its source and is limited to local endpoints.
     fn short_circuits(&mut self, chain: &str, target: &str) {
-        for c in self.cidrs.clone() {
-            let r = rules::saddr_in_cidr(self.f, &c, false).then(rules::goto(target));
-            self.r.add_rule(chain, r.comment("short-circuit pod traffic"));
+        if let Some(m) = rules::local_traffic(self.f, &self.local, false) {
+            self.r.add_rule(chain, m.then(rules::goto(target)).comment("short-circuit pod traffic"));
         }
         let r = rules::fib_saddr_local().then(rules::jump(MARK_FOR_MASQUERADE));
         self.r.add_rule(chain, r.comment("masquerade local traffic"));
@@ -372,11 +368,9 @@ impl Builder<'_> {
         if self.ctx.masquerade_all {
             return Some(rules::jump(MARK_FOR_MASQUERADE));
         }
-        // kube-proxy's "IfNotLocal": traffic from outside the pod CIDRs is masqueraded. Without
-        // CIDRs there is no local-traffic detection and nothing is masqueraded here.
-        let mut matches = self.cidrs.iter().map(|c| rules::saddr_in_cidr(self.f, c, true));
-        let first = matches.next()?;
-        Some(matches.fold(first, |acc, m| acc.then(m)).then(rules::jump(MARK_FOR_MASQUERADE)))
+        // kube-proxy's "IfNotLocal": traffic that is not from a pod is masqueraded. Without a
+        // detector nothing is masqueraded here.
+        Some(rules::local_traffic(self.f, &self.local, true)?.then(rules::jump(MARK_FOR_MASQUERADE)))
     }
 
     fn dnat_rules(&mut self, chain: &str, key: BackendKey, n: u32, map: &str) {

@@ -1,12 +1,17 @@
-//! UDP conntrack cleanup, as kube-proxy's: when a UDP endpoint goes away, conntrack entries
-//! that still lead to it are deleted, or clients that reuse their source port (DNS resolvers)
-//! keep sending into the void until the entry times out. Policy here is pure; the dump and the
-//! deletes go over the backend's netlink socket (ctnetlink).
+//! UDP conntrack cleanup, as kube-proxy's reconciler (pkg/proxy/conntrack/cleanup.go, v1.34):
+//! after a sync that touched a UDP Service, every UDP conntrack entry whose original destination
+//! is a UDP Service frontend (ClusterIP, external IP or load-balancer IP with the port; a node
+//! port by its number alone) and whose replies come from an `ip:port` that is not a *serving*
+//! endpoint of that Service port is deleted. Otherwise clients that reuse their source port (DNS
+//! resolvers) keep sending into the void until the entry times out. "Serving" ignores traffic
+//! policy, topology and termination, so live flows to a terminating or topology-excluded
+//! endpoint are never cut; a Service port with no serving endpoint is left alone. Policy here is
+//! pure; the dump and the deletes go over a netfilter socket (ctnetlink).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use nftproxy_model::{NodeContext, Protocol, ResolvedServicePort};
+use nftproxy_model::{ClusterState, IpFamily, Protocol, ServiceName, ServicePortName};
 
 /// The parts of a conntrack entry the cleanup looks at.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -18,79 +23,97 @@ pub struct CtEntry {
     pub orig_dport: u16,
     /// Where replies come from: the endpoint, when the flow was DNATed.
     pub reply_src: IpAddr,
+    pub reply_sport: u16,
 }
 
-/// For every UDP frontend, the endpoint addresses that may answer it.
+/// For every UDP frontend, the serving endpoints (`ip`, `port`) that may answer it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UdpEndpoints {
-    by_frontend: BTreeMap<(IpAddr, u16), BTreeSet<IpAddr>>,
-    by_node_port: BTreeMap<u16, BTreeSet<IpAddr>>,
-    node_ips: BTreeSet<IpAddr>,
+pub struct UdpServing {
+    by_frontend: BTreeMap<(IpAddr, u16), BTreeSet<(IpAddr, u16)>>,
+    by_node_port: BTreeMap<u16, BTreeSet<(IpAddr, u16)>>,
 }
 
-impl UdpEndpoints {
-    pub fn new(ports: &[ResolvedServicePort], ctx: &NodeContext) -> UdpEndpoints {
-        let mut u = UdpEndpoints { node_ips: ctx.node_ips.iter().copied().collect(), ..Default::default() };
-        for p in ports.iter().filter(|p| p.protocol == Protocol::Udp) {
-            // Any serving endpoint counts, whatever the traffic policy (as kube-proxy).
-            let eps: BTreeSet<IpAddr> = p
-                .cluster_endpoints
-                .iter()
-                .chain(&p.local_endpoints)
-                .chain(p.internal.endpoints())
-                .map(|e| e.ip)
-                .collect();
-            let eps = if let Some(ext) = &p.external {
-                eps.into_iter().chain(ext.endpoints().iter().map(|e| e.ip)).collect()
-            } else {
-                eps
-            };
-            for ip in std::iter::once(&p.cluster_ip).chain(&p.external_ips).chain(&p.load_balancer_ips) {
-                u.by_frontend.entry((*ip, p.port)).or_default().extend(eps.iter().copied());
-            }
-            if let Some(np) = p.node_port {
-                u.by_node_port.entry(np).or_default().extend(eps.iter().copied());
+impl UdpServing {
+    /// The index of every UDP Service port of the cluster, both families.
+    pub fn new(state: &ClusterState) -> UdpServing {
+        let mut u = UdpServing::default();
+        for svc in state.services.values() {
+            for family in [IpFamily::V4, IpFamily::V6] {
+                let Some(cluster_ip) = svc.cluster_ips.iter().find(|ip| family.matches(ip)) else { continue };
+                for port in svc.ports.iter().filter(|p| p.protocol == Protocol::Udp) {
+                    let name =
+                        ServicePortName { service: svc.name.clone(), port: port.name.clone(), protocol: port.protocol };
+                    let eps: BTreeSet<(IpAddr, u16)> = state
+                        .endpoints_for(&name, family)
+                        .into_iter()
+                        .filter(|m| m.endpoint.serving)
+                        .map(|m| (m.endpoint.address, m.port))
+                        .collect();
+                    if eps.is_empty() {
+                        continue;
+                    }
+                    let frontends = std::iter::once(cluster_ip)
+                        .chain(&svc.external_ips)
+                        .chain(&svc.load_balancer_ips)
+                        .filter(|ip| family.matches(ip));
+                    for ip in frontends {
+                        u.by_frontend.entry((*ip, port.port)).or_default().extend(eps.iter().copied());
+                    }
+                    if let Some(np) = port.node_port {
+                        u.by_node_port.entry(np).or_default().extend(eps.iter().copied());
+                    }
+                }
             }
         }
         u
     }
 
-    /// Adds another index (of other Services) to this one.
-    pub fn merge(&mut self, other: &UdpEndpoints) {
-        for (k, v) in &other.by_frontend {
-            self.by_frontend.entry(*k).or_default().extend(v.iter().copied());
-        }
-        for (k, v) in &other.by_node_port {
-            self.by_node_port.entry(*k).or_default().extend(v.iter().copied());
-        }
-        self.node_ips.extend(other.node_ips.iter().copied());
-    }
-
-    /// Whether some frontend lost an endpoint between `self` (before) and `now`: only then is a
-    /// conntrack dump worth its cost.
-    pub fn lost_endpoints(&self, now: &UdpEndpoints) -> bool {
-        let lost = |old: &BTreeSet<IpAddr>, new: Option<&BTreeSet<IpAddr>>| new.is_none_or(|n| !old.is_subset(n));
-        self.by_frontend.iter().any(|(k, v)| lost(v, now.by_frontend.get(k)))
-            || self.by_node_port.iter().any(|(k, v)| lost(v, now.by_node_port.get(k)))
-    }
-
-    /// A UDP entry to a service frontend whose replies come from an address that is no longer
-    /// one of its endpoints.
+    /// A UDP entry to a service frontend whose replies come from an `ip:port` that is not a
+    /// serving endpoint of it.
     pub fn is_stale(&self, e: &CtEntry) -> bool {
         if e.proto != 17 {
             return false;
         }
+        let reply = (e.reply_src, e.reply_sport);
         if let Some(eps) = self.by_frontend.get(&(e.orig_dst, e.orig_dport)) {
-            return !eps.contains(&e.reply_src);
+            return !eps.contains(&reply);
         }
-        if self.node_ips.contains(&e.orig_dst)
-            && let Some(eps) = self.by_node_port.get(&e.orig_dport)
-        {
-            return !eps.contains(&e.reply_src);
+        // kube-proxy matches node ports by the port alone, whatever the destination address.
+        if let Some(eps) = self.by_node_port.get(&e.orig_dport) {
+            return !eps.contains(&reply);
         }
         false
     }
 }
+
+/// The Services that have a UDP port: a sync that touches one of them (before or after the
+/// change) runs the reconciler (kube-proxy's `ConntrackCleanupRequired`).
+pub fn udp_services(state: &ClusterState) -> BTreeSet<ServiceName> {
+    state
+        .services
+        .values()
+        .filter(|s| s.ports.iter().any(|p| p.protocol == Protocol::Udp))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// Dumps both families' conntrack tables and deletes the stale UDP entries; returns how many.
+pub fn reconcile(sock: &mut crate::netlink::NftSocket, state: &ClusterState) -> std::io::Result<usize> {
+    let index = UdpServing::new(state);
+    let mut deleted = 0;
+    for family in [NFPROTO_IPV4, NFPROTO_IPV6] {
+        for e in sock.conntrack_dump(family)? {
+            if index.is_stale(&e) {
+                sock.conntrack_delete(&e)?;
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 
 // ctnetlink (include/uapi/linux/netfilter/nfnetlink_conntrack.h)
 pub(crate) const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -187,6 +210,7 @@ pub(crate) fn parse_entry(payload: &[u8]) -> Option<CtEntry> {
         orig_sport: o.sport.unwrap_or(0),
         orig_dport: o.dport.unwrap_or(0),
         reply_src: r.src?,
+        reply_sport: r.sport.unwrap_or(0),
     })
 }
 
@@ -245,6 +269,7 @@ mod tests {
             orig_sport: 40000,
             orig_dport: dport,
             reply_src: reply_src.parse().unwrap(),
+            reply_sport: 53,
         }
     }
 
@@ -254,21 +279,79 @@ mod tests {
         // A CT_NEW carries the same tuple layout under CTA_TUPLE_ORIG; add a reply tuple.
         let mut msg = vec![2, 0, 0, 0];
         msg.extend(delete_attrs(&e));
-        let mut reply = delete_attrs(&CtEntry { orig_src: e.reply_src, orig_dst: e.orig_src, ..e.clone() });
+        let mut reply = delete_attrs(&CtEntry {
+            orig_src: e.reply_src,
+            orig_dst: e.orig_src,
+            orig_sport: e.reply_sport,
+            orig_dport: e.orig_sport,
+            ..e.clone()
+        });
         reply[2] = CTA_TUPLE_REPLY as u8;
         msg.extend(reply);
         assert_eq!(parse_entry(&msg), Some(e));
     }
 
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: ns}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  externalIPs: [192.0.2.10]
+  internalTrafficPolicy: Local
+  ports: [{name: dns, port: 53, protocol: UDP, nodePort: 30053}, {name: tcp, port: 53, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: ns}
+spec: {clusterIP: 10.96.0.11, ports: [{name: dns, port: 53, protocol: UDP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-1, namespace: ns, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.2.2], nodeName: node-b}
+- {addresses: [10.244.3.3], nodeName: node-c, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.244.4.4], nodeName: node-d, conditions: {ready: false, serving: false}}
+ports: [{name: dns, port: 5353, protocol: UDP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: empty-1, namespace: ns, labels: {kubernetes.io/service-name: empty}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.5.5], conditions: {ready: false, serving: false}}]
+ports: [{name: dns, port: 5353, protocol: UDP}]
+"#;
+
+    fn with_reply(mut e: CtEntry, sport: u16) -> CtEntry {
+        e.reply_sport = sport;
+        e
+    }
+
     #[test]
-    fn only_udp_entries_to_frontends_answered_by_a_gone_endpoint_are_stale() {
-        let mut u = UdpEndpoints::default();
-        u.by_frontend.insert(("10.96.0.10".parse().unwrap(), 53), ["10.244.2.2".parse().unwrap()].into());
-        assert!(u.is_stale(&entry("10.96.0.10", 53, "10.244.1.2")));
-        assert!(!u.is_stale(&entry("10.96.0.10", 53, "10.244.2.2")));
-        assert!(!u.is_stale(&entry("10.96.0.11", 53, "10.244.1.2")), "not a service");
-        let mut tcp = entry("10.96.0.10", 53, "10.244.1.2");
+    fn stale_means_not_a_serving_endpoint_of_that_frontend() {
+        let mut l = nftproxy_manifest::Loaded::default();
+        l.add_text("t", CLUSTER);
+        let u = UdpServing::new(&l.state);
+        // Serving endpoints stay, whatever the traffic policy (ITP=Local here, none on this
+        // node) and even when terminating.
+        assert!(!u.is_stale(&with_reply(entry("10.96.0.10", 53, "10.244.2.2"), 5353)));
+        assert!(!u.is_stale(&with_reply(entry("10.96.0.10", 53, "10.244.3.3"), 5353)), "serving-terminating");
+        assert!(u.is_stale(&with_reply(entry("10.96.0.10", 53, "10.244.4.4"), 5353)), "not serving");
+        assert!(u.is_stale(&with_reply(entry("10.96.0.10", 53, "10.244.2.2"), 9999)), "right IP, wrong port");
+        assert!(u.is_stale(&with_reply(entry("10.96.0.10", 53, "10.244.9.9"), 5353)), "gone");
+        assert!(u.is_stale(&with_reply(entry("192.0.2.10", 53, "10.244.9.9"), 5353)), "external IP");
+        // Node ports by number, whatever the destination.
+        assert!(u.is_stale(&with_reply(entry("198.51.100.1", 30053, "10.244.9.9"), 5353)));
+        assert!(!u.is_stale(&with_reply(entry("198.51.100.1", 30053, "10.244.2.2"), 5353)));
+        // Not a frontend; a port with no serving endpoint; TCP: left alone.
+        assert!(!u.is_stale(&with_reply(entry("10.96.0.12", 53, "10.244.9.9"), 5353)));
+        assert!(!u.is_stale(&with_reply(entry("10.96.0.11", 53, "10.244.9.9"), 5353)), "no serving endpoint");
+        let mut tcp = with_reply(entry("10.96.0.10", 53, "10.244.9.9"), 5353);
         tcp.proto = 6;
         assert!(!u.is_stale(&tcp), "TCP is left alone");
+        assert_eq!(udp_services(&l.state).len(), 2);
     }
 }

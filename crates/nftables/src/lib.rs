@@ -4,6 +4,7 @@
 //! into batches (pure); [`NftablesBackend`] sends them over netlink and remembers what it
 //! programmed. The ruleset keeps services as map data: see `build.rs` for the shape and why.
 
+pub mod addrs;
 mod build;
 pub mod conntrack;
 pub mod drift;

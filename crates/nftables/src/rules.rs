@@ -9,8 +9,6 @@ use nftproxy_nft_wire::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdi
 use crate::family::Family;
 use crate::ruleset::{Rule, verdict_text};
 
-/// kube-proxy's masquerade mark (bit 14).
-pub const MASQ_MARK: u32 = 0x4000;
 
 fn cmp(op: CmpOp, data: Vec<u8>) -> Expr {
     Expr::Cmp { sreg: 1, op, data }
@@ -184,6 +182,41 @@ fn addr_match(f: Family, offset: u32, field: &str, net: &IpNet, negate: bool) ->
         ]
     };
     Rule::new(text, exprs)
+}
+
+/// `iifname "br0"`, `iifname != "veth*"`: the input interface, by exact name or name prefix.
+/// As nft encodes it: an exact name is compared over all of IFNAMSIZ (16 bytes, NUL-padded), a
+/// prefix (`*`) over its own bytes only.
+pub fn iifname(name: &str, prefix: bool, negate: bool) -> Rule {
+    let data = if prefix {
+        name.as_bytes().to_vec()
+    } else {
+        let mut d = name.as_bytes().to_vec();
+        d.resize(16, 0);
+        d
+    };
+    let shown = if prefix { format!("{name}*") } else { name.to_string() };
+    Rule::new(
+        format!("iifname {}\"{shown}\"", if negate { "!= " } else { "" }),
+        vec![Expr::Meta { dreg: 1, key: MetaKey::Iifname }, cmp(if negate { CmpOp::Neq } else { CmpOp::Eq }, data)],
+    )
+}
+
+/// kube-proxy's local-traffic detector as a match (`IfLocalNFT` / `IfNotLocalNFT`); None when
+/// there is no detector.
+pub fn local_traffic(f: Family, lt: &nftproxy_model::LocalTraffic, negate: bool) -> Option<Rule> {
+    use nftproxy_model::LocalTraffic;
+    match lt {
+        LocalTraffic::Unknown => None,
+        LocalTraffic::Cidr(net) => Some(saddr_in_cidr(f, net, negate)),
+        LocalTraffic::Interface(name) => Some(iifname(name, false, negate)),
+        LocalTraffic::InterfacePrefix(p) => Some(iifname(p, true, negate)),
+    }
+}
+
+/// `ip daddr 10.96.0.0/12 drop`-style match of a destination CIDR.
+pub fn daddr_in_cidr(f: Family, net: &IpNet) -> Rule {
+    addr_match(f, f.daddr_offset(), "daddr", net, false)
 }
 
 fn meta_mark_op(text: String, mask: u32, xor: u32) -> Rule {

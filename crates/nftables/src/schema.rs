@@ -6,7 +6,7 @@ use nftproxy_nft_wire::consts::*;
 use nftproxy_nft_wire::{BaseChain, SetSpec, Udata, Verdict};
 
 use crate::family::Family;
-use crate::rules::{self, MASQ_MARK};
+use crate::rules;
 use crate::ruleset::{Ruleset, SetDecl};
 use crate::schema_udata as ud;
 
@@ -251,7 +251,7 @@ pub enum NodePortMatch {
 }
 
 /// The sets, base chains and fixed chains (with their rules).
-pub fn fixed(f: Family, nodeports: NodePortMatch) -> Ruleset {
+pub fn fixed(f: Family, nodeports: NodePortMatch, masq_mark: u32, service_cidrs: &[ipnet::IpNet]) -> Ruleset {
     let mut r = Ruleset::new(f);
     for s in sets(f) {
         r.set(s);
@@ -296,16 +296,25 @@ pub fn fixed(f: Family, nodeports: NodePortMatch) -> Ruleset {
         CLUSTER_IPS_CHECK,
         rules::daddr_in(f, CLUSTER_IPS).then(rules::reject(f)).comment("Reject traffic to invalid ports of ClusterIPs"),
     );
+    // kube-proxy (OnServiceCIDRsChanged): an address of a Service CIDR that no Service holds is
+    // dropped rather than routed off the node un-NATed. A rule per CIDR (a cluster has one or
+    // two) instead of kube-proxy's anonymous set: no anonymous sets in our table.
+    for net in service_cidrs {
+        r.add_rule(
+            CLUSTER_IPS_CHECK,
+            rules::daddr_in_cidr(f, net).then(rules::verdict(Verdict::Drop)).comment("Drop traffic to unallocated ClusterIPs"),
+        );
+    }
     r.add_rule(REJECT_CHAIN, rules::reject(f).comment("helper for @no-endpoint-services / @no-endpoint-nodeports"));
-    r.add_rule(MARK_FOR_MASQUERADE, rules::mark_set_or(MASQ_MARK));
+    r.add_rule(MARK_FOR_MASQUERADE, rules::mark_set_or(masq_mark));
     // Hairpin: a pod that reached itself through a service must be masqueraded, or it would answer
     // itself directly. One set of `ep . ep` pairs replaces kube-proxy's rule per endpoint chain.
     r.add_rule(
         MASQUERADING,
         rules::ct_status_dnat().then(rules::saddr_daddr_in(f, HAIRPIN)).then(rules::jump(MARK_FOR_MASQUERADE)),
     );
-    r.add_rule(MASQUERADING, rules::mark_clear(MASQ_MARK).then(rules::verdict(Verdict::Return)));
-    r.add_rule(MASQUERADING, rules::mark_set_xor(MASQ_MARK));
+    r.add_rule(MASQUERADING, rules::mark_clear(masq_mark).then(rules::verdict(Verdict::Return)));
+    r.add_rule(MASQUERADING, rules::mark_set_xor(masq_mark));
     r.add_rule(MASQUERADING, rules::masquerade_fully_random());
     r
 }

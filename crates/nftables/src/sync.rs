@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use nftproxy_model::{ClusterState, NodeContext, ResolvedServicePort, ServiceName, resolve, resolve_service};
 
 use crate::build::{fixed_table, fragment, fragments};
-use crate::conntrack::UdpEndpoints;
 use crate::family::Family;
 use crate::netlink::{CommitStats, NetlinkError, NftSocket};
 use crate::plan;
@@ -29,7 +28,8 @@ pub struct SyncReport {
     pub bytes: usize,
     /// The longest single transaction, send to ack.
     pub longest_transaction: Duration,
-    /// UDP conntrack entries deleted because their endpoint went away.
+    /// UDP conntrack entries deleted because they led to no serving endpoint (kube-proxy's
+    /// reconciler; it runs after a sync that touched a UDP Service).
     pub conntrack_deleted: usize,
 }
 
@@ -57,7 +57,9 @@ pub struct NftablesBackend {
     programmed: BTreeMap<Family, Table>,
     /// The node context the programmed tables were built for; partial syncs need the same.
     built_for: Option<NodeContext>,
-    udp: BTreeMap<ServiceName, UdpEndpoints>,
+    /// The Services with a UDP port as last programmed (for kube-proxy's
+    /// `ConntrackCleanupRequired`: a changed Service had a UDP port before or has one now).
+    udp_services: BTreeSet<ServiceName>,
     seq: u32,
     pub cold_start_max_elements: usize,
     /// The ruleset generation after our last commit, while we know that nobody else committed
@@ -69,15 +71,6 @@ fn ports_of(state: &ClusterState, ctx: &NodeContext, fam: Family, svc: &ServiceN
     state.services.get(svc).map(|s| resolve_service(state, ctx, fam.0, s)).unwrap_or_default()
 }
 
-fn udp_index(ports: &[ResolvedServicePort], ctx: &NodeContext) -> BTreeMap<ServiceName, UdpEndpoints> {
-    // Only UDP ports have conntrack entries worth cleaning: other Services get no entry.
-    let mut by: BTreeMap<ServiceName, Vec<ResolvedServicePort>> = BTreeMap::new();
-    for p in ports.iter().filter(|p| p.protocol == nftproxy_model::Protocol::Udp) {
-        by.entry(p.name.service.clone()).or_default().push(p.clone());
-    }
-    by.into_iter().map(|(s, p)| (s, UdpEndpoints::new(&p, ctx))).collect()
-}
-
 impl NftablesBackend {
     /// Opens the netlink socket in the current network namespace.
     pub fn new() -> std::io::Result<NftablesBackend> {
@@ -85,7 +78,7 @@ impl NftablesBackend {
             sock: NftSocket::open()?,
             programmed: BTreeMap::new(),
             built_for: None,
-            udp: BTreeMap::new(),
+            udp_services: BTreeSet::new(),
             seq: 1,
             cold_start_max_elements: COLD_START_MAX_ELEMENTS,
             last_gen: None,
@@ -175,26 +168,21 @@ impl NftablesBackend {
         Ok(report)
     }
 
-    /// A full sync: resolves every Service for this node, syncs both families, then deletes UDP
-    /// conntrack entries that lead to endpoints that went away (only when some did).
+    /// A full sync: resolves every Service for this node, syncs both families, then runs the
+    /// UDP conntrack reconciler when any Service has (or had) a UDP port.
     pub fn sync_cluster(&mut self, state: &ClusterState, ctx: &NodeContext) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
-        let mut all_ports = Vec::new();
         for family in FAMILIES {
             let ports = resolve(state, ctx, family.0);
             let want = Table::new(fixed_table(family, ctx), fragments(family, &ports, ctx));
             self.sync_table(want, &mut report)?;
-            all_ports.extend(ports);
         }
         self.built_for = Some(ctx.clone());
-        let now = udp_index(&all_ports, ctx);
-        let lost = self
-            .udp
-            .iter()
-            .any(|(svc, before)| before.lost_endpoints(now.get(svc).unwrap_or(&UdpEndpoints::default())));
-        self.udp = now;
-        if lost {
-            report.conntrack_deleted = self.clean_conntrack().map_err(SyncError::Conntrack)?;
+        let now = crate::conntrack::udp_services(state);
+        let required = !now.is_empty() || !self.udp_services.is_empty();
+        self.udp_services = now;
+        if required {
+            report.conntrack_deleted = self.clean_conntrack(state).map_err(SyncError::Conntrack)?;
         }
         Ok(report)
     }
@@ -213,7 +201,6 @@ impl NftablesBackend {
             return self.sync_cluster(state, ctx);
         }
         let mut report = SyncReport::default();
-        let mut changed_ports = Vec::new();
         for family in FAMILIES {
             let mut table = self.programmed.remove(&family).expect("checked above");
             let mut delta = Delta::default();
@@ -221,7 +208,6 @@ impl NftablesBackend {
                 let ports = ports_of(state, ctx, family, svc);
                 let frag = (!ports.is_empty()).then(|| fragment(family, &ports.iter().collect::<Vec<_>>(), ctx));
                 table.swap(svc, frag, &mut delta);
-                changed_ports.extend(ports);
             }
             let batch = plan::delta(&table.table, &delta, self.seq);
             // Put the table back first: a failed commit removes it again (full sync next).
@@ -230,37 +216,25 @@ impl NftablesBackend {
                 self.commit(family, batch, &mut report)?;
             }
         }
-        let now = udp_index(&changed_ports, ctx);
-        let mut lost = false;
+        let mut required = false;
         for svc in changed {
-            let after = now.get(svc).cloned().unwrap_or_default();
-            lost |= self.udp.get(svc).is_some_and(|before| before.lost_endpoints(&after));
-            match now.get(svc) {
-                Some(u) => self.udp.insert(svc.clone(), u.clone()),
-                None => self.udp.remove(svc),
-            };
+            let udp_now = state.services.get(svc).is_some_and(|s| s.ports.iter().any(|p| p.protocol == nftproxy_model::Protocol::Udp));
+            required |= udp_now || self.udp_services.contains(svc);
+            if udp_now {
+                self.udp_services.insert(svc.clone());
+            } else {
+                self.udp_services.remove(svc);
+            }
         }
-        if lost {
-            report.conntrack_deleted = self.clean_conntrack().map_err(SyncError::Conntrack)?;
+        if required {
+            report.conntrack_deleted = self.clean_conntrack(state).map_err(SyncError::Conntrack)?;
         }
         Ok(report)
     }
 
-    fn clean_conntrack(&mut self) -> std::io::Result<usize> {
-        let mut index = UdpEndpoints::default();
-        for u in self.udp.values() {
-            index.merge(u);
-        }
-        let mut deleted = 0;
-        for family in FAMILIES {
-            for e in self.sock.conntrack_dump(family.nfproto())? {
-                if index.is_stale(&e) {
-                    self.sock.conntrack_delete(&e)?;
-                    deleted += 1;
-                }
-            }
-        }
-        Ok(deleted)
+    /// kube-proxy's UDP conntrack reconciler over this backend's socket.
+    pub fn clean_conntrack(&mut self, state: &ClusterState) -> std::io::Result<usize> {
+        crate::conntrack::reconcile(&mut self.sock, state)
     }
 
     /// Drift check: whether our tables still hold what we programmed. Cheap when nobody else
