@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod control_plane;
+pub mod clusters;
 pub mod lab;
 pub mod sctp;
 pub mod yaml;

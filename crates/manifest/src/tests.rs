@@ -213,3 +213,84 @@ fn yaml_syntax_error_in_one_document_keeps_the_others() {
     assert_eq!(l.state.services.len(), 2);
     assert!(matches!(&l.warnings[..], [Warning::Document { .. }]), "{:?}", l.warnings);
 }
+
+#[test]
+fn addresses_are_parsed_as_kube_proxys_parse_ip_sloppy_does() {
+    use crate::convert::{parse_cidr_sloppy, parse_ip_sloppy};
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(parse_ip_sloppy("010.096.000.010"), Some(ip("10.96.0.10")), "leading zeros are decimal");
+    assert_eq!(parse_ip_sloppy(" 10.96.0.10 "), Some(ip("10.96.0.10")));
+    assert_eq!(parse_ip_sloppy("::ffff:010.001.002.003"), Some(ip("::ffff:10.1.2.3")));
+    assert_eq!(parse_ip_sloppy("fd00::0010"), Some(ip("fd00::10")));
+    for bad in ["256.1.1.1", "1.2.3", "1.2.3.4.5", "0x10.1.1.1", "1..2.3", "1.2.3.0256", ""] {
+        assert_eq!(parse_ip_sloppy(bad), None, "{bad:?}");
+    }
+    assert_eq!(parse_cidr_sloppy(" 010.000.001.000/024 "), Some("10.0.1.0/24".parse().unwrap()));
+    assert_eq!(parse_cidr_sloppy("10.0.1.7/24"), Some("10.0.1.0/24".parse().unwrap()), "masked like Go's");
+    assert_eq!(parse_cidr_sloppy("10.0.0.0/33"), None);
+
+    let l = load(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sloppy, namespace: n}
+spec:
+  type: LoadBalancer
+  clusterIP: 010.096.000.010
+  externalIPs: ["192.000.002.010"]
+  loadBalancerSourceRanges: [" 10.0.1.0/24 ", "192.168.000.000/16"]
+  ports: [{port: 80}]
+status: {loadBalancer: {ingress: [{ip: 203.000.113.010}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sloppy-1, namespace: n, labels: {kubernetes.io/service-name: sloppy}}
+addressType: IPv4
+endpoints: [{addresses: [010.244.001.002]}]
+ports: [{port: 8080}]
+"#,
+    );
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let s = &l.state.services[&ServiceName::new("n", "sloppy")];
+    assert_eq!(s.cluster_ips, vec![ip("10.96.0.10")]);
+    assert_eq!(s.external_ips, vec![ip("192.0.2.10")]);
+    assert_eq!(s.load_balancer_ips, vec![ip("203.0.113.10")]);
+    assert_eq!(s.load_balancer_source_ranges, vec!["10.0.1.0/24".parse().unwrap(), "192.168.0.0/16".parse().unwrap()]);
+    assert_eq!(l.state.slices().values().next().unwrap().endpoints[0].address, ip("10.244.1.2"));
+}
+
+#[test]
+fn service_cidrs_and_node_pod_cidrs_load() {
+    let l = load(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.96.0.0/16, "fd00:96::/112"]}
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: broken}
+spec: {cidrs: [10.97.0.0/99]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, "fd00:244:1::/64"]}
+status: {addresses: [{type: InternalIP, address: 10.0.1.1}]}
+"#,
+    );
+    assert_eq!(
+        only_warning(&l),
+        "ServiceCIDR broken: spec.cidrs[0]: \"10.97.0.0/99\" is not a valid CIDR (object skipped)"
+    );
+    assert_eq!(
+        l.state.service_cidrs(),
+        vec!["10.96.0.0/16".parse::<ipnet::IpNet>().unwrap(), "fd00:96::/112".parse().unwrap()]
+    );
+    assert_eq!(l.state.nodes["node-a"].pod_cidrs.len(), 2);
+    let mut ctx = NodeContext { node_name: "node-a".into(), ..Default::default() };
+    ctx.complete_from_state(&l.state);
+    assert_eq!(ctx.pod_cidrs, l.state.nodes["node-a"].pod_cidrs);
+    assert_eq!(ctx.service_cidrs(IpFamily::V6).count(), 1);
+}

@@ -401,3 +401,91 @@ fn endpoints_are_ordered_like_kube_proxy_by_their_ip_port_string() {
     );
     assert_eq!(ips(one(&st).internal.endpoints()), ["10.0.1.10:8080", "10.0.1.4:8080", "10.0.1.9:8080"]);
 }
+
+#[test]
+fn both_policies_local_still_uses_cluster_endpoints_for_the_short_circuit() {
+    // kube-proxy's UsesClusterEndpoints: an externally accessible port always has cluster-wide
+    // endpoints, even with ITP=Local and ETP=Local: pods and the node reach its NodePort and
+    // LB IP through them.
+    let mut s = load_balancer(svc("both"));
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    let st = state(s, vec![slice("both", "both-1", vec![ep("10.244.2.2", "node-b")])]);
+    let p = one(&st);
+    assert!(p.internal_policy_local && p.external_policy_local);
+    assert_eq!(ips(&p.cluster_endpoints), ["10.244.2.2:8080"]);
+    assert!(p.local_endpoints.is_empty());
+    assert_eq!(p.internal, EndpointChoice::Drop);
+    assert_eq!(p.external, Some(EndpointChoice::Drop));
+    // A ClusterIP-only Service with ITP=Local does not use them.
+    let mut c = svc("internal");
+    c.internal_traffic_policy = TrafficPolicy::Local;
+    let st = state(c, vec![slice("internal", "internal-1", vec![ep("10.244.2.2", "node-b")])]);
+    assert!(one(&st).cluster_endpoints.is_empty());
+}
+
+fn ctx_with(nodeport: NodePortAddresses, locals: Option<&[&str]>) -> NodeContext {
+    NodeContext {
+        node_ips: vec!["192.168.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+        nodeport_addresses: nodeport,
+        local_addresses: locals.map(|l| l.iter().map(|a| a.parse().unwrap()).collect()),
+        ..ctx()
+    }
+}
+
+fn nets(s: &[&str]) -> Vec<ipnet::IpNet> {
+    s.iter().map(|n| n.parse().unwrap()).collect()
+}
+
+#[test]
+fn nodeport_cidrs_select_interface_addresses() {
+    let locals = ["127.0.0.1", "192.168.0.2", "192.168.1.2", "10.0.0.5", "fd00::2", "fd01::2", "::1"];
+    let c = ctx_with(NodePortAddresses::Cidrs(nets(&["192.168.0.0/24", "192.168.1.0/24"])), Some(&locals));
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(c.nodeport_ips(IpFamily::V4), NodePortIps::Ips(vec![ip("192.168.0.2"), ip("192.168.1.2")]));
+    // No IPv6 CIDR given: kube-proxy takes every IPv6 address (its zero CIDR).
+    assert_eq!(c.nodeport_ips(IpFamily::V6), NodePortIps::AnyLocal);
+    assert!(c.takes_nodeports(&ip("192.168.1.2")));
+    assert!(!c.takes_nodeports(&ip("10.0.0.5")));
+    let c6 = ctx_with(NodePortAddresses::Cidrs(nets(&["fd01::/64", "0.0.0.0/0"])), Some(&locals));
+    assert_eq!(c6.nodeport_ips(IpFamily::V6), NodePortIps::Ips(vec![ip("fd01::2")]));
+    assert_eq!(c6.nodeport_ips(IpFamily::V4), NodePortIps::AnyLocal);
+    // primary: the primary node IP, if it is an interface address.
+    let p = ctx_with(NodePortAddresses::Primary, Some(&locals));
+    assert_eq!(p.nodeport_ips(IpFamily::V4), NodePortIps::Ips(vec![ip("192.168.0.2")]));
+    let elsewhere = ctx_with(NodePortAddresses::Primary, Some(&["192.168.9.9"]));
+    assert_eq!(elsewhere.nodeport_ips(IpFamily::V4), NodePortIps::Ips(vec![]));
+    // Away from the node (render, explain): the node IPs stand in for the interfaces.
+    let offline = ctx_with(NodePortAddresses::Cidrs(nets(&["192.168.0.0/16"])), None);
+    assert_eq!(offline.nodeport_ips(IpFamily::V4), NodePortIps::Ips(vec![ip("192.168.0.2")]));
+    assert!(NodePortAddresses::All.contains_ipv4_loopback());
+    assert!(!NodePortAddresses::Primary.contains_ipv4_loopback());
+    assert!(NodePortAddresses::Cidrs(nets(&["127.0.0.0/16"])).contains_ipv4_loopback());
+    assert!(NodePortAddresses::Cidrs(nets(&["fd00::/8"])).contains_ipv4_loopback(), "no IPv4 CIDR: all IPv4");
+    assert!(!NodePortAddresses::Cidrs(nets(&["10.0.0.0/8"])).contains_ipv4_loopback());
+}
+
+#[test]
+fn local_traffic_detectors_follow_the_mode() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let mut c = NodeContext {
+        cluster_cidrs: nets(&["10.244.0.0/16", "10.245.0.0/16", "fd00:244::/48"]),
+        pod_cidrs: nets(&["10.244.7.0/24"]),
+        ..ctx()
+    };
+    // ClusterCIDR: the first CIDR of the family only, as kube-proxy.
+    assert_eq!(c.local_traffic(IpFamily::V4), LocalTraffic::Cidr("10.244.0.0/16".parse().unwrap()));
+    assert_eq!(c.is_local_traffic(&ip("10.245.0.1"), None), Some(false));
+    c.detect_local = DetectLocalMode::NodeCidr;
+    assert_eq!(c.local_traffic(IpFamily::V4), LocalTraffic::Cidr("10.244.7.0/24".parse().unwrap()));
+    assert_eq!(c.local_traffic(IpFamily::V6), LocalTraffic::Unknown, "no IPv6 pod CIDR: no detector");
+    c.detect_local = DetectLocalMode::BridgeInterface("cbr0".into());
+    assert_eq!(c.is_local_traffic(&ip("192.0.2.1"), Some("cbr0")), Some(true));
+    assert_eq!(c.is_local_traffic(&ip("192.0.2.1"), Some("cbr01")), Some(false));
+    assert_eq!(c.is_local_traffic(&ip("192.0.2.1"), None), None);
+    c.detect_local = DetectLocalMode::InterfaceNamePrefix("veth".into());
+    assert_eq!(c.local_traffic(IpFamily::V6), LocalTraffic::InterfacePrefix("veth".into()));
+    assert_eq!(c.is_local_traffic(&ip("fd00::1"), Some("veth1234")), Some(true));
+    assert_eq!(c.masquerade_mark(), 0x4000);
+    c.masquerade_bit = 12;
+    assert_eq!(c.masquerade_mark(), 0x1000);
+}
