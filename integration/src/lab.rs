@@ -6,8 +6,9 @@
 //!        fd00:1::2 ── fd00:1::1     ── fd00:244:N::1 ── fd00:244:N::2
 //!                     10.0.2.1  ──  upstream 10.0.2.2 (default route of the node)
 //! ```
-//! The upstream router answers everything it gets with ICMP unreachable: traffic the proxy
-//! should have dropped shows up as "refused" instead of a timeout, so drops are tested for real.
+//! The upstream router has an `unreachable` default route and no route back to the client: what
+//! the node routes on, un-NATed, goes nowhere, so it looks like a drop (a timeout) unless a test
+//! gives the upstream addresses and a route back (see the parity suite's ServiceCIDR test).
 //! The node is `node-a` with node IPs 10.0.1.1 and fd00:1::1 and cluster CIDRs 10.244.0.0/16 and
 //! fd00:244::/48. Nothing but namespaces of this lab ever sees its addresses.
 
@@ -120,7 +121,9 @@ impl Lab {
         let mut l = Loaded::default();
         l.add_text("test", manifests);
         assert!(l.warnings.is_empty(), "test manifests have warnings: {:?}", l.warnings);
-        self.backend.sync_cluster(&l.state, &self.ctx)
+        let mut ctx = self.ctx.clone();
+        ctx.service_cidrs = l.state.service_cidrs();
+        self.backend.sync_cluster(&l.state, &ctx)
     }
 
     /// Programs the node with the iptables-legacy backend instead (kube-proxy's iptables mode).
@@ -128,7 +131,10 @@ impl Lab {
         let mut l = Loaded::default();
         l.add_text("test", manifests);
         assert!(l.warnings.is_empty(), "test manifests have warnings: {:?}", l.warnings);
-        let opts = nftproxy_iptables::Options::default();
+        let opts = nftproxy_iptables::Options {
+            localhost_nodeports: self.ctx.nodeport_addresses.contains_ipv4_loopback(),
+            ..Default::default()
+        };
         // Child processes inherit the network namespace of the thread that starts them.
         self.node.run(|| {
             for fam in [nftproxy_model::IpFamily::V4, nftproxy_model::IpFamily::V6] {

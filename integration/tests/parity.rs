@@ -164,6 +164,33 @@ fn flows() -> Vec<Flow> {
         ),
         f("the IPv4 ClusterIP of that service has no IPv4 endpoints", Client, Proto::Tcp, "10.96.1.100:80", 2, Refused),
         f(
+            "NodePort, ITP and ETP Local, from a pod: short-circuited to every endpoint",
+            PodClient,
+            Proto::Tcp,
+            "10.0.1.1:30083",
+            10,
+            Spread(&["ep1"], Kept),
+        ),
+        f(
+            "NodePort, ITP and ETP Local, from the node: short-circuited, masqueraded",
+            Node,
+            Proto::Tcp,
+            "10.0.1.1:30083",
+            10,
+            Spread(&["ep1"], Masqueraded),
+        ),
+        f("NodePort, ITP and ETP Local, from outside: dropped", Client, Proto::Tcp, "10.0.1.1:30083", 2, Dropped),
+        f("ClusterIP, ITP and ETP Local, no local endpoint: dropped", PodClient, Proto::Tcp, "10.96.1.120:80", 2, Dropped),
+        f("ClusterIP written with leading zeros", Client, Proto::Tcp, "10.96.1.130:80", 10, Spread(&["ep2"], Masqueraded)),
+        f(
+            "LB IP, source inside loadBalancerSourceRanges, no endpoints: rejected",
+            Client,
+            Proto::Tcp,
+            "203.0.113.51:80",
+            2,
+            Refused,
+        ),
+        f(
             "hairpin: a pod reaching itself through its service",
             Pod(1),
             Proto::Tcp,
@@ -345,5 +372,138 @@ fn difference_localhost_node_ports_exist_in_iptables_mode_only() {
         // Both serve the node's own address.
         let t = tally(&lab.client, Proto::Tcp, "10.0.1.1:30080".parse().unwrap(), None, 4, Duration::from_secs(1));
         assert_eq!(t.count(|o| matches!(o, Outcome::Answered { .. })), 4, "{b:?}: {t:?}");
+    }
+}
+
+/// Difference: kube-proxy's nftables mode checks loadBalancerSourceRanges before anything else,
+/// so a source outside them is dropped even when the Service has no endpoints; its iptables mode
+/// only sends traffic through KUBE-FW- when there are endpoints, so the same packet is rejected.
+#[test]
+fn difference_source_ranges_without_endpoints_drop_in_nftables_mode_reject_in_iptables_mode() {
+    for b in BACKENDS {
+        let lab = lab(b);
+        let t = tally(&lab.pod_client, Proto::Tcp, "203.0.113.51:80".parse().unwrap(), None, 2, Duration::from_secs(1));
+        let want = match b {
+            Backend::Nftables => Outcome::Timeout,
+            Backend::Iptables => Outcome::Refused,
+        };
+        assert_eq!(t.count(|o| *o == want), 2, "{b:?}: {t:?}");
+    }
+}
+
+/// Difference: kube-proxy's nftables mode drops traffic to an address of a ServiceCIDR that no
+/// Service holds (`cluster-ips-check`); its iptables mode does not know ServiceCIDRs, so the
+/// packet is routed on un-NATed. Here the upstream owns those addresses, so what is routed on is
+/// answered there (a TCP reset: refused) and what the node drops times out.
+#[test]
+fn difference_unallocated_cluster_ips_are_dropped_by_nftables_mode_only() {
+    for b in BACKENDS {
+        let lab = lab(b);
+        for net in ["10.96.0.0/16", "10.97.0.0/16", "fd00:96::/112"] {
+            lab.upstream.ip(&["route", "add", "local", net, "dev", "lo"]);
+        }
+        lab.upstream.ip(&["route", "add", "10.0.1.0/24", "via", "10.0.2.1"]);
+        lab.upstream.ip(&["route", "add", "fd00:1::/64", "via", "fd00:2::1"]);
+        for to in ["10.96.7.7:80", "[fd00:96::7]:80"] {
+            let t = tally(&lab.client, Proto::Tcp, to.parse().unwrap(), None, 2, Duration::from_secs(1));
+            let want = match b {
+                Backend::Nftables => Outcome::Timeout,
+                Backend::Iptables => Outcome::Refused,
+            };
+            assert_eq!(t.count(|o| *o == want), 2, "{b:?} {to}: {t:?}");
+        }
+        // Outside the Service CIDRs nothing changes: routed on, refused upstream.
+        let t = tally(&lab.client, Proto::Tcp, "10.97.0.1:80".parse().unwrap(), None, 2, Duration::from_secs(1));
+        assert_eq!(t.count(|o| *o == Outcome::Refused), 2, "{b:?}: {t:?}");
+    }
+}
+
+/// kube-proxy's `--detect-local-mode`: which traffic counts as coming from a pod (not
+/// masqueraded to ClusterIPs; short-circuited to every endpoint on an ETP=Local frontend). The
+/// lab's pods arrive on the node's links pod1, pod2, …, the pod client on pod50 (10.244.50.2).
+#[test]
+fn local_traffic_detection_modes_agree_on_both_backends() {
+    use nftproxy_model::DetectLocalMode;
+    use Expect::*;
+    use Sender::*;
+    use Source::*;
+    let f = |name, from, to, n, expect| Flow { name, from, proto: Proto::Tcp, to, n, expect };
+    let modes: Vec<(DetectLocalMode, Vec<ipnet::IpNet>, bool)> = vec![
+        // (mode, this node's pod CIDRs, is pod2 local?)
+        (DetectLocalMode::NodeCidr, vec!["10.244.50.0/24".parse().unwrap()], false),
+        (DetectLocalMode::BridgeInterface("pod50".into()), vec![], false),
+        (DetectLocalMode::InterfaceNamePrefix("pod".into()), vec![], true),
+    ];
+    for (mode, pod_cidrs, pod2_local) in modes {
+        for b in BACKENDS {
+            let mut lab = Lab::new(3);
+            lab.ctx.detect_local = mode.clone();
+            lab.ctx.pod_cidrs = pod_cidrs.clone();
+            let m = parity_manifests();
+            match b {
+                Backend::Nftables => {
+                    lab.sync(&m).unwrap();
+                }
+                Backend::Iptables => lab.sync_iptables(&m).unwrap(),
+            }
+            let flows = [
+                f("pod client to a ClusterIP: kept", PodClient, "10.96.1.10:80", 30, Spread(ALL3, Kept)),
+                f("off-cluster client to a ClusterIP: masqueraded", Client, "10.96.1.10:80", 30, Spread(ALL3, Masqueraded)),
+                f("pod client to an ETP=Local LB IP: short-circuit", PodClient, "203.0.113.30:80", 10, Spread(&["ep1"], Kept)),
+                if pod2_local {
+                    f("pod 2 to an ETP=Local LB IP: short-circuit", Pod(2), "203.0.113.30:80", 10, Spread(&["ep1"], Kept))
+                } else {
+                    f("pod 2 to an ETP=Local LB IP: not local, dropped", Pod(2), "203.0.113.30:80", 2, Dropped)
+                },
+            ];
+            for flow in &flows {
+                let o = observe(&lab, flow);
+                check(flow, &o, b);
+            }
+            eprintln!("local detection {mode:?} on {b:?}: {} flows as kube-proxy", flows.len());
+        }
+    }
+}
+
+/// `--nodeport-addresses CIDR,…` takes the node's *interface* addresses inside the CIDRs
+/// (kube-proxy's GetNodeIPs), not only its node IP: a secondary address of the node serves
+/// NodePorts when a CIDR holds it, and is left to the node's own stack when none does.
+#[test]
+fn nodeport_cidrs_select_the_nodes_interface_addresses_on_both_backends() {
+    for b in BACKENDS {
+        for (cidrs, secondary_proxied) in [(vec!["10.0.1.0/24", "10.0.3.0/24"], true), (vec!["10.0.1.0/24"], false)] {
+            let mut lab = Lab::new(3);
+            lab.topo.addr(&lab.node, "eth0", "10.0.3.1/24");
+            lab.client.ip(&["route", "add", "10.0.3.0/24", "via", "10.0.1.1"]);
+            lab.ctx.local_addresses = Some(lab.node.run(|| nftproxy_nftables::addrs::interface_addresses().unwrap()));
+            assert!(lab.ctx.local_addresses.as_ref().unwrap().contains(&ip("10.0.3.1")));
+            lab.ctx.nodeport_addresses =
+                nftproxy_model::NodePortAddresses::Cidrs(cidrs.iter().map(|c| c.parse().unwrap()).collect());
+            let m = parity_manifests();
+            match b {
+                Backend::Nftables => {
+                    lab.sync(&m).unwrap();
+                }
+                Backend::Iptables => lab.sync_iptables(&m).unwrap(),
+            }
+            let on = |to: &str| Flow {
+                name: "NodePort",
+                from: Sender::Client,
+                proto: Proto::Tcp,
+                to: Box::leak(to.to_string().into_boxed_str()),
+                n: 20,
+                expect: Expect::Spread(&["ep1", "ep2"], Source::Masqueraded),
+            };
+            let primary = on("10.0.1.1:30080");
+            check(&primary, &observe(&lab, &primary), b);
+            let secondary = on("10.0.3.1:30080");
+            let o = observe(&lab, &secondary);
+            if secondary_proxied {
+                check(&secondary, &o, b);
+            } else {
+                // Nothing listens on the node itself: its own stack resets the connection.
+                assert_eq!((o.responders.len(), o.refused), (0, 20), "{b:?} {cidrs:?}: {o:?}");
+            }
+        }
     }
 }
