@@ -492,6 +492,55 @@ fn udp_conntrack_entries_to_a_removed_endpoint_are_deleted() {
     assert_eq!(r.conntrack_deleted, 0);
 }
 
+/// kube-proxy's reconciler (1.32+) keeps UDP flows to *serving* endpoints, whatever the traffic
+/// policy or termination: a flow pinned to an endpoint that starts terminating (still serving)
+/// keeps going to it; once the endpoint is gone, a restarted proxy's first sync deletes the
+/// entry (the reconciler runs on every sync that touches a UDP Service, the first one included).
+#[test]
+fn udp_flows_to_serving_terminating_endpoints_survive_and_a_restart_cleans_stale_ones() {
+    use nftproxy_integration::yaml::{Ep, ep, service, slice};
+    let mut lab = Lab::new(2);
+    let m = |eps: &[Ep]| service("web", "10.96.0.10", HTTP_DNS, "") + &slice("web", "web-1", "IPv4", SLICE_PORTS, eps);
+    let (p1, p2) = (pod_ip(1), pod_ip(2));
+    lab.sync(&m(&[ep(&p1, "node-b"), ep(&p2, "node-b")])).unwrap();
+    let first = udp_from_port(&lab, "10.96.0.10:53", 40100);
+    let (pinned, other) = if first == "ep1" { (&p1, &p2) } else { (&p2, &p1) };
+    let terminating = Ep { ip: pinned, node: "node-b", ready: false, terminating: true };
+    let r = lab.sync(&m(&[terminating, ep(other, "node-b")])).unwrap();
+    assert_eq!(r.conntrack_deleted, 0, "a serving-terminating endpoint's flows stay: {r:?}");
+    for _ in 0..3 {
+        assert_eq!(udp_from_port(&lab, "10.96.0.10:53", 40100), first, "the live flow is not cut");
+    }
+    // New flows no longer go to it (a ready endpoint exists).
+    let t = lab.tally(&lab.client, Proto::Udp, "10.96.0.10:53", 20);
+    assert_eq!(t.by_responder().len(), 1, "{t:?}");
+    // "Restart": a new backend whose first sync no longer has the endpoint at all.
+    lab.backend = lab.node.run(|| nftproxy_nftables::NftablesBackend::new().unwrap());
+    let r = lab.sync(&m(&[ep(other, "node-b")])).unwrap();
+    assert!(r.conntrack_deleted >= 1, "the first sync after a restart cleans up: {r:?}");
+    assert_ne!(udp_from_port(&lab, "10.96.0.10:53", 40100), first, "the stale flow was deleted");
+}
+
+/// The same reconciler after kube-proxy's iptables rules (the daemon runs it in both modes).
+#[test]
+fn udp_conntrack_reconciler_cleans_up_after_iptables_mode_too() {
+    let lab = Lab::new(2);
+    lab.sync_iptables(&web(&[(&pod_ip(1), "node-b"), (&pod_ip(2), "node-b")])).unwrap();
+    let first = udp_from_port(&lab, "10.96.0.10:53", 40200);
+    let stays = if first == "ep1" { 2 } else { 1 };
+    let m = web(&[(&pod_ip(stays), "node-b")]);
+    lab.sync_iptables(&m).unwrap();
+    assert_eq!(udp_from_port(&lab, "10.96.0.10:53", 40200), first, "conntrack still pins the flow");
+    let mut l = nftproxy_manifest::Loaded::default();
+    l.add_text("t", &m);
+    let deleted = lab.node.run(|| {
+        let mut sock = nftproxy_nftables::netlink::NftSocket::open().unwrap();
+        nftproxy_nftables::conntrack::reconcile(&mut sock, &l.state).unwrap()
+    });
+    assert!(deleted >= 1);
+    assert_eq!(udp_from_port(&lab, "10.96.0.10:53", 40200), format!("ep{stays}"));
+}
+
 #[test]
 fn sctp_cluster_ip_is_spread_and_masqueraded_as_crafted_packets_show() {
     use nftproxy_integration::sctp::{SctpSeen, send_inits};

@@ -121,12 +121,136 @@ fn standalone_follows_the_manifest_and_leaves_rules_on_sigterm() {
     wait_for(&["ep2"]);
 }
 
+const NODEPORT: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: np, namespace: demo}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: np-1, namespace: demo, labels: {kubernetes.io/service-name: np}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.2], nodeName: node-b}
+- {addresses: [10.244.2.2], nodeName: node-b}
+"#;
+
+/// Answered by every one of `want` (and nobody else) within `secs`, from `ns` to `to`; returns
+/// the source addresses the endpoints saw.
+fn answered_by(ns: &nftproxy_integration::Ns, to: &str, want: &[&str], secs: u64) -> std::collections::BTreeSet<std::net::IpAddr> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (mut seen, mut sources) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    while Instant::now() < deadline {
+        match ns.run(|| request(Proto::Tcp, to.parse().unwrap(), None, Duration::from_millis(300))) {
+            Outcome::Answered { responder, seen_source } if want.contains(&responder.as_str()) => {
+                seen.insert(responder);
+                sources.insert(seen_source);
+                if seen.len() == want.len() {
+                    return sources;
+                }
+            }
+            Outcome::Answered { .. } => {
+                seen.clear();
+                sources.clear();
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    panic!("{to} was never answered by exactly {want:?} within {secs} s");
+}
+
+/// A plain HTTP GET from inside `ns`: (status code, body).
+fn http_get(ns: &nftproxy_integration::Ns, addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    ns.run(|| {
+        let mut s = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+    })
+}
+
+/// kube-proxy's settings through a KubeProxyConfiguration on the kernel: no Node object and
+/// still healthy; nftables.masqueradeBit; conntrack timeouts written into the node's namespace
+/// (nf_conntrack_max is read-only there: skipped with a warning, never silently); pod traffic
+/// recognised by interface name prefix; NodePorts on interface addresses inside
+/// nodePortAddresses, following an address added while running.
+#[test]
+fn standalone_applies_kube_proxy_settings_and_follows_interface_addresses() {
+    let lab = Lab::new(2);
+    let dir = TempDir::new(&format!("{}settings", lab.topo.prefix()));
+    let file = dir.join("cluster.yaml");
+    std::fs::write(&file, manifest(&[1, 2]) + NODEPORT).unwrap();
+    let cfg = dir.join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n\
+         nftables: {masqueradeBit: 12}\n\
+         conntrack: {tcpEstablishedTimeout: 2h, tcpCloseWaitTimeout: 30m, udpTimeout: 45s}\n\
+         detectLocalMode: InterfaceNamePrefix\ndetectLocal: {interfaceNamePrefix: pod}\n\
+         nodePortAddresses: [10.0.1.0/24, 10.0.3.0/24]\n\
+         metricsBindAddress: \"\"\nhealthzBindAddress: 0.0.0.0:10256\n",
+    )
+    .unwrap();
+    let child = lab
+        .node
+        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args(["run", "--config", cfg.to_str().unwrap(), "--from", file.to_str().unwrap()])
+        .args(["--hostname-override", NODE, "--node-ip", "10.0.1.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Off-cluster traffic is masqueraded with the configured mark; pod traffic (arriving on a
+    // "pod…" interface) keeps its source.
+    let masq = answered_by(&lab.client, "10.96.0.10:80", &["ep1", "ep2"], 10);
+    assert_eq!(masq, ["10.244.1.1".parse().unwrap(), "10.244.2.1".parse().unwrap()].into());
+    let kept = answered_by(&lab.pod_client, "10.96.0.10:80", &["ep1", "ep2"], 5);
+    assert_eq!(kept, ["10.244.50.2".parse().unwrap()].into());
+    let table = lab.node.exec("nft", &["list", "table", "ip", "kube-nftproxy"]);
+    assert!(table.contains("meta mark set meta mark | 0x00001000"), "{table}");
+    assert!(table.contains("iifname != \"pod*\" jump mark-for-masquerade"), "{table}");
+    // No Node object anywhere: healthy (kube-proxy counts the node eligible until told).
+    let (code, body) = http_get(&lab.client, "10.0.1.1:10256", "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"nodeEligible\":true"), "{body}");
+    // Conntrack settings of this namespace.
+    let sysctl = |k: &str| lab.node.exec("cat", &[&format!("/proc/sys/net/netfilter/{k}")]).trim().to_string();
+    assert_eq!(sysctl("nf_conntrack_tcp_timeout_established"), "7200");
+    assert_eq!(sysctl("nf_conntrack_tcp_timeout_close_wait"), "1800");
+    assert_eq!(sysctl("nf_conntrack_udp_timeout"), "45");
+    // A NodePort on an address the node gets while running, inside nodePortAddresses.
+    answered_by(&lab.client, "10.0.1.1:30080", &["ep1", "ep2"], 5);
+    lab.client.ip(&["route", "add", "10.0.3.0/24", "via", "10.0.1.1"]);
+    lab.topo.addr(&lab.node, "eth0", "10.0.3.1/24");
+    let start = Instant::now();
+    answered_by(&lab.client, "10.0.3.1:30080", &["ep1", "ep2"], 5);
+    eprintln!("NodePort on a new interface address proxied {:?} after the address was added", start.elapsed());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("net.netfilter.nf_conntrack_max") && log.contains("not set"), "skipped with a warning: {log}");
+    assert!(log.contains("nf_conntrack hashsize") && log.contains("initial network namespace"), "{log}");
+}
+
 #[test]
 fn iptables_mode_and_cleanup() {
     let lab = Lab::new(2);
     let dir = TempDir::new(&format!("{}ipt", lab.topo.prefix()));
     let file = dir.join("cluster.yaml");
-    std::fs::write(&file, manifest(&[1, 2])).unwrap();
+    std::fs::write(&file, manifest(&[1, 2]) + NODEPORT).unwrap();
     let mut child = lab
         .node
         .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
@@ -150,6 +274,11 @@ fn iptables_mode_and_cleanup() {
     assert_eq!(seen.len(), 2, "both endpoints answer through kube-proxy's iptables rules");
     let save = lab.node.exec("iptables-legacy-save", &[]);
     assert!(save.contains("-A KUBE-SERVICES") && save.contains("demo/web:http"), "{save}");
+    // kube-proxy's iptables defaults: NodePorts on every local address, localhost included,
+    // with route_localnet set as kube-proxy sets it.
+    assert!(save.contains("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"), "{save}");
+    assert_eq!(lab.node.exec("cat", &["/proc/sys/net/ipv4/conf/all/route_localnet"]).trim(), "1");
+    answered_by(&lab.node, "127.0.0.1:30080", &["ep1", "ep2"], 5);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
