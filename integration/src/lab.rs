@@ -131,10 +131,7 @@ impl Lab {
         let mut l = Loaded::default();
         l.add_text("test", manifests);
         assert!(l.warnings.is_empty(), "test manifests have warnings: {:?}", l.warnings);
-        let opts = nftproxy_iptables::Options {
-            localhost_nodeports: self.ctx.nodeport_addresses.contains_ipv4_loopback(),
-            ..Default::default()
-        };
+        let opts = self.iptables_options();
         // Child processes inherit the network namespace of the thread that starts them.
         self.node.run(|| {
             for fam in [nftproxy_model::IpFamily::V4, nftproxy_model::IpFamily::V6] {
@@ -143,6 +140,15 @@ impl Lab {
             }
             Ok(())
         })
+    }
+
+    /// kube-proxy's iptables options for this node: localhost NodePorts only when the NodePort
+    /// addresses include IPv4 loopback (its `ContainsIPv4Loopback`).
+    pub fn iptables_options(&self) -> nftproxy_iptables::Options {
+        nftproxy_iptables::Options {
+            localhost_nodeports: self.ctx.nodeport_addresses.contains_ipv4_loopback(),
+            ..Default::default()
+        }
     }
 
     /// `nft list ruleset` in the node namespace.

@@ -35,7 +35,7 @@ fn iptables_save_shows_our_chains_and_keeps_everyone_elses() {
 
     let mut l = nftproxy_manifest::Loaded::default();
     l.add_text("parity", &manifests);
-    let text = nftproxy_iptables::render_cluster(nftproxy_model::IpFamily::V4, &l.state, &lab.ctx, &Default::default());
+    let text = nftproxy_iptables::render_cluster(nftproxy_model::IpFamily::V4, &l.state, &lab.ctx, &lab.iptables_options());
     for table in ["filter", "nat"] {
         let saved = rules_per_chain(&save(table), table);
         for (chain, n) in rules_per_chain(&text, table) {

@@ -507,3 +507,28 @@ fn nodeport_cidrs_select_the_nodes_interface_addresses_on_both_backends() {
         }
     }
 }
+
+/// kube-proxy's `allowFromNode`: when a source range holds the (primary) node IP, the LB IPs
+/// themselves are allowed sources too — a node that has the VIP bound locally reaches it with the
+/// VIP as source address. parity/fw's range 10.0.1.0/30 holds the node IP 10.0.1.1.
+#[test]
+fn lb_ip_from_the_node_with_the_vip_as_source_passes_the_source_ranges_on_both_backends() {
+    for b in BACKENDS {
+        let lab = lab(b);
+        lab.node.ip(&["addr", "add", "203.0.113.50/32", "dev", "lo"]);
+        let vip: IpAddr = ip("203.0.113.50");
+        let t = tally(&lab.node, Proto::Tcp, "203.0.113.50:80".parse().unwrap(), Some(vip), 5, Duration::from_secs(1));
+        assert_eq!(t.count(|o| matches!(o, Outcome::Answered { .. })), 5, "{b:?}: {t:?}");
+        // Any other address of the node outside the ranges is still dropped.
+        let t = tally(
+            &lab.node,
+            Proto::Tcp,
+            "203.0.113.50:80".parse().unwrap(),
+            Some(ip("10.244.50.1")),
+            2,
+            Duration::from_secs(1),
+        );
+        // (A bound source makes the timed-out connect show as "in progress": no answer either way.)
+        assert_eq!(t.count(|o| matches!(o, Outcome::Answered { .. } | Outcome::Refused)), 0, "{b:?}: {t:?}");
+    }
+}

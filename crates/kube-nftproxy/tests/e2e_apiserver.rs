@@ -363,6 +363,14 @@ fn api_changes_reach_the_kernel_within_two_seconds() {
     assert!(!table.contains("default/web"), "no element of the deleted Service is left:\n{table}");
     assert!(!table.contains(CLUSTER_IP));
     assert_eq!(curl(&lab.client, &format!("http://{NODE_IP}:32100/")).0, 0, "its health check server is closed");
+    // The API server's default ServiceCIDR (created by kube-apiserver 1.33+ from
+    // --service-cluster-ip-range) reached the proxy through its watch and deploy/'s RBAC: the
+    // deleted Service's address is now unallocated, and dropped rather than routed on.
+    let cidr = nftproxy_integration::control_plane::SERVICE_CIDR;
+    assert!(
+        table.contains(&format!("ip daddr {cidr} drop comment \"Drop traffic to unallocated ClusterIPs\"")),
+        "{table}"
+    );
 
     for (what, t) in &timings {
         eprintln!("API change → traffic: {what}: {t:?}");
