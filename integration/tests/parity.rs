@@ -465,44 +465,83 @@ fn local_traffic_detection_modes_agree_on_both_backends() {
     }
 }
 
+/// A dual-stack NodePort Service for the NodePort-address test (IPv6 endpoint: ep1).
+const NODEPORT6: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: np6, namespace: parity}
+spec:
+  type: NodePort
+  clusterIP: 10.96.1.150
+  clusterIPs: [10.96.1.150, "fd00:96::150"]
+  ipFamilies: [IPv4, IPv6]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: np6-v6, namespace: parity, labels: {kubernetes.io/service-name: np6}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["fd00:244:1::2"], nodeName: node-b, conditions: {ready: true}}
+"#;
+
 /// `--nodeport-addresses CIDR,…` takes the node's *interface* addresses inside the CIDRs
-/// (kube-proxy's GetNodeIPs), not only its node IP: a secondary address of the node serves
-/// NodePorts when a CIDR holds it, and is left to the node's own stack when none does.
+/// (kube-proxy's GetNodeIPs), not only its node IP: a secondary address of the node (IPv4 and
+/// IPv6) serves NodePorts when a CIDR holds it, and is left to the node's own stack when none
+/// does.
 #[test]
 fn nodeport_cidrs_select_the_nodes_interface_addresses_on_both_backends() {
+    let cases = [
+        (vec!["10.0.1.0/24", "10.0.3.0/24", "fd00:1::/64", "fd00:3::/64"], true),
+        (vec!["10.0.1.0/24", "fd00:1::/64"], false),
+    ];
     for b in BACKENDS {
-        for (cidrs, secondary_proxied) in [(vec!["10.0.1.0/24", "10.0.3.0/24"], true), (vec!["10.0.1.0/24"], false)] {
+        for (cidrs, secondary_proxied) in &cases {
             let mut lab = Lab::new(3);
             lab.topo.addr(&lab.node, "eth0", "10.0.3.1/24");
+            lab.topo.addr(&lab.node, "eth0", "fd00:3::1/64");
             lab.client.ip(&["route", "add", "10.0.3.0/24", "via", "10.0.1.1"]);
+            lab.client.ip(&["-6", "route", "add", "fd00:3::/64", "via", "fd00:1::1"]);
+            // IPv6 addresses need duplicate address detection before they can be used.
+            std::thread::sleep(Duration::from_millis(2500));
             lab.ctx.local_addresses = Some(lab.node.run(|| nftproxy_nftables::addrs::interface_addresses().unwrap()));
-            assert!(lab.ctx.local_addresses.as_ref().unwrap().contains(&ip("10.0.3.1")));
+            for a in ["10.0.3.1", "fd00:3::1"] {
+                assert!(lab.ctx.local_addresses.as_ref().unwrap().contains(&ip(a)), "{a} read over rtnetlink");
+            }
             lab.ctx.nodeport_addresses =
                 nftproxy_model::NodePortAddresses::Cidrs(cidrs.iter().map(|c| c.parse().unwrap()).collect());
-            let m = parity_manifests();
+            let m = parity_manifests() + NODEPORT6;
             match b {
                 Backend::Nftables => {
                     lab.sync(&m).unwrap();
                 }
                 Backend::Iptables => lab.sync_iptables(&m).unwrap(),
             }
-            let on = |to: &str| Flow {
+            let flow = |to: &str, eps: &'static [&'static str]| Flow {
                 name: "NodePort",
                 from: Sender::Client,
                 proto: Proto::Tcp,
                 to: Box::leak(to.to_string().into_boxed_str()),
                 n: 20,
-                expect: Expect::Spread(&["ep1", "ep2"], Source::Masqueraded),
+                expect: Expect::Spread(eps, Source::Masqueraded),
             };
-            let primary = on("10.0.1.1:30080");
-            check(&primary, &observe(&lab, &primary), b);
-            let secondary = on("10.0.3.1:30080");
-            let o = observe(&lab, &secondary);
-            if secondary_proxied {
-                check(&secondary, &o, b);
-            } else {
-                // Nothing listens on the node itself: its own stack resets the connection.
-                assert_eq!((o.responders.len(), o.refused), (0, 20), "{b:?} {cidrs:?}: {o:?}");
+            for (primary, secondary, eps) in [
+                ("10.0.1.1:30080", "10.0.3.1:30080", &["ep1", "ep2"][..]),
+                ("[fd00:1::1]:30090", "[fd00:3::1]:30090", &["ep1"][..]),
+            ] {
+                let eps: &'static [&'static str] = Box::leak(eps.to_vec().into_boxed_slice());
+                let p = flow(primary, eps);
+                check(&p, &observe(&lab, &p), b);
+                let s = flow(secondary, eps);
+                let o = observe(&lab, &s);
+                if *secondary_proxied {
+                    check(&s, &o, b);
+                } else {
+                    // Nothing listens on the node itself: its own stack resets the connection.
+                    assert_eq!((o.responders.len(), o.refused), (0, 20), "{b:?} {secondary} {cidrs:?}: {o:?}");
+                }
             }
         }
     }

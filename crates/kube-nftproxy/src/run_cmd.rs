@@ -308,4 +308,26 @@ mod tests {
         assert_eq!(g.min_sync_period, std::time::Duration::from_secs(1));
         assert_eq!(g.cluster_cidrs, vec!["10.244.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
     }
+
+    #[test]
+    fn kube_proxy_local_detection_conntrack_and_nodeport_flags() {
+        use nftproxy_model::{DetectLocalMode, NodePortAddresses};
+        let s = settings(&["--detect-local-mode", "BridgeInterface", "--pod-bridge-interface", "cbr0"]).unwrap();
+        assert_eq!(s.detect_local, DetectLocalMode::BridgeInterface("cbr0".into()));
+        let e = settings(&["--detect-local-mode", "InterfaceNamePrefix"]).unwrap_err().to_string();
+        assert_eq!(e, "--pod-interface-name-prefix: must not be empty with --detect-local-mode InterfaceNamePrefix");
+        let e = settings(&["--detect-local-mode", "Pods"]).unwrap_err().to_string();
+        assert!(e.starts_with("--detect-local-mode: unknown mode \"Pods\""), "{e}");
+        let s = settings(&["--conntrack-max-per-core", "0", "--conntrack-udp-timeout", "30s", "--conntrack-tcp-be-liberal"])
+            .unwrap();
+        assert_eq!((s.conntrack.max_per_core, s.conntrack.udp_timeout), (0, std::time::Duration::from_secs(30)));
+        assert!(s.conntrack.tcp_be_liberal && s.conntrack_tcp_be_liberal);
+        // NodePort addresses default by mode.
+        assert_eq!(settings(&[]).unwrap().effective_nodeport_addresses(), NodePortAddresses::Primary);
+        let ipt = settings(&["--proxy-mode", "iptables"]).unwrap();
+        assert_eq!(ipt.effective_nodeport_addresses(), NodePortAddresses::All);
+        assert!(ipt.effective_localhost_nodeports());
+        let off = settings(&["--proxy-mode", "iptables", "--iptables-localhost-nodeports=false"]).unwrap();
+        assert!(!off.effective_localhost_nodeports());
+    }
 }

@@ -41,3 +41,25 @@ fn iptables_render_follows_kube_proxys_flags() {
     assert!(!changed.contains("--random-fully") && !changed.contains("KUBE-FIREWALL") && !changed.contains("INVALID"));
     assert!(changed.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x8000"));
 }
+
+#[test]
+fn nodeport_addresses_default_to_each_kube_proxy_modes_default() {
+    // iptables mode: every local address, localhost included (kube-proxy's default).
+    let ipt = render(&["--backend", "iptables"]);
+    assert!(
+        ipt.contains("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS") && !ipt.contains("-d 10.0.1.1 -j KUBE-NODEPORTS"),
+        "{ipt}"
+    );
+    // A CIDR list without loopback turns localhost NodePorts off, as kube-proxy does.
+    let cidrs = render(&["--backend", "iptables", "--nodeport-addresses", "10.0.1.0/24"]);
+    assert!(cidrs.contains("-d 10.0.1.1 -j KUBE-NODEPORTS") && !cidrs.contains("KUBE-FIREWALL"), "{cidrs}");
+    // nftables mode: the primary node IP.
+    let nft = render(&[]);
+    assert!(nft.contains("comment \"IPs that accept NodePort traffic\"\n\t\telements = { 10.0.1.1 }"), "{nft}");
+    assert!(!nft.contains("fib daddr type local"), "{nft}");
+    // Local-traffic detection by interface, in both renders.
+    let by_if = ["--detect-local-mode", "InterfaceNamePrefix", "--pod-interface-name-prefix", "veth"];
+    assert!(render(&by_if).contains("iifname != \"veth*\" jump mark-for-masquerade"));
+    let ipt = render(&[&by_if[..], &["--backend", "iptables"]].concat());
+    assert!(ipt.contains("! -i veth+ -j KUBE-MARK-MASQ"), "{ipt}");
+}
