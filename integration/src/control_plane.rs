@@ -59,11 +59,34 @@ impl ControlPlane {
     /// Creates the control-plane namespace, wires it to `node` (10.0.9.1 ↔ 10.0.9.2), and starts
     /// etcd and one kube-apiserver on port 6443. Blocks until the API server is ready.
     pub fn start(topo: &mut Topology, node: &Ns) -> ControlPlane {
-        let peers = peers_dir();
         let ns = topo.netns("cp");
         topo.veth(node, "cp0", &ns, "eth0");
         topo.addr(node, "cp0", &format!("{NODE_SIDE_IP}/24"));
         topo.addr(&ns, "eth0", &format!("{API_IP}/24"));
+        Self::start_in(ns)
+    }
+
+    /// A control plane in a namespace of its own topology, linked to no node yet: nodes join
+    /// with [`ControlPlane::connect`] (several node namespaces with identical addresses can watch
+    /// the same API server, each over its own link).
+    pub fn start_alone(topo: &mut Topology) -> ControlPlane {
+        let ns = topo.netns("cp");
+        topo.addr(&ns, "lo", &format!("{API_IP}/32"));
+        Self::start_in(ns)
+    }
+
+    /// Links node namespace `node` to the API server over link number `k` (1..=250): the node
+    /// reaches it at 10.1.k.1 (node side 10.1.k.2). Returns the address to use in a kubeconfig.
+    pub fn connect(&self, topo: &Topology, node: &Ns, k: u8) -> String {
+        let cp_if = format!("node{k}");
+        topo.veth(node, "cp0", &self.ns, &cp_if);
+        topo.addr(node, "cp0", &format!("10.1.{k}.2/24"));
+        topo.addr(&self.ns, &cp_if, &format!("10.1.{k}.1/24"));
+        format!("10.1.{k}.1")
+    }
+
+    fn start_in(ns: Ns) -> ControlPlane {
+        let peers = peers_dir();
         let dir = std::env::temp_dir().join(&ns.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("certs")).unwrap();
@@ -233,15 +256,29 @@ impl ControlPlane {
 
     /// A kubeconfig for the proxy's identity, reaching the API server at 10.0.9.1:`port`.
     pub fn proxy_kubeconfig(&self, port: u16) -> PathBuf {
-        let path = self.dir.join(format!("proxy-{port}.kubeconfig"));
+        self.kubeconfig(API_IP, port, PROXY_TOKEN, "proxy")
+    }
+
+    /// A kubeconfig for `token`, reaching the API server at `ip:port` (file named after `name`).
+    pub fn kubeconfig(&self, ip: &str, port: u16, token: &str, name: &str) -> PathBuf {
+        let path = self.dir.join(format!("{name}-{ip}-{port}.kubeconfig"));
         std::fs::write(
             &path,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{API_IP}:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: proxy\n  user:\n    token: {PROXY_TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: proxy}}\ncurrent-context: test\n"
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{ip}:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {name}}}\ncurrent-context: test\n"
             ),
         )
         .unwrap();
         path
+    }
+
+    /// Writes an object's `status` (the status subresource: a create ignores it), e.g. a
+    /// LoadBalancer Service's ingress IPs as a cloud controller would.
+    pub fn update_status(&self, obj: &Value) -> Value {
+        let path = format!("{}/status", object_path(obj));
+        let mut current = self.api("GET", &object_path(obj), None);
+        current["status"] = obj["status"].clone();
+        self.api("PUT", &path, Some(&current))
     }
 }
 
@@ -267,12 +304,13 @@ pub fn collection_path(obj: &Value) -> String {
         "DaemonSet" => "daemonsets",
         "ClusterRole" => "clusterroles",
         "ClusterRoleBinding" => "clusterrolebindings",
+        "ServiceCIDR" => "servicecidrs",
         other => panic!("no REST path known for kind {other}"),
     };
     let group = if api_version.contains('/') { format!("/apis/{api_version}") } else { format!("/api/{api_version}") };
     match obj["metadata"]["namespace"].as_str() {
         Some(ns) => format!("{group}/namespaces/{ns}/{plural}"),
-        None if matches!(kind, "Node" | "Namespace" | "ClusterRole" | "ClusterRoleBinding") => {
+        None if matches!(kind, "Node" | "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "ServiceCIDR") => {
             format!("{group}/{plural}")
         }
         None => format!("{group}/namespaces/default/{plural}"),

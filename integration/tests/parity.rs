@@ -504,8 +504,6 @@ fn nodeport_cidrs_select_the_nodes_interface_addresses_on_both_backends() {
             lab.topo.addr(&lab.node, "eth0", "fd00:3::1/64");
             lab.client.ip(&["route", "add", "10.0.3.0/24", "via", "10.0.1.1"]);
             lab.client.ip(&["-6", "route", "add", "fd00:3::/64", "via", "fd00:1::1"]);
-            // IPv6 addresses need duplicate address detection before they can be used.
-            std::thread::sleep(Duration::from_millis(2500));
             lab.ctx.local_addresses = Some(lab.node.run(|| nftproxy_nftables::addrs::interface_addresses().unwrap()));
             for a in ["10.0.3.1", "fd00:3::1"] {
                 assert!(lab.ctx.local_addresses.as_ref().unwrap().contains(&ip(a)), "{a} read over rtnetlink");
