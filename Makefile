@@ -11,7 +11,7 @@ CARGOFLAGS ?= -j$(JOBS)
 # for the end-to-end tests against kube-apiserver (API calls, service-account key).
 DEB_PKGS   := nftables iptables conntrack iproute2 procps libclang-dev curl openssl ca-certificates
 
-.PHONY: all build test unit-test kernel-test demo bench bench-quick deps peers check-root clean
+.PHONY: all build test unit-test kernel-test difftest demo bench bench-quick deps peers check-root clean
 
 all: build
 
@@ -42,6 +42,14 @@ test: check-root deps peers
 	  | tee target/test.log; rc=$$?; \
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log; \
 	exit $$rc
+
+## difftest: the real kube-proxy v1.34.4 against kube-nftproxy on seeded random clusters, both
+## modes (make test runs one small seed). KNP_DIFFTEST_SEEDS=1-20 and KNP_DIFFTEST_SERVICES=150
+## by default here.
+difftest: check-root deps peers
+	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) KNP_DIFFTEST_SEEDS=$${KNP_DIFFTEST_SEEDS:-1-20} \
+	  KNP_DIFFTEST_SERVICES=$${KNP_DIFFTEST_SERVICES:-150} \
+	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test difftest -- --nocapture
 
 unit-test:
 	$(CARGO) test $(CARGOFLAGS) --workspace --exclude nftproxy-integration

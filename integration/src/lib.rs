@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod control_plane;
+pub mod difftest;
 pub mod clusters;
 pub mod lab;
+pub mod peer;
 pub mod sctp;
 pub mod yaml;
 
