@@ -4,6 +4,11 @@
 //!
 //!     nftproxy-bench [--quick] [--out DIR] [--services 1000,10000,50000] [--endpoints 1,3,10]
 //!                    [--runs 3] [--dataplane 0,1000,10000,30000] [--requests 2000] [--deadline 120]
+//!                    [--real 1000x3,10000x3] [--real-samples 3] [--real-deadline 300] [--only-real]
+//!
+//! `--real` runs the head to head with the real kube-proxy v1.34.4 (both modes) and our daemon
+//! (both modes), fed by a real kube-apiserver (`nftproxy_integration::headtohead`); it needs the
+//! peers of `integration/peers/build-peers.sh` and the `kube-nftproxy` binary next to this one.
 //!
 //! Diagnostics: `PHASES=1 nftproxy-bench --child-sync N E` prints the resident memory after each
 //! phase of a cold sync of N services × E endpoints (state, resolve, table, batches).
@@ -37,6 +42,10 @@ struct Args {
     requests: usize,
     deadline: Duration,
     quick: bool,
+    real: Vec<(usize, usize)>,
+    real_samples: usize,
+    real_deadline: Duration,
+    only_real: bool,
 }
 
 fn list(s: &str) -> Vec<u32> {
@@ -53,6 +62,10 @@ fn parse_args() -> Args {
         requests: 2000,
         deadline: Duration::from_secs(120),
         quick: false,
+        real: Vec::new(),
+        real_samples: 3,
+        real_deadline: Duration::from_secs(300),
+        only_real: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,6 +79,10 @@ fn parse_args() -> Args {
             a.deadline = Duration::from_secs(30);
             continue;
         }
+        if flag == "--only-real" {
+            a.only_real = true;
+            continue;
+        }
         let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--out" => a.out = v.into(),
@@ -75,6 +92,18 @@ fn parse_args() -> Args {
             "--dataplane" => a.dataplane = list(&v),
             "--requests" => a.requests = v.parse().unwrap(),
             "--deadline" => a.deadline = Duration::from_secs(v.parse().unwrap()),
+            "--real" => {
+                a.real = v
+                    .split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(|x| {
+                        let (n, e) = x.split_once('x').expect("--real NxE,…");
+                        (n.trim().parse().unwrap(), e.trim().parse().unwrap())
+                    })
+                    .collect()
+            }
+            "--real-samples" => a.real_samples = v.parse().unwrap(),
+            "--real-deadline" => a.real_deadline = Duration::from_secs(v.parse().unwrap()),
             _ => panic!("unknown flag {flag}"),
         }
     }
@@ -605,12 +634,23 @@ fn main() {
     std::fs::create_dir_all(&a.out).unwrap();
     let started = Instant::now();
     let mut r = Results::default();
-    control_plane(&a, &mut r);
-    data_plane(&a, &mut r);
-    let md = report(&a, &r);
-    plots(&a, &r);
+    let real = (!a.real.is_empty()).then(|| {
+        let ours = std::env::current_exe().unwrap().parent().unwrap().join("kube-nftproxy");
+        assert!(ours.exists(), "{} is missing: build it (make bench does)", ours.display());
+        nftproxy_integration::headtohead::run(&a.real, &ours, a.real_deadline, a.real_samples, &a.out)
+    });
+    let mut md = String::new();
+    if !a.only_real {
+        control_plane(&a, &mut r);
+        data_plane(&a, &mut r);
+        md = report(&a, &r);
+        plots(&a, &r);
+    }
+    if let Some(real) = &real {
+        md = format!("{real}\n{md}");
+    }
     let machine = format!(
-        "Machine: {} CPU(s), {}, kernel {}; {}. Real kube-proxy contender: not run (needs the peer build of the daemon issue).\n",
+        "Machine: {} CPU(s), {}, kernel {}; {}.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/meminfo")
             .ok()

@@ -1,0 +1,389 @@
+//! Head to head with the real kube-proxy: each proxy process in turn, fed by the same real
+//! kube-apiserver and the same objects, in a fresh node namespace: cold start, +1 Service and an
+//! endpoint replaced (API call returned → traffic follows, probed with real packets), the proxy's
+//! own sync time (its `kubeproxy_sync_proxy_rules_duration_seconds`), CPU seconds and peak RSS of
+//! the proxy process (and of its children: kube-proxy runs `nft` and `iptables-restore`).
+//!
+//! Everything is bounded: a proxy that misses the deadline is reported as "> N s" and skipped
+//! for the rest of that size.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::control_plane::{ADMIN_TOKEN, ControlPlane, peers_dir};
+use crate::lab::{Lab, NODE, POD_PORT, pod_ip};
+use crate::{Outcome, Proto, Topology, request};
+
+pub const NAMESPACE: &str = "bench";
+const LATE_IP: &str = "10.96.255.250";
+
+/// The proxies compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Proxy {
+    KubeProxyNftables,
+    KubeProxyIptables,
+    OursNftables,
+    OursIptables,
+}
+
+impl Proxy {
+    pub const ALL: [Proxy; 4] =
+        [Proxy::OursNftables, Proxy::KubeProxyNftables, Proxy::OursIptables, Proxy::KubeProxyIptables];
+    pub fn label(self) -> &'static str {
+        match self {
+            Proxy::KubeProxyNftables => "kube-proxy v1.34.4, nftables",
+            Proxy::KubeProxyIptables => "kube-proxy v1.34.4, iptables (iptables-nft)",
+            Proxy::OursNftables => "kube-nftproxy, nftables",
+            Proxy::OursIptables => "kube-nftproxy, iptables (legacy)",
+        }
+    }
+}
+
+/// One proxy's figures at one size.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    /// Process start → the late Service (created after all others) answers; None: deadline.
+    pub cold_start: Option<Duration>,
+    /// The proxy's own sync time summed over the syncs until then (its metric).
+    pub cold_reported: Option<f64>,
+    /// API call returned → traffic reaches the new Service (median of samples).
+    pub plus_one: Vec<Duration>,
+    /// The proxy's own mean sync time over those changes.
+    pub plus_one_reported: Option<f64>,
+    /// API call returned → traffic goes to the replacement endpoint only.
+    pub churn: Vec<Duration>,
+    pub cpu_seconds: f64,
+    pub peak_rss_mib: f64,
+    /// With children (kube-proxy's `nft` / `iptables-restore`), sampled every 100 ms.
+    pub peak_tree_rss_mib: f64,
+    pub note: String,
+}
+
+/// The objects of N Services × E endpoints (fake endpoint addresses: nothing answers them; the
+/// probes use their own Services backed by the lab's pods).
+pub fn objects(n: usize, e: usize) -> Vec<Vec<Value>> {
+    let ip = |base: u32, i: usize| {
+        let v = base + i as u32;
+        format!("{}.{}.{}.{}", v >> 24, (v >> 16) & 255, (v >> 8) & 255, v & 255)
+    };
+    let (mut services, mut slices) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let name = format!("s{i}");
+        services.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"clusterIP": ip(0x0A60_0100, i), "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}}));
+        let eps: Vec<Value> = (0..e)
+            .map(|j| json!({"addresses": [ip(0x0A80_0000, i * e + j)], "nodeName": "node-b", "conditions": {"ready": true}}))
+            .collect();
+        slices.push(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-1"), "namespace": NAMESPACE, "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps}));
+    }
+    vec![services, slices]
+}
+
+fn probe_service(name: &str, ip: &str, pod: usize) -> (Value, Value) {
+    (
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NAMESPACE},
+               "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": POD_PORT}]}}),
+        probe_slice(name, pod),
+    )
+}
+
+fn probe_slice(name: &str, pod: usize) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{name}-1"), "namespace": NAMESPACE, "labels": {"kubernetes.io/service-name": name}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": POD_PORT, "protocol": "TCP"}],
+           "endpoints": [{"addresses": [pod_ip(pod)], "nodeName": "node-b", "conditions": {"ready": true}}]})
+}
+
+/// The bench's control plane with N × E objects and the late probe Service loaded.
+pub struct Cluster {
+    topo: Topology,
+    pub cp: ControlPlane,
+    pub load_time: Duration,
+    links: u8,
+}
+
+impl Cluster {
+    pub fn load(n: usize, e: usize) -> Cluster {
+        let mut topo = Topology::new();
+        let cp = ControlPlane::start_alone(&mut topo);
+        cp.create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}));
+        cp.create(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.1.1"}]}}));
+        let load_time = crate::loader::create_all(&cp, &objects(n, e), 64);
+        let (svc, slice) = probe_service("late", LATE_IP, 1);
+        cp.create(&svc);
+        cp.create(&slice);
+        Cluster { topo, cp, load_time, links: 1 }
+    }
+}
+
+/// A running proxy process, killed on drop, with an RSS sampler over its process tree.
+struct Running {
+    child: Child,
+    stop: Arc<AtomicBool>,
+    peak_tree_kb: Arc<AtomicU64>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        for task in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            if let Ok(c) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(c.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// utime + stime + cutime + cstime of a process, in seconds (children once reaped).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // Fields 14–17 of stat are utime, stime, cutime, cstime; `after` starts at field 3.
+    let ticks: f64 = f.get(11..15).map(|s| s.iter().sum()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn start(p: Proxy, lab: &Lab, kubeconfig: &Path, ours_bin: &Path, log: &Path) -> Running {
+    let file = std::fs::File::create(log).unwrap();
+    let mut cmd = match p {
+        Proxy::OursNftables | Proxy::OursIptables => {
+            let mut c = lab.node.command(ours_bin.to_str().unwrap());
+            let mode = if p == Proxy::OursNftables { "nftables" } else { "iptables" };
+            c.args(["run", "--proxy-mode", mode, "--hostname-override", NODE, "--cluster-cidr", "10.244.0.0/16"])
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(["--min-sync-period", "0s", "--conntrack-max-per-core", "0"])
+                .args(["--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "127.0.0.1:10256"]);
+            c
+        }
+        Proxy::KubeProxyNftables | Proxy::KubeProxyIptables => {
+            let mode = if p == Proxy::KubeProxyNftables { "nftables" } else { "iptables" };
+            let mut c = lab.node.command(peers_dir().join("kube-proxy").to_str().unwrap());
+            c.arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .arg(format!("--proxy-mode={mode}"))
+                .args([&format!("--hostname-override={NODE}"), "--cluster-cidr=10.244.0.0/16"])
+                .args(["--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0s"])
+                .args(["--conntrack-tcp-timeout-close-wait=0s", "--iptables-min-sync-period=0s"])
+                .args(["--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256"]);
+            c
+        }
+    };
+    let child = cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file).spawn().expect("spawn proxy");
+    let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (s, pk, pid) = (stop.clone(), peak.clone(), child.id());
+    std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let total: u64 = descendants(pid).into_iter().map(|p| status_kb(p, "VmRSS:")).sum();
+            pk.fetch_max(total, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    Running { child, stop, peak_tree_kb: peak }
+}
+
+/// The proxy's own sync metric: (sum of seconds, count).
+fn sync_metric(lab: &Lab) -> Option<(f64, f64)> {
+    let out = lab.node.command("curl").args(["-s", "--max-time", "3", "http://127.0.0.1:10249/metrics"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // One family's series when the metric has them (ours observes each sync for both).
+    let v4_only = text.contains("kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=\"IPv4\"}");
+    let get = |suffix: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("kubeproxy_sync_proxy_rules_duration_seconds_{suffix}")))
+            .filter(|l| !v4_only || l.contains("ip_family=\"IPv4\""))
+            .filter_map(|l| l.split_whitespace().last().and_then(|v| v.parse::<f64>().ok()))
+            .fold(None, |acc: Option<f64>, v| Some(acc.unwrap_or(0.0) + v))
+    };
+    Some((get("sum")?, get("count")?))
+}
+
+/// Polls `to` from the lab's client until `ok` holds for `streak` answers in a row; the time
+/// from `since`, or None after `limit`.
+fn until(
+    lab: &Lab,
+    to: &str,
+    since: Instant,
+    limit: Duration,
+    streak: usize,
+    ok: impl Fn(&Outcome) -> bool + Sync,
+) -> Option<Duration> {
+    let to = to.parse().unwrap();
+    let mut first_ok: Option<Duration> = None;
+    let mut n = 0;
+    lab.client.run(|| {
+        while since.elapsed() < limit {
+            let o = request(Proto::Tcp, to, None, Duration::from_millis(200));
+            if ok(&o) {
+                first_ok.get_or_insert(since.elapsed());
+                n += 1;
+                if n >= streak {
+                    return first_ok;
+                }
+            } else {
+                first_ok = None;
+                n = 0;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        None
+    })
+}
+
+fn answered_by(who: &'static str) -> impl Fn(&Outcome) -> bool + Sync {
+    move |o| matches!(o, Outcome::Answered { responder, .. } if responder == who)
+}
+
+/// Runs one proxy against the loaded cluster: cold start, `samples` × (+1 Service), `samples` ×
+/// endpoint replaced. Leaves the cluster as it found it.
+pub fn measure(c: &mut Cluster, p: Proxy, ours_bin: &Path, deadline: Duration, samples: usize, logs: &Path) -> Figures {
+    let lab = Lab::new(2);
+    let ip = c.cp.connect(&c.topo, &lab.node, c.links);
+    c.links += 1;
+    let kubeconfig = c.cp.kubeconfig(&ip, 6443, ADMIN_TOKEN, &format!("bench{}", c.links));
+    let log: PathBuf = logs.join(format!("{:?}.log", p));
+    let mut f = Figures::default();
+    let t0 = Instant::now();
+    let running = start(p, &lab, &kubeconfig, ours_bin, &log);
+    f.cold_start = until(&lab, &format!("{LATE_IP}:80"), t0, deadline, 3, answered_by("ep1"));
+    if f.cold_start.is_none() {
+        f.note = format!("> {} s (stopped)", deadline.as_secs());
+        finish(&mut f, &running);
+        return f;
+    }
+    f.cold_reported = sync_metric(&lab).map(|(s, _)| s);
+    let before = sync_metric(&lab);
+    for k in 0..samples {
+        let name = format!("plus{k}");
+        let ip = format!("10.96.255.{}", 240 + k);
+        let (svc, slice) = probe_service(&name, &ip, 2);
+        c.cp.create(&svc);
+        c.cp.create(&slice);
+        let t = Instant::now();
+        match until(&lab, &format!("{ip}:80"), t, deadline, 1, answered_by("ep2")) {
+            Some(d) => f.plus_one.push(d),
+            None => f.note = format!("+1 Service > {} s", deadline.as_secs()),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if let (Some((s0, n0)), Some((s1, n1))) = (before, sync_metric(&lab))
+        && n1 > n0
+    {
+        f.plus_one_reported = Some((s1 - s0) / (n1 - n0));
+    }
+    for k in 0..samples {
+        // The late Service's endpoint moves between the two pods.
+        let to = if k % 2 == 0 { 2 } else { 1 };
+        let slice = probe_slice("late", to);
+        c.cp.replace(&slice);
+        let t = Instant::now();
+        let who = if to == 1 { "ep1" } else { "ep2" };
+        match until(&lab, &format!("{LATE_IP}:80"), t, deadline, 3, answered_by(who)) {
+            Some(d) => f.churn.push(d),
+            None => f.note = format!("endpoint change > {} s", deadline.as_secs()),
+        }
+    }
+    finish(&mut f, &running);
+    // Put the cluster back: no extra Services, the late one on ep1.
+    for k in 0..samples {
+        let (svc, slice) = probe_service(&format!("plus{k}"), &format!("10.96.255.{}", 240 + k), 2);
+        c.cp.delete(&slice);
+        c.cp.delete(&svc);
+    }
+    c.cp.replace(&probe_slice("late", 1));
+    f
+}
+
+fn finish(f: &mut Figures, r: &Running) {
+    let pid = r.child.id();
+    f.cpu_seconds = descendants(pid).into_iter().map(cpu_seconds).sum();
+    f.peak_rss_mib = status_kb(pid, "VmHWM:") as f64 / 1024.0;
+    let tree = descendants(pid).into_iter().map(|p| status_kb(p, "VmRSS:")).sum::<u64>();
+    r.peak_tree_kb.fetch_max(tree, Ordering::Relaxed);
+    f.peak_tree_rss_mib = r.peak_tree_kb.load(Ordering::Relaxed) as f64 / 1024.0;
+}
+
+/// The median of a sample, for tables.
+pub fn median(v: &[Duration]) -> Option<Duration> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+/// Every proxy at every size, as a markdown table.
+pub fn run(sizes: &[(usize, usize)], ours_bin: &Path, deadline: Duration, samples: usize, out: &Path) -> String {
+    use std::fmt::Write as _;
+    let mut results: BTreeMap<(usize, usize, Proxy), Figures> = BTreeMap::new();
+    let mut load_times = Vec::new();
+    for &(n, e) in sizes {
+        let mut c = Cluster::load(n, e);
+        load_times.push(format!("{n} × {e}: {} objects in {:.1} s", 2 * n + 2, c.load_time.as_secs_f64()));
+        eprintln!("head to head {n} × {e}: objects loaded in {:.1?}", c.load_time);
+        for p in Proxy::ALL {
+            let f = measure(&mut c, p, ours_bin, deadline, samples, out);
+            eprintln!("head to head {n} × {e} {}: {f:?}", p.label());
+            results.insert((n, e, p), f);
+        }
+    }
+    let ms = |d: Option<Duration>| d.map_or("–".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+    let s = |d: Option<Duration>| d.map_or("–".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "### Head to head with the real kube-proxy (same kube-apiserver and objects, one proxy at a time, medians of {samples} sample(s))\n"
+    );
+    let _ = writeln!(
+        md,
+        "| services × endpoints | proxy | cold start (process start → late Service answers) | its own sync time until then | +1 Service (API → traffic) | +1 Service, its own sync | endpoint replaced (API → traffic) | CPU s | peak RSS | peak RSS with children |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for ((n, e, p), f) in &results {
+        let cold = if f.cold_start.is_none() { f.note.clone() } else { s(f.cold_start) };
+        let _ = writeln!(
+            md,
+            "| {n} × {e} | {} | {cold} | {} | {} | {} | {} | {:.1} | {:.0} MiB | {:.0} MiB |",
+            p.label(),
+            f.cold_reported.map_or("–".into(), |x| format!("{x:.2} s")),
+            ms(median(&f.plus_one)),
+            f.plus_one_reported.map_or("–".into(), |x| format!("{:.1} ms", x * 1000.0)),
+            ms(median(&f.churn)),
+            f.cpu_seconds,
+            f.peak_rss_mib,
+            f.peak_tree_rss_mib
+        );
+    }
+    let _ = writeln!(md, "\nObjects created through the API (kube-rs, 64 in flight): {}.", load_times.join("; "));
+    md
+}
