@@ -98,7 +98,13 @@ fn service(r: &mut Rng, i: usize, pods: usize) -> DiffService {
     let cluster_ip: IpAddr = format!("10.96.{}.{}", 10 + i / 250, i % 250 + 1).parse().unwrap();
     let mut spec = json!({"type": ty, "clusterIP": cluster_ip.to_string()});
     if ty != "ClusterIP" {
-        spec["externalTrafficPolicy"] = json!(*r.pick(&["Cluster", "Local"]));
+        let etp = *r.pick(&["Cluster", "Local"]);
+        spec["externalTrafficPolicy"] = json!(etp);
+        if ty == "LoadBalancer" && etp == "Local" {
+            // Explicit, in a range of its own: an allocated one could take a node port a later
+            // Service asks for.
+            spec["healthCheckNodePort"] = json!(32000 + i);
+        }
     }
     spec["internalTrafficPolicy"] = json!(*r.pick(&["Cluster", "Local"]));
     let external_ips: Vec<IpAddr> =
@@ -272,8 +278,9 @@ pub enum Seen {
     /// Answered by these endpoints; the sources they saw (`link` = the node's address on the
     /// endpoint's link, i.e. masqueraded or sent by the node; else the address itself).
     Answered { responders: BTreeSet<String>, sources: BTreeSet<String> },
-    /// Affinity: always the same one endpoint; the kind of source it saw.
-    Pinned { sources: BTreeSet<String> },
+    /// Affinity: always the same one endpoint (which one is chance); whether that endpoint is
+    /// the sending pod itself (hairpin), and the kind of source it saw.
+    Pinned { hairpin: bool, sources: BTreeSet<String> },
     Refused,
     Dropped,
     /// Some requests answered and some not, or an error: printed in full.
@@ -324,7 +331,8 @@ fn observe_one(f: &FlowSpec, answered_n: usize) -> Seen {
         Seen::Dropped
     } else if refused + dropped == 0 && other.is_empty() {
         if f.pinned && responders.len() == 1 {
-            Seen::Pinned { sources }
+            let hairpin = matches!(f.from, Src::Pod(k) if responders.contains(&format!("ep{k}")));
+            Seen::Pinned { hairpin, sources }
         } else {
             Seen::Answered { responders, sources }
         }
@@ -365,6 +373,20 @@ pub fn observe_all(lab: &Lab, flows: &[FlowSpec], answered_n: usize, threads: us
         }
     });
     results.into_inner().unwrap().into_iter().map(|s| s.expect("observed")).collect()
+}
+
+/// Whether two answers to the same flow agree. Equal answers do; so do two affinity answers that
+/// pinned the sending pod to different endpoints by chance — one to itself (a hairpin, which
+/// both kube-proxy modes always masquerade: its source must be the node's link address) and one
+/// to another endpoint.
+pub fn equivalent(a: &Seen, b: &Seen) -> bool {
+    match (a, b) {
+        (Seen::Pinned { hairpin: h1, sources: s1 }, Seen::Pinned { hairpin: h2, sources: s2 }) if h1 != h2 => {
+            let link: BTreeSet<String> = ["link".to_string()].into();
+            if *h1 { *s1 == link } else { *s2 == link }
+        }
+        _ => a == b,
+    }
 }
 
 /// Merges two observations of the same flow (more requests, to see every endpoint).
@@ -423,5 +445,20 @@ mod tests {
             l.add_value(o);
         }
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    }
+
+    #[test]
+    fn affinity_pinning_to_different_endpoints_is_not_a_difference_but_anything_else_is() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        let to_self = Seen::Pinned { hairpin: true, sources: set(&["link"]) };
+        let to_other = Seen::Pinned { hairpin: false, sources: set(&["10.244.3.2"]) };
+        assert!(equivalent(&to_self, &to_other) && equivalent(&to_other, &to_self));
+        let unmasqueraded_self = Seen::Pinned { hairpin: true, sources: set(&["10.244.3.2"]) };
+        assert!(!equivalent(&unmasqueraded_self, &to_other), "a hairpin must be masqueraded");
+        let a = Seen::Answered { responders: set(&["ep1", "ep2"]), sources: set(&["link"]) };
+        let b = Seen::Answered { responders: set(&["ep1"]), sources: set(&["link"]) };
+        assert!(!equivalent(&a, &b));
+        assert!(!equivalent(&Seen::Refused, &Seen::Dropped));
+        assert_eq!(merge(&a, &b), a);
     }
 }

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::control_plane::{ADMIN_TOKEN, ControlPlane, peers_dir};
 use crate::lab::{Lab, NODE, POD_PORT, pod_ip};
+use crate::peer::Mode;
 use crate::{Outcome, Proto, Topology, request};
 
 pub const NAMESPACE: &str = "bench";
@@ -190,15 +191,8 @@ fn start(p: Proxy, lab: &Lab, kubeconfig: &Path, ours_bin: &Path, log: &Path) ->
             c
         }
         Proxy::KubeProxyNftables | Proxy::KubeProxyIptables => {
-            let mode = if p == Proxy::KubeProxyNftables { "nftables" } else { "iptables" };
-            let mut c = lab.node.command(peers_dir().join("kube-proxy").to_str().unwrap());
-            c.arg(format!("--kubeconfig={}", kubeconfig.display()))
-                .arg(format!("--proxy-mode={mode}"))
-                .args([&format!("--hostname-override={NODE}"), "--cluster-cidr=10.244.0.0/16"])
-                .args(["--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0s"])
-                .args(["--conntrack-tcp-timeout-close-wait=0s", "--iptables-min-sync-period=0s"])
-                .args(["--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256"]);
-            c
+            let mode = if p == Proxy::KubeProxyNftables { Mode::Nftables } else { Mode::Iptables };
+            crate::peer::command(&peers_dir(), &lab.node, kubeconfig, mode, NODE, "10.244.0.0/16")
         }
     };
     let child = cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file).spawn().expect("spawn proxy");
@@ -373,7 +367,7 @@ pub fn run(sizes: &[(usize, usize)], ours_bin: &Path, deadline: Duration, sample
         let cold = if f.cold_start.is_none() { f.note.clone() } else { s(f.cold_start) };
         let _ = writeln!(
             md,
-            "| {n} × {e} | {} | {cold} | {} | {} | {} | {} | {:.1} | {:.0} MiB | {:.0} MiB |",
+            "| {n} × {e} | {} | {cold} | {} | {} | {} | {} | {:.2} | {:.0} MiB | {:.0} MiB |",
             p.label(),
             f.cold_reported.map_or("–".into(), |x| format!("{x:.2} s")),
             ms(median(&f.plus_one)),

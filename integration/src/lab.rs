@@ -80,6 +80,10 @@ impl Lab {
         for ns in [&node, &upstream] {
             ns.sysctl("net.ipv4.icmp_ratelimit", "0");
             ns.sysctl("net.ipv6.icmp.ratelimit", "0");
+            // The ICMP token bucket (1000/s, burst 50) is per network namespace on current
+            // kernels; many flows at once (the differential suite) would otherwise lose rejects.
+            ns.sysctl("net.ipv4.icmp_msgs_per_sec", "100000");
+            ns.sysctl("net.ipv4.icmp_msgs_burst", "100000");
         }
         let mut pod_nss = Vec::new();
         for n in (1..=pods).chain([50]) {

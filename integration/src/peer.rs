@@ -29,6 +29,27 @@ impl Mode {
     }
 }
 
+/// The kube-proxy command line for a test node: its mode, node and cluster CIDRs, what it needs
+/// inside a network namespace, no minimum sync period, metrics and health on loopback.
+pub fn command(
+    peers: &Path,
+    node: &Ns,
+    kubeconfig: &Path,
+    mode: Mode,
+    node_name: &str,
+    cluster_cidrs: &str,
+) -> std::process::Command {
+    let mut c = node.command(peers.join("kube-proxy").to_str().unwrap());
+    c.arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--proxy-mode={}", mode.flag()))
+        .arg(format!("--hostname-override={node_name}"))
+        .arg(format!("--cluster-cidr={cluster_cidrs}"))
+        .args(["--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0s"])
+        .args(["--conntrack-tcp-timeout-close-wait=0s", "--iptables-min-sync-period=0s"])
+        .args(["--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256"]);
+    c
+}
+
 /// A running kube-proxy; killed (and reaped) on drop.
 pub struct KubeProxy {
     child: Option<Child>,
@@ -50,15 +71,8 @@ impl KubeProxy {
         extra: &[&str],
     ) -> KubeProxy {
         let file = std::fs::File::create(&log).unwrap();
-        let child = node
-            .command(peers.join("kube-proxy").to_str().unwrap())
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--proxy-mode={}", mode.flag()))
-            .arg(format!("--hostname-override={node_name}"))
-            .arg(format!("--cluster-cidr={cluster_cidrs}"))
-            .args(["--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0s"])
-            .args(["--conntrack-tcp-timeout-close-wait=0s", "--iptables-min-sync-period=0s"])
-            .args(["--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256", "--v=2"])
+        let child = command(peers, node, kubeconfig, mode, node_name, cluster_cidrs)
+            .arg("--v=2")
             .args(extra)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())

@@ -140,9 +140,27 @@ pub async fn watch(client: Client, node_name: String, tx: mpsc::Sender<SourceEve
     let slices = watch_kind(Api::<discovery::EndpointSlice>::all(client.clone()), selector, tx.clone(), SLICES);
     // kube-proxy watches ServiceCIDRs (MultiCIDRServiceAllocator, GA in 1.33) to drop traffic to
     // unallocated ClusterIPs. The first sync does not wait for them, as kube-proxy's does not.
-    let cidrs = watch_kind(Api::<networking::ServiceCIDR>::all(client.clone()), Default::default(), tx.clone(), SERVICE_CIDRS);
+    let cidrs = watch_service_cidrs(client.clone(), tx.clone());
     let nodes = watch_node(Api::<core::Node>::all(client), node_name, tx);
     tokio::join!(services, slices, cidrs, nodes);
+}
+
+/// The ServiceCIDR watcher, unless the API server has no such resource (before Kubernetes 1.33):
+/// then one warning, and no drops of unallocated ClusterIPs, instead of a failed watch a second.
+async fn watch_service_cidrs(client: Client, tx: mpsc::Sender<SourceEvent>) {
+    let api = Api::<networking::ServiceCIDR>::all(client);
+    if let Err(kube::Error::Api(e)) = api.list(&kube::api::ListParams::default().limit(1)).await
+        && e.code == 404
+    {
+        let _ = tx
+            .send(SourceEvent::Warning(
+                "this API server has no networking.k8s.io/v1 ServiceCIDRs: traffic to unallocated ClusterIPs is not dropped"
+                    .into(),
+            ))
+            .await;
+        return;
+    }
+    watch_kind(api, Default::default(), tx, SERVICE_CIDRS).await
 }
 
 /// One converted object: `Ok(Some)` usable, `Ok(None)` deliberately not ours, `Err` unusable.
