@@ -21,8 +21,9 @@ use crate::tracker::{ChangeTracker, Changes};
 pub enum Source {
     /// The Kubernetes API (kube-rs watchers).
     Api(kube::Client),
-    /// Manifests on disk, polled at this interval.
-    Manifests(std::path::PathBuf, Duration),
+    /// Manifests on disk, polled at this interval; whether a source without objects means "no
+    /// Services" (else it is an error, like a file that does not parse).
+    Manifests(std::path::PathBuf, Duration, bool),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,10 @@ impl Proxy {
     pub fn event(&mut self, ev: SourceEvent) {
         match &ev {
             SourceEvent::Warning(w) => tracing::warn!("{w}"),
+            SourceEvent::SourceFailed(e) => {
+                tracing::error!("{e}; nothing changed, the previous rules stay");
+                self.metrics.manifest_load_failures.inc();
+            }
             SourceEvent::WatchError { kind, error } => tracing::warn!(kind, "watch failed, retrying: {error}"),
             SourceEvent::Node { eligible, .. } => self.health.set_node_eligible(*eligible),
             SourceEvent::LocalAddressesChanged => self.refresh_local_addresses(),
@@ -363,7 +368,9 @@ pub async fn run(settings: Settings, node_name: String, source: Source) -> Resul
             });
             tokio::spawn(nftproxy_kube::watch(client, node_name, tx))
         }
-        Source::Manifests(path, every) => tokio::spawn(crate::manifests::watch(path, node_name, every, tx)),
+        Source::Manifests(path, every, allow_empty) => {
+            tokio::spawn(crate::manifests::watch(path, node_name, every, allow_empty, tx))
+        }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tracing::info!(mode = ?proxy.settings.mode, node = %proxy.node_name, "waiting for the complete lists of Services and EndpointSlices");

@@ -1,5 +1,9 @@
 //! Standalone input: a manifest file or directory, read again whenever it changes (polled: a
-//! ConfigMap mounted into a pod changes by a symlink swap that inotify watches on the file miss).
+//! ConfigMap mounted into a pod changes by a symlink swap that inotify watches on the file miss;
+//! an editor's atomic rename changes the file's identity and time, which the poll sees).
+//! Last good state wins: a source that does not load as a whole (a syntax error, a truncated or
+//! unreadable file, no objects at all unless allowed) changes nothing and is reported once per
+//! change.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -7,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use nftproxy_kube::SourceEvent;
 use tokio::sync::mpsc;
 
-/// Names, sizes and modification times of the manifest files: any change → reload.
-fn stamp(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+/// Names, sizes, inodes and modification times of the manifest files: any change → reload.
+fn stamp(path: &Path) -> Vec<(PathBuf, u64, u64, Option<SystemTime>)> {
+    use std::os::unix::fs::MetadataExt;
     let mut files = vec![path.to_path_buf()];
     if path.is_dir() {
         files = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
@@ -19,20 +24,28 @@ fn stamp(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         .map(|p| {
             let m = std::fs::metadata(&p).ok();
             let len = m.as_ref().map_or(0, |m| m.len());
+            // The inode too: an atomic rename over the file is a change even at equal size and time.
+            let ino = m.as_ref().map_or(0, |m| m.ino());
             let mtime = m.and_then(|m| m.modified().ok());
-            (p, len, mtime)
+            (p, len, ino, mtime)
         })
         .collect()
 }
 
 /// Loads `path` now and again after every change, sending complete lists each time.
-pub async fn watch(path: PathBuf, node_name: String, interval: Duration, tx: mpsc::Sender<SourceEvent>) {
+pub async fn watch(
+    path: PathBuf,
+    node_name: String,
+    interval: Duration,
+    allow_empty: bool,
+    tx: mpsc::Sender<SourceEvent>,
+) {
     let mut last = None;
     loop {
         let now = stamp(&path);
         if last.as_ref() != Some(&now) {
             last = Some(now);
-            let events = match nftproxy_manifest::load_path(&path) {
+            let events = match nftproxy_manifest::load_path_with(&path, allow_empty) {
                 Ok(loaded) => {
                     let mut ev: Vec<SourceEvent> =
                         loaded.warnings.iter().map(|w| SourceEvent::Warning(w.to_string())).collect();
@@ -46,8 +59,8 @@ pub async fn watch(path: PathBuf, node_name: String, interval: Duration, tx: mps
                     ev.push(SourceEvent::Node { eligible: true, node });
                     ev
                 }
-                // A missing or unreadable path keeps what was programmed.
-                Err(e) => vec![SourceEvent::Warning(e.to_string())],
+                // A missing, unreadable, unparsable or empty source keeps what was programmed.
+                Err(e) => vec![SourceEvent::SourceFailed(e.to_string())],
             };
             for e in events {
                 if tx.send(e).await.is_err() {

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub endpoints: IntGaugeVec,
     pub drift_repairs: IntCounter,
     pub last_sync_messages: Gauge,
+    /// Manifest sources that did not load as a whole (the previous state was kept).
+    pub manifest_load_failures: IntCounter,
 }
 
 fn exponential(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -181,6 +183,18 @@ impl Metrics {
                     Opts::new(
                         "drift_repairs_total",
                         "Syncs that found our rules changed by someone else and restored them",
+                    )
+                    .subsystem("kubenftproxy"),
+                )
+                .expect("valid counter");
+                registry.register(Box::new(c.clone())).expect("register");
+                c
+            },
+            manifest_load_failures: {
+                let c = IntCounter::with_opts(
+                    Opts::new(
+                        "manifest_load_failures_total",
+                        "Manifest sources (--from) that did not load as a whole; the previous state was kept",
                     )
                     .subsystem("kubenftproxy"),
                 )

@@ -118,7 +118,10 @@ impl ChangeTracker {
                 new.remove(&name);
                 self.service_cidrs_changed(new)
             }
-            SourceEvent::LocalAddressesChanged | SourceEvent::Warning(_) | SourceEvent::WatchError { .. } => false,
+            SourceEvent::LocalAddressesChanged
+            | SourceEvent::SourceFailed(_)
+            | SourceEvent::Warning(_)
+            | SourceEvent::WatchError { .. } => false,
         }
     }
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nftproxy_manifest::{Loaded, load_path};
+use nftproxy_manifest::{Loaded, load_path_with};
 use nftproxy_model::{IpFamily, NodeContext, resolve};
 use nftproxy_nftables::{Family, NftablesBackend};
 
@@ -49,6 +49,10 @@ struct ProgramArgs {
     iptables: IptablesArgs,
     #[arg(long, value_enum, default_value = "nftables")]
     backend: Backend,
+    /// A manifest source without a single object means "no Services" (without this flag it is
+    /// an error, like a file that does not parse, and nothing is changed).
+    #[arg(long = "allow-empty-manifests")]
+    allow_empty: bool,
 }
 
 impl ProgramArgs {
@@ -62,7 +66,7 @@ impl ProgramArgs {
 
     /// The manifests and this node's context.
     fn load(&self) -> Result<(Loaded, NodeContext)> {
-        let loaded = load(&self.from)?;
+        let loaded = load_with(&self.from, self.allow_empty)?;
         let mut ctx = self.node.context(&loaded.state, self.backend == Backend::Iptables)?;
         if self.backend == Backend::Iptables {
             ctx.masquerade_bit = self.iptables.masquerade_bit;
@@ -108,9 +112,14 @@ enum Command {
     },
 }
 
-/// Loads manifests and reports every warning on stderr: bad objects never stop the rest.
+/// Loads manifests and reports every warning on stderr: bad objects never stop the rest, but a
+/// file that does not parse (or holds no object at all) is an error: nothing is used.
 pub(crate) fn load(from: &std::path::Path) -> Result<Loaded> {
-    let loaded = load_path(from).with_context(|| format!("--from {}", from.display()))?;
+    load_with(from, false)
+}
+
+fn load_with(from: &std::path::Path, allow_empty: bool) -> Result<Loaded> {
+    let loaded = load_path_with(from, allow_empty).with_context(|| format!("--from {}", from.display()))?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }

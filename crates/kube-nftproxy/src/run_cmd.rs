@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// UDP stream conntrack timeout (0: leave it).
     #[arg(long = "conntrack-udp-timeout-stream", value_name = "DURATION")]
     conntrack_udp_timeout_stream: Option<GoDuration>,
+    /// Standalone mode: a manifest source without a single object means "no Services" (without
+    /// this flag it is refused like a file that does not parse, and the rules stay).
+    #[arg(long = "allow-empty-manifests", requires = "from")]
+    allow_empty_manifests: bool,
     /// Remove our rules (both modes) and exit.
     #[arg(long)]
     cleanup: bool,
@@ -254,8 +258,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     rt.block_on(async move {
         let source = match &settings.from {
             Some(path) => {
-                nftproxy_manifest::load_path(path).with_context(|| format!("--from {}", path.display()))?;
-                Source::Manifests(path.clone(), Duration::from_secs(1))
+                nftproxy_manifest::load_path_with(path, args.allow_empty_manifests)
+                    .with_context(|| format!("--from {}", path.display()))?;
+                Source::Manifests(path.clone(), Duration::from_secs(1), args.allow_empty_manifests)
             }
             None => {
                 let client = nftproxy_kube::client(settings.kubeconfig.as_deref(), settings.master.as_deref()).await?;

@@ -298,3 +298,68 @@ fn iptables_mode_and_cleanup() {
     assert!(save.contains(":SOMEONE-ELSE"), "other chains stay: {save}");
     assert_eq!(lab.node.exec("nft", &["list", "tables"]).trim(), "table inet someone-else");
 }
+
+/// Last good state wins: a manifest overwritten with text that does not parse (an editor's
+/// interrupted save), emptied, or truncated changes nothing — the rules stay, the error names the
+/// file and line, a metric counts it — and an atomic rename of a good file is followed. `sync`
+/// with such a file exits non-zero and leaves the table as it was.
+#[test]
+fn standalone_keeps_the_last_good_state_when_the_file_breaks() {
+    let lab = Lab::new(2);
+    let dir = TempDir::new(&format!("{}lastgood", lab.topo.prefix()));
+    let file = dir.join("live.yaml");
+    let good = manifest(&[1, 2]);
+    std::fs::write(&file, &good).unwrap();
+    let child = lab
+        .node
+        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args(["run", "--from", file.to_str().unwrap(), "--hostname-override", NODE, "--node-ip", "10.0.1.1"])
+        .args(["--cluster-cidr", "10.244.0.0/16", "--metrics-bind-address", "127.0.0.1:10249"])
+        .args(["--healthz-bind-address", "", "--conntrack-max-per-core", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    answered_by(&lab.client, "10.96.0.10:80", &["ep1", "ep2"], 10);
+    let table = || lab.node.exec("nft", &["list", "table", "ip", "kube-nftproxy"]);
+    let before = table();
+    for broken in ["garbage: [\n".to_string(), String::new(), good[..good.len() * 2 / 3].to_string() + "- {addresses: [10.244"] {
+        std::fs::write(&file, &broken).unwrap();
+        std::thread::sleep(Duration::from_millis(2200));
+        answered_by(&lab.client, "10.96.0.10:80", &["ep1", "ep2"], 3);
+        assert_eq!(table(), before, "a broken file changed the rules: {broken:?}");
+    }
+    let (code, metrics) = http_get(&lab.node, "127.0.0.1:10249", "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("kubenftproxy_manifest_load_failures_total 3"), "{metrics}");
+    // An editor's atomic save: a new file renamed over the old one.
+    let tmp = dir.join(".live.yaml.swp");
+    std::fs::write(&tmp, manifest(&[2])).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    answered_by(&lab.client, "10.96.0.10:80", &["ep2"], 5);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(&format!("{} (document 1, line 1)", file.display())), "file and line named: {log}");
+    assert!(log.contains("no Kubernetes objects") && log.contains("the previous rules stay"), "{log}");
+
+    // `sync --from` a broken file: non-zero exit, nothing changed.
+    let before = table();
+    std::fs::write(&file, "garbage: [\n").unwrap();
+    let out = lab
+        .node
+        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args(["sync", "--from", file.to_str().unwrap(), "--hostname-override", NODE])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "sync of a broken file succeeded: {err}");
+    assert!(err.contains("line 1"), "{err}");
+    assert_eq!(table(), before);
+    std::fs::write(&file, "").unwrap();
+    let out = lab.node.command(env!("CARGO_BIN_EXE_kube-nftproxy")).args(["sync", "--from", file.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success(), "an empty file is refused without --allow-empty-manifests");
+    assert_eq!(table(), before);
+}

@@ -30,6 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             SourceEvent::ServiceCidrApplied((name, cidrs)) => println!("ServiceCIDR {name} applied: {cidrs:?}"),
             SourceEvent::ServiceCidrDeleted(name) => println!("ServiceCIDR {name} deleted"),
             SourceEvent::LocalAddressesChanged => println!("interface addresses changed"),
+            SourceEvent::SourceFailed(e) => println!("source failed (nothing changed): {e}"),
             SourceEvent::Warning(w) => println!("warning: {w}"),
             SourceEvent::WatchError { kind, error } => println!("{kind} watch failed (retrying): {error}"),
         }

@@ -56,6 +56,9 @@ pub enum SourceEvent {
     ServiceCidrDeleted(String),
     /// This node's interface addresses may have changed (rtnetlink told us): look again.
     LocalAddressesChanged,
+    /// The source as a whole could not be read (a manifest that does not parse, an empty one):
+    /// nothing changed, the previous state stays.
+    SourceFailed(String),
     /// One object was unusable; it was treated as absent.
     Warning(String),
     /// A watch failed (the watcher retries on its own, with backoff).

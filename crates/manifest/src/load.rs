@@ -37,6 +37,8 @@ pub struct Loaded {
     pub skipped_services: Vec<(String, Skipped)>,
     /// Objects of kinds the proxy does not use (Pods, Deployments, …).
     pub ignored_objects: usize,
+    /// Every object seen (lists count their items), used or not.
+    pub objects: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +47,25 @@ pub enum LoadError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}: no .yaml, .yml or .json files")]
     Empty(PathBuf),
+    /// A file that does not parse as a whole (a syntax error, a truncated or half-written file):
+    /// nothing of the source is used, so a bad edit never removes Services.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// No object at all: taken as "no Services" only when allowed (`--allow-empty-manifests`).
+    #[error("{0}: no Kubernetes objects (an empty manifest would remove every Service; --allow-empty-manifests allows it)")]
+    NoObjects(PathBuf),
 }
 
 /// Reads a file, or every `.yaml`/`.yml`/`.json` file of a directory (sorted by name, not
-/// recursive), and adds every object to one state.
+/// recursive), and adds every object to one state. Last good state wins: a file that does not
+/// parse (any syntax error) or a source without a single object is an error, and the caller keeps
+/// what it had; only objects that parse but cannot be used are skipped one by one (warnings).
 pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
+    load_path_with(path, false)
+}
+
+/// [`load_path`], optionally accepting a source without objects as "no Services".
+pub fn load_path_with(path: &Path, allow_empty: bool) -> Result<Loaded, LoadError> {
     let io = |source| LoadError::Io { path: path.to_path_buf(), source };
     let files: Vec<PathBuf> = if path.is_dir() {
         let mut files: Vec<PathBuf> = fs::read_dir(path)
@@ -70,6 +86,14 @@ pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
         let text = fs::read_to_string(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
         loaded.add_text(&file.display().to_string(), &text);
     }
+    if let Some(Warning::Document { source, message }) =
+        loaded.warnings.iter().find(|w| matches!(w, Warning::Document { .. }))
+    {
+        return Err(LoadError::Parse { origin: source.clone(), message: message.clone() });
+    }
+    if loaded.objects == 0 && !allow_empty {
+        return Err(LoadError::NoObjects(path.to_path_buf()));
+    }
     Ok(loaded)
 }
 
@@ -83,6 +107,7 @@ impl Loaded {
                 match doc {
                     Ok(v) => self.add_value(v),
                     Err(e) => {
+                        // serde_json's message ends with the line and column in the whole text.
                         self.warnings.push(Warning::Document {
                             source: format!("{source} (JSON value {})", i + 1),
                             message: e.to_string(),
@@ -96,14 +121,22 @@ impl Loaded {
         // Documents are split on `---` lines here rather than by serde_yaml's multi-document
         // iterator, which cannot resynchronise after a syntax error: one broken document must
         // not lose the ones after it.
-        for (i, doc) in yaml_documents(text).enumerate() {
+        for (i, (first_line, doc)) in yaml_documents(text).enumerate() {
             match serde_yaml::from_str::<Value>(doc) {
                 Ok(Value::Null) => {}
                 Ok(v) => self.add_value(v),
-                Err(e) => self.warnings.push(Warning::Document {
-                    source: format!("{source} (document {})", i + 1),
-                    message: e.to_string(),
-                }),
+                Err(e) => {
+                    // The line in the file, not in the document (an error found at the end of a
+                    // truncated document is reported on its last line).
+                    let last = first_line + doc.trim_end().lines().count().max(1) - 1;
+                    let at = e
+                        .location()
+                        .map(|l| format!(", line {}", (first_line + l.line().max(1) - 1).min(last)))
+                        .unwrap_or_default();
+                    let message = e.to_string();
+                    let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+                    self.warnings.push(Warning::Document { source: format!("{source} (document {}{at})", i + 1), message })
+                }
             }
         }
     }
@@ -116,11 +149,13 @@ impl Loaded {
         }
         let kind = v.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
         if kind == "List" || (kind.ends_with("List") && v.get("items").is_some()) {
+            // (its items count, not the list)
             if let Some(Value::Array(items)) = v.get("items").cloned() {
                 items.into_iter().for_each(|i| self.add_value(i));
             }
             return;
         }
+        self.objects += 1;
         let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         match (kind.as_str(), api_version) {
             ("Service", "v1") => {
@@ -189,19 +224,20 @@ impl Loaded {
     }
 }
 
-/// Splits a YAML stream into documents at `---` separator lines.
-fn yaml_documents(text: &str) -> impl Iterator<Item = &str> {
-    let mut starts = vec![0];
+/// Splits a YAML stream into documents at `---` separator lines: (the document's first line in
+/// the file, 1-based; its text).
+fn yaml_documents(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut starts = vec![(0, 1)];
     let mut ends = Vec::new();
     let mut off = 0;
-    for line in text.split_inclusive('\n') {
+    for (n, line) in text.split_inclusive('\n').enumerate() {
         let l = line.trim_end();
         if l == "---" || l.starts_with("--- ") {
             ends.push(off);
-            starts.push(off + line.len());
+            starts.push((off + line.len(), n + 2));
         }
         off += line.len();
     }
     ends.push(text.len());
-    starts.into_iter().zip(ends).map(move |(s, e)| &text[s..e])
+    starts.into_iter().zip(ends).map(move |((s, line), e)| (line, &text[s..e]))
 }

@@ -208,10 +208,29 @@ fn endpoint_of_the_wrong_family_is_reported() {
 }
 
 #[test]
-fn yaml_syntax_error_in_one_document_keeps_the_others() {
-    let l = load(&format!("{}---\nkind: [unclosed\n", svc_yaml("{clusterIP: 10.0.0.1, ports: [{port: 80}]}")));
-    assert_eq!(l.state.services.len(), 2);
+fn a_syntax_error_anywhere_fails_the_whole_source_and_empty_needs_permission() {
+    // Parsing text reports the broken document (the others still parse)…
+    let text = format!("{}---\napiVersion: v1\nkind: [unclosed\n", svc_yaml("{clusterIP: 10.0.0.1, ports: [{port: 80}]}"));
+    let l = load(&text);
     assert!(matches!(&l.warnings[..], [Warning::Document { .. }]), "{:?}", l.warnings);
+    // …but a source with one is not used at all: last good state wins (a half-written file
+    // must not remove the Services after the break).
+    let dir = std::env::temp_dir().join(format!("knp-manifest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("cluster.yaml");
+    std::fs::write(&f, &text).unwrap();
+    let e = crate::load_path(&f).unwrap_err().to_string();
+    let lines = text.lines().count();
+    assert!(e.starts_with(&format!("{} (document 3, line {lines}): ", f.display())), "{e}");
+    for (content, what) in [("", "empty"), ("# nothing yet\n", "comments only"), ("---\n---\n", "empty documents")] {
+        std::fs::write(&f, content).unwrap();
+        let e = crate::load_path(&f).unwrap_err();
+        assert!(matches!(e, crate::LoadError::NoObjects(_)), "{what}: {e}");
+        assert!(crate::load_path_with(&f, true).unwrap().state.services.is_empty(), "{what}, allowed");
+    }
+    std::fs::write(&f, "{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [").unwrap();
+    assert!(matches!(crate::load_path(&f), Err(crate::LoadError::Parse { .. })), "truncated JSON");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -637,7 +637,11 @@ fn main() {
     let real = (!a.real.is_empty()).then(|| {
         let ours = std::env::current_exe().unwrap().parent().unwrap().join("kube-nftproxy");
         assert!(ours.exists(), "{} is missing: build it (make bench does)", ours.display());
-        nftproxy_integration::headtohead::run(&a.real, &ours, a.real_deadline, a.real_samples, &a.out)
+        let md = nftproxy_integration::headtohead::run(&a.real, &ours, a.real_deadline, a.real_samples, &a.out);
+        // Kept on its own too: the rest of the suite takes long.
+        std::fs::write(a.out.join("head-to-head.md"), &md).unwrap();
+        eprint!("{md}");
+        md
     });
     let mut md = String::new();
     if !a.only_real {
