@@ -111,10 +111,10 @@ impl NftSocket {
             };
             let mut done = false;
             for (ty, flags, seq, payload) in messages(&self.rbuf[..n]) {
-                if ty != NLMSG_ERROR || payload.len() < 4 {
+                if ty != NLMSG_ERROR {
                     continue;
                 }
-                let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                let err = nlmsg_error(payload);
                 if err != 0 {
                     errors.push(KernelError {
                         what: describe(&batch.msgs, seq),
@@ -166,7 +166,7 @@ impl NftSocket {
                 }
                 match ty {
                     NLMSG_ERROR => {
-                        let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                        let err = nlmsg_error(payload);
                         return match -err {
                             0 => Ok(found),
                             libc::ENOENT => Ok(false),
@@ -213,7 +213,7 @@ impl NftSocket {
             let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
             for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
                 if s == seq && ty == NLMSG_ERROR {
-                    let err = -i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                    let err = -nlmsg_error(payload);
                     return if err == 0 || err == libc::ENOENT {
                         Ok(())
                     } else {
@@ -238,8 +238,7 @@ impl NftSocket {
                     continue;
                 }
                 if ty == NLMSG_ERROR {
-                    let err = i32::from_ne_bytes(payload[..4].try_into().unwrap());
-                    return Err(io::Error::from_raw_os_error(-err));
+                    return Err(io::Error::from_raw_os_error(-nlmsg_error(payload)));
                 }
                 if let Some(v) = attrs(payload.get(4..).unwrap_or(&[])).find(|(t, _)| *t == NFTA_GEN_ID)
                     && v.1.len() >= 4
@@ -271,7 +270,7 @@ impl NftSocket {
                 match ty {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
-                        let err = -i32::from_ne_bytes(payload[..4].try_into().unwrap());
+                        let err = -nlmsg_error(payload);
                         return match err {
                             0 => Ok(out),
                             libc::ENOENT => Ok(Vec::new()),
@@ -282,6 +281,15 @@ impl NftSocket {
                 }
             }
         }
+    }
+}
+
+/// The (negative) errno of an NLMSG_ERROR payload; a payload too short to hold one is a
+/// protocol error (-EPROTO), never a panic.
+pub(crate) fn nlmsg_error(payload: &[u8]) -> i32 {
+    match payload.get(..4) {
+        Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        None => -libc::EPROTO,
     }
 }
 
@@ -362,4 +370,31 @@ pub(crate) fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8]
         off += (len + 3) & !3;
         Some(item)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_or_odd_replies_are_errors_never_panics() {
+        assert_eq!(nlmsg_error(&(-2i32).to_ne_bytes()), -2);
+        assert_eq!(nlmsg_error(&[1, 2]), -libc::EPROTO);
+        assert_eq!(nlmsg_error(&[]), -libc::EPROTO);
+        // A header claiming more than the datagram holds, or less than a header: no message.
+        let mut msg = 64u32.to_ne_bytes().to_vec();
+        msg.extend_from_slice(&[0; 12]);
+        assert_eq!(messages(&msg).count(), 0);
+        let mut tiny = 8u32.to_ne_bytes().to_vec();
+        tiny.extend_from_slice(&[0; 12]);
+        assert_eq!(messages(&tiny).count(), 0);
+        assert_eq!(messages(&[1, 2, 3]).count(), 0);
+        // Attributes: a length past the end, or below the header size, ends the walk.
+        assert_eq!(attrs(&[200, 0, 1, 0, 9, 9]).count(), 0);
+        assert_eq!(attrs(&[2, 0, 1, 0]).count(), 0);
+        assert_eq!(ext_ack_message(NLM_F_ACK_TLVS, &[0; 8]), None);
+        let mut capped = vec![0u8; 20];
+        capped.extend_from_slice(&[255, 0, 1, 0]);
+        assert_eq!(ext_ack_message(NLM_F_ACK_TLVS, &capped), None);
+    }
 }
