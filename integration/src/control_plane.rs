@@ -23,6 +23,8 @@ pub const ADMIN_TOKEN: &str = "knp-admin-token";
 pub const PROXY_TOKEN: &str = "knp-proxy-token";
 pub const PROXY_USER: &str = "system:serviceaccount:kube-system:kube-nftproxy";
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The IPv6 Service range of a dual-stack control plane ([`ControlPlane::start_alone`]).
+pub const SERVICE_CIDR_V6: &str = "fd00:96::/112";
 
 /// The directory with kube-apiserver, etcd and kube-proxy: `$KNP_PEERS_BIN`, else whatever
 /// `build-peers.sh` prints (it builds them once into its cache, then only prints the path).
@@ -53,6 +55,8 @@ pub struct ControlPlane {
     peers: PathBuf,
     etcd: Option<Proc>,
     apiservers: Vec<(u16, Option<Proc>)>,
+    /// `--service-cluster-ip-range`.
+    service_cidrs: String,
 }
 
 impl ControlPlane {
@@ -63,16 +67,16 @@ impl ControlPlane {
         topo.veth(node, "cp0", &ns, "eth0");
         topo.addr(node, "cp0", &format!("{NODE_SIDE_IP}/24"));
         topo.addr(&ns, "eth0", &format!("{API_IP}/24"));
-        Self::start_in(ns)
+        Self::start_in(ns, SERVICE_CIDR.to_string())
     }
 
-    /// A control plane in a namespace of its own topology, linked to no node yet: nodes join
-    /// with [`ControlPlane::connect`] (several node namespaces with identical addresses can watch
-    /// the same API server, each over its own link).
+    /// A dual-stack control plane in a namespace of its own topology, linked to no node yet:
+    /// nodes join with [`ControlPlane::connect`] (several node namespaces with identical
+    /// addresses can watch the same API server, each over its own link).
     pub fn start_alone(topo: &mut Topology) -> ControlPlane {
         let ns = topo.netns("cp");
         topo.addr(&ns, "lo", &format!("{API_IP}/32"));
-        Self::start_in(ns)
+        Self::start_in(ns, format!("{SERVICE_CIDR},{SERVICE_CIDR_V6}"))
     }
 
     /// Links node namespace `node` to the API server over link number `k` (1..=250): the node
@@ -85,7 +89,7 @@ impl ControlPlane {
         format!("10.1.{k}.1")
     }
 
-    fn start_in(ns: Ns) -> ControlPlane {
+    fn start_in(ns: Ns, service_cidrs: String) -> ControlPlane {
         let peers = peers_dir();
         let dir = std::env::temp_dir().join(&ns.name);
         let _ = std::fs::remove_dir_all(&dir);
@@ -106,7 +110,7 @@ impl ControlPlane {
             .output()
             .expect("openssl");
         assert!(out.status.success(), "openssl genrsa failed");
-        let mut cp = ControlPlane { ns, dir, peers, etcd: None, apiservers: Vec::new() };
+        let mut cp = ControlPlane { ns, dir, peers, etcd: None, apiservers: Vec::new(), service_cidrs };
         cp.start_etcd();
         cp.start_apiserver(6443);
         cp
@@ -157,7 +161,7 @@ impl ControlPlane {
             format!("--cert-dir={d}/certs-{port}"),
             format!("--token-auth-file={d}/tokens.csv"),
             "--authorization-mode=RBAC".into(),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", self.service_cidrs),
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={d}/sa.key"),
             format!("--service-account-signing-key-file={d}/sa.key"),

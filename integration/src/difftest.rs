@@ -26,7 +26,8 @@ pub const SENTINEL_IP: &str = "10.96.255.254";
 /// One service port and how it can be reached.
 #[derive(Clone, Debug)]
 pub struct PortInfo {
-    pub proto: Proto,
+    /// None: SCTP (programmed by both proxies; the lab's responders do not speak it, so no flows).
+    pub proto: Option<Proto>,
     pub port: u16,
     pub node_port: Option<u16>,
 }
@@ -36,6 +37,8 @@ pub struct PortInfo {
 pub struct DiffService {
     pub name: String,
     pub cluster_ip: IpAddr,
+    /// The IPv6 ClusterIP of a dual-stack Service.
+    pub cluster_ip6: Option<IpAddr>,
     pub external_ips: Vec<IpAddr>,
     pub lb_ips: Vec<IpAddr>,
     pub ports: Vec<PortInfo>,
@@ -97,6 +100,12 @@ fn service(r: &mut Rng, i: usize, pods: usize) -> DiffService {
     let ty = *r.pick(&["ClusterIP", "ClusterIP", "NodePort", "LoadBalancer"]);
     let cluster_ip: IpAddr = format!("10.96.{}.{}", 10 + i / 250, i % 250 + 1).parse().unwrap();
     let mut spec = json!({"type": ty, "clusterIP": cluster_ip.to_string()});
+    let cluster_ip6: Option<IpAddr> = r.chance(20).then(|| format!("fd00:96::{:x}", 0x100 + i).parse().unwrap());
+    if let Some(v6) = cluster_ip6 {
+        spec["ipFamilyPolicy"] = json!("RequireDualStack");
+        spec["ipFamilies"] = json!(["IPv4", "IPv6"]);
+        spec["clusterIPs"] = json!([cluster_ip.to_string(), v6.to_string()]);
+    }
     if ty != "ClusterIP" {
         let etp = *r.pick(&["Cluster", "Local"]);
         spec["externalTrafficPolicy"] = json!(etp);
@@ -131,12 +140,22 @@ fn service(r: &mut Rng, i: usize, pods: usize) -> DiffService {
     let mut spec_ports = Vec::new();
     let mut slice_ports = Vec::new();
     for p in 0..nports {
-        let proto = if r.chance(35) { Proto::Udp } else { Proto::Tcp };
+        let proto = match r.below(20) {
+            0 => None,
+            1..=7 => Some(Proto::Udp),
+            _ => Some(Proto::Tcp),
+        };
         let pname = format!("p{p}");
         let port = 80 + p as u16;
         let node_port = (ty != "ClusterIP").then(|| 30000 + (i * 2 + p) as u16);
-        let pr = if proto == Proto::Udp { "UDP" } else { "TCP" };
-        let mut sp = json!({"name": pname, "port": port, "protocol": pr, "targetPort": POD_PORT});
+        let pr = match proto {
+            None => "SCTP",
+            Some(Proto::Udp) => "UDP",
+            Some(Proto::Tcp) => "TCP",
+        };
+        // A named target port sometimes: the proxies use the slices' port numbers either way.
+        let target = if r.chance(30) { json!("web") } else { json!(POD_PORT) };
+        let mut sp = json!({"name": pname, "port": port, "protocol": pr, "targetPort": target});
         if let Some(np) = node_port {
             sp["nodePort"] = json!(np);
         }
@@ -180,8 +199,28 @@ fn service(r: &mut Rng, i: usize, pods: usize) -> DiffService {
             "metadata": {"name": format!("{name}-1"), "namespace": NAMESPACE, "labels": {"kubernetes.io/service-name": name}},
             "addressType": "IPv4", "ports": slice_ports, "endpoints": endpoints
         }));
+        if cluster_ip6.is_some() {
+            // The same pods and conditions in an IPv6 slice.
+            let v6: Vec<Value> = endpoints
+                .iter()
+                .zip(&endpoint_pods)
+                .map(|(e, pod)| {
+                    let mut e = e.clone();
+                    e["addresses"] = json!([format!("fd00:244:{pod}::2")]);
+                    e
+                })
+                .collect();
+            objects.push(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-v6"), "namespace": NAMESPACE, "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv6", "ports": slice_ports, "endpoints": v6
+            }));
+        }
     }
-    DiffService { name, cluster_ip, external_ips, lb_ips, ports, affinity, endpoint_pods, objects }
+    if hints {
+        objects[0]["spec"]["trafficDistribution"] = json!("PreferClose");
+    }
+    DiffService { name, cluster_ip, cluster_ip6, external_ips, lb_ips, ports, affinity, endpoint_pods, objects }
 }
 
 /// Where a flow comes from.
@@ -215,16 +254,25 @@ pub fn flows(c: &DiffCluster) -> Vec<FlowSpec> {
     let mut out = Vec::new();
     for (i, s) in c.services.iter().enumerate() {
         for p in &s.ports {
+            let Some(proto) = p.proto else { continue };
             let mut add = |what: &str, from: Src, ip: IpAddr, port: u16| {
                 out.push(FlowSpec {
                     service: Some(i),
                     what: format!("{}:{} {what}", s.name, p.port),
                     from,
-                    proto: p.proto,
+                    proto,
                     to: SocketAddr::new(ip, port),
                     pinned: s.affinity,
                 });
             };
+            if let Some(v6) = s.cluster_ip6 {
+                for src in [Src::Client, Src::PodClient, Src::Node] {
+                    add("IPv6 cluster IP", src, v6, p.port);
+                }
+                if let Some(np) = p.node_port {
+                    add("IPv6 node port", Src::Client, "fd00:1::1".parse().unwrap(), np);
+                }
+            }
             for src in [Src::Client, Src::PodClient, Src::Node] {
                 add("cluster IP", src, s.cluster_ip, p.port);
             }
@@ -247,13 +295,14 @@ pub fn flows(c: &DiffCluster) -> Vec<FlowSpec> {
                 add("cluster IP from an endpoint's own pod (hairpin)", Src::Pod(pod), s.cluster_ip, p.port);
             }
         }
-        if i % 4 == 0 {
-            let p = &s.ports[0];
+        if i % 4 == 0
+            && let Some(p) = s.ports.iter().find(|p| p.proto.is_some())
+        {
             out.push(FlowSpec {
                 service: Some(i),
                 what: format!("{}:{} unused port of the cluster IP", s.name, p.port + 1000),
                 from: Src::Client,
-                proto: p.proto,
+                proto: p.proto.unwrap(),
                 to: SocketAddr::new(s.cluster_ip, p.port + 1000),
                 pinned: false,
             });
@@ -436,7 +485,9 @@ mod tests {
             b.objects().iter().map(|o| o.to_string()).collect::<Vec<_>>()
         );
         let f = flows(&a);
-        for what in ["cluster IP", "node port", "load-balancer IP", "hairpin", "unused port", "unallocated"] {
+        for what in
+            ["cluster IP", "node port", "load-balancer IP", "hairpin", "unused port", "unallocated", "IPv6 cluster IP"]
+        {
             assert!(f.iter().any(|f| f.what.contains(what)), "no {what} flow");
         }
         // Every object converts cleanly with the manifest loader too.
