@@ -101,7 +101,7 @@ fn delete_all(cp: &ControlPlane, c: &DiffCluster) {
     }
 }
 
-/// Every flow's answer in `lab`: twelve flows at a time, except ClientIP-affinity flows, which go
+/// Every flow's answer in `lab`: twenty-four flows at a time, except ClientIP-affinity flows, which go
 /// one at a time afterwards. Affinity state is per Service port and client address, shared by all
 /// frontends of the port: two frontends probed at once from one client can both pick before
 /// either has recorded the client, and see two endpoints — a race of the probe, not of the proxy
@@ -110,7 +110,7 @@ fn observe(lab: &Lab, flows: &[difftest::FlowSpec]) -> Vec<Seen> {
     let (pinned, free): (Vec<usize>, Vec<usize>) = (0..flows.len()).partition(|&i| flows[i].pinned);
     let pick = |idx: &[usize]| idx.iter().map(|&i| flows[i].clone()).collect::<Vec<_>>();
     let mut out: Vec<Option<Seen>> = vec![None; flows.len()];
-    for (idx, seen) in [(&free, observe_all(lab, &pick(&free), 12, 12)), (&pinned, observe_all(lab, &pick(&pinned), 12, 1))] {
+    for (idx, seen) in [(&free, observe_all(lab, &pick(&free), 12, 24)), (&pinned, observe_all(lab, &pick(&pinned), 12, 1))] {
         for (&i, s) in idx.iter().zip(seen) {
             out[i] = Some(s);
         }
@@ -160,6 +160,16 @@ fn compare(cp: &ControlPlane, topo: &Topology, c: &DiffCluster, mode: Mode, link
         k
     };
     eprintln!("kube-proxy {}: {:?}; kube-nftproxy: {:?}", mode.flag(), kinds(&theirs_seen), kinds(&ours));
+    let v6: Vec<usize> = (0..flows.len()).filter(|&i| flows[i].to.is_ipv6()).collect();
+    let answered = |seen: &[Seen]| {
+        v6.iter().filter(|&&i| matches!(seen[i], Seen::Answered { .. } | Seen::Pinned { .. })).count()
+    };
+    eprintln!(
+        "IPv6 flows: {}, answered by kube-proxy {}, by kube-nftproxy {}",
+        v6.len(),
+        answered(&theirs_seen),
+        answered(&ours)
+    );
     for (i, f) in flows.iter().enumerate() {
         if let Seen::Mixed(m) = &theirs_seen[i] {
             eprintln!("mixed answers from kube-proxy {}: {} {:?} {:?}: {m:.300}", mode.flag(), f.what, f.from, f.proto);
