@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::control_plane::{ADMIN_TOKEN, ControlPlane, peers_dir};
 use crate::lab::{Lab, NODE, POD_PORT, pod_ip};
 use crate::peer::Mode;
-use crate::{Outcome, Proto, Topology, request};
+use crate::{Outcome, Proto, Topology, proc_status_kb, request};
 
 pub const NAMESPACE: &str = "bench";
 const LATE_IP: &str = "10.96.255.250";
@@ -141,17 +141,6 @@ impl Drop for Running {
     }
 }
 
-fn status_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 fn descendants(pid: u32) -> Vec<u32> {
     let mut out = vec![pid];
     let mut i = 0;
@@ -200,7 +189,7 @@ fn start(p: Proxy, lab: &Lab, kubeconfig: &Path, ours_bin: &Path, log: &Path) ->
     let (s, pk, pid) = (stop.clone(), peak.clone(), child.id());
     std::thread::spawn(move || {
         while !s.load(Ordering::Relaxed) {
-            let total: u64 = descendants(pid).into_iter().map(|p| status_kb(p, "VmRSS:")).sum();
+            let total: u64 = descendants(pid).into_iter().map(|p| proc_status_kb(p, "VmRSS:")).sum();
             pk.fetch_max(total, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -323,8 +312,8 @@ pub fn measure(c: &mut Cluster, p: Proxy, ours_bin: &Path, deadline: Duration, s
 fn finish(f: &mut Figures, r: &Running) {
     let pid = r.child.id();
     f.cpu_seconds = descendants(pid).into_iter().map(cpu_seconds).sum();
-    f.peak_rss_mib = status_kb(pid, "VmHWM:") as f64 / 1024.0;
-    let tree = descendants(pid).into_iter().map(|p| status_kb(p, "VmRSS:")).sum::<u64>();
+    f.peak_rss_mib = proc_status_kb(pid, "VmHWM:") as f64 / 1024.0;
+    let tree = descendants(pid).into_iter().map(|p| proc_status_kb(p, "VmRSS:")).sum::<u64>();
     r.peak_tree_kb.fetch_max(tree, Ordering::Relaxed);
     f.peak_tree_rss_mib = r.peak_tree_kb.load(Ordering::Relaxed) as f64 / 1024.0;
 }

@@ -149,10 +149,7 @@ impl Lab {
     /// kube-proxy's iptables options for this node: localhost NodePorts only when the NodePort
     /// addresses include IPv4 loopback (its `ContainsIPv4Loopback`).
     pub fn iptables_options(&self) -> nftproxy_iptables::Options {
-        nftproxy_iptables::Options {
-            localhost_nodeports: self.ctx.nodeport_addresses.contains_ipv4_loopback(),
-            ..Default::default()
-        }
+        nftproxy_iptables::Options::default().for_nodeport_addresses(&self.ctx.nodeport_addresses)
     }
 
     /// `nft list ruleset` in the node namespace.

@@ -99,6 +99,14 @@ pub fn enter(name: &str) {
     assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
 }
 
+/// A `kB` field of `/proc/PID/status` (`VmHWM:`, `VmRSS:`), 0 when absent.
+pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0)
+}
+
 /// All network namespaces by name (`ip netns list`).
 pub fn netns_list() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");

@@ -58,22 +58,10 @@ pub struct KubeProxy {
 }
 
 impl KubeProxy {
-    /// Starts `kube-proxy` from `peers` in `node` for node `node_name`, watching the API server
-    /// of `kubeconfig`. Its log goes to `log`.
-    pub fn start(
-        peers: &Path,
-        node: &Ns,
-        kubeconfig: &Path,
-        mode: Mode,
-        node_name: &str,
-        cluster_cidrs: &str,
-        log: PathBuf,
-        extra: &[&str],
-    ) -> KubeProxy {
+    /// Starts kube-proxy from its command line ([`command`]) in `node`, logging to `log`.
+    pub fn start(mut cmd: std::process::Command, node: &Ns, log: PathBuf) -> KubeProxy {
         let file = std::fs::File::create(&log).unwrap();
-        let child = command(peers, node, kubeconfig, mode, node_name, cluster_cidrs)
-            .arg("--v=2")
-            .args(extra)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)

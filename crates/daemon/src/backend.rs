@@ -19,7 +19,7 @@ pub enum Backend {
 pub struct IptablesBackend {
     opts: nftproxy_iptables::Options,
     conntrack: nftproxy_nftables::netlink::NftSocket,
-    udp_services: BTreeSet<ServiceName>,
+    udp_services: nftproxy_nftables::conntrack::UdpServices,
 }
 
 /// What one successful sync did.
@@ -44,14 +44,9 @@ impl Backend {
         Ok(match settings.mode {
             ProxyMode::Nftables => Backend::Nftables(Box::new(NftablesBackend::new()?)),
             ProxyMode::Iptables => Backend::Iptables(IptablesBackend {
-                opts: nftproxy_iptables::Options {
-                    masquerade_bit: settings.masquerade_bit,
-                    localhost_nodeports: settings.effective_localhost_nodeports(),
-                    conntrack_tcp_be_liberal: settings.conntrack_tcp_be_liberal,
-                    ..Default::default()
-                },
+                opts: settings.iptables_options(),
                 conntrack: nftproxy_nftables::netlink::NftSocket::open()?,
-                udp_services: BTreeSet::new(),
+                udp_services: Default::default(),
             }),
         })
     }
@@ -91,14 +86,7 @@ impl Backend {
                 }
                 // kube-proxy's iptables proxier runs the same reconciler after a sync that
                 // touched a UDP Service (every Service on a full sync).
-                let now = nftproxy_nftables::conntrack::udp_services(state);
-                let required = if full {
-                    !now.is_empty() || !b.udp_services.is_empty()
-                } else {
-                    changed.iter().any(|s| now.contains(s) || b.udp_services.contains(s))
-                };
-                b.udp_services = now;
-                let conntrack_deleted = if required {
+                let conntrack_deleted = if b.udp_services.synced(state, (!full).then_some(changed)) {
                     nftproxy_nftables::conntrack::reconcile(&mut b.conntrack, state)
                         .map_err(|e| BackendError { family: IpFamily::V4, message: format!("conntrack cleanup: {e}") })?
                 } else {

@@ -253,6 +253,23 @@ impl Default for ConntrackSettings {
     }
 }
 
+/// `current` with some of kube-proxy's detect-local settings given again (flags over the file,
+/// field by field): what is not given keeps its current value.
+pub fn override_detect_local(
+    current: &DetectLocalMode,
+    mode: Option<&str>,
+    bridge: Option<&str>,
+    prefix: Option<&str>,
+) -> Result<DetectLocalMode, (&'static str, String)> {
+    let (cur_mode, cur_bridge, cur_prefix) = match current {
+        DetectLocalMode::ClusterCidr => ("ClusterCIDR", None, None),
+        DetectLocalMode::NodeCidr => ("NodeCIDR", None, None),
+        DetectLocalMode::BridgeInterface(b) => ("BridgeInterface", Some(b.as_str()), None),
+        DetectLocalMode::InterfaceNamePrefix(p) => ("InterfaceNamePrefix", None, Some(p.as_str())),
+    };
+    detect_local_mode(Some(mode.unwrap_or(cur_mode)), bridge.or(cur_bridge), prefix.or(cur_prefix))
+}
+
 /// kube-proxy's `--detect-local-mode` with `--pod-bridge-interface` / `--pod-interface-name-prefix`
 /// (or the file's `detectLocalMode` / `detectLocal`). Errors name the flag (without `--`) that
 /// is wrong.
@@ -451,10 +468,20 @@ impl Settings {
         })
     }
 
-    /// kube-proxy's iptables mode turns localhost NodePorts off when the NodePort addresses
-    /// hold no IPv4 loopback address (`ContainsIPv4Loopback`).
+    /// The iptables renderer's options for these settings.
+    pub fn iptables_options(&self) -> nftproxy_iptables::Options {
+        nftproxy_iptables::Options {
+            masquerade_bit: self.masquerade_bit,
+            localhost_nodeports: self.localhost_nodeports,
+            conntrack_tcp_be_liberal: self.conntrack_tcp_be_liberal,
+            ..Default::default()
+        }
+        .for_nodeport_addresses(&self.effective_nodeport_addresses())
+    }
+
+    /// Whether localhost NodePorts are on in iptables mode (see [`Settings::iptables_options`]).
     pub fn effective_localhost_nodeports(&self) -> bool {
-        self.localhost_nodeports && self.effective_nodeport_addresses().contains_ipv4_loopback()
+        self.iptables_options().localhost_nodeports
     }
 
     /// kube-proxy's validation of the sync periods.

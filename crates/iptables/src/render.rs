@@ -44,6 +44,15 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// kube-proxy's iptables NewProxier: localhost NodePorts only when the NodePort addresses
+    /// hold an IPv4 loopback address (`ContainsIPv4Loopback`).
+    pub fn for_nodeport_addresses(mut self, addresses: &nftproxy_model::NodePortAddresses) -> Options {
+        self.localhost_nodeports &= addresses.contains_ipv4_loopback();
+        self
+    }
+}
+
 /// kube-proxy switches to "large cluster mode" above this many endpoints: endpoint comments go.
 pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 

@@ -59,9 +59,7 @@ impl ProgramArgs {
     /// kube-proxy's iptables options for this node: localhost NodePorts only when the NodePort
     /// addresses hold an IPv4 loopback address (`ContainsIPv4Loopback`).
     fn iptables_options(&self, ctx: &NodeContext) -> nftproxy_iptables::Options {
-        let mut o = self.iptables.options();
-        o.localhost_nodeports &= ctx.nodeport_addresses.contains_ipv4_loopback();
-        o
+        self.iptables.options().for_nodeport_addresses(&ctx.nodeport_addresses)
     }
 
     /// The manifests and this node's context.

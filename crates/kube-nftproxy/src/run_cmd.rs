@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use nftproxy_daemon::config::{GoDuration, detect_local_mode, parse_bind_address, parse_nodeport_addresses};
-use nftproxy_model::DetectLocalMode;
+use nftproxy_daemon::config::{GoDuration, override_detect_local, parse_bind_address, parse_nodeport_addresses};
 use nftproxy_daemon::{KubeProxyConfiguration, ProxyMode, Settings, Source};
 
 #[derive(Args, Debug, Default)]
@@ -153,26 +152,14 @@ impl RunArgs {
                     .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?,
             );
         }
-        if self.detect_local_mode.is_some() || self.pod_bridge_interface.is_some() || self.pod_interface_name_prefix.is_some() {
-            // The flags complete the file's settings (kube-proxy: flags override field by field).
-            let mode = self.detect_local_mode.clone().or_else(|| match &s.detect_local {
-                DetectLocalMode::ClusterCidr => None,
-                DetectLocalMode::NodeCidr => Some("NodeCIDR".into()),
-                DetectLocalMode::BridgeInterface(_) => Some("BridgeInterface".into()),
-                DetectLocalMode::InterfaceNamePrefix(_) => Some("InterfaceNamePrefix".into()),
-            });
-            let (bridge, prefix) = match &s.detect_local {
-                DetectLocalMode::BridgeInterface(b) => (Some(b.clone()), None),
-                DetectLocalMode::InterfaceNamePrefix(p) => (None, Some(p.clone())),
-                _ => (None, None),
-            };
-            s.detect_local = detect_local_mode(
-                mode.as_deref(),
-                self.pod_bridge_interface.clone().or(bridge).as_deref(),
-                self.pod_interface_name_prefix.clone().or(prefix).as_deref(),
-            )
-            .map_err(|(flag, e)| anyhow::anyhow!("--{flag}: {e}"))?;
-        }
+        // The flags complete the file's settings (kube-proxy: flags override field by field).
+        s.detect_local = override_detect_local(
+            &s.detect_local,
+            self.detect_local_mode.as_deref(),
+            self.pod_bridge_interface.as_deref(),
+            self.pod_interface_name_prefix.as_deref(),
+        )
+        .map_err(|(flag, e)| anyhow::anyhow!("--{flag}: {e}"))?;
         if let Some(v) = self.iptables_localhost_nodeports {
             s.localhost_nodeports = v;
         }

@@ -19,7 +19,7 @@ use nftproxy_integration::difftest::{
     self, DiffCluster, INTENDED_DIFFERENCES, SENTINEL_IP, Seen, equivalent, merge, observe_all, reproducer,
 };
 use nftproxy_integration::lab::{Lab, NODE};
-use nftproxy_integration::peer::{KubeProxy, Mode};
+use nftproxy_integration::peer::{self, KubeProxy, Mode};
 use nftproxy_integration::{Ns, Outcome, Proto, Topology, request};
 
 const PODS: usize = 4;
@@ -130,16 +130,10 @@ fn compare(cp: &ControlPlane, topo: &Topology, c: &DiffCluster, mode: Mode, link
     let kc_ours = cp.kubeconfig(&ip_ours, 6443, ADMIN_TOKEN, "ours");
     let kc_theirs = cp.kubeconfig(&ip_theirs, 6443, ADMIN_TOKEN, "theirs");
     let _ours = start_ours(&ours_lab.node, &kc_ours, mode, cp.dir.join(format!("ours-{}-{}.log", c.seed, mode.flag())));
-    let mut theirs = KubeProxy::start(
-        &peers,
-        &theirs_lab.node,
-        &kc_theirs,
-        mode,
-        NODE,
-        CLUSTER_CIDRS,
-        cp.dir.join(format!("kube-proxy-{}-{}.log", c.seed, mode.flag())),
-        &[],
-    );
+    let mut cmd = peer::command(&peers, &theirs_lab.node, &kc_theirs, mode, NODE, CLUSTER_CIDRS);
+    cmd.arg("--v=2");
+    let log = cp.dir.join(format!("kube-proxy-{}-{}.log", c.seed, mode.flag()));
+    let mut theirs = KubeProxy::start(cmd, &theirs_lab.node, log);
     let t_ours = wait_programmed(&ours_lab, "kube-nftproxy", Duration::from_secs(60));
     let t_theirs = wait_programmed(&theirs_lab, "kube-proxy", Duration::from_secs(120));
     theirs.assert_running();

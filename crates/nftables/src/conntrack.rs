@@ -86,15 +86,43 @@ impl UdpServing {
     }
 }
 
-/// The Services that have a UDP port: a sync that touches one of them (before or after the
-/// change) runs the reconciler (kube-proxy's `ConntrackCleanupRequired`).
-pub fn udp_services(state: &ClusterState) -> BTreeSet<ServiceName> {
-    state
-        .services
-        .values()
-        .filter(|s| s.ports.iter().any(|p| p.protocol == Protocol::Udp))
-        .map(|s| s.name.clone())
-        .collect()
+fn has_udp(s: &nftproxy_model::Service) -> bool {
+    s.ports.iter().any(|p| p.protocol == Protocol::Udp)
+}
+
+/// The Services that have a UDP port, as last synced: kube-proxy's `ConntrackCleanupRequired` —
+/// a sync that touched a Service with a UDP port before or after the change runs the reconciler
+/// (a full sync touches every Service). Shared by both modes.
+#[derive(Clone, Debug, Default)]
+pub struct UdpServices(BTreeSet<ServiceName>);
+
+impl UdpServices {
+    /// Records a sync of `changed` Services (all of them when None); returns whether the
+    /// reconciler must run.
+    pub fn synced(&mut self, state: &ClusterState, changed: Option<&BTreeSet<ServiceName>>) -> bool {
+        match changed {
+            None => {
+                let now: BTreeSet<ServiceName> =
+                    state.services.values().filter(|s| has_udp(s)).map(|s| s.name.clone()).collect();
+                let required = !now.is_empty() || !self.0.is_empty();
+                self.0 = now;
+                required
+            }
+            Some(changed) => {
+                let mut required = false;
+                for svc in changed {
+                    let udp_now = state.services.get(svc).is_some_and(has_udp);
+                    required |= udp_now || self.0.contains(svc);
+                    if udp_now {
+                        self.0.insert(svc.clone());
+                    } else {
+                        self.0.remove(svc);
+                    }
+                }
+                required
+            }
+        }
+    }
 }
 
 /// Dumps both families' conntrack tables and deletes the stale UDP entries; returns how many.
@@ -352,6 +380,8 @@ ports: [{name: dns, port: 5353, protocol: UDP}]
         let mut tcp = with_reply(entry("10.96.0.10", 53, "10.244.9.9"), 5353);
         tcp.proto = 6;
         assert!(!u.is_stale(&tcp), "TCP is left alone");
-        assert_eq!(udp_services(&l.state).len(), 2);
+        let mut t = UdpServices::default();
+        assert!(t.synced(&l.state, None));
+        assert_eq!(t.0.len(), 2);
     }
 }

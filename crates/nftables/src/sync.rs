@@ -59,7 +59,7 @@ pub struct NftablesBackend {
     built_for: Option<NodeContext>,
     /// The Services with a UDP port as last programmed (for kube-proxy's
     /// `ConntrackCleanupRequired`: a changed Service had a UDP port before or has one now).
-    udp_services: BTreeSet<ServiceName>,
+    udp_services: crate::conntrack::UdpServices,
     seq: u32,
     pub cold_start_max_elements: usize,
     /// The ruleset generation after our last commit, while we know that nobody else committed
@@ -78,7 +78,7 @@ impl NftablesBackend {
             sock: NftSocket::open()?,
             programmed: BTreeMap::new(),
             built_for: None,
-            udp_services: BTreeSet::new(),
+            udp_services: Default::default(),
             seq: 1,
             cold_start_max_elements: COLD_START_MAX_ELEMENTS,
             last_gen: None,
@@ -178,10 +178,7 @@ impl NftablesBackend {
             self.sync_table(want, &mut report)?;
         }
         self.built_for = Some(ctx.clone());
-        let now = crate::conntrack::udp_services(state);
-        let required = !now.is_empty() || !self.udp_services.is_empty();
-        self.udp_services = now;
-        if required {
+        if self.udp_services.synced(state, None) {
             report.conntrack_deleted = self.clean_conntrack(state).map_err(SyncError::Conntrack)?;
         }
         Ok(report)
@@ -216,17 +213,7 @@ impl NftablesBackend {
                 self.commit(family, batch, &mut report)?;
             }
         }
-        let mut required = false;
-        for svc in changed {
-            let udp_now = state.services.get(svc).is_some_and(|s| s.ports.iter().any(|p| p.protocol == nftproxy_model::Protocol::Udp));
-            required |= udp_now || self.udp_services.contains(svc);
-            if udp_now {
-                self.udp_services.insert(svc.clone());
-            } else {
-                self.udp_services.remove(svc);
-            }
-        }
-        if required {
+        if self.udp_services.synced(state, Some(changed)) {
             report.conntrack_deleted = self.clean_conntrack(state).map_err(SyncError::Conntrack)?;
         }
         Ok(report)

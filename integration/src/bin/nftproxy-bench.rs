@@ -167,10 +167,7 @@ fn child_sync(n: u32, e: u32) {
     // VmHWM is this address space's peak. Not getrusage's ru_maxrss: Linux carries the
     // high-water mark of the pre-exec address space (a fork of the big bench process) across
     // execve into it.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let hwm =
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).unwrap_or("0");
-    println!("rss_kb {hwm}");
+    println!("rss_kb {}", nftproxy_integration::proc_status_kb(std::process::id(), "VmHWM:"));
 }
 
 /// One measurement: seconds, or why there is none.
