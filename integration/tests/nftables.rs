@@ -461,7 +461,15 @@ fn a_restarted_proxy_replaces_the_table_without_a_failed_connection() {
 /// One UDP request from a fixed source port, as a resolver reusing its socket would send.
 fn udp_from_port(lab: &Lab, to: &str, port: u16) -> String {
     lab.client.run(|| {
-        let s = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        // The same source port each time; a bind racing the previous socket's release is retried.
+        let s = (0..20)
+            .find_map(|_| {
+                std::net::UdpSocket::bind(("0.0.0.0", port)).ok().or_else(|| {
+                    std::thread::sleep(Duration::from_millis(50));
+                    None
+                })
+            })
+            .unwrap_or_else(|| panic!("UDP port {port} stays in use in the client namespace"));
         s.connect(to).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         s.send(b"who\n").unwrap();

@@ -166,8 +166,13 @@ impl Proxy {
     /// One sync: drift check, then the pending changes (or everything).
     pub async fn sync(&mut self) {
         self.last_sync = Some(Instant::now());
-        // Element counts (a dump of every element) at most once per sync period.
-        let deep = self.last_deep_check.is_none_or(|t| t.elapsed() >= self.settings.sync_period);
+        let changes: Changes = self.tracker.take();
+        // Element counts (a dump of every element) at most once per sync period, and before every
+        // full sync: a full sync repairs any drift, so it must look first or the repair goes
+        // uncounted (seen: a map flushed just before a Node-triggered full sync).
+        let deep = self.need_full
+            || changes.node
+            || self.last_deep_check.is_none_or(|t| t.elapsed() >= self.settings.sync_period);
         if deep {
             self.last_deep_check = Some(Instant::now());
         }
@@ -183,7 +188,6 @@ impl Proxy {
                 self.need_full = true;
             }
         }
-        let changes: Changes = self.tracker.take();
         let ctx = self.context();
         let full = self.need_full || changes.node;
         let start = Instant::now();

@@ -116,12 +116,9 @@ fn describe_local(lt: &LocalTraffic) -> String {
     }
 }
 
-/// kube-proxy lets the LB IPs themselves through a source-range firewall when a range holds the
-/// primary node IP (a VIP bound on the node answers the node with the VIP as source).
+/// A load-balancer IP as source, let through the firewall by kube-proxy's `allowFromNode`.
 fn allowed_from_node(p: &ResolvedServicePort, ctx: &NodeContext, src: &IpAddr) -> bool {
-    let node_ip = ctx.primary_node_ip(IpFamily::of(src));
-    p.load_balancer_ips.contains(src)
-        && p.load_balancer_source_ranges.iter().any(|r| node_ip.is_some_and(|ip| r.contains(&ip)))
+    p.load_balancer_ips.contains(src) && ctx.source_ranges_allow_node(&p.load_balancer_source_ranges, p.family)
 }
 
 fn in_cidrs(ip: &IpAddr, cidrs: &[IpNet]) -> bool {

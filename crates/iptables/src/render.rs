@@ -179,10 +179,9 @@ pub fn render(family: IpFamily, ports: &[ResolvedServicePort], ctx: &NodeContext
     let large = total_endpoints > LARGE_CLUSTER_ENDPOINTS;
     // kube-proxy's local-traffic detector (one per family).
     let local = LocalArgs::new(&ctx.local_traffic(family));
-    let node_ip = ctx.primary_node_ip(family);
 
     for p in &ports {
-        ServicePortRules { p, opts, large, local: local.as_ref(), node_ip, ctx }.write(
+        ServicePortRules { p, opts, large, local: local.as_ref(), ctx }.write(
             &mut filter_rules,
             &mut nat_chains,
             &mut nat_rules,
@@ -295,7 +294,6 @@ struct ServicePortRules<'a> {
     opts: &'a Options,
     large: bool,
     local: Option<&'a LocalArgs>,
-    node_ip: Option<IpAddr>,
     ctx: &'a NodeContext,
 }
 
@@ -490,13 +488,11 @@ impl ServicePortRules<'_> {
 
         if uses_fw {
             nat_chains.chain(&fw_chain);
-            let mut allow_from_node = false;
             for cidr in &p.load_balancer_source_ranges {
                 let c = cidr.to_string();
                 nat_rules.commented(&fw_chain, &lb_comment, &["-s", &c, "-j", &ext_chain]);
-                allow_from_node |= self.node_ip.is_some_and(|ip| cidr.contains(&ip));
             }
-            if allow_from_node {
+            if self.ctx.source_ranges_allow_node(&p.load_balancer_source_ranges, p.family) {
                 for ip in &p.load_balancer_ips {
                     let ip = ip.to_string();
                     nat_rules.commented(&fw_chain, &lb_comment, &["-s", &ip, "-j", &ext_chain]);

@@ -499,6 +499,9 @@ fn outage_restart_and_drift_keep_traffic_flowing() {
         settle(&lab.client, Proto::Tcp, &vip, Instant::now(), Duration::from_secs(5), what, all);
     }
     let (_, metrics) = curl(&lab.node, "http://127.0.0.1:10249/metrics");
-    assert!(metric(&metrics, "kubenftproxy_drift_repairs_total").unwrap() >= 2.0, "{metrics}");
+    let repairs = metric(&metrics, "kubenftproxy_drift_repairs_total").unwrap();
+    let noticed: Vec<String> =
+        daemon.log_text().lines().filter(|l| l.contains("drift") || l.contains("synced full=true")).map(String::from).collect();
+    assert!(repairs >= 2.0, "drift repairs {repairs} (want 2); drift log lines: {noticed:#?}\n{metrics}");
     daemon.terminate();
 }

@@ -409,6 +409,13 @@ impl NodeContext {
         self.node_ips(family).next().copied()
     }
 
+    /// kube-proxy's `allowFromNode`: when a `loadBalancerSourceRanges` range holds the primary
+    /// node IP of the family, the load-balancer IPs themselves are allowed sources too (a VIP
+    /// bound on the node answers the node with the VIP as source).
+    pub fn source_ranges_allow_node(&self, ranges: &[IpNet], family: IpFamily) -> bool {
+        self.primary_node_ip(family).is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip)))
+    }
+
     pub fn cluster_cidrs(&self, family: IpFamily) -> impl Iterator<Item = &IpNet> {
         self.cluster_cidrs.iter().filter(move |n| IpFamily::of_net(n) == family)
     }

@@ -316,8 +316,7 @@ impl Builder<'_> {
         let mut allowed: Vec<IpNet> = p.load_balancer_source_ranges.clone();
         // If a range holds the (primary) node IP, traffic from the node may come back to the VIP
         // with the VIP itself as source (kube-proxy allows the LB IPs then too).
-        let node_ip = self.ctx.primary_node_ip(self.f.0);
-        if p.load_balancer_source_ranges.iter().any(|r| node_ip.is_some_and(|ip| r.contains(&ip))) {
+        if self.ctx.source_ranges_allow_node(&p.load_balancer_source_ranges, self.f.0) {
             allowed.extend(p.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
         }
         self.r.chain(&chain, None);
