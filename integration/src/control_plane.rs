@@ -130,7 +130,8 @@ impl ControlPlane {
         Proc(child)
     }
 
-    fn start_etcd(&mut self) {
+    /// Starts (or restarts, on the same data directory) etcd.
+    pub fn start_etcd(&mut self) {
         let data = self.dir.join("etcd");
         let args: Vec<String> = [
             "--name=cp",
@@ -177,7 +178,12 @@ impl ControlPlane {
         self.wait_ready(port);
     }
 
-    /// Stops the API server on `port` (etcd and the data stay).
+    /// Kills etcd (SIGKILL; the data directory stays for [`ControlPlane::start_etcd`]).
+    pub fn stop_etcd(&mut self) {
+        self.etcd.take();
+    }
+
+    /// Kills the API server on `port` (SIGKILL; etcd and the data stay).
     pub fn stop_apiserver(&mut self, port: u16) {
         for (p, proc) in &mut self.apiservers {
             if *p == port {
@@ -203,8 +209,12 @@ impl ControlPlane {
     }
 
     fn curl_raw(&self, port: u16, method: &str, path: &str, body: Option<&Value>) -> Option<String> {
+        self.curl_as(ADMIN_TOKEN, port, method, path, body)
+    }
+
+    fn curl_as(&self, token: &str, port: u16, method: &str, path: &str, body: Option<&Value>) -> Option<String> {
         let mut c = self.ns.command("curl");
-        c.args(["-sk", "--max-time", "10", "-X", method, "-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")]);
+        c.args(["-sk", "--max-time", "10", "-X", method, "-H", &format!("Authorization: Bearer {token}")]);
         if body.is_some() {
             c.args(["-H", "Content-Type: application/json", "--data-binary", "@-"]);
         }
@@ -219,6 +229,25 @@ impl ControlPlane {
         }
         let out = child.wait_with_output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// An API call with `token` on the API server at `port`: the JSON answer (a Status object
+    /// when refused), or an error when there was no answer at all.
+    pub fn try_api_as(&self, token: &str, port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let text = self
+            .curl_as(token, port, method, path, body)
+            .ok_or_else(|| format!("{method} {path} on :{port}: no answer"))?;
+        serde_json::from_str(&text).map_err(|_| format!("{method} {path}: not JSON: {text}"))
+    }
+
+    /// An API call as admin that may fail (the API server or etcd may be down): the JSON
+    /// answer, or an error for no answer or a Status failure.
+    pub fn try_api_on(&self, port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let v = self.try_api_as(ADMIN_TOKEN, port, method, path, body)?;
+        if v["kind"] == "Status" && v["status"] == "Failure" {
+            return Err(format!("{method} {path}: {}", v["message"]));
+        }
+        Ok(v)
     }
 
     /// An API call as admin on the API server at `port`; returns the JSON answer. Panics on a

@@ -30,6 +30,7 @@ pub mod lab;
 pub mod loader;
 pub mod peer;
 pub mod sctp;
+pub mod snapshot;
 pub mod yaml;
 
 pub const NS_PREFIX: &str = "knp-";

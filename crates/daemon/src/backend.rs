@@ -29,6 +29,8 @@ pub struct Synced {
     pub messages: usize,
     pub longest_transaction: Duration,
     pub conntrack_deleted: usize,
+    /// The UDP conntrack cleanup failed (the rules are in place; the next sync retries it).
+    pub conntrack_error: Option<String>,
 }
 
 /// A sync that failed, naming the family whose rules were refused.
@@ -67,7 +69,6 @@ impl Backend {
                 let report: SyncReport = b.sync_services(state, ctx, changed).map_err(|e| BackendError {
                     family: match &e {
                         nftproxy_nftables::SyncError::Netlink { family, .. } => family.0,
-                        _ => IpFamily::V4,
                     },
                     message: e.to_string(),
                 })?;
@@ -76,6 +77,7 @@ impl Backend {
                     messages: report.messages,
                     longest_transaction: report.longest_transaction,
                     conntrack_deleted: report.conntrack_deleted,
+                    conntrack_error: report.conntrack_error,
                 })
             }
             Backend::Iptables(b) => {
@@ -86,13 +88,15 @@ impl Backend {
                 }
                 // kube-proxy's iptables proxier runs the same reconciler after a sync that
                 // touched a UDP Service (every Service on a full sync).
-                let conntrack_deleted = if b.udp_services.synced(state, (!full).then_some(changed)) {
-                    nftproxy_nftables::conntrack::reconcile(&mut b.conntrack, state)
-                        .map_err(|e| BackendError { family: IpFamily::V4, message: format!("conntrack cleanup: {e}") })?
-                } else {
-                    0
-                };
-                Ok(Synced { full: true, conntrack_deleted, ..Default::default() })
+                let mut done = Synced { full: true, ..Default::default() };
+                if b.udp_services.synced(state, (!full).then_some(changed)) {
+                    let cleanup = nftproxy_nftables::conntrack::reconcile(&mut b.conntrack, state);
+                    if cleanup.error.is_some() {
+                        b.udp_services.failed();
+                    }
+                    (done.conntrack_deleted, done.conntrack_error) = (cleanup.deleted, cleanup.error);
+                }
+                Ok(done)
             }
         }
     }

@@ -211,6 +211,10 @@ impl Proxy {
                         self.metrics.conntrack_deleted.with_label_values(&[f]).inc_by(done.conntrack_deleted as u64);
                     }
                 }
+                if let Some(e) = &done.conntrack_error {
+                    tracing::warn!("UDP conntrack cleanup failed (rules are in place; retried next sync): {e}");
+                    self.metrics.conntrack_cleanup_failures.inc();
+                }
                 self.metrics.last_sync_messages.set(done.messages as f64);
                 self.observe_programming_latency(&changes.trigger_times);
                 self.update_stats(&ctx, &changes, done.full).await;

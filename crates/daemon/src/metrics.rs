@@ -32,6 +32,8 @@ pub struct Metrics {
     pub last_sync_messages: Gauge,
     /// Manifest sources that did not load as a whole (the previous state was kept).
     pub manifest_load_failures: IntCounter,
+    /// UDP conntrack cleanups that failed (the sync itself succeeded; the next one retries).
+    pub conntrack_cleanup_failures: IntCounter,
 }
 
 fn exponential(start: f64, factor: f64, n: usize) -> Vec<f64> {
@@ -183,6 +185,18 @@ impl Metrics {
                     Opts::new(
                         "drift_repairs_total",
                         "Syncs that found our rules changed by someone else and restored them",
+                    )
+                    .subsystem("kubenftproxy"),
+                )
+                .expect("valid counter");
+                registry.register(Box::new(c.clone())).expect("register");
+                c
+            },
+            conntrack_cleanup_failures: {
+                let c = IntCounter::with_opts(
+                    Opts::new(
+                        "conntrack_cleanup_failures_total",
+                        "UDP conntrack cleanups that failed; the rules were programmed and the next sync retries",
                     )
                     .subsystem("kubenftproxy"),
                 )

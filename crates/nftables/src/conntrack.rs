@@ -94,29 +94,43 @@ fn has_udp(s: &nftproxy_model::Service) -> bool {
 /// a sync that touched a Service with a UDP port before or after the change runs the reconciler
 /// (a full sync touches every Service). Shared by both modes.
 #[derive(Clone, Debug, Default)]
-pub struct UdpServices(BTreeSet<ServiceName>);
+pub struct UdpServices {
+    with_udp: BTreeSet<ServiceName>,
+    /// The last cleanup failed: the next sync runs it whatever it touched.
+    retry: bool,
+}
 
 impl UdpServices {
     /// Records a sync of `changed` Services (all of them when None); returns whether the
     /// reconciler must run.
     pub fn synced(&mut self, state: &ClusterState, changed: Option<&BTreeSet<ServiceName>>) -> bool {
+        let retry = std::mem::take(&mut self.retry);
+        retry || self.record(state, changed)
+    }
+
+    /// The cleanup that [`UdpServices::synced`] asked for failed: the next sync retries it.
+    pub fn failed(&mut self) {
+        self.retry = true;
+    }
+
+    fn record(&mut self, state: &ClusterState, changed: Option<&BTreeSet<ServiceName>>) -> bool {
         match changed {
             None => {
                 let now: BTreeSet<ServiceName> =
                     state.services.values().filter(|s| has_udp(s)).map(|s| s.name.clone()).collect();
-                let required = !now.is_empty() || !self.0.is_empty();
-                self.0 = now;
+                let required = !now.is_empty() || !self.with_udp.is_empty();
+                self.with_udp = now;
                 required
             }
             Some(changed) => {
                 let mut required = false;
                 for svc in changed {
                     let udp_now = state.services.get(svc).is_some_and(has_udp);
-                    required |= udp_now || self.0.contains(svc);
+                    required |= udp_now || self.with_udp.contains(svc);
                     if udp_now {
-                        self.0.insert(svc.clone());
+                        self.with_udp.insert(svc.clone());
                     } else {
-                        self.0.remove(svc);
+                        self.with_udp.remove(svc);
                     }
                 }
                 required
@@ -125,19 +139,60 @@ impl UdpServices {
     }
 }
 
-/// Dumps both families' conntrack tables and deletes the stale UDP entries; returns how many.
-pub fn reconcile(sock: &mut crate::netlink::NftSocket, state: &ClusterState) -> std::io::Result<usize> {
+/// The two ctnetlink operations the reconciler needs. The kernel's socket implements them; unit
+/// tests use a fake that fails on demand (ctnetlink errors cannot be provoked in a test namespace:
+/// the conntrack table size is a host-wide setting).
+pub trait ConntrackTable {
+    /// Every conntrack entry of a family (NFPROTO_IPV4 or NFPROTO_IPV6).
+    fn dump(&mut self, family: u8) -> std::io::Result<Vec<CtEntry>>;
+    /// Deletes one entry by its original tuple; one already gone is not an error.
+    fn delete(&mut self, e: &CtEntry) -> std::io::Result<()>;
+}
+
+impl ConntrackTable for crate::netlink::NftSocket {
+    fn dump(&mut self, family: u8) -> std::io::Result<Vec<CtEntry>> {
+        self.conntrack_dump(family)
+    }
+    fn delete(&mut self, e: &CtEntry) -> std::io::Result<()> {
+        self.conntrack_delete(e)
+    }
+}
+
+/// What one run of the reconciler did. Like kube-proxy's, a failed dump or delete never fails
+/// the sync: the rules are what matter, the cleanup is retried by the next sync (see
+/// [`UdpServices::failed`]).
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    pub deleted: usize,
+    /// The first error (later deletes are still attempted after a failed one).
+    pub error: Option<String>,
+}
+
+/// Dumps both families' conntrack tables and deletes the stale UDP entries.
+pub fn reconcile(ct: &mut impl ConntrackTable, state: &ClusterState) -> Cleanup {
     let index = UdpServing::new(state);
-    let mut deleted = 0;
-    for family in [NFPROTO_IPV4, NFPROTO_IPV6] {
-        for e in sock.conntrack_dump(family)? {
-            if index.is_stale(&e) {
-                sock.conntrack_delete(&e)?;
-                deleted += 1;
+    let mut out = Cleanup::default();
+    for (family, word) in [(NFPROTO_IPV4, "IPv4"), (NFPROTO_IPV6, "IPv6")] {
+        let entries = match ct.dump(family) {
+            Ok(e) => e,
+            Err(e) => {
+                out.error.get_or_insert(format!("listing {word} conntrack entries: {e}"));
+                continue;
+            }
+        };
+        for e in entries.iter().filter(|e| index.is_stale(e)) {
+            match ct.delete(e) {
+                Ok(()) => out.deleted += 1,
+                Err(err) => {
+                    out.error.get_or_insert(format!(
+                        "deleting the UDP entry {}:{} -> {}:{}: {err}",
+                        e.orig_src, e.orig_sport, e.orig_dst, e.orig_dport
+                    ));
+                }
             }
         }
     }
-    Ok(deleted)
+    out
 }
 
 const NFPROTO_IPV4: u8 = 2;
@@ -382,6 +437,68 @@ ports: [{name: dns, port: 5353, protocol: UDP}]
         assert!(!u.is_stale(&tcp), "TCP is left alone");
         let mut t = UdpServices::default();
         assert!(t.synced(&l.state, None));
-        assert_eq!(t.0.len(), 2);
+        assert_eq!(t.with_udp.len(), 2);
+    }
+
+    /// A conntrack table that fails on demand: ctnetlink errors (a table too big to dump, a
+    /// delete refused) cannot be provoked in a test namespace.
+    struct FlakyTable {
+        entries: Vec<CtEntry>,
+        dump_fails: bool,
+        refuse_delete_of: Option<IpAddr>,
+        deleted: Vec<CtEntry>,
+    }
+
+    impl ConntrackTable for FlakyTable {
+        fn dump(&mut self, family: u8) -> std::io::Result<Vec<CtEntry>> {
+            if self.dump_fails {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
+            }
+            Ok(self.entries.iter().filter(|e| e.orig_src.is_ipv4() == (family == NFPROTO_IPV4)).cloned().collect())
+        }
+        fn delete(&mut self, e: &CtEntry) -> std::io::Result<()> {
+            if Some(e.reply_src) == self.refuse_delete_of {
+                return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            self.deleted.push(e.clone());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_cleanup_is_reported_not_fatal_and_retried_by_the_next_sync() {
+        let mut l = nftproxy_manifest::Loaded::default();
+        l.add_text("t", CLUSTER);
+        let stale_a = with_reply(entry("10.96.0.10", 53, "10.244.9.9"), 5353);
+        let stale_b = with_reply(entry("10.96.0.10", 53, "10.244.8.8"), 5353);
+        let live = with_reply(entry("10.96.0.10", 53, "10.244.2.2"), 5353);
+        let mut table = FlakyTable {
+            entries: vec![stale_a.clone(), live, stale_b.clone()],
+            dump_fails: true,
+            refuse_delete_of: None,
+            deleted: vec![],
+        };
+        let mut udp = UdpServices::default();
+        assert!(udp.synced(&l.state, None));
+        let out = reconcile(&mut table, &l.state);
+        assert_eq!(out.deleted, 0);
+        assert!(out.error.as_deref().unwrap().contains("listing IPv4 conntrack entries"), "{out:?}");
+        udp.failed();
+        // A sync that touches no UDP Service still runs the cleanup once, because it failed.
+        let untouched = BTreeSet::new();
+        assert!(udp.synced(&l.state, Some(&untouched)), "retried");
+        // One delete refused: the others still go, the first error is named.
+        table.dump_fails = false;
+        table.refuse_delete_of = Some("10.244.9.9".parse().unwrap());
+        let out = reconcile(&mut table, &l.state);
+        assert_eq!((out.deleted, table.deleted.clone()), (1, vec![stale_b]));
+        assert!(out.error.as_deref().unwrap().contains("10.96.0.10:53"), "{out:?}");
+        udp.failed();
+        assert!(udp.synced(&l.state, Some(&untouched)));
+        table.refuse_delete_of = None;
+        let out = reconcile(&mut table, &l.state);
+        assert_eq!((out.deleted, out.error), (2, None));
+        // Succeeded: no more runs for syncs that touch no UDP Service.
+        assert!(!udp.synced(&l.state, Some(&untouched)));
     }
 }

@@ -31,6 +31,9 @@ pub struct SyncReport {
     /// UDP conntrack entries deleted because they led to no serving endpoint (kube-proxy's
     /// reconciler; it runs after a sync that touched a UDP Service).
     pub conntrack_deleted: usize,
+    /// The reconciler's first error, if it failed (the sync itself succeeded; the next sync
+    /// retries the cleanup).
+    pub conntrack_error: Option<String>,
 }
 
 impl SyncReport {
@@ -48,8 +51,6 @@ impl SyncReport {
 pub enum SyncError {
     #[error("table {} {TABLE}: {source}", family.word())]
     Netlink { family: Family, source: NetlinkError },
-    #[error("conntrack cleanup: {0}")]
-    Conntrack(std::io::Error),
 }
 
 pub struct NftablesBackend {
@@ -179,7 +180,7 @@ impl NftablesBackend {
         }
         self.built_for = Some(ctx.clone());
         if self.udp_services.synced(state, None) {
-            report.conntrack_deleted = self.clean_conntrack(state).map_err(SyncError::Conntrack)?;
+            self.clean_conntrack(state, &mut report);
         }
         Ok(report)
     }
@@ -214,14 +215,19 @@ impl NftablesBackend {
             }
         }
         if self.udp_services.synced(state, Some(changed)) {
-            report.conntrack_deleted = self.clean_conntrack(state).map_err(SyncError::Conntrack)?;
+            self.clean_conntrack(state, &mut report);
         }
         Ok(report)
     }
 
     /// kube-proxy's UDP conntrack reconciler over this backend's socket.
-    pub fn clean_conntrack(&mut self, state: &ClusterState) -> std::io::Result<usize> {
-        crate::conntrack::reconcile(&mut self.sock, state)
+    pub fn clean_conntrack(&mut self, state: &ClusterState, report: &mut SyncReport) {
+        let done = crate::conntrack::reconcile(&mut self.sock, state);
+        report.conntrack_deleted = done.deleted;
+        if done.error.is_some() {
+            self.udp_services.failed();
+        }
+        report.conntrack_error = done.error;
     }
 
     /// Drift check: whether our tables still hold what we programmed. Cheap when nobody else
