@@ -11,7 +11,7 @@ CARGOFLAGS ?= -j$(JOBS)
 # for the end-to-end tests against kube-apiserver (API calls, service-account key).
 DEB_PKGS   := nftables iptables conntrack iproute2 procps libclang-dev curl openssl ca-certificates
 
-.PHONY: all build test unit-test kernel-test difftest demo bench bench-quick deps peers check-root clean
+.PHONY: all build test unit-test kernel-test difftest faults soak fuzz demo bench bench-quick deps peers check-root clean
 
 all: build
 
@@ -50,6 +50,24 @@ difftest: check-root deps peers
 	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) KNP_DIFFTEST_SEEDS=$${KNP_DIFFTEST_SEEDS:-1-20} \
 	  KNP_DIFFTEST_SERVICES=$${KNP_DIFFTEST_SERVICES:-150} \
 	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test difftest -- --nocapture
+
+## faults: the fault suite in full (make test runs a bounded version): SIGKILL at eleven points
+## of a 50k-element cold start and during six restarts under a held TCP connection, a refused
+## transaction, ten API server/etcd outages during churn, foreign edits during 60 rounds of churn.
+faults: check-root deps peers
+	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) KNP_FAULTS_FULL=1 \
+	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test faults faults_ -- --nocapture --test-threads 1
+
+## soak: ten minutes (KNP_SOAK_SECS) of Service and endpoint churn through the API server under
+## TCP and UDP traffic; memory, latency and leaks checked (make test runs 20 s of it).
+soak: check-root deps peers
+	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) KNP_SOAK_SECS=$${KNP_SOAK_SECS:-600} \
+	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test faults soak_ -- --nocapture
+
+## fuzz: every property test (prop_*) with KNP_FUZZ_CASES cases (10^6 by default) in release;
+## make test runs them with small case counts.
+fuzz: check-root deps
+	KNP_FUZZ_CASES=$${KNP_FUZZ_CASES:-1000000} $(CARGO) test $(CARGOFLAGS) --release --workspace --lib --tests prop_ -- --nocapture
 
 unit-test:
 	$(CARGO) test $(CARGOFLAGS) --workspace --exclude nftproxy-integration
