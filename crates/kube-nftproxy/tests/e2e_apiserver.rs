@@ -326,3 +326,75 @@ fn outage_restart_and_drift_keep_traffic_flowing() {
     assert!(repairs >= 2.0, "drift repairs {repairs} (want 2); drift log lines: {noticed:#?}\n{metrics}");
     daemon.terminate();
 }
+
+/// The proxy's identity as `deploy/` creates it may list and watch the four kinds it reads and
+/// post its start event, nothing else (its effective rules, as the API server computes them); a
+/// write is denied. Tokens never reach the log, even with every library tracing
+/// (`RUST_LOG=trace`), nor the errors of a refused token.
+#[test]
+fn rbac_allows_only_list_and_watch_and_tokens_stay_out_of_logs() {
+    use nftproxy_integration::control_plane::{ADMIN_TOKEN, API_IP, PROXY_TOKEN};
+    let mut lab = Lab::new(3);
+    let cp = ControlPlane::start(&mut lab.topo, &lab.node);
+    apply_deploy(&cp);
+    cp.create(&node_obj());
+    let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+                        "spec": {"namespace": "default"}});
+    let r = cp
+        .try_api_as(PROXY_TOKEN, 6443, "POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", Some(&review))
+        .unwrap();
+    let mut granted = std::collections::BTreeSet::new();
+    for rule in r["status"]["resourceRules"].as_array().expect("resourceRules") {
+        for group in rule["apiGroups"].as_array().into_iter().flatten() {
+            for res in rule["resources"].as_array().into_iter().flatten() {
+                for verb in rule["verbs"].as_array().into_iter().flatten() {
+                    granted.insert(format!("{} {}/{}", verb.as_str().unwrap(), group.as_str().unwrap(), res.as_str().unwrap()));
+                }
+            }
+        }
+    }
+    let mut expected: std::collections::BTreeSet<String> = ["/services", "/nodes", "discovery.k8s.io/endpointslices", "networking.k8s.io/servicecidrs"]
+        .iter()
+        .flat_map(|r| [format!("list {r}"), format!("watch {r}")])
+        .collect();
+    expected.insert("create events.k8s.io/events".into());
+    expected.insert("patch events.k8s.io/events".into());
+    // Every authenticated identity may ask about its own access (system:basic-user).
+    for own in [
+        "authentication.k8s.io/selfsubjectreviews",
+        "authorization.k8s.io/selfsubjectaccessreviews",
+        "authorization.k8s.io/selfsubjectrulesreviews",
+    ] {
+        expected.insert(format!("create {own}"));
+    }
+    assert_eq!(granted, expected, "the proxy's effective rules");
+    let denied = cp.try_api_as(PROXY_TOKEN, 6443, "POST", "/api/v1/namespaces/default/services", Some(&service(json!({})))).unwrap();
+    assert_eq!(denied["code"], 403, "a write with the proxy's identity: {denied}");
+
+    // Trace verbosity, a full sync, then the log holds no token.
+    let log = cp.dir.join("proxy.log");
+    let trace = [("RUST_LOG", "trace")];
+    let mut daemon = Daemon::start_env(&lab.node, &cp.proxy_kubeconfig(6443), log.clone(), &["--v", "4"], &trace);
+    cp.create(&service(json!({})));
+    cp.create(&slice(&[1, 2, 3]));
+    let vip = format!("{CLUSTER_IP}:80");
+    settle(&lab.client, Proto::Tcp, &vip, Instant::now(), Duration::from_secs(15), "sync", answered_by(&["ep1", "ep2", "ep3"]));
+    daemon.terminate();
+    let text = daemon.log_text();
+    assert!(text.contains("TRACE hyper") || text.contains("TRACE kube"), "library tracing is on");
+    for token in [PROXY_TOKEN, ADMIN_TOKEN] {
+        assert!(!text.contains(token), "a token in the log");
+    }
+    // A refused token: the error says so, without the token.
+    let wrong = "knp-wrong-secret-token";
+    let log2 = cp.dir.join("intruder.log");
+    let intruder = Daemon::start_env(&lab.node, &cp.kubeconfig(API_IP, 6443, wrong, "intruder"), log2.clone(), &[], &trace);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !intruder.log_text().contains("401") && !intruder.log_text().contains("Unauthorized") {
+        assert!(Instant::now() < deadline, "no authentication error logged:\n{}", intruder.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(intruder);
+    assert!(!std::fs::read_to_string(&log2).unwrap().contains(wrong), "the refused token was logged");
+    eprintln!("effective rules of the proxy: {granted:?}; write denied (403); {} trace log lines without a token", text.lines().count());
+}

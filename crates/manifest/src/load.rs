@@ -54,7 +54,16 @@ pub enum LoadError {
     /// No object at all: taken as "no Services" only when allowed (`--allow-empty-manifests`).
     #[error("{0}: no Kubernetes objects (an empty manifest would remove every Service; --allow-empty-manifests allows it)")]
     NoObjects(PathBuf),
+    /// More than [`MAX_MANIFEST_BYTES`] in one source: refused before reading, so a runaway file
+    /// (or a mistaken path) cannot exhaust the node's memory.
+    #[error("{path}: {bytes} bytes, more than the {MAX_MANIFEST_BYTES} bytes a manifest source may have")]
+    TooLarge { path: PathBuf, bytes: u64 },
 }
+
+/// The most bytes one manifest source (a file, or a directory's files together) may have. About
+/// 4× what `kubectl get services,endpointslices -A -o yaml` prints for 50k Services with three
+/// endpoints each; parsing takes several times the text in memory.
+pub const MAX_MANIFEST_BYTES: u64 = 512 << 20;
 
 /// Reads a file, or every `.yaml`/`.yml`/`.json` file of a directory (sorted by name, not
 /// recursive), and adds every object to one state. Last good state wins: a file that does not
@@ -81,6 +90,13 @@ pub fn load_path_with(path: &Path, allow_empty: bool) -> Result<Loaded, LoadErro
     } else {
         vec![path.to_path_buf()]
     };
+    let mut total = 0u64;
+    for file in &files {
+        total += fs::metadata(file).map_err(|source| LoadError::Io { path: file.clone(), source })?.len();
+        if total > MAX_MANIFEST_BYTES {
+            return Err(LoadError::TooLarge { path: path.to_path_buf(), bytes: total });
+        }
+    }
     let mut loaded = Loaded::default();
     for file in files {
         let text = fs::read_to_string(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
@@ -202,11 +218,8 @@ impl Loaded {
         let object = {
             let meta = v.get("metadata");
             let s = |k| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
-            match (s("namespace"), s("name")) {
-                (Some(ns), Some(n)) => format!("{ns}/{n}"),
-                (None, Some(n)) => n.to_string(),
-                _ => "<unnamed>".to_string(),
-            }
+            // Named as in conversion errors, so one object is named alike whichever finds it bad.
+            convert::display_name(s("namespace"), s("name"))
         };
         match serde_path_to_error::deserialize::<_, T>(v) {
             Ok(t) => Some(t),

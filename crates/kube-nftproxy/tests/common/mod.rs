@@ -25,6 +25,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(node: &Ns, kubeconfig: &std::path::Path, log: PathBuf, extra: &[&str]) -> Daemon {
+        Self::start_env(node, kubeconfig, log, extra, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_env(node: &Ns, kubeconfig: &std::path::Path, log: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = node
             .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
@@ -40,6 +45,7 @@ impl Daemon {
                     .unwrap_or_default(),
             )
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
