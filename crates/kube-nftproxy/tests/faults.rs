@@ -222,16 +222,21 @@ fn faults_sigkill_mid_cold_start_converges_and_held_connections_survive() {
     let elements = reference.elements();
     eprintln!("reference: a fresh full sync of {} Services: {elements} elements", n + 1);
 
-    // An unkilled cold start: how long until the table appears and until the sync is done.
-    delete_tables(&lab.node);
-    let start = Instant::now();
-    let d = standalone(&lab, &file, &log, &[]);
-    assert!(wait_for_table(&lab.node, Duration::from_secs(120)), "no table; log:\n{}", tail(&log, 20));
-    let first_commit = start.elapsed();
-    wait_synced(&log, 0, Duration::from_secs(120));
-    let done = start.elapsed();
-    kill9(d);
-    assert_same(&snapshot(&lab.node), &reference, "an unkilled cold start");
+    // Unkilled cold starts: how long until the table appears and until the sync is done (the
+    // second run's figures: the first one pays for cold caches).
+    let (mut first_commit, mut done) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..2 {
+        delete_tables(&lab.node);
+        let before = count_in(&log, " synced ");
+        let start = Instant::now();
+        let d = standalone(&lab, &file, &log, &[]);
+        assert!(wait_for_table(&lab.node, Duration::from_secs(120)), "no table; log:\n{}", tail(&log, 20));
+        first_commit = start.elapsed();
+        wait_synced(&log, before, Duration::from_secs(120));
+        done = start.elapsed();
+        kill9(d);
+        assert_same(&snapshot(&lab.node), &reference, "an unkilled cold start");
+    }
     eprintln!("cold start: first transaction after {first_commit:?}, synced after {done:?}");
 
     // Kill points: fractions of the time before the first commit, and delays after it.
@@ -248,7 +253,6 @@ fn faults_sigkill_mid_cold_start_converges_and_held_connections_survive() {
     let mut partial = 0;
     for (what, delay, after_first) in &points {
         delete_tables(&lab.node);
-        let before = count_in(&log, " synced ");
         let d = standalone(&lab, &file, &log, &[]);
         if *after_first {
             wait_for_table(&lab.node, Duration::from_secs(120));
@@ -266,8 +270,9 @@ fn faults_sigkill_mid_cold_start_converges_and_held_connections_survive() {
             let v6 = if left.0.keys().any(|k| k.starts_with("table ip6 ")) { "" } else { ", no IPv6 table yet" };
             format!("partial: {} of {elements} elements{v6}", left.elements())
         };
+        let after_kill = count_in(&log, " synced ");
         let d = standalone(&lab, &file, &log, &[]);
-        let took = wait_synced(&log, before, Duration::from_secs(120));
+        let took = wait_synced(&log, after_kill, Duration::from_secs(120));
         assert_same(&snapshot(&lab.node), &reference, &format!("killed at {what}, then restarted"));
         kill9(d);
         eprintln!("SIGKILL at {what} ({delay:?}): {state}; restarted: equal to a fresh full sync after {took:?}");

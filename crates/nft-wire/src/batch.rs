@@ -326,7 +326,8 @@ pub fn split_messages(bytes: &[u8]) -> Vec<(u16, u16, &[u8])> {
         let len = u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
         let ty = u16::from_ne_bytes([bytes[off + 4], bytes[off + 5]]);
         let flags = u16::from_ne_bytes([bytes[off + 6], bytes[off + 7]]);
-        if len < 16 || off + len > bytes.len() {
+        // `len` is a u32 from the wire: compared without an addition that could overflow.
+        if len < 16 || len > bytes.len() - off {
             break;
         }
         out.push((ty, flags, &bytes[off + 16..off + len]));

@@ -4,13 +4,16 @@
 //!
 //! Encodings follow libnftnl (what `nft` sends), attribute for attribute, so `nft list ruleset`
 //! decompiles what we program; `tests/` compares our bytes with captures of
-//! `nft --debug=mnl` (`tools/mnl2hex.py`).
+//! `nft --debug=mnl` (`tools/mnl2hex.py`). [`decode`] is the inverse, for tests and debugging:
+//! it parses a batch back into typed messages.
 
 pub mod batch;
 pub mod consts;
+pub mod decode;
 pub mod expr;
 mod writer;
 
 pub use batch::{BaseChain, Batch, Elem, ElemData, FinishedBatch, MsgInfo, SetSpec, split_messages};
+pub use decode::{DecodeError, Decoded, DecodedBatch, Message, decode_batch, decode_message, decode_messages};
 pub use expr::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, concat_reg};
 pub use writer::Udata;

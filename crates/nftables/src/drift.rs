@@ -31,28 +31,19 @@ pub fn observe(sock: &mut NftSocket, nfproto: u8, elements: bool) -> std::io::Re
     }
     let mut obs = Observed::default();
     for msg in sock.dump(NFT_MSG_GETCHAIN, nfproto, &name_attr(NFTA_CHAIN_TABLE, TABLE))? {
-        if let Some((_, n)) = attrs(&msg).find(|(t, _)| *t == NFTA_CHAIN_NAME) {
-            obs.chains.entry(str_attr(n)).or_insert(0);
+        if let Some(n) = dumped_chain(&msg) {
+            obs.chains.entry(n).or_insert(0);
         }
     }
     for msg in sock.dump(NFT_MSG_GETRULE, nfproto, &name_attr(NFTA_RULE_TABLE, TABLE))? {
-        if let Some((_, n)) = attrs(&msg).find(|(t, _)| *t == NFTA_RULE_CHAIN) {
-            *obs.chains.entry(str_attr(n)).or_insert(0) += 1;
+        if let Some(n) = dumped_rule_chain(&msg) {
+            *obs.chains.entry(n).or_insert(0) += 1;
         }
     }
     let mut sets = Vec::new();
     for msg in sock.dump(NFT_MSG_GETSET, nfproto, &name_attr(NFTA_SET_TABLE, TABLE))? {
-        let mut name = None;
-        let mut flags = 0u32;
-        for (t, v) in attrs(&msg) {
-            match t {
-                NFTA_SET_NAME => name = Some(str_attr(v)),
-                NFTA_SET_FLAGS if v.len() >= 4 => flags = u32::from_be_bytes(v[..4].try_into().unwrap()),
-                _ => {}
-            }
-        }
-        if let Some(n) = name {
-            sets.push((n, flags));
+        if let Some(set) = dumped_set(&msg) {
+            sets.push(set);
         }
     }
     for (name, flags) in sets {
@@ -62,28 +53,59 @@ pub fn observe(sock: &mut NftSocket, nfproto: u8, elements: bool) -> std::io::Re
         }
         let mut filter = name_attr(NFTA_SET_ELEM_LIST_TABLE, TABLE);
         filter.extend(name_attr(NFTA_SET_ELEM_LIST_SET, &name));
-        let mut count = 0;
-        for msg in sock.dump(NFT_MSG_GETSETELEM, nfproto, &filter)? {
-            for (t, list) in attrs(&msg) {
-                if t != NFTA_SET_ELEM_LIST_ELEMENTS {
-                    continue;
-                }
-                for (_, elem) in attrs(list) {
-                    // Interval sets hold a range as a start and an end element: count starts.
-                    let end = attrs(elem).any(|(t, v)| {
-                        t == NFTA_SET_ELEM_FLAGS
-                            && v.len() >= 4
-                            && u32::from_be_bytes(v[..4].try_into().unwrap()) & NFT_SET_ELEM_INTERVAL_END != 0
-                    });
-                    if !end {
-                        count += 1;
-                    }
-                }
-            }
-        }
+        let count = sock.dump(NFT_MSG_GETSETELEM, nfproto, &filter)?.iter().map(|msg| counted_elements(msg)).sum();
         obs.sets.insert(name, Some(count));
     }
     Ok(Some(obs))
+}
+
+// The parsing of the dumps, apart from the socket (property tests feed them any bytes). Each
+// takes one answer's attributes (after the nfgenmsg).
+
+/// The name of a chain (NFT_MSG_NEWCHAIN answer).
+pub(crate) fn dumped_chain(msg: &[u8]) -> Option<String> {
+    attrs(msg).find(|(t, _)| *t == NFTA_CHAIN_NAME).map(|(_, n)| str_attr(n))
+}
+
+/// The chain of a rule (NFT_MSG_NEWRULE answer).
+pub(crate) fn dumped_rule_chain(msg: &[u8]) -> Option<String> {
+    attrs(msg).find(|(t, _)| *t == NFTA_RULE_CHAIN).map(|(_, n)| str_attr(n))
+}
+
+/// A set's name and flags (NFT_MSG_NEWSET answer; flags 0 when absent or short).
+pub(crate) fn dumped_set(msg: &[u8]) -> Option<(String, u32)> {
+    let mut name = None;
+    let mut flags = 0u32;
+    for (t, v) in attrs(msg) {
+        match t {
+            NFTA_SET_NAME => name = Some(str_attr(v)),
+            NFTA_SET_FLAGS if v.len() >= 4 => flags = u32::from_be_bytes(v[..4].try_into().unwrap()),
+            _ => {}
+        }
+    }
+    Some((name?, flags))
+}
+
+/// The elements of one NFT_MSG_NEWSETELEM answer, interval ends not counted.
+pub(crate) fn counted_elements(msg: &[u8]) -> usize {
+    let mut count = 0;
+    for (t, list) in attrs(msg) {
+        if t != NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for (_, elem) in attrs(list) {
+            // Interval sets hold a range as a start and an end element: count starts.
+            let end = attrs(elem).any(|(t, v)| {
+                t == NFTA_SET_ELEM_FLAGS
+                    && v.len() >= 4
+                    && u32::from_be_bytes(v[..4].try_into().unwrap()) & NFT_SET_ELEM_INTERVAL_END != 0
+            });
+            if !end {
+                count += 1;
+            }
+        }
+    }
+    count
 }
 
 /// What differs between what we programmed and what the kernel has (first difference only),

@@ -35,3 +35,5 @@ pub fn desired(state: &ClusterState, ctx: &NodeContext) -> Vec<Ruleset> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod prop_tests;

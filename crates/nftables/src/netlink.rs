@@ -332,7 +332,7 @@ fn describe(msgs: &[MsgInfo], seq: u32) -> String {
 }
 
 /// The NLMSGERR_ATTR_MSG text after a capped error (errno + original header + TLVs).
-fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
+pub(crate) fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
     if flags & NLM_F_ACK_TLVS == 0 || payload.len() < 20 {
         return None;
     }
@@ -360,7 +360,8 @@ pub(crate) fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8]
             return None;
         }
         let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-        if len < 16 || off + len > buf.len() {
+        // `len` is a u32 from the wire: compared without an addition that could overflow.
+        if len < 16 || len > buf.len() - off {
             return None;
         }
         let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);

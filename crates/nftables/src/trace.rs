@@ -84,7 +84,7 @@ fn be32(v: &[u8]) -> Option<u32> {
 }
 
 /// The comment of nftnl userdata (TLV type 0), if any.
-fn udata_comment(u: &[u8]) -> Option<String> {
+pub(crate) fn udata_comment(u: &[u8]) -> Option<String> {
     let mut off = 0;
     while off + 2 <= u.len() {
         let (ty, len) = (u[off], u[off + 1] as usize);
@@ -100,13 +100,13 @@ fn udata_comment(u: &[u8]) -> Option<String> {
 /// What one of our rules does, in a few words: its verdict map or NAT map, reject, masquerade,
 /// and its comment.
 #[derive(Clone, Debug, Default)]
-struct RuleInfo {
-    text: String,
+pub(crate) struct RuleInfo {
+    pub(crate) text: String,
     /// The verdict map it looks up, if any.
-    vmap: Option<String>,
+    pub(crate) vmap: Option<String>,
 }
 
-fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
+pub(crate) fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
     let (mut chain, mut handle, mut info) = (None, None, RuleInfo::default());
     let mut parts: Vec<String> = Vec::new();
     let mut comment = None;
@@ -175,7 +175,7 @@ fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
 }
 
 /// A map element's key bytes and its comment.
-type KeyComment = (Vec<u8>, Option<String>);
+pub(crate) type KeyComment = (Vec<u8>, Option<String>);
 
 /// A trace in progress: chains installed, events subscribed. Dropping it removes the chains.
 pub struct TraceSession {
@@ -183,19 +183,104 @@ pub struct TraceSession {
     events: NlSocket,
     family: Family,
     chains: Vec<String>,
-    rules: BTreeMap<(String, u64), RuleInfo>,
-    base_hooks: BTreeMap<String, &'static str>,
+    state: TraceState,
+    buf: Vec<u8>,
+    /// Trace messages received but not yet returned (a datagram may carry several).
+    pending: VecDeque<Vec<u8>>,
+    seq: u32,
+    removed: bool,
+}
+
+/// What a session knows besides its sockets: our table's rules and base chains, and per traced
+/// packet its hook and headers so far. Turning trace messages into events is pure but for the
+/// verdict-map elements, which it asks of `elements` (a dump, once per set) — so tests can drive
+/// it without a socket.
+#[derive(Default)]
+pub(crate) struct TraceState {
+    pub(crate) rules: BTreeMap<(String, u64), RuleInfo>,
+    pub(crate) base_hooks: BTreeMap<String, &'static str>,
     /// Per traced packet: the hook of its latest base-chain event.
     current_hook: BTreeMap<u32, &'static str>,
     /// Per traced packet: its latest headers (the kernel sends them once per hook, not per rule).
     current_headers: BTreeMap<u32, (Vec<u8>, Option<Vec<u8>>)>,
-    buf: Vec<u8>,
-    /// Trace messages received but not yet returned (a datagram may carry several).
-    pending: VecDeque<Vec<u8>>,
     /// Verdict-map elements (key, comment), dumped once per set and session.
     map_elements: BTreeMap<String, Vec<KeyComment>>,
-    seq: u32,
-    removed: bool,
+}
+
+/// The attributes of one NFT_MSG_TRACE message, as the kernel sent them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TraceAttrs {
+    pub(crate) id: u32,
+    pub(crate) table: String,
+    pub(crate) chain: String,
+    pub(crate) handle: Option<u64>,
+    pub(crate) kind: u32,
+    pub(crate) verdict: Option<String>,
+    pub(crate) net: Option<Vec<u8>>,
+    pub(crate) transport: Option<Vec<u8>>,
+    pub(crate) nfproto: u32,
+}
+
+/// Parses one NFT_MSG_TRACE payload (after the nlmsghdr); None without a table and a chain.
+pub(crate) fn parse_trace(payload: &[u8]) -> Option<TraceAttrs> {
+    let body = payload.get(4..).unwrap_or(&[]);
+    let (mut table, mut chain, mut handle, mut kind, mut verdict, mut id) = (None, None, None, 0, None, 0);
+    let (mut net, mut transport, mut nfproto) = (None, None, 0);
+    for (t, v) in attrs(body) {
+        match t {
+            NFTA_TRACE_TABLE => table = Some(str_attr(v)),
+            NFTA_TRACE_CHAIN => chain = Some(str_attr(v)),
+            NFTA_TRACE_RULE_HANDLE => handle = v.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap())),
+            NFTA_TRACE_TYPE => kind = be32(v).unwrap_or(0),
+            NFTA_TRACE_VERDICT => verdict = Some(verdict_text(v)),
+            NFTA_TRACE_POLICY => verdict = be32(v).map(|p| if p == 1 { "accept".into() } else { "drop".into() }),
+            NFTA_TRACE_ID => id = be32(v).unwrap_or(0),
+            NFTA_TRACE_NETWORK_HEADER => net = Some(v.to_vec()),
+            NFTA_TRACE_TRANSPORT_HEADER => transport = Some(v.to_vec()),
+            NFTA_TRACE_NFPROTO => nfproto = be32(v).unwrap_or(0),
+            _ => {}
+        }
+    }
+    let (Some(table), Some(chain)) = (table, chain) else { return None };
+    Some(TraceAttrs { id, table, chain, handle, kind, verdict, net, transport, nfproto })
+}
+
+/// A base chain of a chain dump message: its name and hook.
+pub(crate) fn base_chain_hook(msg: &[u8]) -> Option<(String, &'static str)> {
+    let mut name = None;
+    let mut hook = None;
+    for (t, v) in attrs(msg) {
+        match t {
+            NFTA_CHAIN_NAME => name = Some(str_attr(v)),
+            NFTA_CHAIN_HOOK => {
+                hook = attrs(v).find(|(t, _)| *t == NFTA_HOOK_HOOKNUM).and_then(|(_, v)| be32(v)).map(hook_name)
+            }
+            _ => {}
+        }
+    }
+    Some((name?, hook?))
+}
+
+/// The elements of a set element dump message: key and comment each.
+pub(crate) fn element_comments(msg: &[u8]) -> Vec<KeyComment> {
+    let mut out = Vec::new();
+    for (_, list) in attrs(msg).filter(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS) {
+        for (_, elem) in attrs(list) {
+            let mut k = Vec::new();
+            let mut comment = None;
+            for (et, ev) in attrs(elem) {
+                match et {
+                    NFTA_SET_ELEM_KEY => {
+                        k = attrs(ev).find(|(t, _)| *t == NFTA_DATA_VALUE).map_or(Vec::new(), |(_, v)| v.to_vec())
+                    }
+                    NFTA_SET_ELEM_USERDATA => comment = udata_comment(ev),
+                    _ => {}
+                }
+            }
+            out.push((k, comment));
+        }
+    }
+    out
 }
 
 impl TraceSession {
@@ -250,13 +335,9 @@ impl TraceSession {
             events,
             family,
             chains,
-            rules: BTreeMap::new(),
-            base_hooks: BTreeMap::new(),
-            current_hook: BTreeMap::new(),
-            current_headers: BTreeMap::new(),
+            state: TraceState::default(),
             buf: vec![0; 1 << 16],
             pending: VecDeque::new(),
-            map_elements: BTreeMap::new(),
             seq: seq + 16,
             removed: false,
         };
@@ -268,70 +349,24 @@ impl TraceSession {
     fn load_table(&mut self) -> io::Result<()> {
         let fam = self.family.nfproto();
         for msg in self.cmd.dump(NFT_MSG_GETCHAIN, fam, &name_attr(NFTA_CHAIN_TABLE, TABLE))? {
-            let mut name = None;
-            let mut hook = None;
-            for (t, v) in attrs(&msg) {
-                match t {
-                    NFTA_CHAIN_NAME => name = Some(str_attr(v)),
-                    NFTA_CHAIN_HOOK => {
-                        hook = attrs(v).find(|(t, _)| *t == NFTA_HOOK_HOOKNUM).and_then(|(_, v)| be32(v)).map(hook_name)
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(n), Some(h)) = (name, hook) {
-                self.base_hooks.insert(n, h);
+            if let Some((n, h)) = base_chain_hook(&msg) {
+                self.state.base_hooks.insert(n, h);
             }
         }
         for msg in self.cmd.dump(NFT_MSG_GETRULE, fam, &name_attr(NFTA_RULE_TABLE, TABLE))? {
             if let Some((chain, handle, info)) = rule_info(&msg) {
-                self.rules.insert((chain, handle), info);
+                self.state.rules.insert((chain, handle), info);
             }
         }
         Ok(())
-    }
-
-    /// The comment of the element of verdict map `set` whose key starts with `key`.
-    fn element_comment(&mut self, set: &str, key: &[u8]) -> io::Result<Option<String>> {
-        if !self.map_elements.contains_key(set) {
-            let elements = self.dump_elements(set)?;
-            self.map_elements.insert(set.to_string(), elements);
-        }
-        Ok(self.map_elements[set].iter().find(|(k, _)| k.starts_with(key)).and_then(|(_, c)| c.clone()))
-    }
-
-    fn dump_elements(&mut self, set: &str) -> io::Result<Vec<KeyComment>> {
-        let mut filter = name_attr(NFTA_SET_ELEM_LIST_TABLE, TABLE);
-        filter.extend(name_attr(NFTA_SET_ELEM_LIST_SET, set));
-        let mut out = Vec::new();
-        for msg in self.cmd.dump(NFT_MSG_GETSETELEM, self.family.nfproto(), &filter)? {
-            for (_, list) in attrs(&msg).filter(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS) {
-                for (_, elem) in attrs(list) {
-                    let mut k = Vec::new();
-                    let mut comment = None;
-                    for (et, ev) in attrs(elem) {
-                        match et {
-                            NFTA_SET_ELEM_KEY => {
-                                k = attrs(ev)
-                                    .find(|(t, _)| *t == NFTA_DATA_VALUE)
-                                    .map_or(Vec::new(), |(_, v)| v.to_vec())
-                            }
-                            NFTA_SET_ELEM_USERDATA => comment = udata_comment(ev),
-                            _ => {}
-                        }
-                    }
-                    out.push((k, comment));
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// The next trace event, waiting at most until `deadline`.
     pub fn next_event(&mut self, deadline: Instant) -> io::Result<Option<TraceEvent>> {
         loop {
             while let Some(m) = self.pending.pop_front() {
-                if let Some(ev) = self.parse(&m)? {
+                let family = self.family.nfproto();
+                if let Some(ev) = self.state.event(&m, &mut |set| dump_elements(&mut self.cmd, family, set))? {
                     return Ok(Some(ev));
                 }
             }
@@ -352,26 +387,73 @@ impl TraceSession {
         }
     }
 
-    fn parse(&mut self, payload: &[u8]) -> io::Result<Option<TraceEvent>> {
-        let body = payload.get(4..).unwrap_or(&[]);
-        let (mut table, mut chain, mut handle, mut kind, mut verdict, mut id) = (None, None, None, 0, None, 0);
-        let (mut net, mut transport, mut nfproto) = (None, None, 0);
-        for (t, v) in attrs(body) {
-            match t {
-                NFTA_TRACE_TABLE => table = Some(str_attr(v)),
-                NFTA_TRACE_CHAIN => chain = Some(str_attr(v)),
-                NFTA_TRACE_RULE_HANDLE => handle = v.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap())),
-                NFTA_TRACE_TYPE => kind = be32(v).unwrap_or(0),
-                NFTA_TRACE_VERDICT => verdict = Some(verdict_text(v)),
-                NFTA_TRACE_POLICY => verdict = be32(v).map(|p| if p == 1 { "accept".into() } else { "drop".into() }),
-                NFTA_TRACE_ID => id = be32(v).unwrap_or(0),
-                NFTA_TRACE_NETWORK_HEADER => net = Some(v.to_vec()),
-                NFTA_TRACE_TRANSPORT_HEADER => transport = Some(v.to_vec()),
-                NFTA_TRACE_NFPROTO => nfproto = be32(v).unwrap_or(0),
-                _ => {}
-            }
+    /// Removes the marking chains (also done on drop). A table replaced meanwhile by a full sync
+    /// took them with it: that is fine.
+    pub fn stop(&mut self) -> io::Result<()> {
+        if self.removed {
+            return Ok(());
         }
-        let (Some(table), Some(chain)) = (table, chain) else { return Ok(None) };
+        self.removed = true;
+        let fam = self.family.nfproto();
+        let mut batch = Batch::new(self.seq);
+        for c in &self.chains {
+            batch.del_chain(fam, TABLE, c);
+        }
+        match self.cmd.commit(&batch.finish()) {
+            Ok(_) => Ok(()),
+            Err(crate::netlink::NetlinkError::Rejected(errs)) if errs.iter().all(|e| e.errno == libc::ENOENT) => Ok(()),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+
+    /// The chains this session added (for tests and messages).
+    pub fn chains(&self) -> &[String] {
+        &self.chains
+    }
+}
+
+impl Drop for TraceSession {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("kube-nftproxy trace: removing chains {:?}: {e}", self.chains);
+        }
+    }
+}
+
+/// A verdict map's elements, dumped.
+fn dump_elements(cmd: &mut NftSocket, family: u8, set: &str) -> io::Result<Vec<KeyComment>> {
+    let mut filter = name_attr(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+    filter.extend(name_attr(NFTA_SET_ELEM_LIST_SET, set));
+    Ok(cmd.dump(NFT_MSG_GETSETELEM, family, &filter)?.iter().flat_map(|msg| element_comments(msg)).collect())
+}
+
+impl TraceState {
+    /// The comment of the element of verdict map `set` whose key starts with `key`.
+    fn element_comment(
+        &mut self,
+        set: &str,
+        key: &[u8],
+        elements: &mut dyn FnMut(&str) -> io::Result<Vec<KeyComment>>,
+    ) -> io::Result<Option<String>> {
+        if !self.map_elements.contains_key(set) {
+            let dumped = elements(set)?;
+            self.map_elements.insert(set.to_string(), dumped);
+        }
+        Ok(self.map_elements[set].iter().find(|(k, _)| k.starts_with(key)).and_then(|(_, c)| c.clone()))
+    }
+
+    /// One trace message (payload after the nlmsghdr) as an event, with what the session knows
+    /// added; None for a message without table and chain. `elements` dumps a verdict map.
+    pub(crate) fn event(
+        &mut self,
+        payload: &[u8],
+        elements: &mut dyn FnMut(&str) -> io::Result<Vec<KeyComment>>,
+    ) -> io::Result<Option<TraceEvent>> {
+        let Some(TraceAttrs { id, table, chain, handle, kind, verdict, mut net, mut transport, nfproto }) =
+            parse_trace(payload)
+        else {
+            return Ok(None);
+        };
         let packet = net.as_deref().and_then(|n| packet_view(n, transport.as_deref(), nfproto as u8));
         match &net {
             Some(n) => {
@@ -410,7 +492,7 @@ impl TraceSession {
                 key.extend([proto, 0, 0, 0]);
             }
             key.extend(dport.to_be_bytes());
-            map_hit = self.element_comment(set, &key)?.map(|c| format!("@{set}: {c}"));
+            map_hit = self.element_comment(set, &key, elements)?.map(|c| format!("@{set}: {c}"));
         }
         Ok(Some(TraceEvent {
             id,
@@ -432,38 +514,6 @@ impl TraceSession {
             packet,
             map_hit,
         }))
-    }
-
-    /// Removes the marking chains (also done on drop). A table replaced meanwhile by a full sync
-    /// took them with it: that is fine.
-    pub fn stop(&mut self) -> io::Result<()> {
-        if self.removed {
-            return Ok(());
-        }
-        self.removed = true;
-        let fam = self.family.nfproto();
-        let mut batch = Batch::new(self.seq);
-        for c in &self.chains {
-            batch.del_chain(fam, TABLE, c);
-        }
-        match self.cmd.commit(&batch.finish()) {
-            Ok(_) => Ok(()),
-            Err(crate::netlink::NetlinkError::Rejected(errs)) if errs.iter().all(|e| e.errno == libc::ENOENT) => Ok(()),
-            Err(e) => Err(io::Error::other(e.to_string())),
-        }
-    }
-
-    /// The chains this session added (for tests and messages).
-    pub fn chains(&self) -> &[String] {
-        &self.chains
-    }
-}
-
-impl Drop for TraceSession {
-    fn drop(&mut self) {
-        if let Err(e) = self.stop() {
-            eprintln!("kube-nftproxy trace: removing chains {:?}: {e}", self.chains);
-        }
     }
 }
 
@@ -493,7 +543,7 @@ fn match_flow(f: &TraceFlow) -> Vec<Expr> {
     ]
 }
 
-fn verdict_text(v: &[u8]) -> String {
+pub(crate) fn verdict_text(v: &[u8]) -> String {
     let mut code = None;
     let mut chain = None;
     for (t, x) in attrs(v) {
@@ -519,7 +569,7 @@ fn verdict_text(v: &[u8]) -> String {
     }
 }
 
-fn l4proto(net: &[u8]) -> u8 {
+pub(crate) fn l4proto(net: &[u8]) -> u8 {
     match net.first().map(|b| b >> 4) {
         Some(4) => net.get(9).copied().unwrap_or(0),
         Some(6) => net.get(6).copied().unwrap_or(0),
@@ -527,7 +577,7 @@ fn l4proto(net: &[u8]) -> u8 {
     }
 }
 
-fn packet_view(net: &[u8], transport: Option<&[u8]>, _nfproto: u8) -> Option<PacketView> {
+pub(crate) fn packet_view(net: &[u8], transport: Option<&[u8]>, _nfproto: u8) -> Option<PacketView> {
     let (src, dst) = match net.first()? >> 4 {
         4 if net.len() >= 20 => (
             IpAddr::from(<[u8; 4]>::try_from(&net[12..16]).ok()?),
