@@ -228,7 +228,21 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// At most two glibc malloc arenas. By default glibc gives each thread that allocates under
+/// contention an arena of its own (up to 8 per core), and each keeps its freed memory: the
+/// daemon's tokio workers, the threads `block_in_place` hands work to and the address monitor
+/// then hold memory they no longer use. Measured in the churn soak (10 min, `make soak`): RSS
+/// stepped from 15.4 to 18.1 MiB with the default.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

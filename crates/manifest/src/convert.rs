@@ -83,11 +83,17 @@ pub enum Skipped {
 }
 
 pub(crate) fn object_name(meta: &ObjectMeta) -> String {
-    match (&meta.namespace, &meta.name) {
-        (Some(ns), Some(n)) => format!("{ns}/{n}"),
-        (None, Some(n)) => n.clone(),
-        (Some(ns), None) => format!("{ns}/<unnamed>"),
-        (None, None) => "<unnamed>".into(),
+    display_name(meta.namespace.as_deref(), meta.name.as_deref())
+}
+
+/// How warnings name an object: `namespace/name`, `name` without a namespace (cluster-scoped
+/// objects), `<unnamed>` for a missing or empty name (an empty one is "missing" to [`Ctx::name`]
+/// too, and a warning must name *something*).
+pub(crate) fn display_name(namespace: Option<&str>, name: Option<&str>) -> String {
+    let name = name.filter(|n| !n.is_empty()).unwrap_or("<unnamed>");
+    match namespace.filter(|n| !n.is_empty()) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
     }
 }
 

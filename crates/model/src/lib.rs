@@ -6,6 +6,8 @@
 //! IP family and yields a [`ResolvedServicePort`] per service port: everything a backend needs to
 //! program the data plane. This crate does no I/O.
 
+#[cfg(any(test, feature = "proptest-support"))]
+pub mod arbitrary;
 mod cluster;
 mod resolve;
 mod types;
@@ -15,3 +17,6 @@ pub use resolve::{
     EndpointChoice, Frontend, FrontendKind, ResolvedEndpoint, ResolvedServicePort, resolve, resolve_service,
 };
 pub use types::*;
+
+#[cfg(test)]
+mod props;

@@ -258,7 +258,9 @@ fn categorize(
         ip: m.endpoint.address,
         port: m.port,
         node_name: m.endpoint.node_name.clone(),
-        is_local: m.endpoint.node_name.as_deref() == Some(ctx.node_name.as_str()),
+        // kube-proxy's isLocal: only a non-empty node name matches (an endpoint with
+        // `nodeName: ""` is not local to a proxy rendering for no node in particular).
+        is_local: !ctx.node_name.is_empty() && m.endpoint.node_name.as_deref() == Some(ctx.node_name.as_str()),
         ready: m.endpoint.ready,
         serving: m.endpoint.serving,
         terminating: m.endpoint.terminating,
