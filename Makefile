@@ -67,7 +67,7 @@ soak: check-root deps peers
 ## fuzz: every property test (prop_*) with KNP_FUZZ_CASES cases (10^6 by default) in release;
 ## make test runs them with small case counts.
 fuzz: check-root deps
-	KNP_FUZZ_CASES=$${KNP_FUZZ_CASES:-1000000} $(CARGO) test $(CARGOFLAGS) --release --workspace --lib --tests prop_ -- --nocapture
+	KNP_FUZZ_CASES=$${KNP_FUZZ_CASES:-1000000} $(CARGO) test $(CARGOFLAGS) --release -p nftproxy-nft-wire -p nftproxy-nftables -p nftproxy-manifest -p nftproxy-model -p nftproxy-iptables --lib --tests prop_ -- --nocapture
 
 unit-test:
 	$(CARGO) test $(CARGOFLAGS) --workspace --exclude nftproxy-integration
