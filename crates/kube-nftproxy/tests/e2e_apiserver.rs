@@ -201,13 +201,7 @@ fn api_changes_reach_the_kernel_within_two_seconds() {
 #[test]
 fn outage_restart_and_drift_keep_traffic_flowing() {
     let mut lab = Lab::new(3);
-    let mut cp = ControlPlane::start(&mut lab.topo, &lab.node);
-    // A second API server on the same etcd: changes made while the proxy's one is down.
-    cp.start_apiserver(6444);
-    apply_deploy(&cp);
-    cp.create(&node_obj());
-    cp.create(&service(json!({})));
-    cp.create(&slice(&[1, 2, 3]));
+    let mut cp = control_plane_with_web(&mut lab);
     let kubeconfig = cp.proxy_kubeconfig(6443);
     let log = cp.dir.join("proxy.log");
     let extra = ["--sync-period", "2s"];

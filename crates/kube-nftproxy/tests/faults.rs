@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use nftproxy_integration::clusters::Rng;
 use nftproxy_integration::control_plane::ControlPlane;
-use nftproxy_integration::lab::{Lab, NODE, POD_PORT, pod_ip};
+use nftproxy_integration::lab::{Lab, POD_PORT, pod_ip};
 use nftproxy_integration::snapshot::{TableSnapshot, delete_tables, snapshot};
 use nftproxy_integration::{Ns, Outcome, Proto, TempDir};
 use serde_json::{Value, json};
@@ -72,8 +72,6 @@ fn fillers(n: usize) -> String {
     s
 }
 
-/// The node's flags, the same for `run` and the one-shot `sync`.
-const COMMON_FLAGS: &[&str] = &["--hostname-override", NODE, "--node-ip", "10.0.1.1", "--cluster-cidr", "10.244.0.0/16"];
 
 /// `kube-nftproxy run --from FILE` in the node namespace, its output appended to `log`.
 fn standalone(lab: &Lab, file: &Path, log: &Path, extra: &[&str]) -> Child {
@@ -81,7 +79,7 @@ fn standalone(lab: &Lab, file: &Path, log: &Path, extra: &[&str]) -> Child {
     lab.node
         .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
         .args(["run", "--from", file.to_str().unwrap()])
-        .args(COMMON_FLAGS)
+        .args(NODE_FLAGS)
         .args(["--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", ""])
         .args(["--conntrack-max-per-core", "0"])
         .args(extra)
@@ -128,13 +126,7 @@ fn tail(log: &Path, n: usize) -> String {
 /// fault must converge to). Leaves that table in place.
 fn fresh_sync(lab: &Lab, file: &Path) -> TableSnapshot {
     delete_tables(&lab.node);
-    let out = lab
-        .node
-        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
-        .args(["sync", "--from", file.to_str().unwrap()])
-        .args(COMMON_FLAGS)
-        .output()
-        .unwrap();
+    let out = sync_once(&lab.node, file);
     assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
     snapshot(&lab.node)
 }
@@ -474,12 +466,7 @@ fn kernel_churn(ns: &Ns) -> BTreeMap<String, Vec<String>> {
 fn faults_api_server_and_etcd_restarts_during_churn_lose_nothing() {
     let full = full_mode();
     let mut lab = Lab::new(3);
-    let mut cp = ControlPlane::start(&mut lab.topo, &lab.node);
-    cp.start_apiserver(6444);
-    apply_deploy(&cp);
-    cp.create(&node_obj());
-    cp.create(&service(json!({})));
-    cp.create(&slice(&[1, 2, 3]));
+    let cp = control_plane_with_web(&mut lab);
     for i in 0..CHURN_SERVICES {
         cp.create(&churn_service(i));
         cp.create(&churn_slice(i, &[1]));

@@ -2,23 +2,19 @@
 //! `e2e_apiserver.rs`): oversized input gives a clear error or is cut to the kernel's limits
 //! without losing the rest of the batch, and /metrics listens on loopback unless configured.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nftproxy_integration::lab::{Lab, NODE};
-use nftproxy_integration::{Outcome, Proto, TempDir, request};
+use common::{NODE_FLAGS, settle, sync_once};
+use nftproxy_integration::lab::Lab;
+use nftproxy_integration::{Outcome, Proto, TempDir};
 
-const NODE_FLAGS: &[&str] = &["--hostname-override", NODE, "--node-ip", "10.0.1.1", "--cluster-cidr", "10.244.0.0/16"];
 
-fn answered(lab: &Lab, to: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        let o = lab.client.run(|| request(Proto::Tcp, to.parse().unwrap(), None, Duration::from_millis(300)));
-        if matches!(o, Outcome::Answered { .. }) {
-            return true;
-        }
-    }
-    false
+/// Answered (by anyone) ten times in a row within 5 s.
+fn answered(lab: &Lab, to: &str, what: &str) {
+    settle(&lab.client, Proto::Tcp, to, Instant::now(), Duration::from_secs(5), what, |o| matches!(o, Outcome::Answered { .. }));
 }
 
 /// Names far past Kubernetes' and the kernel's limits (300-byte Service, namespace and port
@@ -49,16 +45,10 @@ fn oversized_names_fit_the_kernel_and_a_huge_manifest_is_refused_unread() {
         ),
     )
     .unwrap();
-    let out = lab
-        .node
-        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
-        .args(["sync", "--from", file.to_str().unwrap()])
-        .args(NODE_FLAGS)
-        .output()
-        .unwrap();
+    let out = sync_once(&lab.node, &file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(answered(&lab, "10.96.0.50:80"), "the long-named Service works");
-    assert!(answered(&lab, "10.96.0.51:80"), "its neighbour works");
+    answered(&lab, "10.96.0.50:80", "the long-named Service works");
+    answered(&lab, "10.96.0.51:80", "its neighbour works");
     let table = lab.node.exec("nft", &["-j", "list", "table", "ip", "kube-nftproxy"]);
     let v: serde_json::Value = serde_json::from_str(&table).unwrap();
     let mut longest_comment = 0;
@@ -87,13 +77,7 @@ fn oversized_names_fit_the_kernel_and_a_huge_manifest_is_refused_unread() {
     std::fs::File::create(&huge).unwrap().set_len(1 << 30).unwrap();
     let before = nftproxy_integration::snapshot::snapshot(&lab.node);
     let start = Instant::now();
-    let out = lab
-        .node
-        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
-        .args(["sync", "--from", huge.to_str().unwrap()])
-        .args(NODE_FLAGS)
-        .output()
-        .unwrap();
+    let out = sync_once(&lab.node, &huge);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a 1 GB manifest was accepted");
     assert!(err.contains("huge.yaml") && err.contains("1073741824 bytes"), "size and file named: {err}");

@@ -335,63 +335,8 @@ proptest! {
     }
 }
 
-// Regressions: failures the property test found, as plain tests with the shrunk input.
-
-/// Found by prop_resolver_invariants: with no node name (rendering for no node in particular),
-/// an endpoint with `nodeName: ""` counted as local. kube-proxy's isLocal requires a non-empty
-/// hostname.
-#[test]
-fn an_empty_node_name_is_local_to_no_endpoint() {
-    let mut svc = Service {
-        name: ServiceName::new("default", "web0"),
-        service_type: ServiceType::ClusterIP,
-        cluster_ips: vec!["fd00:96::1".parse().unwrap()],
-        ports: vec![ServicePort {
-            name: String::new(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: None,
-            target_port: TargetPort::Number(8080),
-        }],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        session_affinity_timeout: None,
-        traffic_distribution: None,
-    };
-    let slice = EndpointSlice {
-        namespace: "default".into(),
-        name: "web0-0".into(),
-        service: svc.name.clone(),
-        address_type: AddressType::IPv6,
-        endpoints: vec![Endpoint {
-            address: "fd00:244:1::2".parse().unwrap(),
-            ready: false,
-            serving: true,
-            terminating: true,
-            node_name: Some(String::new()),
-            zone: None,
-            zone_hints: Default::default(),
-            node_hints: Default::default(),
-        }],
-        ports: vec![EndpointPort { name: String::new(), protocol: Protocol::Tcp, port: 8080 }],
-        trigger_time: None,
-    };
-    let ctx = NodeContext::default();
-    assert_eq!(ctx.node_name, "");
-    let mut st = ClusterState::default();
-    st.upsert_service(svc.clone());
-    st.upsert_slice(slice.clone());
-    let r = resolve(&st, &ctx, IpFamily::V6);
-    assert!(!r[0].cluster_endpoints[0].is_local);
-    // With ITP=Local the nameless proxy has no local endpoint: drop, not route.
-    svc.internal_traffic_policy = TrafficPolicy::Local;
-    st.upsert_service(svc);
-    assert_eq!(resolve(&st, &ctx, IpFamily::V6)[0].internal, EndpointChoice::Drop);
-}
+// Regressions the property test found are plain tests beside the code they cover
+// (`resolve/tests.rs`: `an_empty_node_name_is_local_to_no_endpoint`).
 
 /// The generator must keep reaching every case the invariants are about; a change that made one
 /// unreachable would let the property test pass vacuously. Deterministic (fixed seed).

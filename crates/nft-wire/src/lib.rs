@@ -11,6 +11,8 @@ pub mod batch;
 pub mod consts;
 pub mod decode;
 pub mod expr;
+#[cfg(feature = "proptest-support")]
+pub mod mutate;
 mod writer;
 
 pub use batch::{BaseChain, Batch, Elem, ElemData, FinishedBatch, MsgInfo, SetSpec, split_messages};

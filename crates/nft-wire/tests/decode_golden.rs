@@ -2,22 +2,14 @@
 //! (one `<type> <payload hex>` line per message, from the nfgenmsg on) decode to the objects
 //! the `.nft` files describe, and each decoded message re-encodes to nft's bytes exactly.
 
+mod capture;
+
+use capture::lines;
 use nftproxy_nft_wire::consts::*;
 use nftproxy_nft_wire::expr::*;
 use nftproxy_nft_wire::*;
 
 const V4: u8 = NFPROTO_IPV4;
-
-/// Every line of a capture, batch begin and end included: (type, payload).
-fn lines(text: &str) -> Vec<(u16, Vec<u8>)> {
-    text.lines()
-        .map(|l| {
-            let (t, h) = l.split_once(' ').unwrap();
-            let bytes = (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect();
-            (t.parse().unwrap(), bytes)
-        })
-        .collect()
-}
 
 /// Decodes every line, checking that each message re-encodes to the captured payload.
 fn decode_all(fix: &[(u16, Vec<u8>)]) -> Vec<Message> {
@@ -37,26 +29,6 @@ fn decode_all(fix: &[(u16, Vec<u8>)]) -> Vec<Message> {
             m
         })
         .collect()
-}
-
-/// A set's opaque userdata as nft wrote it, found by scanning the raw attributes (not through
-/// the decoder under test).
-fn raw_set_udata(fix: &[(u16, Vec<u8>)], name: &str) -> Vec<u8> {
-    let needle = format!("{name}\0");
-    let (_, m) = fix
-        .iter()
-        .find(|(t, m)| *t == (10 << 8 | NFT_MSG_NEWSET) && m.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        .unwrap();
-    let mut off = 4;
-    while off < m.len() {
-        let len = u16::from_ne_bytes([m[off], m[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([m[off + 2], m[off + 3]]) & 0x3fff;
-        if ty == NFTA_SET_USERDATA {
-            return m[off + 4..off + len].to_vec();
-        }
-        off += (len + 3) & !3;
-    }
-    panic!("no userdata for {name}")
 }
 
 fn s(x: &str) -> String {
@@ -100,7 +72,7 @@ fn reference_capture_decodes_to_its_objects() {
             key_len,
             data,
             timeout_ms: None,
-            udata: raw_set_udata(&fix, name),
+            udata: capture::set_udata(&fix, name).expect("nft wrote userdata"),
         },
         id,
     };

@@ -2,6 +2,8 @@
 //! for it (`nft --debug=mnl -f reference.nft | tools/mnl2hex.py` → `reference.hex`). Payloads
 //! are compared from the nfgenmsg on; the nlmsghdr differs only in seq and flags.
 
+mod capture;
+
 use nftproxy_nft_wire::consts::*;
 use nftproxy_nft_wire::expr::*;
 use nftproxy_nft_wire::*;
@@ -9,16 +11,9 @@ use nftproxy_nft_wire::*;
 const T: &str = "kube-nftproxy";
 const V4: u8 = NFPROTO_IPV4;
 
-/// A capture: one `<type> <payload hex>` line per message, batch begin/end left out.
+/// A capture without its batch begin and end.
 fn parse_fixture(text: &str) -> Vec<(u16, Vec<u8>)> {
-    text.lines()
-        .map(|l| {
-            let (t, h) = l.split_once(' ').unwrap();
-            let bytes = (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect();
-            (t.parse().unwrap(), bytes)
-        })
-        .filter(|(t, _)| *t != NFNL_MSG_BATCH_BEGIN && *t != NFNL_MSG_BATCH_END)
-        .collect()
+    capture::lines(text).into_iter().filter(|(t, _)| *t != NFNL_MSG_BATCH_BEGIN && *t != NFNL_MSG_BATCH_END).collect()
 }
 
 fn fixture() -> Vec<(u16, Vec<u8>)> {
@@ -41,25 +36,6 @@ fn assert_same_messages(b: Batch, fix: &[(u16, Vec<u8>)]) {
     }
 }
 
-fn set_udata(fix: &[(u16, Vec<u8>)], name: &str) -> Vec<u8> {
-    // Sets carry nft's opaque typeof/byte-order userdata; take it from nft's own message so the
-    // rest of the message can be compared byte for byte.
-    let needle = format!("{name}\0");
-    let (_, m) = fix
-        .iter()
-        .find(|(t, m)| *t == (10 << 8 | NFT_MSG_NEWSET) && m.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        .unwrap();
-    let mut off = 4;
-    while off < m.len() {
-        let len = u16::from_ne_bytes([m[off], m[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([m[off + 2], m[off + 3]]) & 0x3fff;
-        if ty == NFTA_SET_USERDATA {
-            return m[off + 4..off + len].to_vec();
-        }
-        off += (len + 3) & !3;
-    }
-    Vec::new()
-}
 
 fn reg(w: u32) -> u32 {
     concat_reg(w)
@@ -104,7 +80,7 @@ fn messages_equal_nfts_bytes() {
             key_len,
             data,
             timeout_ms: None,
-            udata: set_udata(&fix, name),
+            udata: capture::set_udata(&fix, name).unwrap_or_default(),
         };
         b.add_set(V4, T, &spec, id as u32 + 1);
     }

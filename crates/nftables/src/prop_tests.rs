@@ -11,11 +11,12 @@
 use std::net::IpAddr;
 
 use nftproxy_nft_wire::consts::*;
+use nftproxy_nft_wire::mutate::{mutate, mutation};
 use nftproxy_nft_wire::{Batch, Expr, PayloadBase};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
-use proptest::sample::{Index, select};
+use proptest::sample::select;
 
 use crate::addrs::parse_newaddr;
 use crate::conntrack::{CtEntry, parse_entry};
@@ -548,165 +549,15 @@ fn check_well_formed(p: &Part, st: &mut TraceState, elements: &[KeyComment]) -> 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Mutations (the same kinds as nft-wire's decoder tests).
+// Mutations: nft-wire's (`nftproxy_nft_wire::mutate`), with this module's header layouts.
 
-/// Offsets of message headers and of attribute headers, walking leniently: after the nlmsghdr
-/// the attributes start at +16 (rtnetlink's ifaddrmsg and netlink errors have other headers;
-/// the walk then finds what it finds), +20 (after an nfgenmsg) and +24 (ifaddrmsg).
-fn headers(bytes: &[u8]) -> (Vec<usize>, Vec<usize>) {
-    fn walk(b: &[u8], base: usize, depth: u32, out: &mut Vec<usize>) {
-        let mut off = 0usize;
-        while let Some(h) = b.get(off..off + 4) {
-            let len = usize::from(u16::from_ne_bytes([h[0], h[1]])).max(4);
-            out.push(base + off);
-            let Some(v) = b.get(off + 4..off + len) else { break };
-            if u16::from_ne_bytes([h[2], h[3]]) & NLA_F_NESTED != 0 && depth < 6 {
-                walk(v, base + off + 4, depth + 1, out);
-            }
-            off += (len + 3) & !3;
-        }
-    }
-    let (mut msgs, mut attrs) = (Vec::new(), Vec::new());
-    let mut off = 0usize;
-    while let Some(h) = bytes.get(off..off + 16) {
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        msgs.push(off);
-        let skip = match u16::from_ne_bytes([h[4], h[5]]) {
-            NLMSG_ERROR => 16 + 20,
-            RTM_NEWADDR => 16 + 8,
-            _ => 16 + 4,
-        };
-        if let Some(payload) = bytes.get(off + skip..off.saturating_add(len)) {
-            walk(payload, off + skip, 0, &mut attrs);
-        }
-        if len < 16 {
-            break;
-        }
-        off = off.saturating_add((len + 3) & !3);
-    }
-    (msgs, attrs)
-}
-
-#[derive(Clone, Debug)]
-enum Mutation {
-    FlipBit(Index, u8),
-    SetByte(Index, u8),
-    Truncate(Index),
-    Insert(Index, Vec<u8>),
-    Delete(Index, usize),
-    /// An attribute's length: 0, 1, 3, 4, 5, off by one or four, 0xffff, or any.
-    AttrLen(Index, u8, u16),
-    /// An attribute's type: another type, NLA_F_NESTED toggled, or any.
-    AttrType(Index, u8, u16),
-    /// A message's nlmsg_len: 0, 15, 16, 17, off by one or four, huge, or any.
-    MsgLen(Index, u8, u32),
-    /// A message's nlmsg_type.
-    MsgType(Index, u16),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    let ix = any::<Index>;
-    prop_oneof![
-        1 => (ix(), 0u8..8).prop_map(|(i, b)| Mutation::FlipBit(i, b)),
-        1 => (ix(), any::<u8>()).prop_map(|(i, v)| Mutation::SetByte(i, v)),
-        1 => ix().prop_map(Mutation::Truncate),
-        1 => (ix(), vec(any::<u8>(), 1..8)).prop_map(|(i, v)| Mutation::Insert(i, v)),
-        1 => (ix(), 1usize..9).prop_map(|(i, n)| Mutation::Delete(i, n)),
-        3 => (ix(), any::<u8>(), any::<u16>()).prop_map(|(i, s, v)| Mutation::AttrLen(i, s, v)),
-        2 => (ix(), any::<u8>(), any::<u16>()).prop_map(|(i, s, v)| Mutation::AttrType(i, s, v)),
-        2 => (ix(), any::<u8>(), any::<u32>()).prop_map(|(i, s, v)| Mutation::MsgLen(i, s, v)),
-        1 => (ix(), any::<u16>()).prop_map(|(i, v)| Mutation::MsgType(i, v)),
-    ]
-}
-
-fn put_u16(b: &mut [u8], at: usize, v: u16) {
-    if let Some(s) = b.get_mut(at..at + 2) {
-        s.copy_from_slice(&v.to_ne_bytes());
-    }
-}
-
-fn get_u16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2).map_or(0, |s| u16::from_ne_bytes([s[0], s[1]]))
-}
-
-fn mutate(b: &mut Vec<u8>, m: &Mutation) {
-    let at = |i: &Index, b: &Vec<u8>| if b.is_empty() { 0 } else { i.index(b.len()) };
-    match m {
-        Mutation::FlipBit(i, bit) if !b.is_empty() => {
-            let p = at(i, b);
-            b[p] ^= 1 << bit;
-        }
-        Mutation::SetByte(i, v) if !b.is_empty() => {
-            let p = at(i, b);
-            b[p] = *v;
-        }
-        Mutation::Truncate(i) => {
-            let p = at(i, b);
-            b.truncate(p);
-        }
-        Mutation::Insert(i, v) => {
-            let p = at(i, b);
-            b.splice(p..p, v.iter().copied());
-        }
-        Mutation::Delete(i, n) if !b.is_empty() => {
-            let p = at(i, b);
-            let end = (p + n).min(b.len());
-            b.drain(p..end);
-        }
-        Mutation::AttrLen(i, sel, any) => {
-            let (_, attrs) = headers(b);
-            let Some(&p) = attrs.get(i.index(attrs.len().max(1))) else { return };
-            let cur = get_u16(b, p);
-            let v = match sel % 10 {
-                0 => 0,
-                1 => 1,
-                2 => 3,
-                3 => 4,
-                4 => 5,
-                5 => cur.wrapping_add(1),
-                6 => cur.wrapping_sub(1),
-                7 => cur.wrapping_add(4),
-                8 => 0xffff,
-                _ => *any,
-            };
-            put_u16(b, p, v);
-        }
-        Mutation::AttrType(i, sel, any) => {
-            let (_, attrs) = headers(b);
-            let Some(&p) = attrs.get(i.index(attrs.len().max(1))) else { return };
-            let cur = get_u16(b, p + 2);
-            let v = match sel % 3 {
-                0 => cur ^ NLA_F_NESTED,
-                1 => (cur & NLA_F_NESTED) | (any % 20),
-                _ => *any,
-            };
-            put_u16(b, p + 2, v);
-        }
-        Mutation::MsgLen(i, sel, any) => {
-            let (msgs, _) = headers(b);
-            let Some(&p) = msgs.get(i.index(msgs.len().max(1))) else { return };
-            let Some(s) = b.get_mut(p..p + 4) else { return };
-            let cur = u32::from_ne_bytes([s[0], s[1], s[2], s[3]]);
-            let v = match sel % 10 {
-                0 => 0,
-                1 => 15,
-                2 => 16,
-                3 => 17,
-                4 => cur.wrapping_add(1),
-                5 => cur.wrapping_sub(4),
-                6 => cur.wrapping_add(4),
-                7 => u32::MAX,
-                8 => 0x8000_0000,
-                _ => *any,
-            };
-            s.copy_from_slice(&v.to_ne_bytes());
-        }
-        Mutation::MsgType(i, v) => {
-            let (msgs, _) = headers(b);
-            let Some(&p) = msgs.get(i.index(msgs.len().max(1))) else { return };
-            put_u16(b, p + 4, *v);
-        }
-        _ => {}
+/// Where a reply's attributes begin, by message type: after the nlmsghdr and an nlmsgerr (errno
+/// and the original header), an ifaddrmsg, or an nfgenmsg.
+fn attrs_at(msg_type: u16) -> usize {
+    match msg_type {
+        NLMSG_ERROR => 16 + 20,
+        RTM_NEWADDR => 16 + 8,
+        _ => 16 + 4,
     }
 }
 
@@ -750,7 +601,7 @@ proptest! {
         let mut buf: Vec<u8> = parts.iter().flat_map(|p| p.msg.iter().copied()).collect();
         prop_assert_eq!(messages(&buf).count(), parts.len());
         for m in &mutations {
-            mutate(&mut buf, m);
+            mutate(&mut buf, m, attrs_at);
         }
         every_message(&buf, &mut st, &elements);
         every_parser(&buf, NLM_F_ACK_TLVS, &mut st, &elements);

@@ -203,3 +203,27 @@ pub fn apply_deploy(cp: &ControlPlane) {
     assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]);
 }
 
+
+/// The lab node's flags, the same for `run --from` and the one-shot `sync`.
+pub const NODE_FLAGS: &[&str] = &["--hostname-override", NODE, "--node-ip", "10.0.1.1", "--cluster-cidr", "10.244.0.0/16"];
+
+/// `kube-nftproxy sync --from FILE` with [`NODE_FLAGS`] in `ns`, once.
+pub fn sync_once(ns: &Ns, file: &std::path::Path) -> std::process::Output {
+    ns.command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args(["sync", "--from", file.to_str().unwrap()])
+        .args(NODE_FLAGS)
+        .output()
+        .expect("spawn kube-nftproxy sync")
+}
+
+/// A control plane for the lab's node with a second API server on port 6444 (changes made while
+/// the proxy's one is down), `deploy/`'s objects, the Node, and the Service `web` on pods 1–3.
+pub fn control_plane_with_web(lab: &mut nftproxy_integration::lab::Lab) -> ControlPlane {
+    let mut cp = ControlPlane::start(&mut lab.topo, &lab.node);
+    cp.start_apiserver(6444);
+    apply_deploy(&cp);
+    cp.create(&node_obj());
+    cp.create(&service(json!({})));
+    cp.create(&slice(&[1, 2, 3]));
+    cp
+}

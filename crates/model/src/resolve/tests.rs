@@ -489,3 +489,20 @@ fn local_traffic_detectors_follow_the_mode() {
     c.masquerade_bit = 12;
     assert_eq!(c.masquerade_mark(), 0x1000);
 }
+
+/// Found by `prop_resolver_invariants` (`crate::props`): with no node name (rendering for no node
+/// in particular), an endpoint with `nodeName: ""` counted as local. kube-proxy's isLocal
+/// requires a non-empty hostname.
+#[test]
+fn an_empty_node_name_is_local_to_no_endpoint() {
+    let ctx = NodeContext::default();
+    assert_eq!(ctx.node_name, "");
+    let mut s = svc("web0");
+    let e = terminating(ep("10.244.1.2", ""), true);
+    let st = state(s.clone(), vec![slice("web0", "web0-0", vec![e.clone()])]);
+    assert!(!resolve(&st, &ctx, IpFamily::V4)[0].cluster_endpoints[0].is_local);
+    // With ITP=Local the nameless proxy has no local endpoint: drop, not route.
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    let st = state(s, vec![slice("web0", "web0-0", vec![e])]);
+    assert_eq!(resolve(&st, &ctx, IpFamily::V4)[0].internal, EndpointChoice::Drop);
+}
