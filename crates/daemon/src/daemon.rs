@@ -61,6 +61,7 @@ pub struct Proxy {
     last_failure: bool,
     last_deep_check: Option<Instant>,
     stats: Stats,
+    trimmer: crate::heap::Trimmer,
     /// This node's interface addresses (rtnetlink), for `--nodeport-addresses CIDR,…` and
     /// `primary`; None until read.
     local_addresses: Option<Vec<IpAddr>>,
@@ -83,6 +84,7 @@ impl Proxy {
             last_failure: false,
             last_deep_check: None,
             stats: Stats::default(),
+            trimmer: crate::heap::Trimmer::new(Duration::from_secs(10)),
             local_addresses: None,
         })
     }
@@ -225,6 +227,9 @@ impl Proxy {
                     seconds = took,
                     "synced"
                 );
+                if let Some(t) = self.trimmer.after_sync(done.full) {
+                    tracing::debug!(seconds = t.as_secs_f64(), "free heap pages returned to the kernel");
+                }
             }
             Err(e) => {
                 tracing::error!("{e}; the previous rules stay in place, a full sync follows");

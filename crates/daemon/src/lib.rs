@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod heap;
 pub mod manifests;
 pub mod metrics;
 pub mod runner;

@@ -723,7 +723,8 @@ fn soak_churn_under_traffic() {
     let rss = |d: &Daemon| nftproxy_integration::proc_status_kb(d.pid(), "VmRSS:");
     let warmup = Duration::from_secs(secs / 5);
     let start = Instant::now();
-    let (mut rss_max_after, mut samples) = (0u64, Vec::new());
+    // (seconds, RSS KiB, live heap KiB) every 5 s, taken between changes.
+    let (mut rss_max_after, mut samples): (u64, Vec<(u64, u64, u64)>) = (0, Vec::new());
     let mut next_sample = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
         // One change, then wait for the kernel to show it.
@@ -782,7 +783,8 @@ fn soak_churn_under_traffic() {
         }
         if Instant::now() >= next_sample {
             let kb = rss(&daemon);
-            samples.push((start.elapsed().as_secs(), kb));
+            let heap = metric(&metrics(&lab), "kubenftproxy_heap_in_use_bytes").unwrap_or(0.0) as u64 / 1024;
+            samples.push((start.elapsed().as_secs(), kb, heap));
             if start.elapsed() >= warmup {
                 rss_max_after = rss_max_after.max(kb);
             }
@@ -830,25 +832,34 @@ fn soak_churn_under_traffic() {
     let p50 = latencies.get(latencies.len() / 2).copied().unwrap_or_default();
     let p99 = latencies.get(latencies.len() * 99 / 100).copied().unwrap_or_default();
     // Growth: the median of the last fifth of the samples against the median of the first fifth
-    // after warm-up (a single sample may catch a sync's transient peak; `max` reports those).
-    let after: Vec<u64> = samples.iter().filter(|(t, _)| *t >= warmup.as_secs()).map(|(_, kb)| *kb).collect();
-    let median = |v: &[u64]| {
-        let mut v = v.to_vec();
+    // after warm-up (a single sample may catch a sync's transient peak; `max` reports those), for
+    // the resident set and for the live heap (where a leak shows whatever the allocator caches).
+    let after: Vec<&(u64, u64, u64)> = samples.iter().filter(|s| s.0 >= warmup.as_secs()).collect();
+    let median = |v: Vec<u64>| {
+        let mut v = v;
         v.sort();
         v.get(v.len() / 2).copied().unwrap_or(0)
     };
     let fifth = (after.len() / 5).max(1);
-    let (early, late) = (median(&after[..fifth.min(after.len())]), median(&after[after.len().saturating_sub(fifth)..]));
-    let growth = if early > 0 { (late as f64 / early as f64 - 1.0) * 100.0 } else { 0.0 };
+    let growth_of = |pick: fn(&(u64, u64, u64)) -> u64| {
+        let early = median(after[..fifth.min(after.len())].iter().map(|s| pick(s)).collect());
+        let late = median(after[after.len().saturating_sub(fifth)..].iter().map(|s| pick(s)).collect());
+        let growth = if early > 0 { (late as f64 / early as f64 - 1.0) * 100.0 } else { 0.0 };
+        (early, late, growth)
+    };
+    let (early, late, growth) = growth_of(|s| s.1);
+    let (heap_early, heap_late, heap_growth) = growth_of(|s| s.2);
+    assert!(heap_early > 0, "no kubenftproxy_heap_in_use_bytes in the metrics");
     if secs >= 120 {
-        assert!(growth <= 10.0, "memory grew {growth:.1}% after warm-up: {samples:?}");
+        assert!(growth <= 10.0, "the resident set grew {growth:.1}% after warm-up: {samples:?}");
+        assert!(heap_growth <= 10.0, "live heap grew {heap_growth:.1}% after warm-up: {samples:?}");
     }
     eprintln!(
         "soak {secs} s: {changes} changes through the API (creates, scales, deletes, rolling replacements), each in the \
          kernel within {worst:?} (p50 {p50:?}, p99 {p99:?}); {ok} requests to stable Services (TCP and UDP), {} failed; \
          RSS after warm-up {early} KiB (median of the first fifth), at the end {late} KiB (median of the last \
-         fifth; {growth:+.1}%), highest sample {} KiB, last {final_kb} KiB; no leaked objects or UDP conntrack \
-         entries",
+         fifth; {growth:+.1}%), highest sample {} KiB, last {final_kb} KiB; live heap {heap_early} KiB -> \
+         {heap_late} KiB ({heap_growth:+.1}%); no leaked objects or UDP conntrack entries",
         failed.len(),
         rss_max_after
     );
