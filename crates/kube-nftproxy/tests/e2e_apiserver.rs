@@ -304,9 +304,9 @@ fn outage_restart_and_drift_keep_traffic_flowing() {
     );
     eprintln!("restart under load: {} requests, 0 failed", outcomes.len());
 
-    // Drift: someone empties a map of ours, then deletes the whole table; the next sync restores.
+    // Drift: someone empties a set of ours, then deletes the whole table; the next sync restores.
     for (what, args) in [
-        ("flushed map restored", &["flush", "map", "ip", "kube-nftproxy", "service-ips"][..]),
+        ("flushed set restored", &["flush", "set", "ip", "kube-nftproxy", "cluster-3-frontends"][..]),
         ("deleted table restored", &["delete", "table", "ip", "kube-nftproxy"][..]),
     ] {
         lab.node.exec("nft", args);

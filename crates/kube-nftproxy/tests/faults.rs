@@ -594,7 +594,7 @@ fn faults_foreign_edits_during_syncs_are_restored_and_counted() {
     let d = standalone(&lab, &file, &log, &["--min-sync-period", "0s", "--sync-period", "1s"]);
     wait_synced(&log, 0, Duration::from_secs(60));
     let edits: &[&[&str]] = &[
-        &["flush", "map", "ip", "kube-nftproxy", "service-ips"],
+        &["flush", "set", "ip", "kube-nftproxy", "cluster-3-frontends"],
         &["delete", "element", "ip", "kube-nftproxy", "cluster-ips", "{ 10.96.0.10 }"],
         &["flush", "chain", "ip", "kube-nftproxy", "cluster-3"],
         &["add", "rule", "ip", "kube-nftproxy", "cluster-1", "drop"],

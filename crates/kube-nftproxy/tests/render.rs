@@ -20,7 +20,9 @@ fn nftables_render_is_an_nft_file_for_both_families() {
     let text = render(&[]);
     assert!(text.starts_with("table ip kube-nftproxy\ndelete table ip kube-nftproxy\n"));
     assert!(text.contains("table ip6 kube-nftproxy {"));
-    assert!(text.contains("10.96.0.10 . tcp . 80 comment \"demo/web:http\" : goto cluster-3"));
+    assert!(text.contains("set cluster-3-frontends {"), "{text}");
+    assert!(text.contains("10.96.0.10 . tcp . 80 comment \"demo/web:http\""), "{text}");
+    assert!(text.contains("ip daddr . meta l4proto . th dport @cluster-3-frontends goto cluster-3"), "{text}");
 }
 
 #[test]

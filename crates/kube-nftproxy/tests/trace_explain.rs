@@ -177,7 +177,7 @@ fn trace_shows_the_path_and_the_endpoint_that_answered() {
         assert!(path.contains(&c.to_string()), "{c} in {path:?}");
     }
     let hit = p["steps"].as_array().unwrap().iter().find(|s| s["mapHit"].is_string()).unwrap();
-    assert_eq!(hit["mapHit"], "@service-ips: demo/web:dns");
+    assert_eq!(hit["mapHit"], "@cluster-3-frontends: demo/web:dns");
     assert_eq!(hit["verdict"], "goto cluster-3");
 
     // No endpoints: the path ends in the reject.

@@ -1,10 +1,12 @@
 //! The service model → one table's desired [`Ruleset`]. Pure.
 //!
 //! Services are data: a frontend (`addr . proto . port`, or `proto . nodeport`) is an element of
-//! a verdict map that jumps to a *pick chain* shared by every service with the same number of
-//! endpoints; the pick chain DNATs through `numgen random mod N` into an endpoint map keyed by
-//! frontend and index. Adding a service adds elements, never chains (unless its endpoint count
-//! is new), so the kernel's work per sync does not grow with the number of services.
+//! the frontend set of a *pick chain* shared by every service with the same number of endpoints
+//! (`… @cluster-3-frontends goto cluster-3`, one rule per pick chain in use); the pick chain
+//! DNATs through `numgen random mod N` into an endpoint map keyed by frontend and index. Adding a
+//! service adds elements, never chains or rules (unless its endpoint count is new), and no
+//! element carries a jump, so the kernel's work per commit does not grow with the number of
+//! services (a verdict map of frontends did: see `schema::frontend_set`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -19,7 +21,7 @@ use smallvec::smallvec;
 use crate::family::Family;
 use crate::names;
 use crate::rules::{self, BackendKey};
-use crate::ruleset::{Chain, Field, Key, Ruleset, Value};
+use crate::ruleset::{Chain, Field, Key, Rule, Ruleset, Value};
 use crate::schema::*;
 use crate::table::Table;
 
@@ -42,6 +44,16 @@ enum Pick {
 }
 
 impl Pick {
+    /// The fixed chain holding this pick's route rule, and whether its frontends are node
+    /// ports; None for the short-circuit chains, reached only from other pick chains.
+    fn route(self) -> Option<(&'static str, bool)> {
+        match self {
+            Pick::Cluster(_) | Pick::External(_) | Pick::ExternalLocal(..) => Some((SERVICES, false)),
+            Pick::NodePort(_) | Pick::NodePortLocal(..) => Some((NODEPORTS, true)),
+            Pick::ExternalShortcut(_) | Pick::NodePortShortcut(_) => None,
+        }
+    }
+
     fn name(self) -> String {
         match self {
             Pick::Cluster(n) => format!("cluster-{n}"),
@@ -62,8 +74,9 @@ struct Builder<'a> {
     /// kube-proxy's local-traffic detector for this family.
     local: LocalTraffic,
     picks: BTreeSet<Pick>,
-    /// Pick chains already built for other fragments: the same for every service.
-    cache: &'a mut BTreeMap<Pick, Chain>,
+    /// Pick chains (with their route rule) already built for other fragments: the same for
+    /// every service.
+    cache: &'a mut BTreeMap<Pick, (Chain, Option<Rule>)>,
 }
 
 /// Builds the table for one family from that family's resolved service ports.
@@ -115,7 +128,7 @@ fn fragment_with(
     f: Family,
     ports: &[&ResolvedServicePort],
     ctx: &NodeContext,
-    cache: &mut BTreeMap<Pick, Chain>,
+    cache: &mut BTreeMap<Pick, (Chain, Option<Rule>)>,
 ) -> Ruleset {
     let mut b = Builder {
         f,
@@ -183,8 +196,7 @@ impl Builder<'_> {
                 self.r.element(SERVICE_IPS, cluster_key, Value::Verdict(Verdict::Goto(chain)), Some(&comment));
             }
             EndpointChoice::Endpoints(eps) => {
-                let pick = self.pick(Pick::Cluster(eps.len() as u32));
-                self.r.element(SERVICE_IPS, cluster_key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(&comment));
+                self.frontend(Pick::Cluster(eps.len() as u32), cluster_key.clone(), &comment);
                 self.backends(BACKENDS, &cluster_key, eps, &comment);
             }
             EndpointChoice::Reject => self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, true, &comment),
@@ -223,11 +235,10 @@ impl Builder<'_> {
         }
         if p.external_policy_local {
             let (n, m) = (p.local_endpoints.len() as u32, p.cluster_endpoints.len() as u32);
-            let pick = self.pick(if nodeport { Pick::NodePortLocal(n, m) } else { Pick::ExternalLocal(n, m) });
             if m > 0 {
                 self.pick(if nodeport { Pick::NodePortShortcut(m) } else { Pick::ExternalShortcut(m) });
             }
-            self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(comment));
+            self.frontend(if nodeport { Pick::NodePortLocal(n, m) } else { Pick::ExternalLocal(n, m) }, key.clone(), comment);
             self.backends(maps.backends, &key, &p.local_endpoints, comment);
             self.backends(maps.cluster_backends, &key, &p.cluster_endpoints, comment);
             if n == 0 {
@@ -236,8 +247,7 @@ impl Builder<'_> {
             }
         } else if let Some(EndpointChoice::Endpoints(eps)) = &p.external {
             let n = eps.len() as u32;
-            let pick = self.pick(if nodeport { Pick::NodePort(n) } else { Pick::External(n) });
-            self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(pick)), Some(comment));
+            self.frontend(if nodeport { Pick::NodePort(n) } else { Pick::External(n) }, key.clone(), comment);
             self.backends(maps.backends, &key, eps, comment);
         }
     }
@@ -349,6 +359,12 @@ impl Builder<'_> {
         p.name()
     }
 
+    /// A frontend served by pick chain `p`: an element of its frontend set.
+    fn frontend(&mut self, p: Pick, key: Key, comment: &str) {
+        let name = self.pick(p);
+        self.r.element(&frontend_set_name(&name), key, Value::None, Some(comment));
+    }
+
     fn backends(&mut self, map: &str, frontend: &Key, eps: &[ResolvedEndpoint], comment: &str) {
         for (i, e) in eps.iter().enumerate() {
             let mut key = frontend.clone();
@@ -378,15 +394,30 @@ impl Builder<'_> {
         }
     }
 
+    /// The pick chain, and for a routed pick its frontend set and route rule.
     fn pick_chain(&mut self, pick: Pick) {
         let name = pick.name();
-        if let Some(c) = self.cache.get(&pick) {
-            self.r.chains.insert(name, c.clone());
-            return;
+        if let Some((_, nodeport)) = pick.route() {
+            self.r.set(frontend_set(self.f, &name, nodeport));
         }
-        self.build_pick_chain(pick);
-        let built = self.r.chains[&name].clone();
-        self.cache.insert(pick, built);
+        let (chain, route) = match self.cache.get(&pick) {
+            Some(c) => c.clone(),
+            None => {
+                self.build_pick_chain(pick);
+                let route = pick.route().map(|(_, nodeport)| {
+                    let set = frontend_set_name(&name);
+                    let m = if nodeport { rules::proto_port_in(&set) } else { rules::daddr_proto_port_in(self.f, &set) };
+                    m.then(rules::goto(&name))
+                });
+                let built = (self.r.chains[&name].clone(), route);
+                self.cache.insert(pick, built.clone());
+                built
+            }
+        };
+        self.r.chains.insert(name.clone(), chain);
+        if let (Some((fixed_chain, _)), Some(rule)) = (pick.route(), route) {
+            self.r.route(fixed_chain, &name, rule);
+        }
     }
 
     fn build_pick_chain(&mut self, pick: Pick) {

@@ -93,6 +93,23 @@ pub fn daddr_proto_port_vmap(f: Family, map: &str) -> Rule {
     )
 }
 
+/// `ip daddr . meta l4proto . th dport @set`
+pub fn daddr_proto_port_in(f: Family, set: &str) -> Rule {
+    let w = addr_words(f);
+    Rule::new(
+        format!("{} daddr . meta l4proto . th dport @{set}", f.word()),
+        vec![daddr(f, concat_reg(0)), l4proto(concat_reg(w)), th_dport(concat_reg(w + 1)), lookup(set, None)],
+    )
+}
+
+/// `meta l4proto . th dport @set`
+pub fn proto_port_in(set: &str) -> Rule {
+    Rule::new(
+        format!("meta l4proto . th dport @{set}"),
+        vec![l4proto(concat_reg(0)), th_dport(concat_reg(1)), lookup(set, None)],
+    )
+}
+
 /// `meta l4proto . th dport vmap @map`
 pub fn proto_port_vmap(map: &str) -> Rule {
     Rule::new(

@@ -51,7 +51,7 @@ pub struct SetDecl {
     pub spec: SetSpec,
     /// `type …` or `typeof …`, as in an `nft -f` file.
     pub type_text: String,
-    pub comment: Option<&'static str>,
+    pub comment: Option<std::borrow::Cow<'static, str>>,
     /// Where its elements go in a cold start: backend maps before the maps that lead to them,
     /// so that a transaction never holds an entry point without its endpoints.
     pub stage: u8,
@@ -176,11 +176,29 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Chain>,
     pub sets: BTreeMap<String, SetDecl>,
     pub elements: BTreeMap<String, BTreeMap<Key, ElemValue>>,
+    /// Route rules a fragment needs in a chain of the fixed part (chain → route name → rule):
+    /// `… @cluster-3-frontends goto cluster-3`. Fragments share them; [`crate::table::Table`]
+    /// counts their users and places them at the chain's slot.
+    pub routes: BTreeMap<String, BTreeMap<String, Rule>>,
+    /// In the fixed part: where in a chain the route rules go (index among its own rules).
+    pub route_slots: BTreeMap<String, usize>,
 }
 
 impl Ruleset {
     pub fn new(family: Family) -> Ruleset {
-        Ruleset { family, chains: BTreeMap::new(), sets: BTreeMap::new(), elements: BTreeMap::new() }
+        Ruleset {
+            family,
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            elements: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            route_slots: BTreeMap::new(),
+        }
+    }
+
+    /// A route rule into `chain`'s slot, named (and ordered) by `name`.
+    pub fn route(&mut self, chain: &str, name: &str, rule: Rule) {
+        self.routes.entry(chain.to_string()).or_default().insert(name.to_string(), rule);
     }
 
     pub fn chain(&mut self, name: &str, base: Option<BaseChain>) -> &mut Chain {
@@ -221,7 +239,7 @@ impl Ruleset {
         for (name, decl) in &self.sets {
             let kind = if decl.spec.data.is_some() { "map" } else { "set" };
             let _ = writeln!(out, "\n\t{kind} {name} {{\n\t\t{}", decl.type_text);
-            if let Some(c) = decl.comment {
+            if let Some(c) = &decl.comment {
                 let _ = writeln!(out, "\t\tcomment {}", quote(c));
             }
             let elems = &self.elements[name];

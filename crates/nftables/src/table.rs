@@ -5,14 +5,19 @@
 //! and hairpin elements (an endpoint in several services). The table counts references and
 //! removes a shared object when its last user goes. Swapping a fragment records a [`Delta`]:
 //! the state before of every key it touched, so unchanged keys cost nothing on the wire.
+//!
+//! Route rules (`… @cluster-3-frontends goto cluster-3`) are shared the same way and live in
+//! chains of the fixed part (`services`, `nodeports`) at a slot among that chain's own rules:
+//! when the set of routes changes (a pick chain comes or goes, which is rare), the chain is
+//! rebuilt and replaced as a whole in the same transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::FxHashMap as HashMap;
 
 use nftproxy_model::ServiceName;
 
-use crate::ruleset::{Chain, ElemValue, Key, Ruleset, SetDecl};
+use crate::ruleset::{Chain, ElemValue, Key, Rule, Ruleset, SetDecl};
 
 /// What a fragment swap touched, with the value each key had before the first touch.
 #[derive(Debug, Default)]
@@ -32,6 +37,14 @@ pub struct Table {
     elem_refs: HashMap<String, HashMap<Key, u32>>,
     chain_refs: HashMap<String, u32>,
     set_refs: HashMap<String, u32>,
+    /// Per (chain, route): how many fragments need the route rule.
+    route_refs: HashMap<(String, String), u32>,
+    /// The route rules in force, per chain, in slot order.
+    routes: BTreeMap<String, BTreeMap<String, Rule>>,
+    /// Chains with a route slot: their own rules and where the routes go among them.
+    slotted: BTreeMap<String, (Vec<Rule>, usize)>,
+    /// Slotted chains whose routes changed since they were last rebuilt.
+    dirty: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -39,23 +52,37 @@ struct FragmentIndex {
     sets: Vec<String>,
     chains: Vec<String>,
     elements: Vec<(String, Vec<Key>)>,
+    routes: Vec<(String, String)>,
 }
 
 impl Table {
     /// Merges fragments one by one as the iterator yields them: with a lazy iterator, only one
     /// fragment exists at a time (building all first cost ~10 KiB per Service at the peak).
     pub fn new(fixed: Ruleset, fragments: impl IntoIterator<Item = (ServiceName, Ruleset)>) -> Table {
+        let slotted = fixed
+            .route_slots
+            .iter()
+            .map(|(chain, at)| {
+                let own = fixed.chains.get(chain).map(|c| c.rules.to_vec()).unwrap_or_default();
+                (chain.clone(), (own, *at))
+            })
+            .collect();
         let mut t = Table {
             table: fixed,
             fragments: BTreeMap::new(),
             elem_refs: HashMap::default(),
             chain_refs: HashMap::default(),
             set_refs: HashMap::default(),
+            route_refs: HashMap::default(),
+            routes: BTreeMap::new(),
+            slotted,
+            dirty: BTreeSet::new(),
         };
         for (svc, frag) in fragments {
             let idx = t.add(frag, None);
             t.fragments.insert(svc, idx);
         }
+        t.rebuild_slotted(None);
         t
     }
 
@@ -67,6 +94,28 @@ impl Table {
         if let Some(new) = new {
             let idx = self.add(new, Some(delta));
             self.fragments.insert(svc.clone(), idx);
+        }
+        self.rebuild_slotted(Some(delta));
+    }
+
+    /// Puts the route rules in force into their chains (those whose routes changed).
+    fn rebuild_slotted(&mut self, mut delta: Option<&mut Delta>) {
+        for name in std::mem::take(&mut self.dirty) {
+            let Some((own, at)) = self.slotted.get(&name) else {
+                continue;
+            };
+            let at = (*at).min(own.len());
+            let mut rules: Vec<Rule> = own[..at].to_vec();
+            rules.extend(self.routes.get(&name).into_iter().flat_map(|r| r.values().cloned()));
+            rules.extend(own[at..].iter().cloned());
+            let chain = self.table.chains.entry(name.clone()).or_insert_with(|| Chain { base: None, rules: Default::default() });
+            if *chain.rules == rules {
+                continue;
+            }
+            if let Some(d) = delta.as_deref_mut() {
+                d.chains.entry(name.clone()).or_insert_with(|| Some(chain.clone()));
+            }
+            chain.rules = std::sync::Arc::new(rules);
         }
     }
 
@@ -122,10 +171,29 @@ impl Table {
             }
             idx.elements.push((set, keys));
         }
+        for (chain, routes) in frag.routes {
+            for (name, rule) in routes {
+                let rc = self.route_refs.entry((chain.clone(), name.clone())).or_default();
+                *rc += 1;
+                if *rc == 1 {
+                    self.routes.entry(chain.clone()).or_default().insert(name.clone(), rule);
+                    self.dirty.insert(chain.clone());
+                }
+                idx.routes.push((chain.clone(), name));
+            }
+        }
         idx
     }
 
     fn remove(&mut self, frag: &FragmentIndex, delta: &mut Delta) {
+        for key in &frag.routes {
+            if release(&mut self.route_refs, key) {
+                if let Some(r) = self.routes.get_mut(&key.0) {
+                    r.remove(&key.1);
+                }
+                self.dirty.insert(key.0.clone());
+            }
+        }
         for (set, keys) in &frag.elements {
             let Some(refs) = self.elem_refs.get_mut(set) else {
                 continue;

@@ -105,9 +105,13 @@ fn a_new_endpoint_count_adds_its_pick_chain_and_retargets_the_service() {
     let b = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2", "10.244.3.2"])]);
     let batch = plan::incremental(&a, &b, 1);
     let what: Vec<&str> = batch.messages().iter().map(|m| m.what.as_str()).collect();
-    assert_eq!(what[0], "add chain cluster-3");
-    assert!(what.contains(&"delete chain cluster-2"), "{what:?}");
-    assert_eq!(*what.last().unwrap(), "delete chain cluster-2", "chains go after the elements that jump to them");
+    let at = |w: &str| what.iter().position(|m| *m == w).unwrap_or_else(|| panic!("no {w:?} in {what:?}"));
+    // The new pick chain and its frontend set exist before the route rule that uses them.
+    assert!(at("add set cluster-3-frontends") < at("flush chain services"), "{what:?}");
+    assert!(at("add chain cluster-3") < at("flush chain services"), "{what:?}");
+    // The old route rule is gone (services rebuilt) before its chain and set are deleted.
+    assert!(at("flush chain services") < at("delete chain cluster-2"), "{what:?}");
+    assert_eq!(what[what.len() - 2..], ["delete chain cluster-2", "delete set cluster-2-frontends"], "{what:?}");
 }
 
 #[test]
@@ -130,7 +134,7 @@ fn cold_start_chunks_fill_endpoint_maps_before_entry_maps() {
         .flat_map(|b| b.messages().iter().map(|m| m.what.clone()))
         .filter(|w| w.contains("elements"))
         .collect();
-    let first_entry = order.iter().position(|w| w.ends_with("service-ips") || w.ends_with("cluster-ips")).unwrap();
+    let first_entry = order.iter().position(|w| w.ends_with("-frontends") || w.ends_with("cluster-ips")).unwrap();
     let last_backend = order.iter().rposition(|w| w.ends_with("of backends")).unwrap();
     assert!(last_backend < first_entry, "{order:?}");
 }

@@ -102,7 +102,8 @@ pub(crate) fn udata_comment(u: &[u8]) -> Option<String> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RuleInfo {
     pub(crate) text: String,
-    /// The verdict map it looks up, if any.
+    /// The verdict map or frontend set (`…-frontends`) it looks up, if any: the element that
+    /// matched names the Service.
     pub(crate) vmap: Option<String>,
 }
 
@@ -138,7 +139,7 @@ pub(crate) fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
                         }
                     }
                     if let Some(s) = &set
-                        && verdict_map
+                        && (verdict_map || s.ends_with("-frontends"))
                     {
                         info.vmap = Some(s.clone());
                     }
@@ -147,7 +148,9 @@ pub(crate) fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
                 let has = |n: &str| names.iter().any(|(x, _, _)| x == n);
                 let map_of =
                     |pred: &dyn Fn(bool) -> bool| names.iter().find_map(|(_, s, vm)| s.clone().filter(|_| pred(*vm)));
-                if let Some(m) = &info.vmap {
+                if let Some(m) = info.vmap.as_ref().filter(|m| m.ends_with("-frontends")) {
+                    parts.push(format!("frontend in @{m}"));
+                } else if let Some(m) = &info.vmap {
                     parts.push(format!("vmap @{m}"));
                 } else if has("nat") {
                     parts.push(match map_of(&|vm| !vm) {
@@ -428,7 +431,8 @@ fn dump_elements(cmd: &mut NftSocket, family: u8, set: &str) -> io::Result<Vec<K
 }
 
 impl TraceState {
-    /// The comment of the element of verdict map `set` whose key starts with `key`.
+    /// The comment of the element of verdict map or frontend set `set` whose key starts with
+    /// `key`.
     fn element_comment(
         &mut self,
         set: &str,

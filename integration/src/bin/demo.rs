@@ -119,11 +119,12 @@ fn relevant(listing: &str) -> String {
         let t = line.trim_start();
         if t.starts_with("map ") || t.starts_with("set ") || t.starts_with("chain ") {
             keep = [
-                "map service-ips",
+                "set cluster-3-frontends",
                 "map backends",
-                "map service-nodeports",
+                "set nodeport-3-frontends",
                 "map nodeport-backends",
                 "chain services",
+                "chain nodeports",
                 "chain cluster-3",
                 "chain nodeport-3",
                 "chain nat-prerouting",
