@@ -33,7 +33,10 @@ pub struct Table {
     pub table: Ruleset,
     /// What each Service's fragment holds, by name and key: enough to take it out again.
     fragments: BTreeMap<ServiceName, FragmentIndex>,
-    /// Per set, per key: how many fragments hold the element.
+    /// Per set, per key: how many fragments hold the element, for shared elements only (two or
+    /// more users: hairpin pairs, ClusterIPs of multi-port Services). An element of the table
+    /// without an entry has one user, so the common unshared element keeps no second copy of its
+    /// key here.
     elem_refs: HashMap<String, HashMap<Key, u32>>,
     chain_refs: HashMap<String, u32>,
     set_refs: HashMap<String, u32>,
@@ -151,7 +154,10 @@ impl Table {
             let current = self.table.elements.entry(set.clone()).or_default();
             let mut keys = Vec::with_capacity(elems.len());
             for (k, v) in elems {
-                *refs.entry(k.clone()).or_default() += 1;
+                if current.contains_key(&k) {
+                    // One more user of an element that exists (implicitly one user so far).
+                    *refs.entry(k.clone()).or_insert(1) += 1;
+                }
                 match current.get_mut(&k) {
                     Some(cur) if *cur == v => {}
                     Some(cur) => {
@@ -199,7 +205,7 @@ impl Table {
                 continue;
             };
             for k in keys {
-                if release(refs, k)
+                if release_shared(refs, k)
                     && let Some(current) = self.table.elements.get_mut(set)
                 {
                     let before = current.remove(k);
@@ -220,6 +226,22 @@ impl Table {
                 delta.sets.entry(name.clone()).or_insert(before);
             }
         }
+    }
+}
+
+/// Drops one user of an element counted only when shared (see `Table::elem_refs`); true when
+/// it was the last.
+fn release_shared(refs: &mut HashMap<Key, u32>, k: &Key) -> bool {
+    match refs.get_mut(k) {
+        Some(rc) if *rc > 2 => {
+            *rc -= 1;
+            false
+        }
+        Some(_) => {
+            refs.remove(k);
+            false
+        }
+        None => true,
     }
 }
 
