@@ -158,6 +158,25 @@ impl Loaded {
         }
     }
 
+    /// Adds what another Loaded holds, as if its objects had come after ours.
+    fn absorb(&mut self, other: Loaded) {
+        let Loaded { mut state, warnings, skipped_services, ignored_objects, objects } = other;
+        for (_, svc) in std::mem::take(&mut state.services) {
+            self.state.upsert_service(svc);
+        }
+        for (_, node) in std::mem::take(&mut state.nodes) {
+            self.state.upsert_node(node);
+        }
+        self.state.service_cidr_objects.extend(std::mem::take(&mut state.service_cidr_objects));
+        for slice in state.into_slices() {
+            self.state.upsert_slice(slice);
+        }
+        self.warnings.extend(warnings);
+        self.skipped_services.extend(skipped_services);
+        self.ignored_objects += ignored_objects;
+        self.objects += objects;
+    }
+
     /// Adds one object, or every item of a `kind: List` (`ServiceList`, … too).
     pub fn add_value(&mut self, v: Value) {
         if let Value::Array(items) = v {
@@ -241,7 +260,7 @@ impl Loaded {
 }
 
 /// One top-level value of a file, added to [`Loaded`] while it is parsed: the items of a list
-/// (`kind: List`, `ServiceList`, … — any top-level `items` array) are converted one at a time, so
+/// (`kind: List`, `ServiceList`, …) are converted one at a time, so
 /// a list of 10k Services never exists in memory as one tree of values (it did: 368 MiB peak RSS
 /// to inspect a 15.7 MB JSON list of 10k Services × 3 endpoints). Other objects are parsed whole,
 /// as before, and handed to [`Loaded::add_value`].
@@ -267,22 +286,35 @@ impl<'de> Visitor<'de> for Document<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut fields = serde_json::Map::new();
-        let mut streamed = false;
+        // An `items` array, converted into a Loaded of its own: whether the object is a list is
+        // known only from `kind`, which kubectl prints after `items`.
+        let mut items: Option<Loaded> = None;
         while let Some(key) = map.next_key::<String>()? {
-            if key == "items" && !streamed {
-                match map.next_value_seed(Items { loaded: &mut *self.loaded })? {
+            if key == "items" {
+                let mut streamed = Loaded::default();
+                match map.next_value_seed(Items { loaded: &mut streamed })? {
                     Some(v) => {
                         fields.insert(key, v);
+                        items = None;
                     }
-                    None => streamed = true,
+                    None => {
+                        // (a repeated key: the last one counts, as in a JSON object)
+                        fields.remove("items");
+                        items = Some(streamed);
+                    }
                 }
             } else {
                 let v: Value = map.next_value()?;
                 fields.insert(key, v);
             }
         }
-        if !streamed {
-            self.loaded.add_value(Value::Object(fields));
+        let kind = fields.get("kind").and_then(Value::as_str).unwrap_or("");
+        match items {
+            // The rule of `add_value`: `List`, or `…List` with items.
+            Some(items) if kind.ends_with("List") => self.loaded.absorb(items),
+            // Not a list: the object without its `items` (none of the kinds used has such a
+            // field, and unknown fields are ignored).
+            _ => self.loaded.add_value(Value::Object(fields)),
         }
         Ok(())
     }

@@ -59,6 +59,10 @@ impl ClusterState {
             }
         }
     }
+    /// Every slice, by value (the state is consumed).
+    pub fn into_slices(self) -> impl Iterator<Item = EndpointSlice> {
+        self.slices.into_values()
+    }
     /// Every slice, keyed by (namespace, name).
     pub fn slices(&self) -> &BTreeMap<(String, String), EndpointSlice> {
         &self.slices
