@@ -5,8 +5,9 @@
 //! glibc keeps freed memory in its free lists, returning only the top of the heap to the kernel.
 //! In a 10-minute churn soak the resident set then wandered 14–21 MiB while live allocations
 //! stayed at ~1.5 MiB; after a 50k-Service cold sync the transient peak would stay resident for
-//! the life of the process. `malloc_trim(0)` releases every free page (madvise), and costs
-//! little next to a sync (measured in `make soak`: see [`Trimmer`]). On other C libraries both
+//! the life of the process. `malloc_trim(0)` releases every free page (madvise); it walks the free lists, so it runs
+//! after full syncs and at most every 10 s otherwise ([`Trimmer`]), and the daemon logs its
+//! duration at debug level. On other C libraries both
 //! functions do nothing.
 
 use std::time::{Duration, Instant};

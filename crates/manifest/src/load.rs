@@ -125,7 +125,7 @@ impl Loaded {
                 if de.end().is_ok() {
                     break; // only whitespace left
                 }
-                if let Err(e) = (Document { loaded: self, skip_null: false }).deserialize(&mut de) {
+                if let Err(e) = add_document(self, &mut de, false) {
                     // serde_json's message ends with the line and column in the whole text.
                     self.warnings.push(Warning::Document {
                         source: format!("{source} (JSON value {})", i + 1),
@@ -140,7 +140,7 @@ impl Loaded {
         // iterator, which cannot resynchronise after a syntax error: one broken document must
         // not lose the ones after it.
         for (i, (first_line, doc)) in yaml_documents(text).enumerate() {
-            match (Document { loaded: self, skip_null: true }).deserialize(serde_yaml::Deserializer::from_str(doc)) {
+            match add_document(self, serde_yaml::Deserializer::from_str(doc), true) {
                 Ok(()) => {}
                 Err(e) => {
                     // The line in the file, not in the document (an error found at the end of a
@@ -259,32 +259,57 @@ impl Loaded {
     }
 }
 
-/// One top-level value of a file, added to [`Loaded`] while it is parsed: the items of a list
-/// (`kind: List`, `ServiceList`, …) are converted one at a time, so
-/// a list of 10k Services never exists in memory as one tree of values (it did: 368 MiB peak RSS
-/// to inspect a 15.7 MB JSON list of 10k Services × 3 endpoints). Other objects are parsed whole,
-/// as before, and handed to [`Loaded::add_value`].
-struct Document<'a> {
-    loaded: &'a mut Loaded,
-    /// A YAML document that is empty or `null` is no object (a JSON `null` counts as one).
-    skip_null: bool,
+/// Adds one top-level value of a file while it is parsed: the items of a list (`kind: List`,
+/// `ServiceList`, …) are converted one at a time, so a list of 10k Services never exists in
+/// memory as one tree of values (it did: 368 MiB peak RSS to inspect a 15.7 MB JSON list of 10k
+/// Services × 3 endpoints). Other objects are parsed whole, as before, and handed to
+/// [`Loaded::add_value`]. A YAML document that is empty or `null` is no object (`skip_null`; a
+/// JSON `null` counts as one).
+fn add_document<'de, D: Deserializer<'de>>(loaded: &mut Loaded, de: D, skip_null: bool) -> Result<(), D::Error> {
+    match (Streamed { loaded: &mut *loaded, items: false }).deserialize(de)? {
+        Some(Value::Null) if skip_null => {}
+        Some(v) => loaded.add_value(v),
+        None => {}
+    }
+    Ok(())
 }
 
-impl<'de> DeserializeSeed<'de> for Document<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+/// A value being parsed: arrays are added element by element as they come, and so are objects
+/// (a list's items streamed) unless this is a list's `items` field, where an object is only a
+/// value. Returns the values not added yet (scalars, and objects under `items`).
+struct Streamed<'a> {
+    loaded: &'a mut Loaded,
+    /// Parsing the `items` field of an object.
+    items: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Streamed<'_> {
+    type Value = Option<Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Document<'_> {
-    type Value = ();
+impl<'de> Visitor<'de> for Streamed<'_> {
+    type Value = Option<Value>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a Kubernetes object, a list of them, or an array of them")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
+        while let Some(v) = seq.next_element_seed(Streamed { loaded: &mut *self.loaded, items: false })? {
+            if let Some(v) = v {
+                self.loaded.add_value(v);
+            }
+        }
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        if self.items {
+            return Value::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some);
+        }
         let mut fields = serde_json::Map::new();
         // An `items` array, converted into a Loaded of its own: whether the object is a list is
         // known only from `kind`, which kubectl prints after `items`.
@@ -292,7 +317,7 @@ impl<'de> Visitor<'de> for Document<'_> {
         while let Some(key) = map.next_key::<String>()? {
             if key == "items" {
                 let mut streamed = Loaded::default();
-                match map.next_value_seed(Items { loaded: &mut streamed })? {
+                match map.next_value_seed(Streamed { loaded: &mut streamed, items: true })? {
                     Some(v) => {
                         fields.insert(key, v);
                         items = None;
@@ -316,80 +341,17 @@ impl<'de> Visitor<'de> for Document<'_> {
             // field, and unknown fields are ignored).
             _ => self.loaded.add_value(Value::Object(fields)),
         }
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Document { loaded: &mut *self.loaded, skip_null: false })?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        if !self.skip_null {
-            self.loaded.add_value(Value::Null);
-        }
-        Ok(())
-    }
-    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
-        self.loaded.add_value(Value::Bool(v));
-        Ok(())
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.loaded.add_value(Value::from(v));
-        Ok(())
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        self.loaded.add_value(Value::from(v));
-        Ok(())
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.loaded.add_value(Value::from(v));
-        Ok(())
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        self.loaded.add_value(Value::from(v));
-        Ok(())
-    }
-}
-
-/// A top-level `items` field: an array is added element by element (None returned); anything
-/// else is kept as the field's value.
-struct Items<'a> {
-    loaded: &'a mut Loaded,
-}
-
-impl<'de> DeserializeSeed<'de> for Items<'_> {
-    type Value = Option<Value>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Items<'_> {
-    type Value = Option<Value>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any value")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
-        while seq.next_element_seed(Document { loaded: &mut *self.loaded, skip_null: false })?.is_some() {}
         Ok(None)
     }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<Value>, A::Error> {
-        Value::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
-    }
+
     fn visit_unit<E: serde::de::Error>(self) -> Result<Option<Value>, E> {
         Ok(Some(Value::Null))
     }
     fn visit_none<E: serde::de::Error>(self) -> Result<Option<Value>, E> {
         Ok(Some(Value::Null))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        d.deserialize_any(self)
     }
     fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Option<Value>, E> {
         Ok(Some(Value::Bool(v)))

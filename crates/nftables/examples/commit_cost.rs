@@ -13,6 +13,7 @@
 //! commit that adds a jump or goto, walking every element of every verdict map a rule looks up
 //! (nft_table_validate → nft_lookup_validate → set walk); data maps are not walked.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nftproxy_nft_wire::consts::*;
@@ -82,11 +83,12 @@ fn setup(sock: &mut NftSocket, shape: Shape, n: u32) {
         b.add_chain(FAMILY, TABLE, chain, Some(&BaseChain { chain_type: "nat", hook, priority: -100 }));
         b.add_rule(FAMILY, TABLE, chain, &[Expr::Immediate(Verdict::Jump("services".into()))], None);
     }
-    let mut rule = frontend_key_exprs();
-    match shape {
+    let lookup = |set: &str, sreg, dreg| Expr::Lookup { sreg, dreg, set: set.into(), set_id: None, invert: false };
+    // The rules of `services`: the frontend key, then what the shape does with it.
+    let rules: Vec<Vec<Expr>> = match shape {
         Shape::VerdictMap => {
             b.add_set(FAMILY, TABLE, &set("frontends", fe_type, 12, (NFT_DATA_VERDICT, 0)), 1);
-            rule.push(Expr::Lookup { sreg: NFT_REG_1, dreg: Some(NFT_REG_VERDICT), set: "frontends".into(), set_id: None, invert: false });
+            vec![vec![lookup("frontends", NFT_REG_1, Some(NFT_REG_VERDICT))]]
         }
         Shape::RouteIds => {
             b.add_set(FAMILY, TABLE, &set("frontend-routes", fe_type, 12, (4, 4)), 1);
@@ -100,30 +102,34 @@ fn setup(sock: &mut NftSocket, shape: Shape, n: u32) {
                 })
                 .collect();
             b.add_elems(FAMILY, TABLE, "routes", None, &routes);
-            let reg: u32 = std::env::var("COMMIT_COST_REG").ok().and_then(|v| v.parse().ok()).unwrap_or(NFT_REG_1);
-            rule.push(Expr::Lookup { sreg: NFT_REG_1, dreg: Some(reg), set: "frontend-routes".into(), set_id: None, invert: false });
-            rule.push(Expr::Lookup { sreg: reg, dreg: Some(NFT_REG_VERDICT), set: "routes".into(), set_id: None, invert: false });
+            vec![vec![
+                lookup("frontend-routes", NFT_REG_1, Some(NFT_REG_1)),
+                lookup("routes", NFT_REG_1, Some(NFT_REG_VERDICT)),
+            ]]
         }
-        Shape::RouteSets => {
-            for p in 1..=PICKS {
+        Shape::RouteSets => (1..=PICKS)
+            .map(|p| {
                 let name = format!("pick-{p}-frontends");
                 let spec = SetSpec { name: name.clone(), flags: 0, key_type: fe_type, key_len: 12, data: None, timeout_ms: None, udata: vec![] };
                 b.add_set(FAMILY, TABLE, &spec, p + 10);
-                let mut r = frontend_key_exprs();
-                r.push(Expr::Lookup { sreg: NFT_REG_1, dreg: None, set: name, set_id: None, invert: false });
-                r.push(Expr::Immediate(Verdict::Goto(format!("pick-{p}"))));
-                b.add_rule(FAMILY, TABLE, "services", &r, None);
-            }
-        }
-    }
-    if shape != Shape::RouteSets {
+                vec![lookup(&name, NFT_REG_1, None), Expr::Immediate(Verdict::Goto(format!("pick-{p}")))]
+            })
+            .collect(),
+    };
+    for tail in rules {
+        let mut rule = frontend_key_exprs();
+        rule.extend(tail);
         b.add_rule(FAMILY, TABLE, "services", &rule, None);
     }
     sock.commit(&b.finish()).expect("the table");
     for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
-        let mut b = Batch::new(1);
+        let mut by_set: BTreeMap<String, Vec<Elem>> = BTreeMap::new();
         for &i in chunk {
-            b.add_elems(FAMILY, TABLE, &map_of(shape, i), None, &[elem(shape, i)]);
+            by_set.entry(map_of(shape, i)).or_default().push(elem(shape, i));
+        }
+        let mut b = Batch::new(1);
+        for (set, elems) in &by_set {
+            b.add_elems(FAMILY, TABLE, set, None, elems);
         }
         sock.commit(&b.finish()).expect("elements");
     }

@@ -21,7 +21,7 @@ use smallvec::smallvec;
 use crate::family::Family;
 use crate::names;
 use crate::rules::{self, BackendKey};
-use crate::ruleset::{Chain, Field, Key, Rule, Ruleset, Value};
+use crate::ruleset::{Chain, Field, Key, Route, Ruleset, SetDecl, Value};
 use crate::schema::*;
 use crate::table::Table;
 
@@ -74,9 +74,9 @@ struct Builder<'a> {
     /// kube-proxy's local-traffic detector for this family.
     local: LocalTraffic,
     picks: BTreeSet<Pick>,
-    /// Pick chains (with their route rule) already built for other fragments: the same for
+    /// Pick chains (with their frontend sets) already built for other fragments: the same for
     /// every service.
-    cache: &'a mut BTreeMap<Pick, (Chain, Option<Rule>)>,
+    cache: &'a mut BTreeMap<Pick, (Chain, Option<SetDecl>)>,
 }
 
 /// Builds the table for one family from that family's resolved service ports.
@@ -128,7 +128,7 @@ fn fragment_with(
     f: Family,
     ports: &[&ResolvedServicePort],
     ctx: &NodeContext,
-    cache: &mut BTreeMap<Pick, (Chain, Option<Rule>)>,
+    cache: &mut BTreeMap<Pick, (Chain, Option<SetDecl>)>,
 ) -> Ruleset {
     let mut b = Builder {
         f,
@@ -394,35 +394,33 @@ impl Builder<'_> {
         }
     }
 
-    /// The pick chain, and for a routed pick its frontend set and route rule.
+    /// The pick chain (with its route rule), and for a routed pick its frontend set.
     fn pick_chain(&mut self, pick: Pick) {
         let name = pick.name();
-        if let Some((_, nodeport)) = pick.route() {
-            self.r.set(frontend_set(self.f, &name, nodeport));
-        }
-        let (chain, route) = match self.cache.get(&pick) {
+        let (chain, frontends) = match self.cache.get(&pick) {
             Some(c) => c.clone(),
             None => {
                 self.build_pick_chain(pick);
-                let route = pick.route().map(|(_, nodeport)| {
-                    let set = frontend_set_name(&name);
-                    let m = if nodeport { rules::proto_port_in(&set) } else { rules::daddr_proto_port_in(self.f, &set) };
-                    m.then(rules::goto(&name))
-                });
-                let built = (self.r.chains[&name].clone(), route);
+                let frontends = pick.route().map(|(_, nodeport)| frontend_set(self.f, &name, nodeport));
+                let built = (self.r.chains[&name].clone(), frontends);
                 self.cache.insert(pick, built.clone());
                 built
             }
         };
-        self.r.chains.insert(name.clone(), chain);
-        if let (Some((fixed_chain, _)), Some(rule)) = (pick.route(), route) {
-            self.r.route(fixed_chain, &name, rule);
+        self.r.chains.insert(name, chain);
+        if let Some(set) = frontends {
+            self.r.set(set);
         }
     }
 
     fn build_pick_chain(&mut self, pick: Pick) {
         let name = pick.name();
-        self.r.chain(&name, None);
+        let route = pick.route().map(|(from, nodeport)| {
+            let set = frontend_set_name(&name);
+            let m = if nodeport { rules::proto_port_in(&set) } else { rules::daddr_proto_port_in(self.f, &set) };
+            Route { from, rule: m.then(rules::goto(&name)) }
+        });
+        self.r.chain(&name, None).route = route;
         match pick {
             Pick::Cluster(n) => {
                 if let Some(m) = self.masquerade_off_cluster() {

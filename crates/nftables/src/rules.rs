@@ -79,43 +79,48 @@ fn addr_words(f: Family) -> u32 {
     f.addr_len() / 4
 }
 
-/// `ip daddr . meta l4proto . th dport vmap @map`
-pub fn daddr_proto_port_vmap(f: Family, map: &str) -> Rule {
+/// The frontend key `ip daddr . meta l4proto . th dport`, concatenated in the registers.
+fn daddr_proto_port(f: Family) -> Rule {
     let w = addr_words(f);
     Rule::new(
-        format!("{} daddr . meta l4proto . th dport vmap @{map}", f.word()),
-        vec![
-            daddr(f, concat_reg(0)),
-            l4proto(concat_reg(w)),
-            th_dport(concat_reg(w + 1)),
-            lookup(map, Some(NFT_REG_VERDICT)),
-        ],
+        format!("{} daddr . meta l4proto . th dport", f.word()),
+        vec![daddr(f, concat_reg(0)), l4proto(concat_reg(w)), th_dport(concat_reg(w + 1))],
     )
+}
+
+/// The node-port key `meta l4proto . th dport`.
+fn proto_port() -> Rule {
+    Rule::new("meta l4proto . th dport", vec![l4proto(concat_reg(0)), th_dport(concat_reg(1))])
+}
+
+/// `vmap @map` on the key loaded before.
+fn vmap(map: &str) -> Rule {
+    Rule::new(format!("vmap @{map}"), vec![lookup(map, Some(NFT_REG_VERDICT))])
+}
+
+/// `@set` membership of the key loaded before.
+fn member_of(set: &str) -> Rule {
+    Rule::new(format!("@{set}"), vec![lookup(set, None)])
+}
+
+/// `ip daddr . meta l4proto . th dport vmap @map`
+pub fn daddr_proto_port_vmap(f: Family, map: &str) -> Rule {
+    daddr_proto_port(f).then(vmap(map))
 }
 
 /// `ip daddr . meta l4proto . th dport @set`
 pub fn daddr_proto_port_in(f: Family, set: &str) -> Rule {
-    let w = addr_words(f);
-    Rule::new(
-        format!("{} daddr . meta l4proto . th dport @{set}", f.word()),
-        vec![daddr(f, concat_reg(0)), l4proto(concat_reg(w)), th_dport(concat_reg(w + 1)), lookup(set, None)],
-    )
+    daddr_proto_port(f).then(member_of(set))
 }
 
 /// `meta l4proto . th dport @set`
 pub fn proto_port_in(set: &str) -> Rule {
-    Rule::new(
-        format!("meta l4proto . th dport @{set}"),
-        vec![l4proto(concat_reg(0)), th_dport(concat_reg(1)), lookup(set, None)],
-    )
+    proto_port().then(member_of(set))
 }
 
 /// `meta l4proto . th dport vmap @map`
 pub fn proto_port_vmap(map: &str) -> Rule {
-    Rule::new(
-        format!("meta l4proto . th dport vmap @{map}"),
-        vec![l4proto(concat_reg(0)), th_dport(concat_reg(1)), lookup(map, Some(NFT_REG_VERDICT))],
-    )
+    proto_port().then(vmap(map))
 }
 
 /// `ip daddr @set`

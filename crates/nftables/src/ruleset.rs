@@ -43,6 +43,17 @@ pub struct Chain {
     pub base: Option<BaseChain>,
     /// Shared: the pick chains of thousands of services are one value, cloned by reference.
     pub rules: std::sync::Arc<Vec<Rule>>,
+    /// For a pick chain: the rule that sends its frontends here, which lives in a chain of the
+    /// fixed part. It comes and goes with this chain ([`crate::table::Table`] places it).
+    pub route: Option<Route>,
+}
+
+/// A rule in fixed chain `from` (at its route slot) that leads to another chain:
+/// `… @cluster-3-frontends goto cluster-3` in `services`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub from: &'static str,
+    pub rule: Rule,
 }
 
 /// A set declaration: the wire spec plus how `nft` writes it.
@@ -176,11 +187,8 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Chain>,
     pub sets: BTreeMap<String, SetDecl>,
     pub elements: BTreeMap<String, BTreeMap<Key, ElemValue>>,
-    /// Route rules a fragment needs in a chain of the fixed part (chain → route name → rule):
-    /// `… @cluster-3-frontends goto cluster-3`. Fragments share them; [`crate::table::Table`]
-    /// counts their users and places them at the chain's slot.
-    pub routes: BTreeMap<String, BTreeMap<String, Rule>>,
-    /// In the fixed part: where in a chain the route rules go (index among its own rules).
+    /// In the fixed part: where in a chain the [`Route`] rules of other chains go (index among
+    /// its own rules).
     pub route_slots: BTreeMap<String, usize>,
 }
 
@@ -191,18 +199,12 @@ impl Ruleset {
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),
             elements: BTreeMap::new(),
-            routes: BTreeMap::new(),
             route_slots: BTreeMap::new(),
         }
     }
 
-    /// A route rule into `chain`'s slot, named (and ordered) by `name`.
-    pub fn route(&mut self, chain: &str, name: &str, rule: Rule) {
-        self.routes.entry(chain.to_string()).or_default().insert(name.to_string(), rule);
-    }
-
     pub fn chain(&mut self, name: &str, base: Option<BaseChain>) -> &mut Chain {
-        self.chains.entry(name.to_string()).or_insert(Chain { base, rules: Default::default() })
+        self.chains.entry(name.to_string()).or_insert(Chain { base, rules: Default::default(), route: None })
     }
 
     pub fn add_rule(&mut self, chain: &str, rule: Rule) {

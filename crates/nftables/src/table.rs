@@ -6,10 +6,10 @@
 //! removes a shared object when its last user goes. Swapping a fragment records a [`Delta`]:
 //! the state before of every key it touched, so unchanged keys cost nothing on the wire.
 //!
-//! Route rules (`… @cluster-3-frontends goto cluster-3`) are shared the same way and live in
-//! chains of the fixed part (`services`, `nodeports`) at a slot among that chain's own rules:
-//! when the set of routes changes (a pick chain comes or goes, which is rare), the chain is
-//! rebuilt and replaced as a whole in the same transaction.
+//! A pick chain's route rule (`… @cluster-3-frontends goto cluster-3`) comes and goes with the
+//! chain and lives in a chain of the fixed part (`services`, `nodeports`) at a slot among that
+//! chain's own rules: when a pick chain comes or goes (rare), that fixed chain is rebuilt and
+//! replaced as a whole in the same transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use nftproxy_model::ServiceName;
 
-use crate::ruleset::{Chain, ElemValue, Key, Rule, Ruleset, SetDecl};
+use crate::ruleset::{Chain, ElemValue, Key, Route, Rule, Ruleset, SetDecl};
 
 /// What a fragment swap touched, with the value each key had before the first touch.
 #[derive(Debug, Default)]
@@ -40,14 +40,13 @@ pub struct Table {
     elem_refs: HashMap<String, HashMap<Key, u32>>,
     chain_refs: HashMap<String, u32>,
     set_refs: HashMap<String, u32>,
-    /// Per (chain, route): how many fragments need the route rule.
-    route_refs: HashMap<(String, String), u32>,
-    /// The route rules in force, per chain, in slot order.
-    routes: BTreeMap<String, BTreeMap<String, Rule>>,
+    /// The route rules of the chains in the table, per fixed chain and in slot order (by the
+    /// name of the chain they lead to): an index of `table.chains`' routes.
+    routes: BTreeMap<&'static str, BTreeMap<String, Rule>>,
     /// Chains with a route slot: their own rules and where the routes go among them.
     slotted: BTreeMap<String, (Vec<Rule>, usize)>,
     /// Slotted chains whose routes changed since they were last rebuilt.
-    dirty: BTreeSet<String>,
+    dirty: BTreeSet<&'static str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -55,7 +54,6 @@ struct FragmentIndex {
     sets: Vec<String>,
     chains: Vec<String>,
     elements: Vec<(String, Vec<Key>)>,
-    routes: Vec<(String, String)>,
 }
 
 impl Table {
@@ -76,7 +74,6 @@ impl Table {
             elem_refs: HashMap::default(),
             chain_refs: HashMap::default(),
             set_refs: HashMap::default(),
-            route_refs: HashMap::default(),
             routes: BTreeMap::new(),
             slotted,
             dirty: BTreeSet::new(),
@@ -104,19 +101,18 @@ impl Table {
     /// Puts the route rules in force into their chains (those whose routes changed).
     fn rebuild_slotted(&mut self, mut delta: Option<&mut Delta>) {
         for name in std::mem::take(&mut self.dirty) {
-            let Some((own, at)) = self.slotted.get(&name) else {
+            let (Some((own, at)), Some(chain)) = (self.slotted.get(name), self.table.chains.get_mut(name)) else {
                 continue;
             };
             let at = (*at).min(own.len());
             let mut rules: Vec<Rule> = own[..at].to_vec();
-            rules.extend(self.routes.get(&name).into_iter().flat_map(|r| r.values().cloned()));
+            rules.extend(self.routes.get(name).into_iter().flat_map(|r| r.values().cloned()));
             rules.extend(own[at..].iter().cloned());
-            let chain = self.table.chains.entry(name.clone()).or_insert_with(|| Chain { base: None, rules: Default::default() });
             if *chain.rules == rules {
                 continue;
             }
             if let Some(d) = delta.as_deref_mut() {
-                d.chains.entry(name.clone()).or_insert_with(|| Some(chain.clone()));
+                d.chains.entry(name.to_string()).or_insert_with(|| Some(chain.clone()));
             }
             chain.rules = std::sync::Arc::new(rules);
         }
@@ -144,6 +140,10 @@ impl Table {
             if *rc == 1 {
                 if let Some(d) = delta.as_deref_mut() {
                     d.chains.entry(name.clone()).or_insert_with(|| self.table.chains.get(&name).cloned());
+                }
+                if let Some(Route { from, rule }) = &chain.route {
+                    self.routes.entry(*from).or_default().insert(name.clone(), rule.clone());
+                    self.dirty.insert(*from);
                 }
                 self.table.chains.insert(name.clone(), chain);
             }
@@ -177,29 +177,10 @@ impl Table {
             }
             idx.elements.push((set, keys));
         }
-        for (chain, routes) in frag.routes {
-            for (name, rule) in routes {
-                let rc = self.route_refs.entry((chain.clone(), name.clone())).or_default();
-                *rc += 1;
-                if *rc == 1 {
-                    self.routes.entry(chain.clone()).or_default().insert(name.clone(), rule);
-                    self.dirty.insert(chain.clone());
-                }
-                idx.routes.push((chain.clone(), name));
-            }
-        }
         idx
     }
 
     fn remove(&mut self, frag: &FragmentIndex, delta: &mut Delta) {
-        for key in &frag.routes {
-            if release(&mut self.route_refs, key) {
-                if let Some(r) = self.routes.get_mut(&key.0) {
-                    r.remove(&key.1);
-                }
-                self.dirty.insert(key.0.clone());
-            }
-        }
         for (set, keys) in &frag.elements {
             let Some(refs) = self.elem_refs.get_mut(set) else {
                 continue;
@@ -216,6 +197,12 @@ impl Table {
         for name in &frag.chains {
             if release(&mut self.chain_refs, name) {
                 let before = self.table.chains.remove(name);
+                if let Some(Route { from, .. }) = before.as_ref().and_then(|c| c.route.as_ref()) {
+                    if let Some(r) = self.routes.get_mut(from) {
+                        r.remove(name);
+                    }
+                    self.dirty.insert(*from);
+                }
                 delta.chains.entry(name.clone()).or_insert(before);
             }
         }

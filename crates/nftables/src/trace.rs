@@ -139,7 +139,7 @@ pub(crate) fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
                         }
                     }
                     if let Some(s) = &set
-                        && (verdict_map || s.ends_with("-frontends"))
+                        && (verdict_map || crate::schema::is_frontend_set(s))
                     {
                         info.vmap = Some(s.clone());
                     }
@@ -148,7 +148,7 @@ pub(crate) fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
                 let has = |n: &str| names.iter().any(|(x, _, _)| x == n);
                 let map_of =
                     |pred: &dyn Fn(bool) -> bool| names.iter().find_map(|(_, s, vm)| s.clone().filter(|_| pred(*vm)));
-                if let Some(m) = info.vmap.as_ref().filter(|m| m.ends_with("-frontends")) {
+                if let Some(m) = info.vmap.as_ref().filter(|m| crate::schema::is_frontend_set(m)) {
                     parts.push(format!("frontend in @{m}"));
                 } else if let Some(m) = &info.vmap {
                     parts.push(format!("vmap @{m}"));
