@@ -31,17 +31,28 @@ pub enum Proxy {
     KubeProxyIptables,
     OursNftables,
     OursIptables,
+    /// Our daemon in nftables mode fed by a manifest file holding the same objects (`run
+    /// --from DIR`), its changes written into the file.
+    OursStandalone,
 }
 
 impl Proxy {
-    pub const ALL: [Proxy; 4] =
-        [Proxy::OursNftables, Proxy::KubeProxyNftables, Proxy::OursIptables, Proxy::KubeProxyIptables];
+    pub const ALL: [Proxy; 5] = [
+        Proxy::OursNftables,
+        Proxy::KubeProxyNftables,
+        Proxy::OursIptables,
+        Proxy::KubeProxyIptables,
+        Proxy::OursStandalone,
+    ];
+    /// At the sizes where only our daemon runs (`--real-ours`).
+    pub const OURS: [Proxy; 2] = [Proxy::OursNftables, Proxy::OursStandalone];
     pub fn label(self) -> &'static str {
         match self {
             Proxy::KubeProxyNftables => "kube-proxy v1.34.4, nftables",
             Proxy::KubeProxyIptables => "kube-proxy v1.34.4, iptables (iptables-nft)",
             Proxy::OursNftables => "kube-nftproxy, nftables",
             Proxy::OursIptables => "kube-nftproxy, iptables (legacy)",
+            Proxy::OursStandalone => "kube-nftproxy, nftables, standalone (`run --from` a manifest)",
         }
     }
 }
@@ -60,7 +71,10 @@ pub struct Figures {
     /// API call returned → traffic goes to the replacement endpoint only.
     pub churn: Vec<Duration>,
     pub cpu_seconds: f64,
+    /// The process's high-water mark over its whole life: cold start and every change above.
     pub peak_rss_mib: f64,
+    /// Its resident set at the end, a second after the last change.
+    pub steady_rss_mib: f64,
     /// With children (kube-proxy's `nft` / `iptables-restore`), sampled every 100 ms.
     pub peak_tree_rss_mib: f64,
     pub note: String,
@@ -109,6 +123,8 @@ pub struct Cluster {
     pub cp: ControlPlane,
     pub load_time: Duration,
     links: u8,
+    n: usize,
+    e: usize,
 }
 
 impl Cluster {
@@ -122,7 +138,57 @@ impl Cluster {
         let (svc, slice) = probe_service("late", LATE_IP, 1);
         cp.create(&svc);
         cp.create(&slice);
-        Cluster { topo, cp, load_time, links: 1 }
+        Cluster { topo, cp, load_time, links: 1, n, e }
+    }
+}
+
+/// Where a proxy's objects come from and where the measured changes go: the API server, or a
+/// manifest file (`kind: List`) that is rewritten whole and renamed into place for each change.
+enum Feed {
+    Api,
+    File { dir: PathBuf, items: Vec<Value>, extra: BTreeMap<String, Value> },
+}
+
+impl Feed {
+    fn file(c: &Cluster, logs: &Path) -> Feed {
+        let dir = logs.join(format!("standalone-{}x{}", c.n, c.e));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut items: Vec<Value> = objects(c.n, c.e).into_iter().flatten().collect();
+        items.push(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.1.1"}]}}));
+        let (svc, slice) = probe_service("late", LATE_IP, 1);
+        items.push(svc);
+        let mut f = Feed::File { dir, items, extra: BTreeMap::new() };
+        f.put_file(slice);
+        f
+    }
+    fn dir(&self) -> Option<&Path> {
+        match self {
+            Feed::Api => None,
+            Feed::File { dir, .. } => Some(dir),
+        }
+    }
+    /// Creates or replaces an object (by kind and name).
+    fn put(&mut self, c: &Cluster, obj: Value, create: bool) {
+        match self {
+            Feed::Api if create => {
+                c.cp.create(&obj);
+            }
+            Feed::Api => {
+                c.cp.replace(&obj);
+            }
+            Feed::File { .. } => self.put_file(obj),
+        }
+    }
+    fn put_file(&mut self, obj: Value) {
+        let Feed::File { dir, items, extra } = self else { return };
+        extra.insert(format!("{}/{}", obj["kind"], obj["metadata"]["name"]), obj);
+        let list = json!({"apiVersion": "v1", "kind": "List",
+            "items": items.iter().chain(extra.values()).collect::<Vec<_>>()});
+        let tmp = dir.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&list).unwrap()).unwrap();
+        std::fs::rename(&tmp, dir.join("cluster.json")).unwrap();
     }
 }
 
@@ -166,9 +232,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-fn start(p: Proxy, lab: &Lab, kubeconfig: &Path, ours_bin: &Path, log: &Path) -> Running {
+fn start(p: Proxy, lab: &Lab, kubeconfig: &Path, ours_bin: &Path, log: &Path, feed: &Feed) -> Running {
     let file = std::fs::File::create(log).unwrap();
     let mut cmd = match p {
+        Proxy::OursStandalone => {
+            let mut c = lab.node.command(ours_bin.to_str().unwrap());
+            c.args(["run", "--proxy-mode", "nftables", "--hostname-override", NODE, "--cluster-cidr", "10.244.0.0/16"])
+                .arg("--from")
+                .arg(feed.dir().expect("a manifest directory"))
+                .args(["--min-sync-period", "0s", "--conntrack-max-per-core", "0"])
+                .args(["--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "127.0.0.1:10256"]);
+            c
+        }
         Proxy::OursNftables | Proxy::OursIptables => {
             let mut c = lab.node.command(ours_bin.to_str().unwrap());
             let mode = if p == Proxy::OursNftables { "nftables" } else { "iptables" };
@@ -199,7 +274,8 @@ fn start(p: Proxy, lab: &Lab, kubeconfig: &Path, ours_bin: &Path, log: &Path) ->
 
 /// The proxy's own sync metric: (sum of seconds, count).
 fn sync_metric(lab: &Lab) -> Option<(f64, f64)> {
-    let out = lab.node.command("curl").args(["-s", "--max-time", "3", "http://127.0.0.1:10249/metrics"]).output().ok()?;
+    let out =
+        lab.node.command("curl").args(["-s", "--max-time", "3", "http://127.0.0.1:10249/metrics"]).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // One family's series when the metric has them (ours observes each sync for both).
     let v4_only = text.contains("kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=\"IPv4\"}");
@@ -256,10 +332,11 @@ pub fn measure(c: &mut Cluster, p: Proxy, ours_bin: &Path, deadline: Duration, s
     let ip = c.cp.connect(&c.topo, &lab.node, c.links);
     c.links += 1;
     let kubeconfig = c.cp.kubeconfig(&ip, 6443, ADMIN_TOKEN, &format!("bench{}", c.links));
-    let log: PathBuf = logs.join(format!("{:?}.log", p));
+    let mut feed = if p == Proxy::OursStandalone { Feed::file(c, logs) } else { Feed::Api };
+    let log: PathBuf = logs.join(format!("{:?}-{}x{}.log", p, c.n, c.e));
     let mut f = Figures::default();
     let t0 = Instant::now();
-    let running = start(p, &lab, &kubeconfig, ours_bin, &log);
+    let running = start(p, &lab, &kubeconfig, ours_bin, &log, &feed);
     f.cold_start = until(&lab, &format!("{LATE_IP}:80"), t0, deadline, 3, answered_by("ep1"));
     if f.cold_start.is_none() {
         f.note = format!("> {} s (stopped)", deadline.as_secs());
@@ -272,8 +349,8 @@ pub fn measure(c: &mut Cluster, p: Proxy, ours_bin: &Path, deadline: Duration, s
         let name = format!("plus{k}");
         let ip = format!("10.96.255.{}", 240 + k);
         let (svc, slice) = probe_service(&name, &ip, 2);
-        c.cp.create(&svc);
-        c.cp.create(&slice);
+        feed.put(c, svc, true);
+        feed.put(c, slice, true);
         let t = Instant::now();
         match until(&lab, &format!("{ip}:80"), t, deadline, 1, answered_by("ep2")) {
             Some(d) => f.plus_one.push(d),
@@ -289,8 +366,7 @@ pub fn measure(c: &mut Cluster, p: Proxy, ours_bin: &Path, deadline: Duration, s
     for k in 0..samples {
         // The late Service's endpoint moves between the two pods.
         let to = if k % 2 == 0 { 2 } else { 1 };
-        let slice = probe_slice("late", to);
-        c.cp.replace(&slice);
+        feed.put(c, probe_slice("late", to), false);
         let t = Instant::now();
         let who = if to == 1 { "ep1" } else { "ep2" };
         match until(&lab, &format!("{LATE_IP}:80"), t, deadline, 3, answered_by(who)) {
@@ -298,7 +374,12 @@ pub fn measure(c: &mut Cluster, p: Proxy, ours_bin: &Path, deadline: Duration, s
             None => f.note = format!("endpoint change > {} s", deadline.as_secs()),
         }
     }
+    std::thread::sleep(Duration::from_secs(1));
     finish(&mut f, &running);
+    if let Feed::File { dir, .. } = &feed {
+        let _ = std::fs::remove_dir_all(dir);
+        return f;
+    }
     // Put the cluster back: no extra Services, the late one on ep1.
     for k in 0..samples {
         let (svc, slice) = probe_service(&format!("plus{k}"), &format!("10.96.255.{}", 240 + k), 2);
@@ -313,6 +394,7 @@ fn finish(f: &mut Figures, r: &Running) {
     let pid = r.child.id();
     f.cpu_seconds = descendants(pid).into_iter().map(cpu_seconds).sum();
     f.peak_rss_mib = proc_status_kb(pid, "VmHWM:") as f64 / 1024.0;
+    f.steady_rss_mib = proc_status_kb(pid, "VmRSS:") as f64 / 1024.0;
     let tree = descendants(pid).into_iter().map(|p| proc_status_kb(p, "VmRSS:")).sum::<u64>();
     r.peak_tree_kb.fetch_max(tree, Ordering::Relaxed);
     f.peak_tree_rss_mib = r.peak_tree_kb.load(Ordering::Relaxed) as f64 / 1024.0;
@@ -326,15 +408,25 @@ pub fn median(v: &[Duration]) -> Option<Duration> {
 }
 
 /// Every proxy at every size, as a markdown table.
-pub fn run(sizes: &[(usize, usize)], ours_bin: &Path, deadline: Duration, samples: usize, out: &Path) -> String {
+/// `sizes`: every proxy; `ours_sizes`: our daemon only (fed by the API server and standalone),
+/// for the memory table at sizes where kube-proxy would take an hour.
+pub fn run(
+    sizes: &[(usize, usize)],
+    ours_sizes: &[(usize, usize)],
+    ours_bin: &Path,
+    deadline: Duration,
+    samples: usize,
+    out: &Path,
+) -> String {
     use std::fmt::Write as _;
     let mut results: BTreeMap<(usize, usize, Proxy), Figures> = BTreeMap::new();
     let mut load_times = Vec::new();
-    for &(n, e) in sizes {
+    let runs = sizes.iter().map(|s| (s, &Proxy::ALL[..])).chain(ours_sizes.iter().map(|s| (s, &Proxy::OURS[..])));
+    for (&(n, e), proxies) in runs {
         let mut c = Cluster::load(n, e);
         load_times.push(format!("{n} × {e}: {} objects in {:.1} s", 2 * n + 2, c.load_time.as_secs_f64()));
         eprintln!("head to head {n} × {e}: objects loaded in {:.1?}", c.load_time);
-        for p in Proxy::ALL {
+        for &p in proxies {
             let f = measure(&mut c, p, ours_bin, deadline, samples, out);
             eprintln!("head to head {n} × {e} {}: {f:?}", p.label());
             results.insert((n, e, p), f);
@@ -352,7 +444,9 @@ pub fn run(sizes: &[(usize, usize)], ours_bin: &Path, deadline: Duration, sample
         "| services × endpoints | proxy | cold start (process start → late Service answers) | its own sync time until then | +1 Service (API → traffic) | +1 Service, its own sync | endpoint replaced (API → traffic) | CPU s | peak RSS | peak RSS with children |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-    for ((n, e, p), f) in &results {
+    for ((n, e, p), f) in
+        results.iter().filter(|((n, e, p), _)| *p != Proxy::OursStandalone && sizes.contains(&(*n, *e)))
+    {
         let cold = if f.cold_start.is_none() { f.note.clone() } else { s(f.cold_start) };
         let _ = writeln!(
             md,
@@ -368,5 +462,32 @@ pub fn run(sizes: &[(usize, usize)], ours_bin: &Path, deadline: Duration, sample
         );
     }
     let _ = writeln!(md, "\nObjects created through the API (kube-rs, 64 in flight): {}.", load_times.join("; "));
+    let _ = writeln!(
+        md,
+        "\n### Memory of the proxy process over its whole life (cold start, {samples} × +1 Service, {samples} × endpoint replaced)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| services × endpoints | proxy | peak RSS | steady RSS (1 s after the last change) | peak RSS with children | cold start | +1 Service (change → traffic) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let mut rows: Vec<_> = results.iter().collect();
+    rows.sort_by_key(|((n, e, p), _)| (*n, *e, *p));
+    for ((n, e, p), f) in rows {
+        let cold = if f.cold_start.is_none() { f.note.clone() } else { s(f.cold_start) };
+        let _ = writeln!(
+            md,
+            "| {n} × {e} | {} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {cold} | {} |",
+            p.label(),
+            f.peak_rss_mib,
+            f.steady_rss_mib,
+            f.peak_tree_rss_mib,
+            ms(median(&f.plus_one)),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nStandalone: the same objects in one JSON `kind: List` file, each change written whole and renamed into place; the daemon polls the file every second, which bounds its +1 Service figure."
+    );
     md
 }

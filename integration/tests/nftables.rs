@@ -292,14 +292,13 @@ fn a_batch_the_kernel_rejects_leaves_the_previous_ruleset_and_reports_why() {
     let mut bad = nftproxy_nftables::desired(&l.state, &lab.ctx);
     bad[0].element(
         "service-ips",
-        vec![
+        nftproxy_nftables::ruleset::Key::of(&[
             nftproxy_nftables::ruleset::Field::Addr(ip("10.96.0.98")),
             nftproxy_nftables::ruleset::Field::Proto(6),
             nftproxy_nftables::ruleset::Field::Port(80),
-        ]
-        .into(),
+        ]),
         nftproxy_nftables::ruleset::Value::Verdict(nftproxy_nft_wire::Verdict::Goto("no-such-chain".into())),
-        Some("test/broken:http"),
+        Some(&"test/broken:http".into()),
     );
     let err = lab.backend.sync(bad).unwrap_err().to_string();
     assert!(err.contains("add elements") && err.contains("service-ips"), "{err}");

@@ -13,8 +13,10 @@ pub struct ClusterState {
     /// below in step.
     slices: BTreeMap<(String, String), EndpointSlice>,
     /// The slices of each Service: resolving a service must not scan its whole namespace (10,000
-    /// services in one namespace made that O(n²)).
-    slices_by_service: BTreeMap<ServiceName, BTreeSet<(String, String)>>,
+    /// services in one namespace made that O(n²)). Slice names, sorted: a slice is in its
+    /// Service's namespace. A list, not a set: a Service has one slice or a few, and a BTreeSet
+    /// allocates a whole node (~560 bytes) for its first one.
+    slices_by_service: BTreeMap<ServiceName, Vec<String>>,
     pub nodes: BTreeMap<String, Node>,
     /// `networking.k8s.io/v1` ServiceCIDR objects: name → `spec.cidrs`.
     pub service_cidr_objects: BTreeMap<String, Vec<ipnet::IpNet>>,
@@ -35,8 +37,12 @@ impl ClusterState {
         self.services.remove(name)
     }
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
+        debug_assert_eq!(slice.namespace, slice.service.namespace, "a slice belongs to a Service of its namespace");
         let key = (slice.namespace.clone(), slice.name.clone());
-        self.slices_by_service.entry(slice.service.clone()).or_default().insert(key.clone());
+        let names = self.slices_by_service.entry(slice.service.clone()).or_default();
+        if let Err(at) = names.binary_search(&slice.name) {
+            names.insert(at, slice.name.clone());
+        }
         let service = slice.service.clone();
         if let Some(old) = self.slices.insert(key.clone(), slice) {
             // A slice relabelled to another Service leaves its old one.
@@ -52,9 +58,11 @@ impl ClusterState {
         Some(old)
     }
     fn unindex(&mut self, svc: &ServiceName, key: &(String, String)) {
-        if let Some(set) = self.slices_by_service.get_mut(svc) {
-            set.remove(key);
-            if set.is_empty() {
+        if let Some(names) = self.slices_by_service.get_mut(svc) {
+            if let Ok(at) = names.binary_search(&key.1) {
+                names.remove(at);
+            }
+            if names.is_empty() {
                 self.slices_by_service.remove(svc);
             }
         }
@@ -78,7 +86,11 @@ impl ClusterState {
 
     /// The slices that belong to a Service (through the `kubernetes.io/service-name` label).
     pub fn slices_of<'a>(&'a self, svc: &'a ServiceName) -> impl Iterator<Item = &'a EndpointSlice> {
-        self.slices_by_service.get(svc).into_iter().flatten().filter_map(|k| self.slices.get(k))
+        self.slices_by_service
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.slices.get(&(svc.namespace.clone(), name.clone())))
     }
 
     /// kube-proxy's EndpointSliceCache merge for one service port and family: every slice of the

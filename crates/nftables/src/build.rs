@@ -10,13 +10,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use nftproxy_model::{
-    EndpointChoice, LocalTraffic, NodeContext, NodePortIps, ResolvedEndpoint, ResolvedServicePort, ServiceName,
+    ClusterState, EndpointChoice, LocalTraffic, NodeContext, NodePortIps, ResolvedEndpoint, ResolvedServicePort,
+    ServiceName, resolve_service,
 };
 use nftproxy_nft_wire::Verdict;
-use smallvec::smallvec;
 
 use crate::family::Family;
 use crate::names;
@@ -95,7 +96,7 @@ pub fn fixed_table(f: Family, ctx: &NodeContext) -> Ruleset {
     let service_cidrs: Vec<IpNet> = ctx.service_cidrs(f.0).copied().collect();
     let mut r = fixed(f, nodeports, ctx.masquerade_mark(), &service_cidrs);
     for ip in ips {
-        r.element(NODEPORT_IPS, smallvec![Field::Addr(ip)], Value::None, None);
+        r.element(NODEPORT_IPS, Key::of(&[Field::Addr(ip)]), Value::None, None);
     }
     r
 }
@@ -118,6 +119,21 @@ pub fn fragments<'a>(
     })
 }
 
+/// Like [`fragments`], resolving each Service only when its fragment is wanted: a cold sync never
+/// holds the resolved ports of the whole cluster (~1 KiB per Service at the peak otherwise).
+pub fn fragments_of_state<'a>(
+    f: Family,
+    state: &'a ClusterState,
+    ctx: &'a NodeContext,
+) -> impl Iterator<Item = (ServiceName, Ruleset)> + 'a {
+    let mut cache = BTreeMap::new();
+    state.services.values().filter_map(move |svc| {
+        let ports = resolve_service(state, ctx, f.0, svc);
+        let ports: Vec<&ResolvedServicePort> = ports.iter().filter(|p| f.matches(&p.cluster_ip)).collect();
+        (!ports.is_empty()).then(|| (svc.name.clone(), fragment_with(f, &ports, ctx, &mut cache)))
+    })
+}
+
 /// The elements, chains and sets one Service's ports add (pick chains included: the table
 /// counts references to the ones services share).
 pub fn fragment(f: Family, ports: &[&ResolvedServicePort], ctx: &NodeContext) -> Ruleset {
@@ -130,14 +146,7 @@ fn fragment_with(
     ctx: &NodeContext,
     cache: &mut BTreeMap<Pick, (Chain, Option<SetDecl>)>,
 ) -> Ruleset {
-    let mut b = Builder {
-        f,
-        r: Ruleset::new(f),
-        ctx,
-        local: ctx.local_traffic(f.0),
-        picks: BTreeSet::new(),
-        cache,
-    };
+    let mut b = Builder { f, r: Ruleset::new(f), ctx, local: ctx.local_traffic(f.0), picks: BTreeSet::new(), cache };
     for p in ports {
         b.service_port(p);
     }
@@ -148,7 +157,7 @@ fn fragment_with(
 }
 
 fn endpoint_value(e: &ResolvedEndpoint) -> Value {
-    Value::Fields(smallvec![Field::Addr(e.ip), Field::Port(e.port)])
+    Value::Fields(Key::of(&[Field::Addr(e.ip), Field::Port(e.port)]))
 }
 
 /// Where a frontend leads: an entry map for service traffic and the maps its endpoints live in.
@@ -174,11 +183,11 @@ const NODEPORT_MAPS: Maps = Maps {
 
 impl Builder<'_> {
     fn service_port(&mut self, p: &ResolvedServicePort) {
-        let comment = p.name.to_string();
+        let comment: std::sync::Arc<str> = p.name.to_string().into();
         let proto = p.protocol.number();
-        let addr_key = |ip: IpAddr, port: u16| smallvec![Field::Addr(ip), Field::Proto(proto), Field::Port(port)];
+        let addr_key = |ip: IpAddr, port: u16| Key::of(&[Field::Addr(ip), Field::Proto(proto), Field::Port(port)]);
 
-        self.r.element(CLUSTER_IPS, smallvec![Field::Addr(p.cluster_ip)], Value::None, None);
+        self.r.element(CLUSTER_IPS, Key::of(&[Field::Addr(p.cluster_ip)]), Value::None, None);
         let cluster_key = addr_key(p.cluster_ip, p.port);
         match &p.internal {
             EndpointChoice::Endpoints(eps) if p.affinity_timeout.is_some() => {
@@ -214,13 +223,13 @@ impl Builder<'_> {
                 self.external(p, &ADDRESS_MAPS, addr_key(ip, p.port), &comment);
             }
             if let Some(np) = p.node_port {
-                self.external(p, &NODEPORT_MAPS, smallvec![Field::Proto(proto), Field::Port(np)], &comment);
+                self.external(p, &NODEPORT_MAPS, Key::of(&[Field::Proto(proto), Field::Port(np)]), &comment);
             }
         }
     }
 
     /// A frontend reached from outside: external IP, load-balancer IP or node port.
-    fn external(&mut self, p: &ResolvedServicePort, maps: &Maps, key: Key, comment: &str) {
+    fn external(&mut self, p: &ResolvedServicePort, maps: &Maps, key: Key, comment: &Arc<str>) {
         let nodeport = maps.entry == SERVICE_NODEPORTS;
         if !p.has_any_endpoints {
             return self.no_endpoints(maps.no_endpoints, key, true, comment);
@@ -238,7 +247,11 @@ impl Builder<'_> {
             if m > 0 {
                 self.pick(if nodeport { Pick::NodePortShortcut(m) } else { Pick::ExternalShortcut(m) });
             }
-            self.frontend(if nodeport { Pick::NodePortLocal(n, m) } else { Pick::ExternalLocal(n, m) }, key.clone(), comment);
+            self.frontend(
+                if nodeport { Pick::NodePortLocal(n, m) } else { Pick::ExternalLocal(n, m) },
+                key.clone(),
+                comment,
+            );
             self.backends(maps.backends, &key, &p.local_endpoints, comment);
             self.backends(maps.cluster_backends, &key, &p.cluster_endpoints, comment);
             if n == 0 {
@@ -271,7 +284,7 @@ impl Builder<'_> {
                 self.r.set(affinity_set(self.f, &set, timeout));
                 self.r.add_rule(&ep_chain, rules::update_saddr(self.f, &set));
                 self.r.add_rule(&ep_chain, rules::dnat_to(self.f, proto, e.ip, e.port));
-                self.r.element(HAIRPIN, smallvec![Field::Addr(e.ip), Field::Addr(e.ip)], Value::None, None);
+                self.r.element(HAIRPIN, Key::of(&[Field::Addr(e.ip), Field::Addr(e.ip)]), Value::None, None);
             }
             targets.push((set, ep_chain));
         }
@@ -321,7 +334,7 @@ impl Builder<'_> {
     /// loadBalancerSourceRanges: traffic to the service's load-balancer IPs from elsewhere is
     /// dropped before DNAT. One named chain per such service port, a `return` per allowed range.
     /// Node ports are not subject to source ranges (as in kube-proxy).
-    fn firewall(&mut self, p: &ResolvedServicePort, comment: &str) {
+    fn firewall(&mut self, p: &ResolvedServicePort, comment: &Arc<str>) {
         let chain = format!("firewall-{}", names::service_base(p));
         let mut allowed: Vec<IpNet> = p.load_balancer_source_ranges.clone();
         // If a range holds the (primary) node IP, traffic from the node may come back to the VIP
@@ -336,7 +349,7 @@ impl Builder<'_> {
         self.r.add_rule(&chain, rules::verdict(Verdict::Drop).comment("not in loadBalancerSourceRanges"));
         let proto = p.protocol.number();
         for ip in &p.load_balancer_ips {
-            let key = smallvec![Field::Addr(*ip), Field::Proto(proto), Field::Port(p.port)];
+            let key = Key::of(&[Field::Addr(*ip), Field::Proto(proto), Field::Port(p.port)]);
             self.r.element(FIREWALL_IPS, key, Value::Verdict(Verdict::Goto(chain.clone())), Some(comment));
         }
     }
@@ -360,21 +373,21 @@ impl Builder<'_> {
     }
 
     /// A frontend served by pick chain `p`: an element of its frontend set.
-    fn frontend(&mut self, p: Pick, key: Key, comment: &str) {
+    fn frontend(&mut self, p: Pick, key: Key, comment: &Arc<str>) {
         let name = self.pick(p);
         self.r.element(&frontend_set_name(&name), key, Value::None, Some(comment));
     }
 
-    fn backends(&mut self, map: &str, frontend: &Key, eps: &[ResolvedEndpoint], comment: &str) {
+    fn backends(&mut self, map: &str, frontend: &Key, eps: &[ResolvedEndpoint], comment: &Arc<str>) {
         for (i, e) in eps.iter().enumerate() {
             let mut key = frontend.clone();
             key.push(Field::Index(i as u32));
             self.r.element(map, key, endpoint_value(e), Some(comment));
-            self.r.element(HAIRPIN, smallvec![Field::Addr(e.ip), Field::Addr(e.ip)], Value::None, None);
+            self.r.element(HAIRPIN, Key::of(&[Field::Addr(e.ip), Field::Addr(e.ip)]), Value::None, None);
         }
     }
 
-    fn no_endpoints(&mut self, map: &str, key: Key, reject: bool, comment: &str) {
+    fn no_endpoints(&mut self, map: &str, key: Key, reject: bool, comment: &Arc<str>) {
         let v = if reject { Verdict::Goto(REJECT_CHAIN.into()) } else { Verdict::Drop };
         self.r.element(map, key, Value::Verdict(v), Some(comment));
     }

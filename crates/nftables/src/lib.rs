@@ -21,7 +21,7 @@ mod sync;
 pub mod table;
 pub mod trace;
 
-pub use build::{build, fixed_table, fragment, fragments};
+pub use build::{build, fixed_table, fragment, fragments, fragments_of_state};
 pub use family::Family;
 pub use ruleset::{Ruleset, TABLE};
 pub use sync::{NftablesBackend, SyncError, SyncReport};
@@ -34,6 +34,6 @@ pub fn desired(state: &ClusterState, ctx: &NodeContext) -> Vec<Ruleset> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod prop_tests;
+#[cfg(test)]
+mod tests;

@@ -63,27 +63,35 @@ pub fn replace(r: &Ruleset, first_seq: u32) -> Batch {
 /// that lead to them, so every transaction leaves a consistent ruleset in which each service is
 /// either fully programmed or not yet present. Holding the nftables mutex briefly many times keeps
 /// other users of nftables on the node responsive.
-pub fn cold_start(r: &Ruleset, first_seq: u32, max_elements: usize) -> Vec<Batch> {
+///
+/// Lazy: each transaction is encoded when the caller asks for it, after the previous one was
+/// sent, so only one is in memory (all of them at once were ~4 MiB at 10,000 Services × 3).
+pub fn cold_start(r: &Ruleset, first_seq: u32, max_elements: usize) -> impl Iterator<Item = Batch> + '_ {
     let fam = r.family.nfproto();
-    let mut b = Batch::new(first_seq);
-    b.add_table(fam, TABLE, Some(TABLE_COMMENT));
-    schema(&mut b, r);
+    let mut first = Batch::new(first_seq);
+    first.add_table(fam, TABLE, Some(TABLE_COMMENT));
+    schema(&mut first, r);
     // Fill transactions run by run, never beyond `max_elements` each.
     let max = max_elements.max(1);
-    let mut out: Vec<Batch> = Vec::new();
-    let mut in_batch = 0;
+    let mut runs = staged_elements(r, max).peekable();
+    let mut next = Some(first);
     let mut seq = first_seq;
-    for (set, elems) in staged_elements(r, max) {
-        if in_batch + elems.len() > max && in_batch > 0 {
-            seq += b.messages().len() as u32 + 2;
-            out.push(std::mem::replace(&mut b, Batch::new(seq)));
-            in_batch = 0;
+    std::iter::from_fn(move || {
+        let mut b = next.take()?;
+        let mut in_batch = 0;
+        while let Some((_, elems)) = runs.peek() {
+            if in_batch + elems.len() > max && in_batch > 0 {
+                // The kernel's batch: begin + messages + end, one sequence number each.
+                seq += b.messages().len() as u32 + 2;
+                next = Some(Batch::new(seq));
+                return Some(b);
+            }
+            let (set, elems) = runs.next().expect("peeked");
+            in_batch += elems.len();
+            b.add_elems(fam, TABLE, set, None, &elems);
         }
-        in_batch += elems.len();
-        b.add_elems(fam, TABLE, set, None, &elems);
-    }
-    out.push(b);
-    out
+        Some(b)
+    })
 }
 
 /// Only the differences between two states of the same table, as one transaction. Order

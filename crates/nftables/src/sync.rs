@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use nftproxy_model::{ClusterState, NodeContext, ResolvedServicePort, ServiceName, resolve, resolve_service};
+use nftproxy_model::{ClusterState, NodeContext, ResolvedServicePort, ServiceName, resolve_service};
 
-use crate::build::{fixed_table, fragment, fragments};
+use crate::build::{fixed_table, fragment, fragments_of_state};
 use crate::family::Family;
 use crate::netlink::{CommitStats, NetlinkError, NftSocket};
 use crate::plan;
@@ -174,8 +174,7 @@ impl NftablesBackend {
     pub fn sync_cluster(&mut self, state: &ClusterState, ctx: &NodeContext) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
         for family in FAMILIES {
-            let ports = resolve(state, ctx, family.0);
-            let want = Table::new(fixed_table(family, ctx), fragments(family, &ports, ctx));
+            let want = Table::new(fixed_table(family, ctx), fragments_of_state(family, state, ctx));
             self.sync_table(want, &mut report)?;
         }
         self.built_for = Some(ctx.clone());

@@ -47,13 +47,40 @@ pub struct Table {
     slotted: BTreeMap<String, (Vec<Rule>, usize)>,
     /// Slotted chains whose routes changed since they were last rebuilt.
     dirty: BTreeSet<&'static str>,
+    names: Names,
 }
 
+/// A fragment's objects, names as indices into [`Table::names`]: one allocation per Service for
+/// its elements instead of a name and a list per set (~400 bytes less per Service).
 #[derive(Debug, Clone, Default)]
 struct FragmentIndex {
-    sets: Vec<String>,
-    chains: Vec<String>,
-    elements: Vec<(String, Vec<Key>)>,
+    sets: Vec<NameId>,
+    chains: Vec<NameId>,
+    elements: Vec<(NameId, Key)>,
+}
+
+type NameId = u32;
+
+/// Set and chain names, each stored once; never shrinks (a table has tens of distinct names).
+#[derive(Debug, Clone, Default)]
+struct Names {
+    ids: HashMap<String, NameId>,
+    names: Vec<String>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> NameId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as NameId;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+    fn name(&self, id: NameId) -> &str {
+        &self.names[id as usize]
+    }
 }
 
 impl Table {
@@ -77,6 +104,7 @@ impl Table {
             routes: BTreeMap::new(),
             slotted,
             dirty: BTreeSet::new(),
+            names: Names::default(),
         };
         for (svc, frag) in fragments {
             let idx = t.add(frag, None);
@@ -132,7 +160,7 @@ impl Table {
                 self.table.elements.entry(name.clone()).or_default();
                 self.table.sets.insert(name.clone(), decl);
             }
-            idx.sets.push(name);
+            idx.sets.push(self.names.id(&name));
         }
         for (name, chain) in frag.chains {
             let rc = self.chain_refs.entry(name.clone()).or_default();
@@ -147,12 +175,13 @@ impl Table {
                 }
                 self.table.chains.insert(name.clone(), chain);
             }
-            idx.chains.push(name);
+            idx.chains.push(self.names.id(&name));
         }
+        idx.elements.reserve_exact(frag.elements.values().map(BTreeMap::len).sum());
         for (set, elems) in frag.elements {
+            let id = self.names.id(&set);
             let refs = self.elem_refs.entry(set.clone()).or_default();
             let current = self.table.elements.entry(set.clone()).or_default();
-            let mut keys = Vec::with_capacity(elems.len());
             for (k, v) in elems {
                 if current.contains_key(&k) {
                     // One more user of an element that exists (implicitly one user so far).
@@ -173,28 +202,27 @@ impl Table {
                         current.insert(k.clone(), v);
                     }
                 }
-                keys.push(k);
+                idx.elements.push((id, k));
             }
-            idx.elements.push((set, keys));
         }
         idx
     }
 
     fn remove(&mut self, frag: &FragmentIndex, delta: &mut Delta) {
-        for (set, keys) in &frag.elements {
+        for (id, k) in &frag.elements {
+            let set = self.names.name(*id);
             let Some(refs) = self.elem_refs.get_mut(set) else {
                 continue;
             };
-            for k in keys {
-                if release_shared(refs, k)
-                    && let Some(current) = self.table.elements.get_mut(set)
-                {
-                    let before = current.remove(k);
-                    delta.elements.entry((set.clone(), k.clone())).or_insert(before);
-                }
+            if release_shared(refs, k)
+                && let Some(current) = self.table.elements.get_mut(set)
+            {
+                let before = current.remove(k);
+                delta.elements.entry((set.to_string(), *k)).or_insert(before);
             }
         }
-        for name in &frag.chains {
+        for id in &frag.chains {
+            let name = &self.names.names[*id as usize];
             if release(&mut self.chain_refs, name) {
                 let before = self.table.chains.remove(name);
                 if let Some(Route { from, .. }) = before.as_ref().and_then(|c| c.route.as_ref()) {
@@ -206,7 +234,8 @@ impl Table {
                 delta.chains.entry(name.clone()).or_insert(before);
             }
         }
-        for name in &frag.sets {
+        for id in &frag.sets {
+            let name = &self.names.names[*id as usize];
             if release(&mut self.set_refs, name) {
                 let before = self.table.sets.remove(name);
                 self.table.elements.remove(name);

@@ -127,7 +127,7 @@ fn cold_start_chunks_fill_endpoint_maps_before_entry_maps() {
     let ports: Vec<_> =
         (0..50).map(|i| port(&format!("s{i}"), &format!("10.96.1.{i}"), &["10.244.1.2", "10.244.2.2"])).collect();
     let r = table(&ports);
-    let batches = plan::cold_start(&r, 1, 40);
+    let batches: Vec<_> = plan::cold_start(&r, 1, 40).collect();
     assert!(batches.len() > 3, "{} batches", batches.len());
     let order: Vec<String> = batches
         .iter()

@@ -4,14 +4,17 @@
 //!
 //!     nftproxy-bench [--quick] [--out DIR] [--services 1000,10000,50000] [--endpoints 1,3,10]
 //!                    [--runs 3] [--dataplane 0,1000,10000,30000] [--requests 2000] [--deadline 120]
-//!                    [--real 1000x3,10000x3] [--real-samples 3] [--real-deadline 300] [--only-real]
+//!                    [--real 1000x3,10000x3] [--real-ours 50000x3] [--real-samples 3]
+//!                    [--real-deadline 300] [--only-real]
 //!
 //! `--real` runs the head to head with the real kube-proxy v1.34.4 (both modes) and our daemon
 //! (both modes), fed by a real kube-apiserver (`nftproxy_integration::headtohead`); it needs the
 //! peers of `integration/peers/build-peers.sh` and the `kube-nftproxy` binary next to this one.
+//! `--real-ours` sizes run our daemon only (fed by the API server, and standalone from a manifest
+//! of the same objects) for the memory table.
 //!
 //! Diagnostics: `PHASES=1 nftproxy-bench --child-sync N E` prints the resident memory after each
-//! phase of a cold sync of N services × E endpoints (state, resolve, table, batches).
+//! phase of a cold sync of N services × E endpoints (state, table, batches).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -43,6 +46,7 @@ struct Args {
     deadline: Duration,
     quick: bool,
     real: Vec<(usize, usize)>,
+    real_ours: Vec<(usize, usize)>,
     real_samples: usize,
     real_deadline: Duration,
     only_real: bool,
@@ -50,6 +54,17 @@ struct Args {
 
 fn list(s: &str) -> Vec<u32> {
     s.split(',').filter(|x| !x.is_empty()).map(|x| x.trim().parse().expect("number list")).collect()
+}
+
+/// `1000x3,10000x3` → [(1000, 3), (10000, 3)].
+fn sizes(s: &str) -> Vec<(usize, usize)> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            let (n, e) = x.split_once('x').expect("sizes as NxE,…");
+            (n.trim().parse().unwrap(), e.trim().parse().unwrap())
+        })
+        .collect()
 }
 
 fn parse_args() -> Args {
@@ -63,6 +78,7 @@ fn parse_args() -> Args {
         deadline: Duration::from_secs(120),
         quick: false,
         real: Vec::new(),
+        real_ours: Vec::new(),
         real_samples: 3,
         real_deadline: Duration::from_secs(300),
         only_real: false,
@@ -92,16 +108,8 @@ fn parse_args() -> Args {
             "--dataplane" => a.dataplane = list(&v),
             "--requests" => a.requests = v.parse().unwrap(),
             "--deadline" => a.deadline = Duration::from_secs(v.parse().unwrap()),
-            "--real" => {
-                a.real = v
-                    .split(',')
-                    .filter(|x| !x.is_empty())
-                    .map(|x| {
-                        let (n, e) = x.split_once('x').expect("--real NxE,…");
-                        (n.trim().parse().unwrap(), e.trim().parse().unwrap())
-                    })
-                    .collect()
-            }
+            "--real" => a.real = sizes(&v),
+            "--real-ours" => a.real_ours = sizes(&v),
             "--real-samples" => a.real_samples = v.parse().unwrap(),
             "--real-deadline" => a.real_deadline = Duration::from_secs(v.parse().unwrap()),
             _ => panic!("unknown flag {flag}"),
@@ -148,15 +156,14 @@ fn child_sync(n: u32, e: u32) {
         std::process::exit(2);
     }
     if std::env::var_os("PHASES").is_some() {
-        use nftproxy_nftables::{Family, fixed_table, fragments, table::Table};
+        use nftproxy_nftables::{Family, fixed_table, fragments_of_state, table::Table};
         let c = ctx();
         let st = synthetic(n, e);
         eprintln!("state {:.1} MiB", rss_mib());
-        let ports = resolve(&st, &c, IpFamily::V4);
-        eprintln!("resolved {:.1} MiB", rss_mib());
-        let t = Table::new(fixed_table(Family::V4, &c), fragments(Family::V4, &ports, &c));
+        // As the sync engine does it: each Service resolved when its fragment is merged.
+        let t = Table::new(fixed_table(Family::V4, &c), fragments_of_state(Family::V4, &st, &c));
         eprintln!("table {:.1} MiB ({} elements)", rss_mib(), t.table.element_count());
-        let b = nftproxy_nftables::plan::cold_start(&t.table, 1, 20_000);
+        let b: Vec<_> = nftproxy_nftables::plan::cold_start(&t.table, 1, 20_000).collect();
         eprintln!("batches {:.1} MiB ({} bytes)", rss_mib(), b.iter().map(|b| b.len_bytes()).sum::<usize>());
         drop(b);
         eprintln!("after drop {:.1} MiB", rss_mib());
@@ -631,10 +638,17 @@ fn main() {
     std::fs::create_dir_all(&a.out).unwrap();
     let started = Instant::now();
     let mut r = Results::default();
-    let real = (!a.real.is_empty()).then(|| {
+    let real = (!a.real.is_empty() || !a.real_ours.is_empty()).then(|| {
         let ours = std::env::current_exe().unwrap().parent().unwrap().join("kube-nftproxy");
         assert!(ours.exists(), "{} is missing: build it (make bench does)", ours.display());
-        let md = nftproxy_integration::headtohead::run(&a.real, &ours, a.real_deadline, a.real_samples, &a.out);
+        let md = nftproxy_integration::headtohead::run(
+            &a.real,
+            &a.real_ours,
+            &ours,
+            a.real_deadline,
+            a.real_samples,
+            &a.out,
+        );
         // Kept on its own too: the rest of the suite takes long.
         std::fs::write(a.out.join("head-to-head.md"), &md).unwrap();
         eprint!("{md}");
