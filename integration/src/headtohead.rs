@@ -128,6 +128,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A control plane holding nothing: for the standalone daemon alone, whose objects are in
+    /// its manifest (loading 50k Services through this API server takes it most of an hour).
+    pub fn empty(n: usize, e: usize) -> Cluster {
+        let mut topo = Topology::new();
+        let cp = ControlPlane::start_alone(&mut topo);
+        Cluster { topo, cp, load_time: Duration::ZERO, links: 1, n, e }
+    }
+
     pub fn load(n: usize, e: usize) -> Cluster {
         let mut topo = Topology::new();
         let cp = ControlPlane::start_alone(&mut topo);
@@ -409,10 +417,12 @@ pub fn median(v: &[Duration]) -> Option<Duration> {
 
 /// Every proxy at every size, as a markdown table.
 /// `sizes`: every proxy; `ours_sizes`: our daemon only (fed by the API server and standalone),
-/// for the memory table at sizes where kube-proxy would take an hour.
+/// for the memory table at sizes where kube-proxy would take an hour; `standalone_sizes`: our
+/// standalone daemon only, no objects in the API server.
 pub fn run(
     sizes: &[(usize, usize)],
     ours_sizes: &[(usize, usize)],
+    standalone_sizes: &[(usize, usize)],
     ours_bin: &Path,
     deadline: Duration,
     samples: usize,
@@ -421,11 +431,20 @@ pub fn run(
     use std::fmt::Write as _;
     let mut results: BTreeMap<(usize, usize, Proxy), Figures> = BTreeMap::new();
     let mut load_times = Vec::new();
-    let runs = sizes.iter().map(|s| (s, &Proxy::ALL[..])).chain(ours_sizes.iter().map(|s| (s, &Proxy::OURS[..])));
+    let runs = sizes
+        .iter()
+        .map(|s| (s, &Proxy::ALL[..]))
+        .chain(ours_sizes.iter().map(|s| (s, &Proxy::OURS[..])))
+        .chain(standalone_sizes.iter().map(|s| (s, &[Proxy::OursStandalone][..])));
     for (&(n, e), proxies) in runs {
-        let mut c = Cluster::load(n, e);
-        load_times.push(format!("{n} × {e}: {} objects in {:.1} s", 2 * n + 2, c.load_time.as_secs_f64()));
-        eprintln!("head to head {n} × {e}: objects loaded in {:.1?}", c.load_time);
+        let mut c = if proxies == [Proxy::OursStandalone] {
+            Cluster::empty(n, e)
+        } else {
+            let c = Cluster::load(n, e);
+            load_times.push(format!("{n} × {e}: {} objects in {:.1} s", 2 * n + 2, c.load_time.as_secs_f64()));
+            eprintln!("head to head {n} × {e}: objects loaded in {:.1?}", c.load_time);
+            c
+        };
         for &p in proxies {
             let f = measure(&mut c, p, ours_bin, deadline, samples, out);
             eprintln!("head to head {n} × {e} {}: {f:?}", p.label());

@@ -4,14 +4,15 @@
 //!
 //!     nftproxy-bench [--quick] [--out DIR] [--services 1000,10000,50000] [--endpoints 1,3,10]
 //!                    [--runs 3] [--dataplane 0,1000,10000,30000] [--requests 2000] [--deadline 120]
-//!                    [--real 1000x3,10000x3] [--real-ours 50000x3] [--real-samples 3]
+//!                    [--real 1000x3,10000x3] [--real-ours 5000x50] [--real-standalone 50000x3]
+//!                    [--real-samples 3]
 //!                    [--real-deadline 300] [--only-real]
 //!
 //! `--real` runs the head to head with the real kube-proxy v1.34.4 (both modes) and our daemon
 //! (both modes), fed by a real kube-apiserver (`nftproxy_integration::headtohead`); it needs the
 //! peers of `integration/peers/build-peers.sh` and the `kube-nftproxy` binary next to this one.
 //! `--real-ours` sizes run our daemon only (fed by the API server, and standalone from a manifest
-//! of the same objects) for the memory table.
+//! of the same objects) for the memory table; `--real-standalone` sizes only the standalone one.
 //!
 //! Diagnostics: `PHASES=1 nftproxy-bench --child-sync N E` prints the resident memory after each
 //! phase of a cold sync of N services × E endpoints (state, table, batches).
@@ -47,6 +48,7 @@ struct Args {
     quick: bool,
     real: Vec<(usize, usize)>,
     real_ours: Vec<(usize, usize)>,
+    real_standalone: Vec<(usize, usize)>,
     real_samples: usize,
     real_deadline: Duration,
     only_real: bool,
@@ -79,6 +81,7 @@ fn parse_args() -> Args {
         quick: false,
         real: Vec::new(),
         real_ours: Vec::new(),
+        real_standalone: Vec::new(),
         real_samples: 3,
         real_deadline: Duration::from_secs(300),
         only_real: false,
@@ -110,6 +113,7 @@ fn parse_args() -> Args {
             "--deadline" => a.deadline = Duration::from_secs(v.parse().unwrap()),
             "--real" => a.real = sizes(&v),
             "--real-ours" => a.real_ours = sizes(&v),
+            "--real-standalone" => a.real_standalone = sizes(&v),
             "--real-samples" => a.real_samples = v.parse().unwrap(),
             "--real-deadline" => a.real_deadline = Duration::from_secs(v.parse().unwrap()),
             _ => panic!("unknown flag {flag}"),
@@ -638,12 +642,13 @@ fn main() {
     std::fs::create_dir_all(&a.out).unwrap();
     let started = Instant::now();
     let mut r = Results::default();
-    let real = (!a.real.is_empty() || !a.real_ours.is_empty()).then(|| {
+    let real = (!a.real.is_empty() || !a.real_ours.is_empty() || !a.real_standalone.is_empty()).then(|| {
         let ours = std::env::current_exe().unwrap().parent().unwrap().join("kube-nftproxy");
         assert!(ours.exists(), "{} is missing: build it (make bench does)", ours.display());
         let md = nftproxy_integration::headtohead::run(
             &a.real,
             &a.real_ours,
+            &a.real_standalone,
             &ours,
             a.real_deadline,
             a.real_samples,
