@@ -111,8 +111,10 @@ impl Backend {
     }
 }
 
-/// kube-proxy's `--cleanup`: removes what either mode of ours programmed, nothing else.
-pub fn cleanup_all() -> Result<(), String> {
+/// kube-proxy's `--cleanup`: removes what either mode of ours programmed and what kube-proxy
+/// left in the node (its nftables tables, its iptables chains in both iptables), nothing else.
+/// Returns what kube-proxy had left.
+pub fn cleanup_all() -> Result<Vec<String>, String> {
     let mut errors = Vec::new();
     match NftablesBackend::new() {
         Ok(mut b) => {
@@ -130,5 +132,8 @@ pub fn cleanup_all() -> Result<(), String> {
             errors.push(e.to_string());
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    // kube-proxy's: what our nftables mode removes when it takes over, which is everything.
+    let m = crate::migrate::remove_leftovers(crate::config::ProxyMode::Nftables);
+    errors.extend(m.errors);
+    if errors.is_empty() { Ok(m.removed) } else { Err(errors.join("; ")) }
 }

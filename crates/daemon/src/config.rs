@@ -1,6 +1,7 @@
 //! kube-proxy's configuration: the `KubeProxyConfiguration` file (kubeproxy.config.k8s.io/v1alpha1)
-//! and the effective settings after flags override it. Parsing is strict like kube-proxy's: an
-//! unknown field or a bad value is an error naming the field.
+//! and the effective settings after flags override it. Decoding is kube-proxy's: strict first;
+//! when the only trouble is unknown fields, the file is used anyway (lenient decoding) and the
+//! unknown fields are reported. A bad value is an error naming the field.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +56,42 @@ impl<'de> Deserialize<'de> for GoDuration {
     }
 }
 
+/// A duration as Go's `time.Duration.String()` writes it (`0s`, `500ms`, `30s`, `1m30s`,
+/// `24h0m0s`), which is how kube-proxy writes its configuration.
+pub fn go_duration_string(d: Duration) -> String {
+    fn frac(v: u128, div: u128) -> String {
+        let (whole, rest) = (v / div, v % div);
+        if rest == 0 {
+            return whole.to_string();
+        }
+        let width = div.to_string().len() - 1;
+        format!("{whole}.{}", format!("{rest:0width$}").trim_end_matches('0'))
+    }
+    let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".into();
+    }
+    if ns < 1_000_000_000 {
+        let (div, unit) = match ns {
+            ..1_000 => (1, "ns"),
+            ..1_000_000 => (1_000, "µs"),
+            _ => (1_000_000, "ms"),
+        };
+        return format!("{}{unit}", frac(ns, div));
+    }
+    let (h, rem) = (ns / 3_600_000_000_000, ns % 3_600_000_000_000);
+    let (m, s) = (rem / 60_000_000_000, rem % 60_000_000_000);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    out.push_str(&format!("{}s", frac(s, 1_000_000_000)));
+    out
+}
+
 pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {s:?} (want e.g. 1s, 500ms, 1m30s)");
     let t = s.trim();
@@ -89,11 +126,11 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
-/// The parts of `KubeProxyConfiguration` (v1alpha1) that exist. Fields kube-proxy has but that do
-/// not apply to us (IPVS, Windows, logging, …) are accepted and ignored; anything else is an
-/// error, as kube-proxy's strict decoding makes it.
+/// `KubeProxyConfiguration` (v1alpha1). Fields kube-proxy has but that do not apply to us (IPVS,
+/// Windows, client rate limits, …) are read and warned about (see [`Settings::apply_file`]);
+/// fields kube-proxy does not know are reported by [`KubeProxyConfiguration::parse`].
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct KubeProxyConfiguration {
     pub api_version: Option<String>,
     pub kind: Option<String>,
@@ -125,7 +162,7 @@ pub struct KubeProxyConfiguration {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ClientConnection {
     pub kubeconfig: Option<String>,
     pub accept_content_types: Option<String>,
@@ -135,7 +172,7 @@ pub struct ClientConnection {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ModeConfig {
     pub masquerade_bit: Option<u8>,
     pub masquerade_all: Option<bool>,
@@ -145,14 +182,14 @@ pub struct ModeConfig {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DetectLocal {
     pub bridge_interface: Option<String>,
     pub interface_name_prefix: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Conntrack {
     pub max_per_core: Option<i32>,
     pub min: Option<i32>,
@@ -164,9 +201,16 @@ pub struct Conntrack {
 }
 
 impl KubeProxyConfiguration {
-    /// Parses the file's text (YAML or JSON). `file` names it in errors.
-    pub fn parse(file: &str, text: &str) -> Result<KubeProxyConfiguration, ConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
+    /// Parses the file's text (YAML or JSON). `file` names it in errors. Also returns the paths
+    /// of unknown fields: kube-proxy's strict decoding fails on them and its lenient decoding
+    /// then uses the file without them (logging that it did), and so do we.
+    pub fn parse(file: &str, text: &str) -> Result<(KubeProxyConfiguration, Vec<String>), ConfigError> {
+        let mut unknown = Vec::new();
+        // serde_ignored writes `?` for the Some of an Option: not part of the field's name.
+        let mut note_unknown = |path: serde_ignored::Path<'_>| {
+            unknown.push(path.to_string().split('.').filter(|s| *s != "?").collect::<Vec<_>>().join("."))
+        };
+        let de = serde_ignored::Deserializer::new(serde_yaml::Deserializer::from_str(text), &mut note_unknown);
         let cfg: KubeProxyConfiguration = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let mut message = e.inner().to_string();
@@ -192,7 +236,7 @@ impl KubeProxyConfiguration {
             None | Some("KubeProxyConfiguration") => {}
             Some(k) => return Err(field_err("kind", format!("{k:?} (want KubeProxyConfiguration)"))),
         }
-        Ok(cfg)
+        Ok((cfg, unknown))
     }
 }
 
@@ -224,6 +268,20 @@ pub struct Settings {
     pub detect_local: DetectLocalMode,
     /// The conntrack sysctls kube-proxy sets at start.
     pub conntrack: ConntrackSettings,
+    /// Written to /proc/self/oom_score_adj at start (None: left alone).
+    pub oom_score_adj: Option<i32>,
+    /// A metrics or health server that cannot bind ends the process; otherwise it is retried
+    /// every 5 s (kube-proxy's `bindAddressHardFail`).
+    pub bind_address_hard_fail: bool,
+    /// `text` or `json`.
+    pub logging_format: String,
+    /// Warnings for the log at start: settings accepted that change nothing here, and why.
+    pub notes: Vec<String>,
+    /// The `--config` file: when it changes, the process exits so that it restarts with the new
+    /// configuration (kube-proxy's behaviour).
+    pub config_file: Option<PathBuf>,
+    /// The command line's flags as `--name=value`, for `/flagz`.
+    pub flags: Vec<String>,
 }
 
 /// kube-proxy's conntrack settings (v1alpha1 defaults). A zero value means "leave the sysctl
@@ -284,7 +342,12 @@ pub fn detect_local_mode(
         "NodeCIDR" => DetectLocalMode::NodeCidr,
         "BridgeInterface" => match bridge.map(str::trim).filter(|b| !b.is_empty()) {
             Some(b) => DetectLocalMode::BridgeInterface(b.to_string()),
-            None => return Err(("pod-bridge-interface", "must not be empty with --detect-local-mode BridgeInterface".into())),
+            None => {
+                return Err((
+                    "pod-bridge-interface",
+                    "must not be empty with --detect-local-mode BridgeInterface".into(),
+                ));
+            }
         },
         "InterfaceNamePrefix" => match prefix.map(str::trim).filter(|p| !p.is_empty()) {
             Some(p) => DetectLocalMode::InterfaceNamePrefix(p.to_string()),
@@ -325,7 +388,97 @@ impl Default for Settings {
             conntrack_tcp_be_liberal: false,
             detect_local: DetectLocalMode::ClusterCidr,
             conntrack: ConntrackSettings::default(),
+            oom_score_adj: Some(-999),
+            bind_address_hard_fail: false,
+            logging_format: "text".into(),
+            notes: Vec::new(),
+            config_file: None,
+            flags: Vec::new(),
         }
+    }
+}
+
+/// Warnings for the file's fields that change nothing here, each with the reason.
+fn not_applicable_fields(file: &str, cfg: &KubeProxyConfiguration) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut note = |set: bool, field: &str, why: &str| {
+        if set {
+            out.push(format!("{file}: {field}: accepted, no effect: {why}"));
+        }
+    };
+    // Zero values are kube-proxy's "unset" (kubeadm writes every field): only others are noted.
+    let cc = cfg.client_connection.clone().unwrap_or_default();
+    let text = |v: &Option<String>| v.as_deref().is_some_and(|t| !t.is_empty());
+    note(
+        text(&cc.content_type) || text(&cc.accept_content_types),
+        "clientConnection.contentType",
+        "kube-nftproxy's API client (kube-rs) sends and accepts JSON only",
+    );
+    note(
+        cc.qps.is_some_and(|q| q != 0.0) || cc.burst.is_some_and(|b| b != 0),
+        "clientConnection.qps/burst",
+        "kube-nftproxy makes one list and one watch request per resource and reconnects with its own backoff; it has no client-side rate limiter",
+    );
+    note(
+        cfg.feature_gates.as_ref().is_some_and(|g| !g.is_empty()),
+        "featureGates",
+        "kube-nftproxy implements kube-proxy v1.34 with every gate at its default",
+    );
+    note(
+        cfg.config_sync_period.is_some_and(|d| !d.0.is_zero()),
+        "configSyncPeriod",
+        "kube-rs watchers keep no informer cache to resync from; the sync period bounds drift",
+    );
+    note(cfg.enable_profiling == Some(true), "enableProfiling", "Go's pprof endpoints do not exist in a Rust binary");
+    note(
+        cfg.show_hidden_metrics_for_version.as_ref().is_some_and(|v| !v.is_empty()),
+        "showHiddenMetricsForVersion",
+        "kube-nftproxy hides no metrics",
+    );
+    note(
+        cfg.ipvs.as_ref().is_some_and(set_to_something),
+        "ipvs",
+        "IPVS mode is not implemented; the section applies only with mode: ipvs",
+    );
+    note(
+        cfg.winkernel.as_ref().is_some_and(set_to_something),
+        "winkernel",
+        "a Windows section; it has no meaning on Linux",
+    );
+    note(
+        cfg.windows_run_as_service == Some(true),
+        "windowsRunAsService",
+        "a Windows setting; it has no meaning on Linux",
+    );
+    note(
+        cfg.port_range.as_ref().is_some_and(|p| !p.is_empty()),
+        "portRange",
+        "the userspace proxy's setting, removed from kube-proxy; nothing uses it",
+    );
+    out
+}
+
+/// Whether a section holds anything but zero values (null, false, 0, "", "0s", empty).
+fn set_to_something(v: &serde_yaml::Value) -> bool {
+    use serde_yaml::Value;
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !(s.is_empty() || parse_go_duration(s).is_ok_and(|d| d.is_zero())),
+        Value::Sequence(items) => items.iter().any(set_to_something),
+        Value::Mapping(m) => m.values().any(set_to_something),
+        Value::Tagged(t) => set_to_something(&t.value),
+    }
+}
+
+/// kube-proxy's `AppendPortIfNeeded`: a bare IP gets the default port.
+fn with_port(addr: &str, port: u16) -> String {
+    let a = addr.trim();
+    match a.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        Ok(ip) => format!("{ip}:{port}"),
+        Err(_) => a.to_string(),
     }
 }
 
@@ -368,12 +521,41 @@ impl Settings {
         if let Some(m) = &cfg.mode {
             self.mode = m.parse().map_err(|e| err("mode", e))?;
         }
-        if let Some(a) = &cfg.healthz_bind_address {
-            self.healthz_bind_address = parse_bind_address(a).map_err(|e| err("healthzBindAddress", e))?;
+        // kube-proxy's v1alpha1 defaulting: an empty address is the default one (kubeadm writes
+        // `""` for both), a bare IP gets the default port.
+        if let Some(a) = cfg.healthz_bind_address.as_deref().filter(|a| !a.trim().is_empty()) {
+            self.healthz_bind_address =
+                parse_bind_address(&with_port(a, 10256)).map_err(|e| err("healthzBindAddress", e))?;
         }
-        if let Some(a) = &cfg.metrics_bind_address {
-            self.metrics_bind_address = parse_bind_address(a).map_err(|e| err("metricsBindAddress", e))?;
+        if let Some(a) = cfg.metrics_bind_address.as_deref().filter(|a| !a.trim().is_empty()) {
+            self.metrics_bind_address =
+                parse_bind_address(&with_port(a, 10249)).map_err(|e| err("metricsBindAddress", e))?;
         }
+        if let Some(a) = cfg.bind_address.as_ref().filter(|a| !a.trim().is_empty()) {
+            let ip: std::net::IpAddr =
+                a.trim().parse().map_err(|_| err("bindAddress", format!("{a:?} is not an IP address")))?;
+            if !ip.is_unspecified() {
+                self.node_ips = vec![ip];
+            }
+        }
+        if let Some(v) = cfg.bind_address_hard_fail {
+            self.bind_address_hard_fail = v;
+        }
+        if let Some(v) = cfg.oom_score_adj {
+            if !(-1000..=1000).contains(&v) {
+                return Err(err("oomScoreAdj", format!("{v} must be within [-1000, 1000]")));
+            }
+            self.oom_score_adj = Some(v);
+        }
+        if let Some(f) = cfg.logging.as_ref().and_then(|l| l.get("format")).and_then(|f| f.as_str()) {
+            match f {
+                "text" | "json" => self.logging_format = f.to_string(),
+                other => {
+                    return Err(err("logging.format", format!("unsupported format {other:?} (want text or json)")));
+                }
+            }
+        }
+        self.notes.extend(not_applicable_fields(file, cfg));
         if let Some(c) = cfg.cluster_cidr.as_ref().filter(|c| !c.is_empty()) {
             self.cluster_cidrs = c
                 .split(',')
@@ -450,10 +632,11 @@ impl Settings {
             if let Some(v) = m.localhost_node_ports {
                 self.localhost_nodeports = v;
             }
-            if let Some(GoDuration(d)) = m.sync_period {
+            // Zero means unset in the file (kube-proxy's defaulting: 30s and 1s).
+            if let Some(GoDuration(d)) = m.sync_period.filter(|d| !d.0.is_zero()) {
                 self.sync_period = d;
             }
-            if let Some(GoDuration(d)) = m.min_sync_period {
+            if let Some(GoDuration(d)) = m.min_sync_period.filter(|d| !d.0.is_zero()) {
                 self.min_sync_period = d;
             }
         }
@@ -479,6 +662,74 @@ impl Settings {
         .for_nodeport_addresses(&self.effective_nodeport_addresses())
     }
 
+    /// The settings as a kubeproxy.config.k8s.io/v1alpha1 file (`--write-config-to`): what
+    /// kube-proxy writes for the same settings, with the mode's section holding the sync periods.
+    /// Reading it back with `--config` gives the same settings.
+    pub fn to_v1alpha1_yaml(&self, hostname: Option<&str>) -> String {
+        serde_yaml::to_string(&self.to_v1alpha1(hostname)).expect("a JSON value is YAML")
+    }
+
+    /// The settings as a kubeproxy.config.k8s.io/v1alpha1 object (also `/configz`'s content).
+    pub fn to_v1alpha1(&self, hostname: Option<&str>) -> serde_json::Value {
+        use serde_json::json;
+        let addr = |a: &Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        let c = &self.conntrack;
+        let (mode, bridge, prefix) = match &self.detect_local {
+            DetectLocalMode::ClusterCidr => ("ClusterCIDR", "", ""),
+            DetectLocalMode::NodeCidr => ("NodeCIDR", "", ""),
+            DetectLocalMode::BridgeInterface(b) => ("BridgeInterface", b.as_str(), ""),
+            DetectLocalMode::InterfaceNamePrefix(p) => ("InterfaceNamePrefix", "", p.as_str()),
+        };
+        let nodeports: Option<Vec<String>> = self.nodeport_addresses.as_ref().map(|n| match n {
+            NodePortAddresses::Primary => vec!["primary".to_string()],
+            NodePortAddresses::All => vec!["0.0.0.0/0".to_string(), "::/0".to_string()],
+            NodePortAddresses::Cidrs(c) => c.iter().map(|n| n.to_string()).collect(),
+        });
+        let mut section = json!({
+            "masqueradeAll": self.masquerade_all,
+            "masqueradeBit": self.masquerade_bit,
+            "minSyncPeriod": go_duration_string(self.min_sync_period),
+            "syncPeriod": go_duration_string(self.sync_period),
+        });
+        if self.mode == ProxyMode::Iptables {
+            section["localhostNodePorts"] = json!(self.localhost_nodeports);
+        }
+        let mode_name = match self.mode {
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::Iptables => "iptables",
+        };
+        let mut doc = json!({
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "bindAddress": self.node_ips.first().map_or("0.0.0.0".to_string(), |ip| ip.to_string()),
+            "bindAddressHardFail": self.bind_address_hard_fail,
+            "clientConnection": {"kubeconfig": self.kubeconfig.as_ref().map(|k| k.display().to_string()).unwrap_or_default()},
+            "clusterCIDR": self.cluster_cidrs.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+            "conntrack": {
+                "maxPerCore": c.max_per_core,
+                "min": c.min,
+                "tcpBeLiberal": c.tcp_be_liberal,
+                "tcpCloseWaitTimeout": go_duration_string(c.tcp_close_wait_timeout),
+                "tcpEstablishedTimeout": go_duration_string(c.tcp_established_timeout),
+                "udpStreamTimeout": go_duration_string(c.udp_stream_timeout),
+                "udpTimeout": go_duration_string(c.udp_timeout),
+            },
+            "detectLocal": {"bridgeInterface": bridge, "interfaceNamePrefix": prefix},
+            "detectLocalMode": mode,
+            "healthzBindAddress": addr(&self.healthz_bind_address),
+            "hostnameOverride": hostname.unwrap_or(""),
+            "logging": {"format": self.logging_format},
+            "metricsBindAddress": addr(&self.metrics_bind_address),
+            "mode": mode_name,
+            "nodePortAddresses": nodeports,
+        });
+        doc[mode_name] = section;
+        if let Some(v) = self.oom_score_adj {
+            doc["oomScoreAdj"] = json!(v);
+        }
+        doc
+    }
+
     /// Whether localhost NodePorts are on in iptables mode (see [`Settings::iptables_options`]).
     pub fn effective_localhost_nodeports(&self) -> bool {
         self.iptables_options().localhost_nodeports
@@ -502,6 +753,120 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_duration_strings_read_back() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_micros(1500), "1.5ms"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3600), "1h0m0s"),
+            (Duration::from_secs(24 * 3600), "24h0m0s"),
+        ] {
+            assert_eq!(go_duration_string(d), text);
+            assert_eq!(parse_go_duration(text).unwrap(), d, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_and_the_rest_is_used() {
+        let (cfg, unknown) = KubeProxyConfiguration::parse(
+            "kp.yaml",
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n\
+             futureField: 1\niptables: {syncPeriod: 10s, newKnob: true}\n",
+        )
+        .unwrap();
+        assert_eq!(unknown, vec!["futureField".to_string(), "iptables.newKnob".to_string()]);
+        let mut s = Settings::default();
+        s.apply_file("kp.yaml", &cfg).unwrap();
+        assert_eq!((s.mode, s.sync_period), (ProxyMode::Iptables, Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn fields_that_do_not_apply_are_warned_about_and_new_ones_applied() {
+        let (cfg, _) = KubeProxyConfiguration::parse(
+            "kp.yaml",
+            "clientConnection: {qps: 50, burst: 100}\nipvs: {scheduler: rr}\nbindAddress: 10.0.1.1\n\
+             oomScoreAdj: -500\nbindAddressHardFail: true\nlogging: {format: json}\n",
+        )
+        .unwrap();
+        let mut s = Settings::default();
+        s.apply_file("kp.yaml", &cfg).unwrap();
+        assert_eq!(s.node_ips, vec!["10.0.1.1".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!((s.oom_score_adj, s.bind_address_hard_fail, s.logging_format.as_str()), (Some(-500), true, "json"));
+        assert_eq!(s.notes.len(), 2, "{:?}", s.notes);
+        assert!(s.notes[0].starts_with("kp.yaml: clientConnection.qps/burst: accepted, no effect:"), "{:?}", s.notes);
+        assert!(s.notes[1].starts_with("kp.yaml: ipvs: accepted, no effect: IPVS mode"), "{:?}", s.notes);
+        let (bad, _) = KubeProxyConfiguration::parse("kp.yaml", "oomScoreAdj: 2000\n").unwrap();
+        let e = Settings::default().apply_file("kp.yaml", &bad).unwrap_err().to_string();
+        assert_eq!(e, "kp.yaml: oomScoreAdj: 2000 must be within [-1000, 1000]");
+    }
+
+    #[test]
+    fn written_configuration_reads_back_as_the_same_settings() {
+        let mut s = Settings::default();
+        s.mode = ProxyMode::Iptables;
+        s.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap(), "fd00:10::/56".parse().unwrap()];
+        s.sync_period = Duration::from_secs(90);
+        s.min_sync_period = Duration::from_millis(500);
+        s.detect_local = DetectLocalMode::BridgeInterface("cbr0".into());
+        s.nodeport_addresses = Some(NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().unwrap()]));
+        s.conntrack.udp_timeout = Duration::from_secs(30);
+        s.metrics_bind_address = Some("0.0.0.0:9999".parse().unwrap());
+        s.kubeconfig = Some("/var/lib/kube-proxy/kubeconfig.conf".into());
+        let text = s.to_v1alpha1_yaml(Some("node-a"));
+        let (cfg, unknown) = KubeProxyConfiguration::parse("written", &text).unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}\n{text}");
+        let mut back = Settings::default();
+        back.apply_file("written", &cfg).unwrap();
+        assert_eq!(cfg.hostname_override.as_deref(), Some("node-a"));
+        back.hostname_override = None;
+        assert_eq!(back, s, "{text}");
+    }
+
+    /// kubeadm's and kind's kube-proxy ConfigMaps (every field, zero values for "default") give
+    /// kube-proxy's defaults and no warning.
+    #[test]
+    fn kubeadm_and_kind_configmaps_give_kube_proxys_defaults() {
+        for (name, text) in [
+            ("kubeadm", include_str!("../tests/fixtures/kubeadm-kube-proxy.conf")),
+            ("kind", include_str!("../tests/fixtures/kind-kube-proxy.conf")),
+        ] {
+            let (cfg, unknown) = KubeProxyConfiguration::parse(name, text).unwrap();
+            assert!(unknown.is_empty(), "{name}: {unknown:?}");
+            let mut s = Settings::default();
+            s.apply_file(name, &cfg).unwrap();
+            assert!(s.notes.is_empty(), "{name}: {:?}", s.notes);
+            assert_eq!(s.mode, ProxyMode::Nftables, "{name}");
+            assert_eq!(s.sync_period, Duration::from_secs(30), "{name}");
+            assert_eq!(s.min_sync_period, Duration::from_secs(1), "{name}");
+            assert_eq!(s.healthz_bind_address, Some("0.0.0.0:10256".parse().unwrap()), "{name}");
+            assert_eq!(s.masquerade_bit, 14, "{name}");
+            assert_eq!(s.detect_local, DetectLocalMode::ClusterCidr, "{name}");
+            assert_eq!(s.cluster_cidrs, vec!["10.244.0.0/16".parse::<IpNet>().unwrap()], "{name}");
+            assert_eq!(s.kubeconfig, Some(PathBuf::from("__KUBECONFIG__")), "{name}");
+            assert_eq!((s.oom_score_adj, s.conntrack.min), (Some(-999), 128 * 1024), "{name}");
+        }
+        let (kind, _) =
+            KubeProxyConfiguration::parse("kind", include_str!("../tests/fixtures/kind-kube-proxy.conf")).unwrap();
+        let mut s = Settings::default();
+        s.apply_file("kind", &kind).unwrap();
+        assert_eq!(s.conntrack.max_per_core, 0);
+        assert_eq!(s.metrics_bind_address, Some("0.0.0.0:10249".parse().unwrap()));
+        let (kubeadm, _) =
+            KubeProxyConfiguration::parse("kubeadm", include_str!("../tests/fixtures/kubeadm-kube-proxy.conf"))
+                .unwrap();
+        let mut s = Settings::default();
+        s.apply_file("kubeadm", &kubeadm).unwrap();
+        assert_eq!(s.metrics_bind_address, Some("127.0.0.1:10249".parse().unwrap()), "\"\" is the default address");
+        let (bare, _) = KubeProxyConfiguration::parse("kp", "healthzBindAddress: 10.0.1.1\n").unwrap();
+        let mut s = Settings::default();
+        s.apply_file("kp", &bare).unwrap();
+        assert_eq!(s.healthz_bind_address, Some("10.0.1.1:10256".parse().unwrap()), "a bare IP gets the port");
+    }
 
     #[test]
     fn go_durations() {
@@ -541,13 +906,17 @@ conntrack:
 
     #[test]
     fn file_sets_what_it_names() {
-        let cfg = KubeProxyConfiguration::parse("kp.yaml", FILE).unwrap();
+        let cfg = KubeProxyConfiguration::parse("kp.yaml", FILE).unwrap().0;
         let mut s = Settings::default();
         s.apply_file("kp.yaml", &cfg).unwrap();
         assert_eq!(s.kubeconfig.as_deref(), Some(std::path::Path::new("/var/lib/kube-proxy/kubeconfig.conf")));
         assert_eq!(s.cluster_cidrs.len(), 2);
         assert_eq!(s.metrics_bind_address, Some("0.0.0.0:10249".parse().unwrap()));
-        assert_eq!(s.healthz_bind_address, None, "an empty address disables the server");
+        assert_eq!(
+            s.healthz_bind_address,
+            Some("0.0.0.0:10256".parse().unwrap()),
+            "an empty address is kube-proxy's default, as its defaulting makes it"
+        );
         assert!(s.masquerade_all);
         // nftables mode reads the nftables section, not the iptables one.
         assert_eq!(s.sync_period, Duration::from_secs(60));
@@ -558,7 +927,7 @@ conntrack:
     #[test]
     fn iptables_mode_reads_its_own_section() {
         let text = FILE.replace("mode: nftables", "mode: iptables");
-        let cfg = KubeProxyConfiguration::parse("kp.yaml", &text).unwrap();
+        let cfg = KubeProxyConfiguration::parse("kp.yaml", &text).unwrap().0;
         let mut s = Settings::default();
         s.apply_file("kp.yaml", &cfg).unwrap();
         assert_eq!(s.mode, ProxyMode::Iptables);
@@ -570,18 +939,19 @@ conntrack:
     fn errors_name_the_field() {
         let e = KubeProxyConfiguration::parse("kp.yaml", "nftables:\n  syncPeriod: soon\n").unwrap_err().to_string();
         assert!(e.starts_with("kp.yaml: nftables.syncPeriod: invalid duration \"soon\""), "{e}");
-        let e = KubeProxyConfiguration::parse("kp.yaml", "nftable:\n  syncPeriod: 1s\n").unwrap_err().to_string();
-        assert!(e.contains("unknown field `nftable`"), "{e}");
+        // Unknown fields are kube-proxy's lenient case: reported, not an error.
+        let (_, unknown) = KubeProxyConfiguration::parse("kp.yaml", "nftable:\n  syncPeriod: 1s\n").unwrap();
+        assert_eq!(unknown, vec!["nftable".to_string()]);
         let e = KubeProxyConfiguration::parse("kp.yaml", "kind: KubeletConfiguration\n").unwrap_err().to_string();
         assert_eq!(e, "kp.yaml: kind: \"KubeletConfiguration\" (want KubeProxyConfiguration)");
-        let cfg = KubeProxyConfiguration::parse("kp.yaml", "mode: ipvs\n").unwrap();
+        let cfg = KubeProxyConfiguration::parse("kp.yaml", "mode: ipvs\n").unwrap().0;
         let e = Settings::default().apply_file("kp.yaml", &cfg).unwrap_err().to_string();
         assert_eq!(e, "kp.yaml: mode: unsupported proxy mode \"ipvs\" (want nftables or iptables)");
         let cfg =
-            KubeProxyConfiguration::parse("kp.yaml", "nftables:\n  minSyncPeriod: 1m\n  syncPeriod: 30s\n").unwrap();
+            KubeProxyConfiguration::parse("kp.yaml", "nftables:\n  minSyncPeriod: 1m\n  syncPeriod: 30s\n").unwrap().0;
         let e = Settings::default().apply_file("kp.yaml", &cfg).unwrap_err().to_string();
         assert!(e.starts_with("kp.yaml: nftables.minSyncPeriod: 60s must be less than"), "{e}");
-        let cfg = KubeProxyConfiguration::parse("kp.yaml", "metricsBindAddress: localhost\n").unwrap();
+        let cfg = KubeProxyConfiguration::parse("kp.yaml", "metricsBindAddress: localhost\n").unwrap().0;
         let e = Settings::default().apply_file("kp.yaml", &cfg).unwrap_err().to_string();
         assert_eq!(e, "kp.yaml: metricsBindAddress: \"localhost\" is not ip:port");
     }
@@ -601,7 +971,7 @@ mod deploy_tests {
             .find(|d| d["kind"] == "ConfigMap")
             .expect("a ConfigMap");
         let conf = cm["data"]["config.conf"].as_str().unwrap();
-        let cfg = KubeProxyConfiguration::parse("config.conf", conf).unwrap();
+        let cfg = KubeProxyConfiguration::parse("config.conf", conf).unwrap().0;
         let mut s = Settings::default();
         s.apply_file("config.conf", &cfg).unwrap();
         assert_eq!(s.mode, ProxyMode::Nftables);

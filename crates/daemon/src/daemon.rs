@@ -34,6 +34,9 @@ pub enum DaemonError {
     HealthzBind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("netlink socket: {0}")]
     Backend(std::io::Error),
+    /// kube-proxy exits when its `--config` file changes, to be restarted with the new one.
+    #[error("the configuration file {0} changed: exiting so that the restart reads it")]
+    ConfigChanged(String),
 }
 
 fn family_label(f: IpFamily) -> &'static str {
@@ -65,6 +68,9 @@ pub struct Proxy {
     /// This node's interface addresses (rtnetlink), for `--nodeport-addresses CIDR,…` and
     /// `primary`; None until read.
     local_addresses: Option<Vec<IpAddr>>,
+    /// Whether kube-proxy's (and our other mode's) leftovers were looked for: once, after the
+    /// first successful sync (see [`crate::migrate`]).
+    migrated: bool,
 }
 
 impl Proxy {
@@ -86,6 +92,7 @@ impl Proxy {
             stats: Stats::default(),
             trimmer: crate::heap::Trimmer::new(Duration::from_secs(10)),
             local_addresses: None,
+            migrated: false,
         })
     }
 
@@ -230,6 +237,17 @@ impl Proxy {
                 if let Some(t) = self.trimmer.after_sync(done.full) {
                     tracing::debug!(seconds = t.as_secs_f64(), "free heap pages returned to the kernel");
                 }
+                if !self.migrated {
+                    self.migrated = true;
+                    let mode = self.settings.mode;
+                    let m = tokio::task::block_in_place(|| crate::migrate::remove_leftovers(mode));
+                    for r in &m.removed {
+                        tracing::info!("removed a leftover rule set: {r}");
+                    }
+                    for e in &m.errors {
+                        tracing::warn!("removing leftovers of kube-proxy or of our other mode: {e}");
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!("{e}; the previous rules stay in place, a full sync follows");
@@ -302,10 +320,18 @@ impl Proxy {
 
 /// Binds the metrics and health servers. Errors name the flag.
 pub async fn serve_http(proxy: &Proxy) -> Result<(), DaemonError> {
+    let hard_fail = proxy.settings.bind_address_hard_fail;
     if let Some(addr) = proxy.settings.metrics_bind_address {
-        let l =
-            tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::MetricsBind { addr, source })?;
         let (m, mode) = (proxy.metrics.clone(), proxy.settings.mode);
+        // kube-proxy's component pages: the configuration in force and the flags given.
+        let configz = serde_json::json!({
+            "kubeproxy.config.k8s.io": proxy.settings.to_v1alpha1(Some(&proxy.node_name))
+        })
+        .to_string();
+        let flagz = format!(
+            "kube-proxy flags\nWarning: This endpoint is not meant to be machine parseable, has no formatting compatibility guarantees and is for debugging purposes only.\n\n{}\n",
+            proxy.settings.flags.join("\n")
+        );
         let app = axum::Router::new()
             .route(
                 "/metrics",
@@ -322,20 +348,85 @@ pub async fn serve_http(proxy: &Proxy) -> Result<(), DaemonError> {
                     }
                 }),
             )
+            .route(
+                "/configz",
+                axum::routing::get(move || async move {
+                    ([(axum::http::header::CONTENT_TYPE, "application/json")], configz)
+                }),
+            )
+            .route(
+                "/flagz",
+                axum::routing::get(move || async move {
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], flagz)
+                }),
+            )
             .merge(crate::health::router(proxy.health.clone(), proxy.metrics.clone()));
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
+        serve_on(addr, app, hard_fail, "--metrics-bind-address", |addr, source| DaemonError::MetricsBind {
+            addr,
+            source,
+        })
+        .await?;
     }
     if let Some(addr) = proxy.settings.healthz_bind_address {
-        let l =
-            tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::HealthzBind { addr, source })?;
         let app = crate::health::router(proxy.health.clone(), proxy.metrics.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
+        serve_on(addr, app, hard_fail, "--healthz-bind-address", |addr, source| DaemonError::HealthzBind {
+            addr,
+            source,
+        })
+        .await?;
     }
     Ok(())
+}
+
+/// Serves `app` on `addr`. A failed bind ends the process with `hard_fail`; otherwise it is
+/// retried every 5 s while the proxy runs (kube-proxy's `bindAddressHardFail: false`, its default).
+async fn serve_on(
+    addr: std::net::SocketAddr,
+    app: axum::Router,
+    hard_fail: bool,
+    flag: &'static str,
+    error: fn(std::net::SocketAddr, std::io::Error) -> DaemonError,
+) -> Result<(), DaemonError> {
+    let first = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) if hard_fail => return Err(error(addr, e)),
+        Err(e) => {
+            tracing::warn!("{flag} {addr}: {e}: retrying every 5 s (--bind-address-hard-fail makes this fatal)");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let mut listener = first;
+        while listener.is_none() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            listener = tokio::net::TcpListener::bind(addr).await.ok();
+            if listener.is_some() {
+                tracing::info!("{flag} {addr}: bound");
+            }
+        }
+        let _ = axum::serve(listener.expect("bound above"), app).await;
+    });
+    Ok(())
+}
+
+/// What identifies a file's content for a change check: size, inode and modification time (an
+/// atomic rename, a ConfigMap's symlink swap and an edit in place all change one of them).
+fn file_stamp(path: &std::path::Path) -> Option<(u64, u64, SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.ino(), m.modified().ok()?))
+}
+
+/// kube-proxy's one-time node set-up: the sysctls and conntrack limits, and this process's
+/// oom_score_adj. `run --init-only` does this and exits.
+pub fn init_node(settings: &Settings) {
+    crate::sysctls::apply_at_start(settings);
+    if let Some(v) = settings.oom_score_adj {
+        match std::fs::write("/proc/self/oom_score_adj", v.to_string()) {
+            Ok(()) => tracing::debug!(value = v, "oom_score_adj set"),
+            Err(e) => tracing::warn!("oom_score_adj {v}: {e}"),
+        }
+    }
 }
 
 /// Follows the kernel's address changes (rtnetlink multicast) on a thread of its own: each one
@@ -366,7 +457,7 @@ fn spawn_address_monitor(tx: mpsc::Sender<SourceEvent>) {
 /// restart must not interrupt traffic).
 pub async fn run(settings: Settings, node_name: String, source: Source) -> Result<(), DaemonError> {
     let mut proxy = Proxy::new(settings, node_name.clone())?;
-    crate::sysctls::apply_at_start(&proxy.settings);
+    init_node(&proxy.settings);
     proxy.refresh_local_addresses();
     serve_http(&proxy).await?;
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(1024);
@@ -386,6 +477,9 @@ pub async fn run(settings: Settings, node_name: String, source: Source) -> Resul
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let config_file = proxy.settings.config_file.clone();
+    let config_stamp = config_file.as_deref().map(file_stamp);
+    let mut config_poll = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(mode = ?proxy.settings.mode, node = %proxy.node_name, "waiting for the complete lists of Services and EndpointSlices");
     loop {
         let due = proxy.next_sync();
@@ -405,6 +499,13 @@ pub async fn run(settings: Settings, node_name: String, source: Source) -> Resul
                 }
             }
             _ = sleep => proxy.sync().await,
+            _ = config_poll.tick(), if config_file.is_some() => {
+                let path = config_file.as_deref().expect("checked");
+                if Some(file_stamp(path)) != config_stamp {
+                    source_task.abort();
+                    return Err(DaemonError::ConfigChanged(path.display().to_string()));
+                }
+            }
             _ = term.recv() => { tracing::info!("SIGTERM: exiting, rules left in place"); break }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted: exiting, rules left in place"); break }
         }

@@ -10,6 +10,7 @@ pub mod health;
 pub mod heap;
 pub mod manifests;
 pub mod metrics;
+pub mod migrate;
 pub mod runner;
 pub mod stats;
 pub mod sysctls;

@@ -26,7 +26,7 @@ fn tool(family: IpFamily, suffix: &str) -> String {
     if suffix.is_empty() { format!("{base}-legacy") } else { format!("{base}-legacy-{suffix}") }
 }
 
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
+pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
     let cmd = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)

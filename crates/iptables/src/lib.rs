@@ -4,6 +4,7 @@
 //! nftables backend and as a benchmark baseline.
 
 mod apply;
+pub mod leftovers;
 mod render;
 
 pub use apply::{IptablesError, cleanup, sync, with_stale_chains_deleted};

@@ -2,6 +2,7 @@
 
 mod debug_cmds;
 mod inspect;
+mod kube_proxy_flags;
 mod node_args;
 mod run_cmd;
 
@@ -152,7 +153,8 @@ fn run(cli: Cli) -> Result<()> {
             let (loaded, mut ctx) = args.load()?;
             // On the node itself: NodePorts follow its real interface addresses.
             ctx.local_addresses = Some(
-                nftproxy_nftables::addrs::interface_addresses().context("reading the interface addresses (rtnetlink)")?,
+                nftproxy_nftables::addrs::interface_addresses()
+                    .context("reading the interface addresses (rtnetlink)")?,
             );
             match args.backend {
                 Backend::Nftables => {
@@ -184,7 +186,9 @@ fn run(cli: Cli) -> Result<()> {
                             raise_only: false,
                             name: "net.ipv4.conf.all.route_localnet",
                         };
-                        if let nftproxy_daemon::sysctls::Outcome::Skipped(why) = nftproxy_daemon::sysctls::apply_one(&s, true) {
+                        if let nftproxy_daemon::sysctls::Outcome::Skipped(why) =
+                            nftproxy_daemon::sysctls::apply_one(&s, true)
+                        {
                             eprintln!("warning: {} not set: {why}", s.name);
                         }
                     }

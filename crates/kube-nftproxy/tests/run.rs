@@ -17,11 +17,11 @@ fn run_err(args: &[&str]) -> String {
 #[test]
 fn bad_flags_and_config_fail_with_one_line_naming_them() {
     let e = run_err(&["--sync-period", "soon"]);
-    assert!(e.contains("invalid value 'soon' for '--sync-period <DURATION>'"), "{e}");
+    assert!(e.contains("invalid value 'soon' for '--iptables-sync-period <DURATION>'"), "{e}");
     let e = run_err(&["--proxy-mode", "ipvs"]);
     assert!(e.contains("'--proxy-mode <MODE>'") && e.contains("unsupported proxy mode \"ipvs\""), "{e}");
     let e = run_err(&["--min-sync-period", "1m", "--sync-period", "30s"]);
-    assert_eq!(e.trim(), "kube-nftproxy: --min-sync-period: 60s must be less than or equal to syncPeriod 30s");
+    assert_eq!(e.trim(), "kube-nftproxy: --iptables-min-sync-period: 60s must be less than or equal to syncPeriod 30s");
     let e = run_err(&["--metrics-bind-address", "localhost"]);
     assert_eq!(e.trim(), "kube-nftproxy: --metrics-bind-address: \"localhost\" is not ip:port");
     let dir = TempDir::new(&format!("knp-run-{}", std::process::id()));
@@ -143,7 +143,12 @@ endpoints:
 
 /// Answered by every one of `want` (and nobody else) within `secs`, from `ns` to `to`; returns
 /// the source addresses the endpoints saw.
-fn answered_by(ns: &nftproxy_integration::Ns, to: &str, want: &[&str], secs: u64) -> std::collections::BTreeSet<std::net::IpAddr> {
+fn answered_by(
+    ns: &nftproxy_integration::Ns,
+    to: &str,
+    want: &[&str],
+    secs: u64,
+) -> std::collections::BTreeSet<std::net::IpAddr> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let (mut seen, mut sources) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
     while Instant::now() < deadline {
@@ -324,7 +329,9 @@ fn standalone_keeps_the_last_good_state_when_the_file_breaks() {
     answered_by(&lab.client, "10.96.0.10:80", &["ep1", "ep2"], 10);
     let table = || lab.node.exec("nft", &["list", "table", "ip", "kube-nftproxy"]);
     let before = table();
-    for broken in ["garbage: [\n".to_string(), String::new(), good[..good.len() * 2 / 3].to_string() + "- {addresses: [10.244"] {
+    for broken in
+        ["garbage: [\n".to_string(), String::new(), good[..good.len() * 2 / 3].to_string() + "- {addresses: [10.244"]
+    {
         std::fs::write(&file, &broken).unwrap();
         std::thread::sleep(Duration::from_millis(2200));
         answered_by(&lab.client, "10.96.0.10:80", &["ep1", "ep2"], 3);
@@ -359,7 +366,110 @@ fn standalone_keeps_the_last_good_state_when_the_file_breaks() {
     assert!(err.contains("line 1"), "{err}");
     assert_eq!(table(), before);
     std::fs::write(&file, "").unwrap();
-    let out = lab.node.command(env!("CARGO_BIN_EXE_kube-nftproxy")).args(["sync", "--from", file.to_str().unwrap()]).output().unwrap();
+    let out = lab
+        .node
+        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args(["sync", "--from", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "an empty file is refused without --allow-empty-manifests");
     assert_eq!(table(), before);
+}
+
+/// kube-proxy's one-shot modes: `--version`, `--write-config-to` (the effective configuration,
+/// which reads back to itself), `--init-only` (set-up, then exit).
+#[test]
+fn version_write_config_to_and_init_only() {
+    let bin = env!("CARGO_BIN_EXE_kube-nftproxy");
+    let out = Command::new(bin).args(["run", "--version"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("kube-nftproxy "));
+    let dir = TempDir::new(&format!("knp-wcfg-{}", std::process::id()));
+    let (first, second) = (dir.join("first.yaml"), dir.join("second.yaml"));
+    let out = Command::new(bin)
+        .args(["run", "--write-config-to", first.to_str().unwrap(), "--hostname-override", "Node-A "])
+        .args(["--proxy-mode", "iptables", "--iptables-sync-period", "45s", "--cluster-cidr", "10.244.0.0/16"])
+        .args(["--kube-api-qps", "20"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("--kube-api-qps: accepted, no effect"), "{log}");
+    let text = std::fs::read_to_string(&first).unwrap();
+    for want in ["mode: iptables", "syncPeriod: 45s", "hostnameOverride: node-a", "clusterCIDR: 10.244.0.0/16"] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    let out = Command::new(bin)
+        .args(["run", "--config", first.to_str().unwrap(), "--write-config-to", second.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&second).unwrap(), text, "written, read and written again: the same");
+
+    let lab = Lab::new(1);
+    let out = lab
+        .node
+        .command(bin)
+        .args(["run", "--init-only", "--conntrack-max-per-core", "0", "--conntrack-udp-timeout", "33s"])
+        .args(["--oom-score-adj", "-10"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && log.contains("--init-only"), "{log}");
+    let udp = lab.node.exec("cat", &["/proc/sys/net/netfilter/nf_conntrack_udp_timeout"]);
+    assert_eq!(udp.trim(), "33");
+    assert!(lab.node.exec("nft", &["list", "tables"]).trim().is_empty(), "--init-only programs no rules");
+}
+
+/// `/configz` and `/flagz` on the metrics port, and kube-proxy's restart when its `--config` file
+/// changes (the process exits; its DaemonSet starts it again with the new file).
+#[test]
+fn component_pages_and_exit_on_configuration_change() {
+    let lab = Lab::new(2);
+    let dir = TempDir::new(&format!("{}cfgz", lab.topo.prefix()));
+    let file = dir.join("cluster.yaml");
+    std::fs::write(&file, manifest(&[1, 2])).unwrap();
+    let cfg = dir.join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n\
+         metricsBindAddress: 127.0.0.1:10249\nhealthzBindAddress: \"\"\nfutureField: 1\n",
+    )
+    .unwrap();
+    let mut child = lab
+        .node
+        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args(["run", "--config", cfg.to_str().unwrap(), "--from", file.to_str().unwrap()])
+        .args(["--hostname-override", NODE, "--node-ip", "10.0.1.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    answered_by(&lab.client, "10.96.0.10:80", &["ep1", "ep2"], 10);
+    let (code, body) = http_get(&lab.node, "127.0.0.1:10249", "/configz");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let c = &v["kubeproxy.config.k8s.io"];
+    assert_eq!((c["mode"].as_str(), c["hostnameOverride"].as_str()), (Some("nftables"), Some(NODE)), "{body}");
+    // `""` in the file is kube-proxy's default address, not "off" (kubeadm writes `""`).
+    assert_eq!(c["healthzBindAddress"], "0.0.0.0:10256", "{body}");
+    let (code, body) = http_get(&lab.node, "127.0.0.1:10249", "/flagz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("kube-proxy flags\n") && body.contains(&format!("--hostname-override={NODE}")), "{body}");
+    // An edit of the file: the process ends, non-zero, saying why; the rules stay.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap() + "# edited\n").unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "still running 10 s after the configuration changed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("changed: exiting so that the restart reads it"), "{log}");
+    assert!(log.contains("lenient decoding") && log.contains("futureField"), "{log}");
+    answered_by(&lab.client, "10.96.0.10:80", &["ep1", "ep2"], 5);
 }

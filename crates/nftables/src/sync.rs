@@ -128,7 +128,8 @@ impl NftablesBackend {
     }
 
     /// Whether our table of `family` exists in the kernel.
-    fn table_exists(&mut self, family: Family) -> Result<bool, SyncError> {
+    /// Whether our table of `family` exists in the kernel.
+    pub fn table_exists(&mut self, family: Family) -> Result<bool, SyncError> {
         self.sock.table_exists(family.nfproto(), TABLE).map_err(|e| SyncError::Netlink { family, source: e.into() })
     }
 
@@ -256,6 +257,20 @@ impl NftablesBackend {
             self.last_gen = Some(generation);
         }
         Ok(None)
+    }
+
+    /// Deletes another program's table (kube-proxy's `kube-proxy` tables when taking over from
+    /// it); true if it was there. Never one of ours: that is [`NftablesBackend::cleanup`].
+    pub fn delete_foreign_table(&mut self, family: Family, name: &str) -> Result<bool, SyncError> {
+        assert_ne!(name, TABLE, "our own table goes through cleanup()");
+        let netlink = |e: std::io::Error| SyncError::Netlink { family, source: e.into() };
+        if !self.sock.table_exists(family.nfproto(), name).map_err(netlink)? {
+            return Ok(false);
+        }
+        let mut b = nftproxy_nft_wire::Batch::new(self.seq);
+        b.del_table(family.nfproto(), name);
+        self.commit(family, b, &mut SyncReport::default())?;
+        Ok(true)
     }
 
     /// Deletes our tables, and nothing else. Missing tables are fine.

@@ -29,7 +29,13 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] with extra environment variables.
-    pub fn start_env(node: &Ns, kubeconfig: &std::path::Path, log: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+    pub fn start_env(
+        node: &Ns,
+        kubeconfig: &std::path::Path,
+        log: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = node
             .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
@@ -46,6 +52,22 @@ impl Daemon {
             )
             .args(extra)
             .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn kube-nftproxy run");
+        Daemon { child: Some(child), log }
+    }
+
+    /// `kube-nftproxy run` with exactly these arguments (a kube-proxy command line as a
+    /// DaemonSet gives it).
+    pub fn start_exact(node: &Ns, log: PathBuf, args: &[&str]) -> Daemon {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = node
+            .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+            .arg("run")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -203,9 +225,9 @@ pub fn apply_deploy(cp: &ControlPlane) {
     assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]);
 }
 
-
 /// The lab node's flags, the same for `run --from` and the one-shot `sync`.
-pub const NODE_FLAGS: &[&str] = &["--hostname-override", NODE, "--node-ip", "10.0.1.1", "--cluster-cidr", "10.244.0.0/16"];
+pub const NODE_FLAGS: &[&str] =
+    &["--hostname-override", NODE, "--node-ip", "10.0.1.1", "--cluster-cidr", "10.244.0.0/16"];
 
 /// `kube-nftproxy sync --from FILE` with [`NODE_FLAGS`] in `ns`, once.
 pub fn sync_once(ns: &Ns, file: &std::path::Path) -> std::process::Output {
