@@ -184,6 +184,19 @@ fn http_get(ns: &nftproxy_integration::Ns, addr: &str, path: &str) -> (u16, Stri
     })
 }
 
+/// `run --config CFG --from FILE` as node-a (10.0.1.1) in the lab's node; stderr piped.
+fn standalone_with_config(lab: &Lab, cfg: &std::path::Path, file: &std::path::Path) -> std::process::Child {
+    lab.node
+        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args(["run", "--config", cfg.to_str().unwrap(), "--from", file.to_str().unwrap()])
+        .args(["--hostname-override", NODE, "--node-ip", "10.0.1.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// kube-proxy's settings through a KubeProxyConfiguration on the kernel: no Node object and
 /// still healthy; nftables.masqueradeBit; conntrack timeouts written into the node's namespace
 /// (nf_conntrack_max is read-only there: skipped with a warning, never silently); pod traffic
@@ -206,16 +219,7 @@ fn standalone_applies_kube_proxy_settings_and_follows_interface_addresses() {
          metricsBindAddress: \"\"\nhealthzBindAddress: 0.0.0.0:10256\n",
     )
     .unwrap();
-    let child = lab
-        .node
-        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
-        .args(["run", "--config", cfg.to_str().unwrap(), "--from", file.to_str().unwrap()])
-        .args(["--hostname-override", NODE, "--node-ip", "10.0.1.1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = standalone_with_config(&lab, &cfg, &file);
     // Off-cluster traffic is masqueraded with the configured mark; pod traffic (arriving on a
     // "pod…" interface) keeps its source.
     let masq = answered_by(&lab.client, "10.96.0.10:80", &["ep1", "ep2"], 10);
@@ -435,16 +439,7 @@ fn component_pages_and_exit_on_configuration_change() {
          metricsBindAddress: 127.0.0.1:10249\nhealthzBindAddress: \"\"\nfutureField: 1\n",
     )
     .unwrap();
-    let mut child = lab
-        .node
-        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
-        .args(["run", "--config", cfg.to_str().unwrap(), "--from", file.to_str().unwrap()])
-        .args(["--hostname-override", NODE, "--node-ip", "10.0.1.1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = standalone_with_config(&lab, &cfg, &file);
     answered_by(&lab.client, "10.96.0.10:80", &["ep1", "ep2"], 10);
     let (code, body) = http_get(&lab.node, "127.0.0.1:10249", "/configz");
     assert_eq!(code, 200, "{body}");

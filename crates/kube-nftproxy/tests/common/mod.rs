@@ -29,17 +29,9 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] with extra environment variables.
-    pub fn start_env(
-        node: &Ns,
-        kubeconfig: &std::path::Path,
-        log: PathBuf,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Daemon {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = node
-            .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
-            .arg("run")
+    pub fn start_env(node: &Ns, kubeconfig: &std::path::Path, log: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = node.command(env!("CARGO_BIN_EXE_kube-nftproxy"));
+        cmd.arg("run")
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--hostname-override", NODE, "--cluster-cidr", "10.244.0.0/16,fd00:244::/48"])
@@ -51,23 +43,21 @@ impl Daemon {
                     .unwrap_or_default(),
             )
             .args(extra)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn kube-nftproxy run");
-        Daemon { child: Some(child), log }
+            .envs(env.iter().copied());
+        Self::spawn(cmd, log)
     }
 
     /// `kube-nftproxy run` with exactly these arguments (a kube-proxy command line as a
     /// DaemonSet gives it).
     pub fn start_exact(node: &Ns, log: PathBuf, args: &[&str]) -> Daemon {
+        let mut cmd = node.command(env!("CARGO_BIN_EXE_kube-nftproxy"));
+        cmd.arg("run").args(args);
+        Self::spawn(cmd, log)
+    }
+
+    fn spawn(mut cmd: std::process::Command, log: PathBuf) -> Daemon {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = node
-            .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
-            .arg("run")
-            .args(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
