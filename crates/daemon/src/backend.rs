@@ -125,8 +125,7 @@ pub fn cleanup_all() -> Result<Vec<String>, String> {
         Err(e) => errors.push(format!("netlink: {e}")),
     }
     // Without iptables-legacy on the machine there can be no rules of ours in it.
-    let have_iptables = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("iptables-legacy-save").exists()));
+    let have_iptables = nftproxy_iptables::leftovers::on_path("iptables-legacy-save");
     for fam in [IpFamily::V4, IpFamily::V6].into_iter().filter(|_| have_iptables) {
         if let Err(e) = nftproxy_iptables::cleanup(fam) {
             errors.push(e.to_string());

@@ -398,6 +398,18 @@ impl Default for Settings {
     }
 }
 
+/// Why a kube-proxy setting changes nothing here: one text for a flag and its file field.
+pub mod no_effect {
+    pub const CONTENT_TYPE: &str = "kube-nftproxy's API client (kube-rs) sends and accepts JSON only";
+    pub const RATE_LIMIT: &str = "kube-nftproxy makes one list and one watch request per resource and reconnects with its own backoff (100 ms doubling to 1 s); it has no client-side rate limiter";
+    pub const FEATURE_GATES: &str = "kube-nftproxy implements kube-proxy v1.34 with every gate at its default";
+    pub const CONFIG_SYNC_PERIOD: &str = "kube-rs watchers keep no informer cache to resync from; every change arrives once and the sync period bounds drift";
+    pub const PROFILING: &str = "Go's pprof endpoints do not exist in a Rust binary";
+    pub const HIDDEN_METRICS: &str = "kube-nftproxy hides no metrics";
+    pub const IPVS: &str = "IPVS mode is not implemented; IPVS settings apply only in mode ipvs";
+    pub const WINDOWS: &str = "a Windows (winkernel) setting; it has no meaning on Linux";
+}
+
 /// Warnings for the file's fields that change nothing here, each with the reason.
 fn not_applicable_fields(file: &str, cfg: &KubeProxyConfiguration) -> Vec<String> {
     let mut out = Vec::new();
@@ -412,44 +424,24 @@ fn not_applicable_fields(file: &str, cfg: &KubeProxyConfiguration) -> Vec<String
     note(
         text(&cc.content_type) || text(&cc.accept_content_types),
         "clientConnection.contentType",
-        "kube-nftproxy's API client (kube-rs) sends and accepts JSON only",
+        no_effect::CONTENT_TYPE,
     );
     note(
         cc.qps.is_some_and(|q| q != 0.0) || cc.burst.is_some_and(|b| b != 0),
         "clientConnection.qps/burst",
-        "kube-nftproxy makes one list and one watch request per resource and reconnects with its own backoff; it has no client-side rate limiter",
+        no_effect::RATE_LIMIT,
     );
-    note(
-        cfg.feature_gates.as_ref().is_some_and(|g| !g.is_empty()),
-        "featureGates",
-        "kube-nftproxy implements kube-proxy v1.34 with every gate at its default",
-    );
-    note(
-        cfg.config_sync_period.is_some_and(|d| !d.0.is_zero()),
-        "configSyncPeriod",
-        "kube-rs watchers keep no informer cache to resync from; the sync period bounds drift",
-    );
-    note(cfg.enable_profiling == Some(true), "enableProfiling", "Go's pprof endpoints do not exist in a Rust binary");
+    note(cfg.feature_gates.as_ref().is_some_and(|g| !g.is_empty()), "featureGates", no_effect::FEATURE_GATES);
+    note(cfg.config_sync_period.is_some_and(|d| !d.0.is_zero()), "configSyncPeriod", no_effect::CONFIG_SYNC_PERIOD);
+    note(cfg.enable_profiling == Some(true), "enableProfiling", no_effect::PROFILING);
     note(
         cfg.show_hidden_metrics_for_version.as_ref().is_some_and(|v| !v.is_empty()),
         "showHiddenMetricsForVersion",
-        "kube-nftproxy hides no metrics",
+        no_effect::HIDDEN_METRICS,
     );
-    note(
-        cfg.ipvs.as_ref().is_some_and(set_to_something),
-        "ipvs",
-        "IPVS mode is not implemented; the section applies only with mode: ipvs",
-    );
-    note(
-        cfg.winkernel.as_ref().is_some_and(set_to_something),
-        "winkernel",
-        "a Windows section; it has no meaning on Linux",
-    );
-    note(
-        cfg.windows_run_as_service == Some(true),
-        "windowsRunAsService",
-        "a Windows setting; it has no meaning on Linux",
-    );
+    note(cfg.ipvs.as_ref().is_some_and(set_to_something), "ipvs", no_effect::IPVS);
+    note(cfg.winkernel.as_ref().is_some_and(set_to_something), "winkernel", no_effect::WINDOWS);
+    note(cfg.windows_run_as_service == Some(true), "windowsRunAsService", no_effect::WINDOWS);
     note(
         cfg.port_range.as_ref().is_some_and(|p| !p.is_empty()),
         "portRange",

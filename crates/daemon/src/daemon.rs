@@ -409,14 +409,6 @@ async fn serve_on(
     Ok(())
 }
 
-/// What identifies a file's content for a change check: size, inode and modification time (an
-/// atomic rename, a ConfigMap's symlink swap and an edit in place all change one of them).
-fn file_stamp(path: &std::path::Path) -> Option<(u64, u64, SystemTime)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.ino(), m.modified().ok()?))
-}
-
 /// kube-proxy's one-time node set-up: the sysctls and conntrack limits, and this process's
 /// oom_score_adj. `run --init-only` does this and exits.
 pub fn init_node(settings: &Settings) {
@@ -478,7 +470,7 @@ pub async fn run(settings: Settings, node_name: String, source: Source) -> Resul
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     let config_file = proxy.settings.config_file.clone();
-    let config_stamp = config_file.as_deref().map(file_stamp);
+    let config_stamp = config_file.as_deref().map(crate::manifests::file_stamp);
     let mut config_poll = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(mode = ?proxy.settings.mode, node = %proxy.node_name, "waiting for the complete lists of Services and EndpointSlices");
     loop {
@@ -501,7 +493,7 @@ pub async fn run(settings: Settings, node_name: String, source: Source) -> Resul
             _ = sleep => proxy.sync().await,
             _ = config_poll.tick(), if config_file.is_some() => {
                 let path = config_file.as_deref().expect("checked");
-                if Some(file_stamp(path)) != config_stamp {
+                if Some(crate::manifests::file_stamp(path)) != config_stamp {
                     source_task.abort();
                     return Err(DaemonError::ConfigChanged(path.display().to_string()));
                 }

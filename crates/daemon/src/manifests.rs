@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 
 /// Names, sizes, inodes and modification times of the manifest files: any change → reload.
 fn stamp(path: &Path) -> Vec<(PathBuf, u64, u64, Option<SystemTime>)> {
-    use std::os::unix::fs::MetadataExt;
     let mut files = vec![path.to_path_buf()];
     if path.is_dir() {
         files = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
@@ -22,14 +21,19 @@ fn stamp(path: &Path) -> Vec<(PathBuf, u64, u64, Option<SystemTime>)> {
     files
         .into_iter()
         .map(|p| {
-            let m = std::fs::metadata(&p).ok();
-            let len = m.as_ref().map_or(0, |m| m.len());
-            // The inode too: an atomic rename over the file is a change even at equal size and time.
-            let ino = m.as_ref().map_or(0, |m| m.ino());
-            let mtime = m.and_then(|m| m.modified().ok());
+            let (len, ino, mtime) = file_stamp(&p);
             (p, len, ino, mtime)
         })
         .collect()
+}
+
+/// One file's size, inode and modification time (zeros when it is missing). The inode too: an
+/// atomic rename over the file (an editor's save, a ConfigMap's symlink swap) is a change even
+/// at equal size and time.
+pub fn file_stamp(path: &Path) -> (u64, u64, Option<SystemTime>) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok();
+    (m.as_ref().map_or(0, |m| m.len()), m.as_ref().map_or(0, |m| m.ino()), m.and_then(|m| m.modified().ok()))
 }
 
 /// Loads `path` now and again after every change, sending complete lists each time.

@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 
 use nftproxy_model::IpFamily;
 
+use crate::leftovers::Variant;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
     #[error("{cmd}: {source}")]
@@ -17,13 +19,9 @@ pub enum IptablesError {
     Failed { cmd: String, stderr: String },
 }
 
-/// `iptables-legacy` / `ip6tables-legacy` (and `-restore`, `-save`).
+/// `iptables-legacy` / `ip6tables-legacy` (and `-restore`, `-save`): our iptables mode's.
 fn tool(family: IpFamily, suffix: &str) -> String {
-    let base = match family {
-        IpFamily::V4 => "iptables",
-        IpFamily::V6 => "ip6tables",
-    };
-    if suffix.is_empty() { format!("{base}-legacy") } else { format!("{base}-legacy-{suffix}") }
+    if suffix.is_empty() { Variant::Legacy.name(family) } else { Variant::Legacy.tool(family, suffix) }
 }
 
 pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
@@ -116,7 +114,7 @@ const FIXED_CHAINS: &[(&str, &str)] = &[
     ("nat", "KUBE-POSTROUTING"),
     ("nat", "KUBE-MARK-MASQ"),
 ];
-const SERVICE_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];
+pub(crate) const SERVICE_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];
 
 /// Chain names declared in a table of `iptables-save` (or restore) text.
 fn chains(text: &str, table: &str) -> BTreeSet<String> {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use nftproxy_model::IpFamily;
 
-use crate::apply::{IptablesError, run};
+use crate::apply::{IptablesError, SERVICE_PREFIXES, run};
 
 /// Which iptables a rule set lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +53,6 @@ const FIXED: &[(&str, &str)] = &[
     ("filter", "KUBE-PROXY-CANARY"),
     ("mangle", "KUBE-PROXY-CANARY"),
 ];
-/// Its per-service chains (nat).
-const SERVICE_PREFIXES: &[&str] = &["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];
 
 fn is_kube_proxy_chain(table: &str, chain: &str) -> bool {
     FIXED.iter().any(|(t, c)| *t == table && *c == chain)
@@ -145,7 +143,8 @@ pub fn plan_removal(save: &str) -> Vec<Removal> {
     out
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether `program` is installed (on `PATH`).
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).exists()))
 }
 

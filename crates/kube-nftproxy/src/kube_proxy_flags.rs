@@ -8,9 +8,8 @@
 use clap::Args;
 use nftproxy_daemon::Settings;
 use nftproxy_daemon::config::GoDuration;
+use nftproxy_daemon::config::no_effect::{self, IPVS, WINDOWS};
 
-const IPVS: &str = "IPVS mode is not implemented; this flag applies only with --proxy-mode ipvs";
-const WINDOWS: &str = "a Windows (winkernel) flag; it has no meaning on Linux";
 const LOGS_UNBUFFERED: &str = "logs are written to stderr as they happen, unbuffered";
 
 #[derive(Args, Debug, Default)]
@@ -93,26 +92,15 @@ impl NotApplicable {
                 out.push((flag, why.to_string(), config));
             }
         };
-        note(
-            self.kube_api_content_type.is_some(),
-            "kube-api-content-type",
-            "kube-nftproxy's API client (kube-rs) sends and accepts JSON only",
-            true,
-        );
-        let no_limiter = "kube-nftproxy makes one list and one watch request per resource and reconnects with its own backoff (100 ms doubling to 1 s); it has no client-side rate limiter";
-        note(self.kube_api_qps.is_some(), "kube-api-qps", no_limiter, true);
-        note(self.kube_api_burst.is_some(), "kube-api-burst", no_limiter, true);
-        note(
-            self.config_sync_period.is_some(),
-            "config-sync-period",
-            "kube-rs watchers keep no informer cache to resync from; every change arrives once and --iptables-sync-period bounds drift",
-            true,
-        );
-        note(self.profiling.is_some(), "profiling", "Go's pprof endpoints do not exist in a Rust binary", true);
+        note(self.kube_api_content_type.is_some(), "kube-api-content-type", no_effect::CONTENT_TYPE, true);
+        note(self.kube_api_qps.is_some(), "kube-api-qps", no_effect::RATE_LIMIT, true);
+        note(self.kube_api_burst.is_some(), "kube-api-burst", no_effect::RATE_LIMIT, true);
+        note(self.config_sync_period.is_some(), "config-sync-period", no_effect::CONFIG_SYNC_PERIOD, true);
+        note(self.profiling.is_some(), "profiling", no_effect::PROFILING, true);
         note(
             self.show_hidden_metrics_for_version.is_some(),
             "show-hidden-metrics-for-version",
-            "kube-nftproxy hides no metrics",
+            no_effect::HIDDEN_METRICS,
             true,
         );
         for (set, flag) in [
@@ -197,11 +185,14 @@ impl NotApplicable {
         if let Some(gates) = &self.feature_gates {
             for gate in gates.split(',').map(str::trim).filter(|g| !g.is_empty()) {
                 match gate.split_once('=') {
-                    Some((name, v)) if !name.trim().is_empty() && v.trim().parse::<bool>().is_ok() => notes.push(format!(
-                        "--feature-gates {}={}: accepted, no effect: kube-nftproxy implements kube-proxy v1.34 with every gate at its default",
-                        name.trim(),
-                        v.trim()
-                    )),
+                    Some((name, v)) if !name.trim().is_empty() && v.trim().parse::<bool>().is_ok() => {
+                        notes.push(format!(
+                            "--feature-gates {}={}: accepted, no effect: {}",
+                            name.trim(),
+                            v.trim(),
+                            no_effect::FEATURE_GATES
+                        ))
+                    }
                     _ => anyhow::bail!("--feature-gates: {gate:?} is not NAME=true|false"),
                 }
             }

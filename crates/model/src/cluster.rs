@@ -13,10 +13,10 @@ pub struct ClusterState {
     /// below in step.
     slices: BTreeMap<(String, String), EndpointSlice>,
     /// The slices of each Service: resolving a service must not scan its whole namespace (10,000
-    /// services in one namespace made that O(n²)). Slice names, sorted: a slice is in its
-    /// Service's namespace. A list, not a set: a Service has one slice or a few, and a BTreeSet
-    /// allocates a whole node (~560 bytes) for its first one.
-    slices_by_service: BTreeMap<ServiceName, Vec<String>>,
+    /// services in one namespace made that O(n²)). Keys into `slices`, sorted, held whole so that
+    /// a lookup (every resolve) allocates nothing. A list, not a set: a Service has one slice or
+    /// a few, and a BTreeSet allocates a whole node (~560 bytes) for its first one.
+    slices_by_service: BTreeMap<ServiceName, Vec<(String, String)>>,
     pub nodes: BTreeMap<String, Node>,
     /// `networking.k8s.io/v1` ServiceCIDR objects: name → `spec.cidrs`.
     pub service_cidr_objects: BTreeMap<String, Vec<ipnet::IpNet>>,
@@ -37,11 +37,10 @@ impl ClusterState {
         self.services.remove(name)
     }
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
-        debug_assert_eq!(slice.namespace, slice.service.namespace, "a slice belongs to a Service of its namespace");
         let key = (slice.namespace.clone(), slice.name.clone());
-        let names = self.slices_by_service.entry(slice.service.clone()).or_default();
-        if let Err(at) = names.binary_search(&slice.name) {
-            names.insert(at, slice.name.clone());
+        let keys = self.slices_by_service.entry(slice.service.clone()).or_default();
+        if let Err(at) = keys.binary_search(&key) {
+            keys.insert(at, key.clone());
         }
         let service = slice.service.clone();
         if let Some(old) = self.slices.insert(key.clone(), slice) {
@@ -58,11 +57,11 @@ impl ClusterState {
         Some(old)
     }
     fn unindex(&mut self, svc: &ServiceName, key: &(String, String)) {
-        if let Some(names) = self.slices_by_service.get_mut(svc) {
-            if let Ok(at) = names.binary_search(&key.1) {
-                names.remove(at);
+        if let Some(keys) = self.slices_by_service.get_mut(svc) {
+            if let Ok(at) = keys.binary_search(key) {
+                keys.remove(at);
             }
-            if names.is_empty() {
+            if keys.is_empty() {
                 self.slices_by_service.remove(svc);
             }
         }
@@ -86,11 +85,7 @@ impl ClusterState {
 
     /// The slices that belong to a Service (through the `kubernetes.io/service-name` label).
     pub fn slices_of<'a>(&'a self, svc: &'a ServiceName) -> impl Iterator<Item = &'a EndpointSlice> {
-        self.slices_by_service
-            .get(svc)
-            .into_iter()
-            .flatten()
-            .filter_map(|name| self.slices.get(&(svc.namespace.clone(), name.clone())))
+        self.slices_by_service.get(svc).into_iter().flatten().filter_map(|k| self.slices.get(k))
     }
 
     /// kube-proxy's EndpointSliceCache merge for one service port and family: every slice of the

@@ -226,9 +226,9 @@ fn element_diff(old: &BTreeMap<Key, ElemValue>, new: &BTreeMap<Key, ElemValue>) 
     (del, add)
 }
 
-/// Deletes our table (and nothing else).
-pub fn delete(family: crate::Family, first_seq: u32) -> Batch {
+/// Deletes one table: ours (cleanup), or kube-proxy's when taking over from it.
+pub fn delete(family: crate::Family, table: &str, first_seq: u32) -> Batch {
     let mut b = Batch::new(first_seq);
-    b.del_table(family.nfproto(), TABLE);
+    b.del_table(family.nfproto(), table);
     b
 }

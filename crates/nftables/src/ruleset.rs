@@ -439,7 +439,12 @@ mod packed_tests {
             for proto in [6u8, 17] {
                 for port in [9u16, 80, 256, 8080] {
                     for index in [0u32, 1, 255, 256, 70_000] {
-                        keys.push(vec![Field::Addr(ip(ip_)), Field::Proto(proto), Field::Port(port), Field::Index(index)]);
+                        keys.push(vec![
+                            Field::Addr(ip(ip_)),
+                            Field::Proto(proto),
+                            Field::Port(port),
+                            Field::Index(index),
+                        ]);
                     }
                 }
             }

@@ -269,9 +269,7 @@ impl NftablesBackend {
         if !self.sock.table_exists(family.nfproto(), name).map_err(netlink)? {
             return Ok(false);
         }
-        let mut b = nftproxy_nft_wire::Batch::new(self.seq);
-        b.del_table(family.nfproto(), name);
-        self.commit(family, b, &mut SyncReport::default())?;
+        self.commit(family, plan::delete(family, name, self.seq), &mut SyncReport::default())?;
         Ok(true)
     }
 
@@ -281,7 +279,7 @@ impl NftablesBackend {
             self.programmed.remove(&family);
             if self.table_exists(family)? {
                 let mut report = SyncReport::default();
-                self.commit(family, plan::delete(family, self.seq), &mut report)?;
+                self.commit(family, plan::delete(family, TABLE, self.seq), &mut report)?;
             }
         }
         self.built_for = None;

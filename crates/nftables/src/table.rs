@@ -78,7 +78,7 @@ impl Names {
         self.ids.insert(name.to_string(), id);
         id
     }
-    fn name(&self, id: NameId) -> &str {
+    fn name(&self, id: NameId) -> &String {
         &self.names[id as usize]
     }
 }
@@ -222,7 +222,7 @@ impl Table {
             }
         }
         for id in &frag.chains {
-            let name = &self.names.names[*id as usize];
+            let name = self.names.name(*id);
             if release(&mut self.chain_refs, name) {
                 let before = self.table.chains.remove(name);
                 if let Some(Route { from, .. }) = before.as_ref().and_then(|c| c.route.as_ref()) {
@@ -235,7 +235,7 @@ impl Table {
             }
         }
         for id in &frag.sets {
-            let name = &self.names.names[*id as usize];
+            let name = self.names.name(*id);
             if release(&mut self.set_refs, name) {
                 let before = self.table.sets.remove(name);
                 self.table.elements.remove(name);

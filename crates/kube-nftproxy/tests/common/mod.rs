@@ -29,7 +29,13 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] with extra environment variables.
-    pub fn start_env(node: &Ns, kubeconfig: &std::path::Path, log: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+    pub fn start_env(
+        node: &Ns,
+        kubeconfig: &std::path::Path,
+        log: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut cmd = node.command(env!("CARGO_BIN_EXE_kube-nftproxy"));
         cmd.arg("run")
             .arg("--kubeconfig")
