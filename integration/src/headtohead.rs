@@ -51,7 +51,7 @@ impl Proxy {
             Proxy::KubeProxyNftables => "kube-proxy v1.34.4, nftables",
             Proxy::KubeProxyIptables => "kube-proxy v1.34.4, iptables (iptables-nft)",
             Proxy::OursNftables => "kube-nftproxy, nftables",
-            Proxy::OursIptables => "kube-nftproxy, iptables (legacy)",
+            Proxy::OursIptables => "kube-nftproxy, iptables",
             Proxy::OursStandalone => "kube-nftproxy, nftables, standalone (`run --from` a manifest)",
         }
     }

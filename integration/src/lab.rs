@@ -130,8 +130,18 @@ impl Lab {
         self.backend.sync_cluster(&l.state, &ctx)
     }
 
-    /// Programs the node with the iptables-legacy backend instead (kube-proxy's iptables mode).
+    /// Programs the node with the iptables backend instead (kube-proxy's iptables mode), in
+    /// iptables-legacy.
     pub fn sync_iptables(&self, manifests: &str) -> Result<(), nftproxy_iptables::IptablesError> {
+        self.sync_iptables_in(nftproxy_iptables::Variant::Legacy, manifests)
+    }
+
+    /// Programs the node with the iptables backend in one iptables variant.
+    pub fn sync_iptables_in(
+        &self,
+        variant: nftproxy_iptables::Variant,
+        manifests: &str,
+    ) -> Result<(), nftproxy_iptables::IptablesError> {
         let mut l = Loaded::default();
         l.add_text("test", manifests);
         assert!(l.warnings.is_empty(), "test manifests have warnings: {:?}", l.warnings);
@@ -140,7 +150,7 @@ impl Lab {
         self.node.run(|| {
             for fam in [nftproxy_model::IpFamily::V4, nftproxy_model::IpFamily::V6] {
                 let text = nftproxy_iptables::render_cluster(fam, &l.state, &self.ctx, &opts);
-                nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)?;
+                nftproxy_iptables::sync(variant, fam, &text, opts.localhost_nodeports)?;
             }
             Ok(())
         })

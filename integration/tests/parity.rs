@@ -1,5 +1,7 @@
 //! Parity: the same cluster (examples/parity.yaml) programmed by the nftables backend and by the
-//! iptables-legacy backend (kube-proxy's iptables mode, byte for byte) in identical labs; every
+//! iptables backend (kube-proxy's iptables mode, byte for byte) in identical labs, the iptables
+//! one in both iptables variants (legacy x_tables and iptables-nft, as kube-proxy runs on nodes
+//! of either kind); every
 //! flow must give the same observable answer from both — which endpoints answered, which source
 //! address they saw, or refused vs dropped — and the answer kube-proxy gives.
 //!
@@ -11,15 +13,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use nftproxy_integration::lab::*;
+use nftproxy_iptables::Variant;
 use nftproxy_integration::{Ns, Outcome, Proto, Tally, tally};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Nftables,
-    Iptables,
+    Iptables(Variant),
 }
 
-const BACKENDS: [Backend; 2] = [Backend::Nftables, Backend::Iptables];
+const BACKENDS: [Backend; 3] =
+    [Backend::Nftables, Backend::Iptables(Variant::Legacy), Backend::Iptables(Variant::Nft)];
 
 fn parity_manifests() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/parity.yaml")).unwrap()
@@ -32,7 +36,7 @@ fn lab(b: Backend) -> Lab {
         Backend::Nftables => {
             lab.sync(&m).unwrap();
         }
-        Backend::Iptables => lab.sync_iptables(&m).unwrap(),
+        Backend::Iptables(v) => lab.sync_iptables_in(v, &m).unwrap(),
     }
     lab
 }
@@ -340,7 +344,7 @@ fn difference_unused_cluster_ip_ports_are_rejected_by_nftables_only() {
         let t = tally(&lab.client, Proto::Tcp, "10.96.1.10:81".parse().unwrap(), None, 2, Duration::from_secs(1));
         let want = match b {
             Backend::Nftables => Outcome::Refused,
-            Backend::Iptables => Outcome::Timeout,
+            Backend::Iptables(_) => Outcome::Timeout,
         };
         assert_eq!(t.count(|o| *o == want), 2, "{b:?}: {t:?}");
     }
@@ -358,16 +362,16 @@ fn difference_localhost_node_ports_exist_in_iptables_mode_only() {
             Backend::Nftables => {
                 lab.sync(&m).unwrap();
             }
-            Backend::Iptables => {
+            Backend::Iptables(v) => {
                 lab.node.sysctl("net.ipv4.conf.all.route_localnet", "1");
-                lab.sync_iptables(&m).unwrap();
+                lab.sync_iptables_in(v, &m).unwrap();
             }
         }
         let t = tally(&lab.node, Proto::Tcp, "127.0.0.1:30080".parse().unwrap(), None, 4, Duration::from_secs(1));
         let answered = t.count(|o| matches!(o, Outcome::Answered { .. }));
         match b {
             Backend::Nftables => assert_eq!(answered, 0, "{b:?}: {t:?}"),
-            Backend::Iptables => assert_eq!(answered, 4, "{b:?}: {t:?}"),
+            Backend::Iptables(_) => assert_eq!(answered, 4, "{b:?}: {t:?}"),
         }
         // Both serve the node's own address.
         let t = tally(&lab.client, Proto::Tcp, "10.0.1.1:30080".parse().unwrap(), None, 4, Duration::from_secs(1));
@@ -385,7 +389,7 @@ fn difference_source_ranges_without_endpoints_drop_in_nftables_mode_reject_in_ip
         let t = tally(&lab.pod_client, Proto::Tcp, "203.0.113.51:80".parse().unwrap(), None, 2, Duration::from_secs(1));
         let want = match b {
             Backend::Nftables => Outcome::Timeout,
-            Backend::Iptables => Outcome::Refused,
+            Backend::Iptables(_) => Outcome::Refused,
         };
         assert_eq!(t.count(|o| *o == want), 2, "{b:?}: {t:?}");
     }
@@ -408,7 +412,7 @@ fn difference_unallocated_cluster_ips_are_dropped_by_nftables_mode_only() {
             let t = tally(&lab.client, Proto::Tcp, to.parse().unwrap(), None, 2, Duration::from_secs(1));
             let want = match b {
                 Backend::Nftables => Outcome::Timeout,
-                Backend::Iptables => Outcome::Refused,
+                Backend::Iptables(_) => Outcome::Refused,
             };
             assert_eq!(t.count(|o| *o == want), 2, "{b:?} {to}: {t:?}");
         }
@@ -444,7 +448,7 @@ fn local_traffic_detection_modes_agree_on_both_backends() {
                 Backend::Nftables => {
                     lab.sync(&m).unwrap();
                 }
-                Backend::Iptables => lab.sync_iptables(&m).unwrap(),
+                Backend::Iptables(v) => lab.sync_iptables_in(v, &m).unwrap(),
             }
             let flows = [
                 f("pod client to a ClusterIP: kept", PodClient, "10.96.1.10:80", 30, Spread(ALL3, Kept)),
@@ -515,7 +519,7 @@ fn nodeport_cidrs_select_the_nodes_interface_addresses_on_both_backends() {
                 Backend::Nftables => {
                     lab.sync(&m).unwrap();
                 }
-                Backend::Iptables => lab.sync_iptables(&m).unwrap(),
+                Backend::Iptables(v) => lab.sync_iptables_in(v, &m).unwrap(),
             }
             let flow = |to: &str, eps: &'static [&'static str]| Flow {
                 name: "NodePort",

@@ -1,5 +1,6 @@
 //! The two data planes behind one interface: nftables over netlink (incremental, with drift
-//! checks) and kube-proxy's iptables-legacy rules (full restore per sync).
+//! checks) and kube-proxy's iptables rules (full restore per sync) in the iptables variant the
+//! node uses, legacy or nft, detected once at start as kube-proxy's image detects it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub enum Backend {
 /// kube-proxy's iptables mode: full restores, and the UDP conntrack reconciler over a netfilter
 /// socket of its own.
 pub struct IptablesBackend {
+    variant: nftproxy_iptables::Variant,
     opts: nftproxy_iptables::Options,
     conntrack: nftproxy_nftables::netlink::NftSocket,
     udp_services: nftproxy_nftables::conntrack::UdpServices,
@@ -46,6 +48,11 @@ impl Backend {
         Ok(match settings.mode {
             ProxyMode::Nftables => Backend::Nftables(Box::new(NftablesBackend::new()?)),
             ProxyMode::Iptables => Backend::Iptables(IptablesBackend {
+                variant: {
+                    let d = nftproxy_iptables::detect();
+                    tracing::info!("iptables mode uses iptables-{}: {}", d.variant, d.reason);
+                    d.variant
+                },
                 opts: settings.iptables_options(),
                 conntrack: nftproxy_nftables::netlink::NftSocket::open()?,
                 udp_services: Default::default(),
@@ -83,7 +90,7 @@ impl Backend {
             Backend::Iptables(b) => {
                 for fam in [IpFamily::V4, IpFamily::V6] {
                     let text = nftproxy_iptables::render_cluster(fam, state, ctx, &b.opts);
-                    nftproxy_iptables::sync(fam, &text, b.opts.localhost_nodeports)
+                    nftproxy_iptables::sync(b.variant, fam, &text, b.opts.localhost_nodeports)
                         .map_err(|e| BackendError { family: fam, message: e.to_string() })?;
                 }
                 // kube-proxy's iptables proxier runs the same reconciler after a sync that
@@ -98,6 +105,14 @@ impl Backend {
                 }
                 Ok(done)
             }
+        }
+    }
+
+    /// What this backend programs (what the take-over of a node must leave in place).
+    pub fn programs(&self) -> crate::migrate::Ours {
+        match self {
+            Backend::Nftables(_) => crate::migrate::Ours::Nftables,
+            Backend::Iptables(b) => crate::migrate::Ours::Iptables(b.variant),
         }
     }
 
@@ -124,15 +139,16 @@ pub fn cleanup_all() -> Result<Vec<String>, String> {
         }
         Err(e) => errors.push(format!("netlink: {e}")),
     }
-    // Without iptables-legacy on the machine there can be no rules of ours in it.
-    let have_iptables = nftproxy_iptables::leftovers::on_path("iptables-legacy-save");
-    for fam in [IpFamily::V4, IpFamily::V6].into_iter().filter(|_| have_iptables) {
-        if let Err(e) = nftproxy_iptables::cleanup(fam) {
-            errors.push(e.to_string());
+    // Our iptables mode's, in whichever variant it ran (an uninstalled one can hold none).
+    for variant in nftproxy_iptables::Variant::ALL.into_iter().filter(|v| v.installed()) {
+        for fam in [IpFamily::V4, IpFamily::V6] {
+            if let Err(e) = nftproxy_iptables::cleanup(variant, fam) {
+                errors.push(e.to_string());
+            }
         }
     }
     // kube-proxy's: what our nftables mode removes when it takes over, which is everything.
-    let m = crate::migrate::remove_leftovers(crate::config::ProxyMode::Nftables);
+    let m = crate::migrate::remove_leftovers(crate::migrate::Ours::Nftables);
     errors.extend(m.errors);
     if errors.is_empty() { Ok(m.removed) } else { Err(errors.join("; ")) }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use nftproxy_model::{DetectLocalMode, NodePortAddresses};
+
+use crate::validation::{Internal, failed_validate, validate, with_port};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,53 @@ impl<'de> Deserialize<'de> for GoDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration in the configuration file as kube-proxy reads it (`metav1.Duration`): a sign is
+/// allowed, and kube-proxy's validation (see [`crate::validation`]) rejects negative values with
+/// its own text naming the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FileDuration {
+    pub negative: bool,
+    pub magnitude: Duration,
+}
+
+impl FileDuration {
+    /// The duration, unless negative.
+    pub fn std(self) -> Option<Duration> {
+        (!self.negative || self.magnitude.is_zero()).then_some(self.magnitude)
+    }
+    pub fn is_zero(self) -> bool {
+        self.magnitude.is_zero()
+    }
+    pub fn is_negative(self) -> bool {
+        self.negative && !self.magnitude.is_zero()
+    }
+    /// Go's `time.Duration.String()`: `-1m0s`, `30s`.
+    pub fn go_string(self) -> String {
+        let text = go_duration_string(self.magnitude);
+        if self.is_negative() { format!("-{text}") } else { text }
+    }
+}
+
+impl From<Duration> for FileDuration {
+    fn from(magnitude: Duration) -> FileDuration {
+        FileDuration { negative: false, magnitude }
+    }
+}
+
+impl<'de> Deserialize<'de> for FileDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let t = s.trim();
+        let (negative, rest) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t),
+        };
+        parse_go_duration(rest)
+            .map(|magnitude| FileDuration { negative, magnitude })
+            .map_err(|_| serde::de::Error::custom(format!("invalid duration {s:?} (want e.g. 1s, 500ms, 1m30s)")))
     }
 }
 
@@ -156,7 +205,7 @@ pub struct KubeProxyConfiguration {
     pub node_port_addresses: Option<Vec<String>>,
     pub oom_score_adj: Option<i32>,
     pub conntrack: Option<Conntrack>,
-    pub config_sync_period: Option<GoDuration>,
+    pub config_sync_period: Option<FileDuration>,
     pub port_range: Option<String>,
     pub windows_run_as_service: Option<bool>,
 }
@@ -174,11 +223,11 @@ pub struct ClientConnection {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ModeConfig {
-    pub masquerade_bit: Option<u8>,
+    pub masquerade_bit: Option<i64>,
     pub masquerade_all: Option<bool>,
     pub localhost_node_ports: Option<bool>,
-    pub sync_period: Option<GoDuration>,
-    pub min_sync_period: Option<GoDuration>,
+    pub sync_period: Option<FileDuration>,
+    pub min_sync_period: Option<FileDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -193,11 +242,11 @@ pub struct DetectLocal {
 pub struct Conntrack {
     pub max_per_core: Option<i32>,
     pub min: Option<i32>,
-    pub tcp_established_timeout: Option<GoDuration>,
-    pub tcp_close_wait_timeout: Option<GoDuration>,
+    pub tcp_established_timeout: Option<FileDuration>,
+    pub tcp_close_wait_timeout: Option<FileDuration>,
     pub tcp_be_liberal: Option<bool>,
-    pub udp_timeout: Option<GoDuration>,
-    pub udp_stream_timeout: Option<GoDuration>,
+    pub udp_timeout: Option<FileDuration>,
+    pub udp_stream_timeout: Option<FileDuration>,
 }
 
 impl KubeProxyConfiguration {
@@ -432,7 +481,7 @@ fn not_applicable_fields(file: &str, cfg: &KubeProxyConfiguration) -> Vec<String
         no_effect::RATE_LIMIT,
     );
     note(cfg.feature_gates.as_ref().is_some_and(|g| !g.is_empty()), "featureGates", no_effect::FEATURE_GATES);
-    note(cfg.config_sync_period.is_some_and(|d| !d.0.is_zero()), "configSyncPeriod", no_effect::CONFIG_SYNC_PERIOD);
+    note(cfg.config_sync_period.is_some_and(|d| !d.is_zero()), "configSyncPeriod", no_effect::CONFIG_SYNC_PERIOD);
     note(cfg.enable_profiling == Some(true), "enableProfiling", no_effect::PROFILING);
     note(
         cfg.show_hidden_metrics_for_version.as_ref().is_some_and(|v| !v.is_empty()),
@@ -464,15 +513,6 @@ fn set_to_something(v: &serde_yaml::Value) -> bool {
     }
 }
 
-/// kube-proxy's `AppendPortIfNeeded`: a bare IP gets the default port.
-fn with_port(addr: &str, port: u16) -> String {
-    let a = addr.trim();
-    match a.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
-        Ok(ip) => format!("{ip}:{port}"),
-        Err(_) => a.to_string(),
-    }
-}
 
 /// kube-proxy's bind-address form: `ip:port`, or empty to disable.
 pub fn parse_bind_address(s: &str) -> Result<Option<SocketAddr>, String> {
@@ -504,6 +544,10 @@ impl Settings {
     /// Applies a configuration file over the defaults (flags are applied after, by the caller).
     pub fn apply_file(&mut self, file: &str, cfg: &KubeProxyConfiguration) -> Result<(), ConfigError> {
         let err = |field: &str, message: String| ConfigError::Field { file: file.into(), field: field.into(), message };
+        // kube-proxy's validation first, with its texts; what follows reads validated values.
+        if let Some(message) = failed_validate(&validate(&Internal::from_file(cfg))) {
+            return Err(ConfigError::File { file: file.into(), message });
+        }
         if let Some(k) = cfg.client_connection.as_ref().and_then(|c| c.kubeconfig.as_ref()).filter(|k| !k.is_empty()) {
             self.kubeconfig = Some(k.into());
         }
@@ -534,9 +578,6 @@ impl Settings {
             self.bind_address_hard_fail = v;
         }
         if let Some(v) = cfg.oom_score_adj {
-            if !(-1000..=1000).contains(&v) {
-                return Err(err("oomScoreAdj", format!("{v} must be within [-1000, 1000]")));
-            }
             self.oom_score_adj = Some(v);
         }
         if let Some(f) = cfg.logging.as_ref().and_then(|l| l.get("format")).and_then(|f| f.as_str()) {
@@ -567,15 +608,9 @@ impl Settings {
             let c = &mut self.conntrack;
             c.tcp_be_liberal = self.conntrack_tcp_be_liberal;
             if let Some(v) = ct.max_per_core {
-                if v < 0 {
-                    return Err(err("conntrack.maxPerCore", format!("{v} must be greater than or equal to 0")));
-                }
                 c.max_per_core = v;
             }
             if let Some(v) = ct.min {
-                if v < 0 {
-                    return Err(err("conntrack.min", format!("{v} must be greater than or equal to 0")));
-                }
                 c.min = v;
             }
             for (value, slot) in [
@@ -584,7 +619,7 @@ impl Settings {
                 (ct.udp_timeout, &mut c.udp_timeout),
                 (ct.udp_stream_timeout, &mut c.udp_stream_timeout),
             ] {
-                if let Some(GoDuration(d)) = value {
+                if let Some(d) = value.and_then(FileDuration::std) {
                     *slot = d;
                 }
             }
@@ -616,23 +651,20 @@ impl Settings {
                 self.masquerade_all = v;
             }
             if let Some(v) = m.masquerade_bit {
-                if v > 31 {
-                    return Err(err(&format!("{name}.masqueradeBit"), format!("{v} is not in 0..31")));
-                }
-                self.masquerade_bit = v;
+                self.masquerade_bit = u8::try_from(v).map_err(|_| err(&format!("{name}.masqueradeBit"), format!("{v}")))?;
             }
             if let Some(v) = m.localhost_node_ports {
                 self.localhost_nodeports = v;
             }
             // Zero means unset in the file (kube-proxy's defaulting: 30s and 1s).
-            if let Some(GoDuration(d)) = m.sync_period.filter(|d| !d.0.is_zero()) {
+            if let Some(d) = m.sync_period.filter(|d| !d.is_zero()).and_then(FileDuration::std) {
                 self.sync_period = d;
             }
-            if let Some(GoDuration(d)) = m.min_sync_period.filter(|d| !d.0.is_zero()) {
+            if let Some(d) = m.min_sync_period.filter(|d| !d.is_zero()).and_then(FileDuration::std) {
                 self.min_sync_period = d;
             }
         }
-        self.validate().map_err(|(field, msg)| err(&format!("{name}.{field}"), msg))
+        Ok(())
     }
 
     /// The NodePort addresses in force: the configured ones, else the mode's default.
@@ -726,20 +758,6 @@ impl Settings {
     pub fn effective_localhost_nodeports(&self) -> bool {
         self.iptables_options().localhost_nodeports
     }
-
-    /// kube-proxy's validation of the sync periods.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.sync_period.is_zero() {
-            return Err(("syncPeriod", "must be greater than 0".into()));
-        }
-        if self.min_sync_period > self.sync_period {
-            return Err((
-                "minSyncPeriod",
-                format!("{:?} must be less than or equal to syncPeriod {:?}", self.min_sync_period, self.sync_period),
-            ));
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -794,7 +812,10 @@ mod tests {
         assert!(s.notes[1].starts_with("kp.yaml: ipvs: accepted, no effect: IPVS mode"), "{:?}", s.notes);
         let (bad, _) = KubeProxyConfiguration::parse("kp.yaml", "oomScoreAdj: 2000\n").unwrap();
         let e = Settings::default().apply_file("kp.yaml", &bad).unwrap_err().to_string();
-        assert_eq!(e, "kp.yaml: oomScoreAdj: 2000 must be within [-1000, 1000]");
+        assert_eq!(
+            e,
+            "kp.yaml: failed validate: KubeProxyConfiguration.KubeProxyLinuxConfiguration.OOMScoreAdj: Invalid value: 2000: must be within the range [-1000, 1000]"
+        );
     }
 
     #[test]
@@ -942,10 +963,16 @@ conntrack:
         let cfg =
             KubeProxyConfiguration::parse("kp.yaml", "nftables:\n  minSyncPeriod: 1m\n  syncPeriod: 30s\n").unwrap().0;
         let e = Settings::default().apply_file("kp.yaml", &cfg).unwrap_err().to_string();
-        assert!(e.starts_with("kp.yaml: nftables.minSyncPeriod: 60s must be less than"), "{e}");
+        assert_eq!(
+            e,
+            "kp.yaml: failed validate: KubeProxyConfiguration.SyncPeriod: Invalid value: \"1m0s\": must be greater than or equal to KubeProxyConfiguration.MinSyncPeriod"
+        );
         let cfg = KubeProxyConfiguration::parse("kp.yaml", "metricsBindAddress: localhost\n").unwrap().0;
         let e = Settings::default().apply_file("kp.yaml", &cfg).unwrap_err().to_string();
-        assert_eq!(e, "kp.yaml: metricsBindAddress: \"localhost\" is not ip:port");
+        assert_eq!(
+            e,
+            "kp.yaml: failed validate: KubeProxyConfiguration.MetricsBindAddress: Invalid value: \"localhost\": must be IP:port"
+        );
     }
 }
 

@@ -239,8 +239,8 @@ impl Proxy {
                 }
                 if !self.migrated {
                     self.migrated = true;
-                    let mode = self.settings.mode;
-                    let m = tokio::task::block_in_place(|| crate::migrate::remove_leftovers(mode));
+                    let ours = self.backend.programs();
+                    let m = tokio::task::block_in_place(|| crate::migrate::remove_leftovers(ours));
                     for r in &m.removed {
                         tracing::info!("removed a leftover rule set: {r}");
                     }

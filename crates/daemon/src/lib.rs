@@ -15,6 +15,7 @@ pub mod runner;
 pub mod stats;
 pub mod sysctls;
 pub mod tracker;
+pub mod validation;
 
 pub use config::{KubeProxyConfiguration, ProxyMode, Settings};
 pub use daemon::{DaemonError, Proxy, Source, run};

@@ -5,8 +5,8 @@
 //!
 //! | our mode | removed |
 //! |---|---|
-//! | nftables | kube-proxy's `ip`/`ip6 kube-proxy` tables; kube-proxy's iptables chains in iptables-legacy and iptables-nft (the legacy ones are also our iptables mode's) |
-//! | iptables | kube-proxy's `kube-proxy` tables and our `kube-nftproxy` tables; kube-proxy's chains in iptables-nft (those in iptables-legacy are the ones we now program) |
+//! | nftables | kube-proxy's `ip`/`ip6 kube-proxy` tables; kube-proxy's iptables chains in iptables-legacy and iptables-nft (they are also our iptables mode's) |
+//! | iptables in variant V | kube-proxy's `kube-proxy` tables and our `kube-nftproxy` tables; kube-proxy's (and our) chains in the other variant (those in V are the ones we now program) |
 //!
 //! IPVS leftovers are out of scope: kube-nftproxy has no IPVS mode.
 
@@ -14,7 +14,13 @@ use nftproxy_iptables::leftovers::{Variant, remove_kube_proxy_leftovers};
 use nftproxy_model::IpFamily;
 use nftproxy_nftables::{Family, NftablesBackend};
 
-use crate::config::ProxyMode;
+/// What this node's proxy programs now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ours {
+    Nftables,
+    /// kube-proxy's iptables rules, in this variant (legacy or nft).
+    Iptables(Variant),
+}
 
 /// kube-proxy's nftables mode's table name (both families).
 pub const KUBE_PROXY_TABLE: &str = "kube-proxy";
@@ -26,8 +32,8 @@ pub struct Migration {
     pub errors: Vec<String>,
 }
 
-/// Removes the leftovers `mode` does not own (see the module's table).
-pub fn remove_leftovers(mode: ProxyMode) -> Migration {
+/// Removes the leftovers that `ours` does not own (see the module's table).
+pub fn remove_leftovers(ours: Ours) -> Migration {
     let mut m = Migration::default();
     match NftablesBackend::new() {
         Ok(mut nft) => {
@@ -40,7 +46,7 @@ pub fn remove_leftovers(mode: ProxyMode) -> Migration {
                     Err(e) => m.errors.push(e.to_string()),
                 }
             }
-            if mode == ProxyMode::Iptables {
+            if matches!(ours, Ours::Iptables(_)) {
                 // Our nftables mode's tables: gone as a whole (both families).
                 let had: Vec<&str> = [Family::V4, Family::V6]
                     .into_iter()
@@ -57,11 +63,11 @@ pub fn remove_leftovers(mode: ProxyMode) -> Migration {
         }
         Err(e) => m.errors.push(format!("netlink: {e}")),
     }
-    let variants: &[Variant] = match mode {
-        ProxyMode::Nftables => &Variant::ALL,
-        ProxyMode::Iptables => &[Variant::Nft],
+    let variants: Vec<Variant> = match ours {
+        Ours::Nftables => Variant::ALL.to_vec(),
+        Ours::Iptables(v) => vec![v.other()],
     };
-    for &variant in variants {
+    for variant in variants {
         for family in [IpFamily::V4, IpFamily::V6] {
             match remove_kube_proxy_leftovers(family, variant) {
                 Ok(lines) => m.removed.extend(lines.into_iter().map(|l| format!("{}: {l}", variant.name(family)))),

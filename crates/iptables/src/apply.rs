@@ -1,4 +1,5 @@
-//! Applying the restore text with iptables-legacy, the way kube-proxy does: jump rules from the
+//! Applying the restore text with the node's iptables (legacy or nft, see [`crate::variant`]), the
+//! way kube-proxy does: jump rules from the
 //! built-in chains ensured one by one (they cannot be part of a `--noflush` restore without
 //! duplicating), then one `iptables-restore --noflush --counters` that rewrites our chains and
 //! deletes stale service chains. Cleanup removes our jumps and our chains, nothing else.
@@ -9,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use nftproxy_model::IpFamily;
 
-use crate::leftovers::Variant;
+use crate::variant::Variant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
@@ -19,9 +20,9 @@ pub enum IptablesError {
     Failed { cmd: String, stderr: String },
 }
 
-/// `iptables-legacy` / `ip6tables-legacy` (and `-restore`, `-save`): our iptables mode's.
-fn tool(family: IpFamily, suffix: &str) -> String {
-    if suffix.is_empty() { Variant::Legacy.name(family) } else { Variant::Legacy.tool(family, suffix) }
+/// `iptables-nft` / `ip6tables-legacy` (and `-restore`, `-save`).
+fn tool(variant: Variant, family: IpFamily, suffix: &str) -> String {
+    if suffix.is_empty() { variant.name(family) } else { variant.tool(family, suffix) }
 }
 
 pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
@@ -155,9 +156,9 @@ pub fn with_stale_chains_deleted(text: &str, existing_nat: &str) -> String {
     out
 }
 
-/// Programs the current network namespace: jumps, then one restore.
-pub fn sync(family: IpFamily, text: &str, localhost_nodeports: bool) -> Result<(), IptablesError> {
-    let ipt = tool(family, "");
+/// Programs the current network namespace with one iptables variant: jumps, then one restore.
+pub fn sync(variant: Variant, family: IpFamily, text: &str, localhost_nodeports: bool) -> Result<(), IptablesError> {
+    let ipt = tool(variant, family, "");
     let kubelet: &[Jump] = if family == IpFamily::V4 && localhost_nodeports { KUBELET_JUMPS } else { &[] };
     for jump in JUMPS.iter().chain(kubelet) {
         // EnsureChain, then EnsureRule(Prepend).
@@ -171,15 +172,16 @@ pub fn sync(family: IpFamily, text: &str, localhost_nodeports: bool) -> Result<(
             run(&ipt, &insert, None)?;
         }
     }
-    let existing = run(&tool(family, "save"), &["-t", "nat"], None)?;
+    let existing = run(&tool(variant, family, "save"), &["-t", "nat"], None)?;
     let full = with_stale_chains_deleted(text, &existing);
-    run(&tool(family, "restore"), &["-w", "--noflush", "--counters"], Some(&full))?;
+    run(&tool(variant, family, "restore"), &["-w", "--noflush", "--counters"], Some(&full))?;
     Ok(())
 }
 
-/// Removes our jump rules and our chains from the current network namespace.
-pub fn cleanup(family: IpFamily) -> Result<(), IptablesError> {
-    let ipt = tool(family, "");
+/// Removes our jump rules and our chains from one iptables variant of the current network
+/// namespace.
+pub fn cleanup(variant: Variant, family: IpFamily) -> Result<(), IptablesError> {
+    let ipt = tool(variant, family, "");
     for jump in JUMPS.iter().chain(KUBELET_JUMPS) {
         let mut del = vec!["-w", "-t", jump.table, "-D", jump.from];
         let args = jump.args();
@@ -187,7 +189,7 @@ pub fn cleanup(family: IpFamily) -> Result<(), IptablesError> {
         while run(&ipt, &del, None).is_ok() {}
     }
     for table in ["filter", "nat"] {
-        let existing = chains(&run(&tool(family, "save"), &["-t", table], None)?, table);
+        let existing = chains(&run(&tool(variant, family, "save"), &["-t", table], None)?, table);
         let ours: Vec<&String> = existing
             .iter()
             .filter(|c| {

@@ -11,32 +11,7 @@ use std::collections::BTreeSet;
 use nftproxy_model::IpFamily;
 
 use crate::apply::{IptablesError, SERVICE_PREFIXES, run};
-
-/// Which iptables a rule set lives in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Variant {
-    Legacy,
-    Nft,
-}
-
-impl Variant {
-    pub const ALL: [Variant; 2] = [Variant::Legacy, Variant::Nft];
-    pub fn word(self) -> &'static str {
-        match self {
-            Variant::Legacy => "legacy",
-            Variant::Nft => "nft",
-        }
-    }
-    /// `iptables-nft`, `ip6tables-legacy`.
-    pub fn name(self, family: IpFamily) -> String {
-        let base = if family == IpFamily::V4 { "iptables" } else { "ip6tables" };
-        format!("{base}-{}", self.word())
-    }
-    /// `iptables-nft-save`, `ip6tables-legacy-restore`, …
-    pub fn tool(self, family: IpFamily, suffix: &str) -> String {
-        format!("{}-{suffix}", self.name(family))
-    }
-}
+pub use crate::variant::{Variant, on_path};
 
 /// kube-proxy v1.34's `CleanupLeftovers` chains, per table.
 const FIXED: &[(&str, &str)] = &[
@@ -141,11 +116,6 @@ pub fn plan_removal(save: &str) -> Vec<Removal> {
         }
     }
     out
-}
-
-/// Whether `program` is installed (on `PATH`).
-pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).exists()))
 }
 
 /// Removes kube-proxy's iptables leftovers of one family in one variant (nothing when that

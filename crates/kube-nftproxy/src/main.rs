@@ -35,7 +35,8 @@ enum Output {
 pub(crate) enum Backend {
     /// nf_tables over netlink: tables `ip kube-nftproxy` and `ip6 kube-nftproxy`.
     Nftables,
-    /// kube-proxy's iptables mode, exactly: iptables-legacy(-restore) chains KUBE-*.
+    /// kube-proxy's iptables mode, exactly: chains KUBE-* through iptables-restore of the node's
+    /// iptables (legacy or nft, see --iptables-variant).
     Iptables,
 }
 
@@ -97,6 +98,9 @@ enum Command {
     Cleanup {
         #[arg(long, value_enum, default_value = "nftables")]
         backend: Backend,
+        /// With `--backend iptables`: `auto` removes our chains from both iptables variants.
+        #[arg(long = "iptables-variant", value_enum, default_value = "auto")]
+        variant: node_args::VariantArg,
     },
     /// Show, for every service port, its frontends and the endpoints kube-proxy's rules choose on
     /// this node (cluster-wide and node-local).
@@ -137,8 +141,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Backend::Iptables => {
                     for fam in [IpFamily::V4, IpFamily::V6] {
-                        let tool =
-                            if fam == IpFamily::V6 { "ip6tables-legacy-restore" } else { "iptables-legacy-restore" };
+                        let tool = if fam == IpFamily::V6 { "ip6tables-restore" } else { "iptables-restore" };
                         println!("# {fam}: input for {tool}");
                         print!(
                             "{}",
@@ -192,11 +195,17 @@ fn run(cli: Cli) -> Result<()> {
                             eprintln!("warning: {} not set: {why}", s.name);
                         }
                     }
+                    let variant = args.iptables.variant.resolve();
                     for fam in [IpFamily::V4, IpFamily::V6] {
                         let text = nftproxy_iptables::render_cluster(fam, &loaded.state, &ctx, &opts);
-                        nftproxy_iptables::sync(fam, &text, opts.localhost_nodeports)?;
+                        nftproxy_iptables::sync(variant.variant, fam, &text, opts.localhost_nodeports)?;
                     }
-                    eprintln!("synced {} service(s) with iptables-legacy-restore", loaded.state.services.len());
+                    eprintln!(
+                        "synced {} service(s) with iptables-{}-restore ({})",
+                        loaded.state.services.len(),
+                        variant.variant,
+                        variant.reason
+                    );
                 }
             }
             Ok(())
@@ -204,13 +213,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_cmd::run(*args),
         Command::Explain(args) => debug_cmds::run_explain(*args),
         Command::Trace(args) => debug_cmds::run_trace(args),
-        Command::Cleanup { backend: Backend::Nftables } => {
+        Command::Cleanup { backend: Backend::Nftables, .. } => {
             NftablesBackend::new().context("opening the nf_tables netlink socket")?.cleanup()?;
             Ok(())
         }
-        Command::Cleanup { backend: Backend::Iptables } => {
-            for fam in [IpFamily::V4, IpFamily::V6] {
-                nftproxy_iptables::cleanup(fam)?;
+        Command::Cleanup { backend: Backend::Iptables, variant } => {
+            let variants = match variant {
+                node_args::VariantArg::Auto => {
+                    nftproxy_iptables::Variant::ALL.into_iter().filter(|v| v.installed()).collect()
+                }
+                chosen => vec![chosen.resolve().variant],
+            };
+            for v in variants {
+                for fam in [IpFamily::V4, IpFamily::V6] {
+                    nftproxy_iptables::cleanup(v, fam)?;
+                }
             }
             Ok(())
         }

@@ -109,6 +109,30 @@ pub struct IptablesArgs {
     /// The masquerade mark is 1 << this bit.
     #[arg(long = "iptables-masquerade-bit", default_value_t = 14, value_parser = clap::value_parser!(u8).range(0..=31))]
     pub masquerade_bit: u8,
+    /// Which iptables `sync` and `cleanup` use: `auto` detects it as kube-proxy's image does
+    /// (kubelet's KUBE-IPTABLES-HINT chain in iptables-nft, else in iptables-legacy, else nft).
+    #[arg(long = "iptables-variant", value_enum, default_value = "auto")]
+    pub variant: VariantArg,
+}
+
+/// `--iptables-variant`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum VariantArg {
+    Auto,
+    Legacy,
+    Nft,
+}
+
+impl VariantArg {
+    /// The variant to program, and why (for the message).
+    pub fn resolve(self) -> nftproxy_iptables::Detection {
+        let chosen = |variant| nftproxy_iptables::Detection { variant, reason: "--iptables-variant".into() };
+        match self {
+            VariantArg::Auto => nftproxy_iptables::detect(),
+            VariantArg::Legacy => chosen(nftproxy_iptables::Variant::Legacy),
+            VariantArg::Nft => chosen(nftproxy_iptables::Variant::Nft),
+        }
+    }
 }
 
 impl IptablesArgs {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use nftproxy_daemon::config::{GoDuration, override_detect_local, parse_bind_address, parse_nodeport_addresses};
+use nftproxy_daemon::validation::{Internal, failed_validate, validate};
 use nftproxy_daemon::{KubeProxyConfiguration, ProxyMode, Settings, Source};
 
 #[derive(Args, Debug, Default)]
@@ -30,7 +31,8 @@ pub struct RunArgs {
     /// This node's IP (repeatable). Default: the addresses of its Node object.
     #[arg(long = "node-ip", value_name = "IP")]
     node_ip: Vec<IpAddr>,
-    /// nftables (default) or iptables (kube-proxy's iptables-legacy rules).
+    /// nftables (default) or iptables (kube-proxy's iptables rules, in the node's iptables:
+    /// legacy or nft, detected as kube-proxy's image does).
     #[arg(long = "proxy-mode", value_name = "MODE", value_parser = |s: &str| s.parse::<ProxyMode>())]
     proxy_mode: Option<ProxyMode>,
     /// Pod CIDRs (comma-separated): traffic from outside them to a ClusterIP is masqueraded.
@@ -58,8 +60,7 @@ pub struct RunArgs {
     #[arg(long = "bind-address-hard-fail", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     bind_address_hard_fail: Option<bool>,
     /// This process's oom_score_adj, -1000..1000 (default -999, as kube-proxy).
-    #[arg(long = "oom-score-adj", value_name = "N", allow_hyphen_values = true,
-          value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    #[arg(long = "oom-score-adj", value_name = "N", allow_hyphen_values = true)]
     oom_score_adj: Option<i32>,
     /// Do the one-time set-up (sysctls, conntrack limits, oom_score_adj) and exit.
     #[arg(long = "init-only")]
@@ -83,8 +84,8 @@ pub struct RunArgs {
     #[arg(long = "healthz-bind-address", value_name = "IP:PORT")]
     healthz_bind_address: Option<String>,
     /// The masquerade mark bit in iptables mode (default 14).
-    #[arg(long = "iptables-masquerade-bit", value_name = "BIT", value_parser = clap::value_parser!(u8).range(0..=31))]
-    iptables_masquerade_bit: Option<u8>,
+    #[arg(long = "iptables-masquerade-bit", value_name = "BIT", allow_hyphen_values = true)]
+    iptables_masquerade_bit: Option<i32>,
     /// How pod traffic is recognised: ClusterCIDR (default), NodeCIDR, BridgeInterface,
     /// InterfaceNamePrefix.
     #[arg(long = "detect-local-mode", value_name = "MODE")]
@@ -99,10 +100,10 @@ pub struct RunArgs {
     #[arg(long = "iptables-localhost-nodeports", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     iptables_localhost_nodeports: Option<bool>,
     /// Conntrack entries per CPU (default 32768; 0: leave nf_conntrack_max alone).
-    #[arg(long = "conntrack-max-per-core", value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    #[arg(long = "conntrack-max-per-core", value_name = "N", allow_hyphen_values = true)]
     conntrack_max_per_core: Option<i32>,
     /// Minimum conntrack entries, whatever the CPU count (default 131072).
-    #[arg(long = "conntrack-min", value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    #[arg(long = "conntrack-min", value_name = "N", allow_hyphen_values = true)]
     conntrack_min: Option<i32>,
     /// Idle timeout of established TCP connections (default 24h0m0s; 0: leave it).
     #[arg(long = "conntrack-tcp-timeout-established", value_name = "DURATION")]
@@ -212,8 +213,52 @@ impl RunArgs {
         given
     }
 
+    /// The flags as kube-proxy's validation sees them (its defaults where a flag is not given).
+    /// Our extensions stay out of its way: an empty bind address (off) and `all`.
+    fn validation_view(&self) -> Internal {
+        let mut v = Internal::default();
+        v.mode = match self.proxy_mode {
+            Some(ProxyMode::Iptables) => "iptables".into(),
+            _ => "nftables".into(),
+        };
+        if let Some(b) = self.iptables_masquerade_bit {
+            v.iptables_masquerade_bit = b.into();
+        }
+        v.conntrack_max_per_core = self.conntrack_max_per_core.map(i64::from).or(v.conntrack_max_per_core);
+        v.conntrack_min = self.conntrack_min.map(i64::from).or(v.conntrack_min);
+        v.oom_score_adj = self.oom_score_adj.map(i64::from).or(v.oom_score_adj);
+        if let Some(GoDuration(d)) = self.sync_period {
+            v.sync_period = d.into();
+        }
+        if let Some(GoDuration(d)) = self.min_sync_period {
+            v.min_sync_period = d.into();
+        }
+        let addr = |flag: &Option<String>, port, default: String| match flag.as_deref().map(str::trim) {
+            Some(a) if !a.is_empty() => nftproxy_daemon::validation::with_port(a, port),
+            _ => default,
+        };
+        v.healthz_bind_address = addr(&self.healthz_bind_address, 10256, v.healthz_bind_address.clone());
+        v.metrics_bind_address = addr(&self.metrics_bind_address, 10249, v.metrics_bind_address.clone());
+        if let Some(n) = &self.nodeport_addresses {
+            v.node_port_addresses = n.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
+        }
+        if let Some(m) = &self.detect_local_mode {
+            v.detect_local_mode = m.clone();
+        }
+        v.bridge_interface = self.pod_bridge_interface.clone().unwrap_or_default();
+        v.interface_name_prefix = self.pod_interface_name_prefix.clone().unwrap_or_default();
+        if let Some(c) = self.cluster_cidr.as_deref().filter(|c| !c.trim().is_empty()) {
+            v.cluster_cidrs = c.split(',').map(str::to_string).collect();
+        }
+        v
+    }
+
     /// Without `--config`: the flags over the defaults.
     fn apply_config_flags(&self, s: &mut Settings) -> Result<()> {
+        // kube-proxy's validation of what the flags make, with its texts.
+        if let Some(e) = failed_validate(&validate(&self.validation_view())) {
+            bail!("{e}");
+        }
         if let Some(m) = self.proxy_mode {
             s.mode = m;
         }
@@ -227,7 +272,7 @@ impl RunArgs {
             s.bind_address_hard_fail = v;
         }
         if let Some(v) = self.oom_score_adj {
-            s.oom_score_adj = Some(v);
+            s.oom_score_adj = Some(v); // validated: -1000..=1000
         }
         let notes = self.not_applicable.apply(s)?;
         s.notes.extend(notes);
@@ -299,11 +344,7 @@ impl RunArgs {
                 parse_bind_address(a).map_err(|e| anyhow::anyhow!("--healthz-bind-address: {e}"))?;
         }
         if let Some(b) = self.iptables_masquerade_bit {
-            s.masquerade_bit = b;
-        }
-        if let Err((field, msg)) = s.validate() {
-            let flag = if field == "syncPeriod" { "--iptables-sync-period" } else { "--iptables-min-sync-period" };
-            bail!("{flag}: {msg}");
+            s.masquerade_bit = b as u8; // validated: 0..=31
         }
         Ok(())
     }
@@ -533,9 +574,12 @@ mod tests {
         let s = settings(&["--detect-local-mode", "BridgeInterface", "--pod-bridge-interface", "cbr0"]).unwrap();
         assert_eq!(s.detect_local, DetectLocalMode::BridgeInterface("cbr0".into()));
         let e = settings(&["--detect-local-mode", "InterfaceNamePrefix"]).unwrap_err().to_string();
-        assert_eq!(e, "--pod-interface-name-prefix: must not be empty with --detect-local-mode InterfaceNamePrefix");
+        assert_eq!(
+            e,
+            "failed validate: KubeProxyConfiguration.DetectLocalConfiguration.InterfacePrefix: Invalid value: \"\": must not be empty"
+        );
         let e = settings(&["--detect-local-mode", "Pods"]).unwrap_err().to_string();
-        assert!(e.starts_with("--detect-local-mode: unknown mode \"Pods\""), "{e}");
+        assert!(e.starts_with("failed validate: KubeProxyConfiguration.DetectLocalMode: Unsupported value: \"Pods\""), "{e}");
         let s = settings(&[
             "--conntrack-max-per-core",
             "0",

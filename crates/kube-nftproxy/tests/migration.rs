@@ -111,6 +111,9 @@ fn take_over_from(mode: Mode, configmap: &str) {
     let mut lab = Lab::new(3);
     // Source ports: the whole range, so that no test reuses one (see `load`).
     lab.client.exec("sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
+    // kubelet on an iptables-nft node (Debian's default `iptables`, which kube-proxy uses here)
+    // leaves its hint chain; our iptables mode follows it below.
+    lab.node.exec("iptables-nft", &["-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]);
     let cp = ControlPlane::start(&mut lab.topo, &lab.node);
     apply_deploy(&cp);
     cp.create(&node_obj());
@@ -174,9 +177,15 @@ fn take_over_from(mode: Mode, configmap: &str) {
         ));
         wait_for("our nftables tables removed", Duration::from_secs(20), || {
             let now = rules_present(&lab.node);
-            !now.iter().any(|r| r.starts_with("nftables")) && now.iter().any(|r| r.contains("-legacy-save"))
+            !now.iter().any(|r| r.starts_with("nftables") || r.contains("-legacy-save"))
+                && now.iter().any(|r| r.starts_with("iptables-nft-save"))
         });
     });
+    let ipt_log = ipt.as_ref().unwrap().log_text();
+    assert!(
+        ipt_log.contains("iptables mode uses iptables-nft: kubelet's chains are in iptables-nft-save -t mangle"),
+        "the variant kubelet's hint names, logged:\n{ipt_log}"
+    );
     ipt.take().unwrap().terminate();
     let mut back: Option<Daemon> = None;
     under_load(&lab, "kube-nftproxy iptables → nftables", || {

@@ -21,9 +21,33 @@ fn bad_flags_and_config_fail_with_one_line_naming_them() {
     let e = run_err(&["--proxy-mode", "ipvs"]);
     assert!(e.contains("'--proxy-mode <MODE>'") && e.contains("unsupported proxy mode \"ipvs\""), "{e}");
     let e = run_err(&["--min-sync-period", "1m", "--sync-period", "30s"]);
-    assert_eq!(e.trim(), "kube-nftproxy: --iptables-min-sync-period: 60s must be less than or equal to syncPeriod 30s");
+    assert_eq!(
+        e.trim(),
+        "kube-nftproxy: failed validate: KubeProxyConfiguration.SyncPeriod: Invalid value: \"1m0s\": must be greater than or equal to KubeProxyConfiguration.MinSyncPeriod"
+    );
     let e = run_err(&["--metrics-bind-address", "localhost"]);
-    assert_eq!(e.trim(), "kube-nftproxy: --metrics-bind-address: \"localhost\" is not ip:port");
+    assert_eq!(
+        e.trim(),
+        "kube-nftproxy: failed validate: KubeProxyConfiguration.MetricsBindAddress: Invalid value: \"localhost\": must be IP:port"
+    );
+    // The same flags given to the real kube-proxy v1.34.4 printed exactly this (its `err="…"`).
+    let e = run_err(&[
+        "--proxy-mode",
+        "nftables",
+        "--iptables-masquerade-bit=40",
+        "--oom-score-adj=2000",
+        "--iptables-min-sync-period=1m",
+        "--iptables-sync-period=10s",
+        "--healthz-bind-address=1.2.3.4:0",
+        "--nodeport-addresses=bad",
+        "--detect-local-mode=Foo",
+        "--conntrack-min=-1",
+        "--cluster-cidr=10.0.0.0/8,10.1.0.0/8",
+    ]);
+    assert_eq!(
+        e.trim(),
+        r#"kube-nftproxy: failed validate: [KubeProxyConfiguration.KubeProxyIPTablesConfiguration.MasqueradeBit: Invalid value: 40: must be within the range [0, 31], KubeProxyConfiguration.KubeProxyLinuxConfiguration.KubeProxyConntrackConfiguration.Min: Invalid value: -1: must be greater than or equal to 0, KubeProxyConfiguration.KubeProxyLinuxConfiguration.OOMScoreAdj: Invalid value: 2000: must be within the range [-1000, 1000], KubeProxyConfiguration.SyncPeriod: Invalid value: "1m0s": must be greater than or equal to KubeProxyConfiguration.MinSyncPeriod, KubeProxyConfiguration.HealthzBindAddress: Invalid value: "0": must be a valid port, KubeProxyConfiguration.NodePortAddresses[0]: Invalid value: "bad": must be a valid CIDR, KubeProxyConfiguration.DetectLocalMode: Unsupported value: "Foo": supported values: "ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix", ""]"#
+    );
     let dir = TempDir::new(&format!("knp-run-{}", std::process::id()));
     let cfg = dir.join("config.yaml");
     std::fs::write(
@@ -260,6 +284,8 @@ fn iptables_mode_and_cleanup() {
     let dir = TempDir::new(&format!("{}ipt", lab.topo.prefix()));
     let file = dir.join("cluster.yaml");
     std::fs::write(&file, manifest(&[1, 2]) + NODEPORT).unwrap();
+    // kubelet on an iptables-legacy node leaves its hint chain there: the rules follow it.
+    lab.node.exec("iptables-legacy", &["-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]);
     let mut child = lab
         .node
         .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
@@ -292,6 +318,7 @@ fn iptables_mode_and_cleanup() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
     assert!(lab.node.exec("iptables-legacy-save", &[]).contains("KUBE-SVC-"), "SIGTERM keeps the rules");
+    assert!(!lab.node.exec("iptables-nft-save", &[]).contains("KUBE-"), "nothing in iptables-nft");
 
     // `run --cleanup` removes our rules of both modes, and nothing else.
     lab.node.exec("iptables-legacy", &["-t", "filter", "-N", "SOMEONE-ELSE"]);
@@ -303,7 +330,8 @@ fn iptables_mode_and_cleanup() {
     let out = lab.node.command(env!("CARGO_BIN_EXE_kube-nftproxy")).args(["run", "--cleanup"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let save = lab.node.exec("iptables-legacy-save", &[]);
-    assert!(!save.contains("KUBE-"), "{save}");
+    assert!(!save.replace(":KUBE-IPTABLES-HINT ", "").contains("KUBE-"), "{save}");
+    assert!(save.contains(":KUBE-IPTABLES-HINT "), "kubelet's chain stays: {save}");
     assert!(save.contains(":SOMEONE-ELSE"), "other chains stay: {save}");
     assert_eq!(lab.node.exec("nft", &["list", "tables"]).trim(), "table inet someone-else");
 }

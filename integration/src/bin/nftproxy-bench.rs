@@ -387,7 +387,7 @@ fn data_plane(a: &Args, r: &mut Results) {
             } else {
                 let opts = nftproxy_iptables::Options::default();
                 let text = nftproxy_iptables::render_cluster(IpFamily::V4, &state, &lab.ctx, &opts);
-                lab.node.run(|| nftproxy_iptables::sync(IpFamily::V4, &text, true)).unwrap();
+                lab.node.run(|| nftproxy_iptables::sync(nftproxy_iptables::Variant::Legacy, IpFamily::V4, &text, true)).unwrap();
             }
             for (proto, to, label) in [(Proto::Tcp, "10.95.0.10:80", "tcp"), (Proto::Udp, "10.95.0.10:53", "udp")] {
                 let to: SocketAddr = to.parse().unwrap();
