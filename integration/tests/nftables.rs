@@ -625,3 +625,92 @@ fn partial_syncs_of_changed_services_end_where_a_full_sync_would() {
     assert!(only_p.is_empty() && only_f.is_empty() && p == f, "partial only: {only_p:#?}\nfull only: {only_f:#?}");
     assert_eq!(answered(&lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 5)), 5);
 }
+
+/// Drift inside a large map, where elements are audited by key instead of counted: someone else
+/// replaces one element with other data in one transaction (the count stays the same) and deletes
+/// another; the rolling audit finds each within size/window deep checks, a structural check alone
+/// never marks the generation as seen, and the full sync that follows repairs it.
+#[test]
+fn drift_in_a_large_map_is_found_by_the_rolling_element_audit() {
+    use nftproxy_nft_wire::Batch;
+    use nftproxy_nftables::drift::{AUDIT_WINDOW, COUNTED_SET_MAX};
+    use nftproxy_nftables::{Family, TABLE};
+
+    let mut lab = Lab::new(1);
+    let state = nftproxy_integration::bench::synthetic(3000, 1);
+    lab.backend.sync_cluster(&state, &lab.ctx).unwrap();
+    let (set, elems) = {
+        let table = lab.backend.programmed(Family::V4).unwrap();
+        let (name, elements) = table
+            .elements
+            .iter()
+            .filter(|(n, e)| {
+                let flags = table.sets[*n].spec.flags;
+                e.len() > COUNTED_SET_MAX
+                    && flags & nftproxy_nft_wire::consts::NFT_SET_MAP != 0
+                    && flags & nftproxy_nft_wire::consts::NFT_SET_INTERVAL == 0
+            })
+            .max_by_key(|(_, e)| e.len())
+            .expect("a map larger than the counted size");
+        (name.clone(), elements.iter().map(|(k, v)| v.wire(k)).collect::<Vec<_>>())
+    };
+    let rounds = elems.len().div_ceil(AUDIT_WINDOW);
+    eprintln!("{set}: {} elements, {rounds} windows", elems.len());
+
+    let foreign = |lab: &Lab, edit: &(dyn Fn(&mut Batch) + Sync)| {
+        lab.node.run(|| {
+            let mut sock = nftproxy_nftables::netlink::NftSocket::open().unwrap();
+            let mut b = Batch::new(1);
+            edit(&mut b);
+            sock.commit(&b.finish()).unwrap();
+        })
+    };
+    // Finds the drift within one deep check and `rounds` audit steps; returns the steps taken.
+    let find = |lab: &mut Lab| -> (usize, String) {
+        assert_eq!(lab.backend.verify(false).unwrap(), None, "the structure is intact");
+        assert!(!lab.backend.audit_pending(), "a structural check starts no audit");
+        let t = std::time::Instant::now();
+        let mut found = lab.backend.verify(true).unwrap();
+        eprintln!("deep check: {found:?} ({:.1?})", t.elapsed());
+        let mut steps = 1;
+        while found.is_none() {
+            assert!(lab.backend.audit_pending(), "the audit ended without finding it after {steps} steps");
+            let t = std::time::Instant::now();
+            found = lab.backend.audit_step().unwrap();
+            eprintln!("audit step {steps}: {found:?} ({:.1?})", t.elapsed());
+            steps += 1;
+        }
+        assert!(!lab.backend.audit_pending(), "drift found: the audit stops, a full sync follows");
+        (steps, found.unwrap())
+    };
+
+    // The last element with another one's data, deleted and re-added in one transaction.
+    let mut changed = elems.last().unwrap().clone();
+    changed.data = elems.iter().map(|e| e.data.clone()).find(|d| *d != changed.data).unwrap();
+    foreign(&lab, &|b| {
+        b.del_elems(2, TABLE, &set, &[changed.clone()]);
+        b.add_elems(2, TABLE, &set, None, &[changed.clone()]);
+    });
+    let (checks, diff) = find(&mut lab);
+    assert!(diff.starts_with(&format!("set {set}: an element holds")), "{diff}");
+    assert!(checks <= rounds, "found after {checks} steps, {rounds} windows");
+    lab.backend.sync_cluster(&state, &lab.ctx).unwrap();
+    // The repair: a clean audit over every element, after which the generation counts as seen.
+    assert_eq!(lab.backend.verify(true).unwrap(), None);
+    let mut steps = 1;
+    while lab.backend.audit_pending() {
+        assert_eq!(lab.backend.audit_step().unwrap(), None, "the full sync repaired it");
+        steps += 1;
+    }
+    assert!(steps <= rounds, "a clean pass takes at most {rounds} steps, took {steps}");
+    lab.node.exec("nft", &["add", "table", "inet", "someone-else"]);
+    assert_eq!(lab.backend.verify(false).unwrap(), None);
+    assert!(!lab.backend.audit_pending());
+
+    // An element in the middle, deleted.
+    let gone = elems[elems.len() / 2].clone();
+    foreign(&lab, &|b| b.del_elems(2, TABLE, &set, &[gone.clone()]));
+    let (checks, diff) = find(&mut lab);
+    assert_eq!(diff, format!("set {set} lost elements we programmed"));
+    assert!(checks <= rounds);
+}

@@ -116,6 +116,22 @@ impl Backend {
         }
     }
 
+    /// Whether an element audit of large sets is under way (nftables; see `audit_step`).
+    pub fn audit_pending(&self) -> bool {
+        match self {
+            Backend::Nftables(b) => b.audit_pending(),
+            Backend::Iptables(_) => false,
+        }
+    }
+
+    /// One short step of the element audit (nftables): a difference found, or None.
+    pub fn audit_step(&mut self) -> Result<Option<String>, String> {
+        match self {
+            Backend::Nftables(b) => b.audit_step().map_err(|e| e.to_string()),
+            Backend::Iptables(_) => Ok(None),
+        }
+    }
+
     /// Drift check (nftables). The iptables backend restores every chain on every sync, which
     /// repairs drift at the next periodic sync.
     pub fn verify(&mut self, deep: bool) -> Result<Option<String>, String> {

@@ -319,6 +319,25 @@ impl FinishedBatch {
 }
 
 /// Splits a netlink byte stream into (type, flags, payload) triples.
+/// The attributes of an NFT_MSG_GETSETELEM request (not a dump) for these keys: the kernel
+/// answers one NEWSETELEM message per element found, in order, and stops at the first key it
+/// does not hold with ENOENT.
+pub fn get_elems_request(table: &str, set: &str, keys: &[&[u8]]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.str(NFTA_SET_ELEM_LIST_TABLE, table);
+    w.str(NFTA_SET_ELEM_LIST_SET, set);
+    let list = w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+    for key in keys {
+        let n = w.nest(NFTA_LIST_ELEM);
+        let k = w.nest(NFTA_SET_ELEM_KEY);
+        w.bytes(NFTA_DATA_VALUE, key);
+        w.end(k);
+        w.end(n);
+    }
+    w.end(list);
+    w.buf
+}
+
 pub fn split_messages(bytes: &[u8]) -> Vec<(u16, u16, &[u8])> {
     let mut out = Vec::new();
     let mut off = 0;

@@ -257,9 +257,35 @@ impl NftSocket {
         Ok(answers.into_iter().map(|(_, p)| p.get(4..).unwrap_or(&[]).to_vec()).collect())
     }
 
+    /// A get request (not a dump, acked) of `msg_type`: the attributes part of every answer
+    /// before the ack. An error ack is the error, ENOENT included (a set element asked for by
+    /// key that the set does not hold).
+    pub fn get(&mut self, msg_type: u16, family: u8, attrs: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let subsys_msg = (NFNL_SUBSYS_NFTABLES << 8) | msg_type;
+        let answers = self.exchange(subsys_msg, NLM_F_ACK, family, attrs, 0x7ffa_0000)?;
+        Ok(answers.into_iter().map(|(_, p)| p.get(4..).unwrap_or(&[]).to_vec()).collect())
+    }
+
     /// Any netfilter dump: every answer's (type, payload after the netlink header) until DONE.
     fn dump_raw(&mut self, subsys_msg: u16, family: u8, filter: &[u8], seq: u32) -> io::Result<Vec<(u16, Vec<u8>)>> {
-        self.request(subsys_msg, 0x300 /* NLM_F_DUMP */, family, filter, seq)?;
+        match self.exchange(subsys_msg, 0x300 /* NLM_F_DUMP */, family, filter, seq) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// One request and its answers, (type, payload after the netlink header) each, until the
+    /// end: NLMSG_DONE of a dump, or the ack of a request with NLM_F_ACK. An error ack is an
+    /// error.
+    fn exchange(
+        &mut self,
+        subsys_msg: u16,
+        flags: u16,
+        family: u8,
+        attrs: &[u8],
+        seq: u32,
+    ) -> io::Result<Vec<(u16, Vec<u8>)>> {
+        self.request(subsys_msg, flags, family, attrs, seq)?;
         let mut out = Vec::new();
         loop {
             let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
@@ -270,10 +296,8 @@ impl NftSocket {
                 match ty {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
-                        let err = -nlmsg_error(payload);
-                        return match err {
+                        return match -nlmsg_error(payload) {
                             0 => Ok(out),
-                            libc::ENOENT => Ok(Vec::new()),
                             e => Err(io::Error::from_raw_os_error(e)),
                         };
                     }

@@ -11,6 +11,8 @@ use crate::build::{fixed_table, fragment, fragments_of_state};
 use crate::family::Family;
 use crate::netlink::{CommitStats, NetlinkError, NftSocket};
 use crate::plan;
+use crate::drift;
+use nftproxy_nft_wire::consts::NFT_SET_INTERVAL;
 use crate::ruleset::{Ruleset, TABLE};
 use crate::table::{Delta, Table};
 
@@ -68,6 +70,18 @@ pub struct NftablesBackend {
     /// The ruleset generation after our last commit, while we know that nobody else committed
     /// since we last checked (see [`NftablesBackend::verify`]).
     last_gen: Option<u32>,
+    /// Per large set, the last key its element audit looked at (see [`crate::drift`]).
+    audit_cursors: BTreeMap<(Family, String), crate::ruleset::Key>,
+    /// The element audit of large sets after someone else committed, one window per step.
+    audit: Option<AuditPass>,
+}
+
+/// An element audit in progress: the generation it checks, and per large set how many of its
+/// elements are still to be looked at. The generation counts as seen once every one was.
+#[derive(Debug)]
+struct AuditPass {
+    generation: u32,
+    remaining: BTreeMap<(Family, String), usize>,
 }
 
 fn ports_of(state: &ClusterState, ctx: &NodeContext, fam: Family, svc: &ServiceName) -> Vec<ResolvedServicePort> {
@@ -85,6 +99,8 @@ impl NftablesBackend {
             seq: 1,
             cold_start_max_elements: COLD_START_MAX_ELEMENTS,
             last_gen: None,
+            audit_cursors: BTreeMap::new(),
+            audit: None,
         })
     }
 
@@ -233,11 +249,13 @@ impl NftablesBackend {
     }
 
     /// Drift check: whether our tables still hold what we programmed. Cheap when nobody else
-    /// committed since the last deep check (one generation query); otherwise our tables' chains,
-    /// rule counts and sets are dumped and compared, and with `deep` also every set's element
-    /// count. On a difference the next sync is a full one (an atomic replace), and the difference
-    /// is returned for the log. Only a deep check that passes marks the generation as seen, so a
-    /// structural check repeats until a deep one has looked at the elements too.
+    /// committed since the last complete check (one generation query); otherwise our tables'
+    /// chains, rule counts and sets are dumped and compared, and with `deep` also the elements:
+    /// small sets counted, large sets audited by key one window at a time (see [`crate::drift`]):
+    /// this check does the first window, [`NftablesBackend::audit_step`] the others. On a
+    /// difference the next sync is a full one (an atomic replace), and the difference is
+    /// returned for the log. The generation counts as seen only when the audit has looked at
+    /// every element, so the structural check repeats until then.
     pub fn verify(&mut self, deep: bool) -> Result<Option<String>, SyncError> {
         if self.programmed.is_empty() {
             return Ok(None);
@@ -248,17 +266,82 @@ impl NftablesBackend {
             return Ok(None);
         }
         for (family, table) in &self.programmed {
-            let got = crate::drift::observe(&mut self.sock, family.nfproto(), deep).map_err(netlink(*family))?;
-            if let Some(diff) = crate::drift::compare(&table.table, got.as_ref()) {
-                self.force_full_sync();
-                self.last_gen = None;
-                return Ok(Some(diff));
+            let want = &table.table;
+            let counted = |name: &str| deep && !Self::audited(want, name);
+            let got = drift::observe(&mut self.sock, family.nfproto(), &counted).map_err(netlink(*family))?;
+            if let Some(diff) = drift::compare(want, got.as_ref()) {
+                return Ok(Some(self.drifted(diff)));
             }
         }
-        if deep {
-            self.last_gen = Some(generation);
+        if deep && self.audit.as_ref().is_none_or(|a| a.generation != generation) {
+            let remaining = self
+                .programmed
+                .iter()
+                .flat_map(|(f, t)| {
+                    let want = &t.table;
+                    want.elements
+                        .iter()
+                        .filter(|(n, _)| Self::audited(want, n))
+                        .map(|(n, e)| ((*f, n.clone()), e.len()))
+                })
+                .collect();
+            self.audit = Some(AuditPass { generation, remaining });
+        }
+        if deep { self.audit_step() } else { Ok(None) }
+    }
+
+    /// Whether a set's elements are audited by key (large, not an interval set) rather than
+    /// counted.
+    fn audited(want: &Ruleset, name: &str) -> bool {
+        let interval = want.sets.get(name).is_some_and(|d| d.spec.flags & NFT_SET_INTERVAL != 0);
+        !interval && want.elements.get(name).is_some_and(|e| e.len() > drift::COUNTED_SET_MAX)
+    }
+
+    /// Whether an element audit is under way ([`NftablesBackend::audit_step`] has work).
+    pub fn audit_pending(&self) -> bool {
+        self.audit.is_some()
+    }
+
+    /// One step of the element audit: the next window of every large set still to be looked
+    /// at. When the pass is complete, its generation counts as seen; when someone committed
+    /// again meanwhile, the pass is dropped (the next check starts over with the structure).
+    pub fn audit_step(&mut self) -> Result<Option<String>, SyncError> {
+        let netlink = |family| move |e: std::io::Error| SyncError::Netlink { family, source: e.into() };
+        let Some(pass) = self.audit.as_mut() else { return Ok(None) };
+        let generation = self.sock.generation().map_err(netlink(Family::V4))?;
+        if generation != pass.generation {
+            self.audit = None;
+            return Ok(None);
+        }
+        for ((family, name), remaining) in pass.remaining.iter_mut().filter(|(_, r)| **r > 0) {
+            let Some(elements) = self.programmed.get(family).and_then(|t| t.table.elements.get(name)) else {
+                *remaining = 0;
+                continue;
+            };
+            let slot = (*family, name.clone());
+            let (window, next) = drift::audit_window(elements, self.audit_cursors.get(&slot));
+            let found = drift::audit(&mut self.sock, family.nfproto(), name, &window).map_err(netlink(*family))?;
+            if let Some(diff) = found {
+                return Ok(Some(self.drifted(diff)));
+            }
+            *remaining = remaining.saturating_sub(window.len().max(1));
+            if let Some(k) = next {
+                self.audit_cursors.insert(slot, k);
+            }
+        }
+        if pass.remaining.values().all(|r| *r == 0) {
+            self.last_gen = Some(pass.generation);
+            self.audit = None;
         }
         Ok(None)
+    }
+
+    /// A difference found: the next sync replaces everything.
+    fn drifted(&mut self, diff: String) -> String {
+        self.force_full_sync();
+        self.last_gen = None;
+        self.audit = None;
+        diff
     }
 
     /// Deletes another program's table (kube-proxy's `kube-proxy` tables when taking over from

@@ -195,8 +195,8 @@ struct Results {
     longest_txn: BTreeMap<(u32, u32), f64>,
     rss_kb: BTreeMap<(u32, u32), u64>,
     /// The daemon's drift check (ours): (nobody else committed, structural and deep after someone
-    /// else committed).
-    drift: BTreeMap<(u32, u32), (f64, f64, f64)>,
+    /// else committed, the longest element-audit step, the number of steps).
+    drift: BTreeMap<(u32, u32), (f64, f64, f64, f64, usize)>,
     /// (n, backend, metric) → value
     data: BTreeMap<(u32, &'static str, &'static str), f64>,
 }
@@ -261,11 +261,19 @@ fn control_plane(a: &Args, r: &mut Results) {
                 let t = Instant::now();
                 assert_eq!(b.verify(true).unwrap(), None);
                 let deep = t.elapsed().as_secs_f64();
+                // The rest of the element audit, in the steps the daemon spaces out.
+                let (mut step_max, mut steps) = (0f64, 0usize);
+                while b.audit_pending() {
+                    let t = Instant::now();
+                    assert_eq!(b.audit_step().unwrap(), None);
+                    step_max = step_max.max(t.elapsed().as_secs_f64());
+                    steps += 1;
+                }
                 let t = Instant::now();
                 assert_eq!(b.verify(true).unwrap(), None);
                 let idle = t.elapsed().as_secs_f64();
-                let d = r.drift.entry((n, e)).or_insert((f64::MAX, f64::MAX, f64::MAX));
-                *d = (d.0.min(idle), d.1.min(structural), d.2.min(deep));
+                let d = r.drift.entry((n, e)).or_insert((f64::MAX, f64::MAX, f64::MAX, f64::MAX, 0));
+                *d = (d.0.min(idle), d.1.min(structural), d.2.min(deep), d.3.min(step_max), steps);
                 drop(b);
 
                 // Our ruleset through the nft binary (cold only: isolates netlink vs nft).
@@ -481,15 +489,17 @@ fn report(a: &Args, r: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| services × endpoints | longest single kernel transaction (ours, cold) | peak RSS of our process (cold sync) | drift check, nobody else committed | after an outside commit: structure | … and element counts |\n|---|---|---|---|---|---|"
+        "\n| services × endpoints | longest single kernel transaction (ours, cold) | peak RSS of our process (cold sync) | drift check, nobody else committed | after an outside commit: structure | … and elements (deep check) | element audit: longest step × steps |\n|---|---|---|---|---|---|---|"
     );
     for (&(n, e), t) in &r.longest_txn {
         let rss = r.rss_kb.get(&(n, e)).map_or("–".into(), |kb| format!("{:.1} MiB", *kb as f64 / 1024.0));
         let d = r
             .drift
             .get(&(n, e))
-            .map_or(["–".into(), "–".into(), "–".into()], |d| [fmt_s(d.0), fmt_s(d.1), fmt_s(d.2)]);
-        let _ = writeln!(md, "| {n} × {e} | {} | {rss} | {} | {} | {} |", fmt_s(*t), d[0], d[1], d[2]);
+            .map_or(["–".into(), "–".into(), "–".into(), "–".into()], |d| {
+                [fmt_s(d.0), fmt_s(d.1), fmt_s(d.2), format!("{} × {}", fmt_s(d.3), d.4)]
+            });
+        let _ = writeln!(md, "| {n} × {e} | {} | {rss} | {} | {} | {} | {} |", fmt_s(*t), d[0], d[1], d[2], d[3]);
     }
     std::fs::write(a.out.join("control-plane.csv"), csv).unwrap();
 
