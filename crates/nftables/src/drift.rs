@@ -124,43 +124,48 @@ pub fn audit(
 
 /// The answers to a GETSETELEM by key against what we programmed for those keys.
 pub(crate) fn compare_answers(set: &str, asked: &[(&Key, &ElemValue)], answers: &[Vec<u8>]) -> Option<String> {
-    let got: Vec<(Vec<u8>, Option<ElemData>)> = answers.iter().flat_map(|a| answered_elements(a)).collect();
+    let got: Vec<AnsweredElem> = answers.iter().flat_map(|a| answered_elements(a)).collect();
     if got.len() != asked.len() {
         return Some(format!("set {set}: {} of {} elements asked for by key were answered", got.len(), asked.len()));
     }
-    for ((key, value), (got_key, got_data)) in asked.iter().zip(&got) {
+    for ((key, value), got) in asked.iter().zip(&got) {
         let want = value.wire(key);
-        if want.key != *got_key {
+        if want.key != got.key {
             return Some(format!("set {set}: an element was answered for another key"));
         }
-        if want.data != *got_data {
-            return Some(format!("set {set}: an element holds {got_data:?}, we programmed {:?}", want.data));
+        if want.data != got.data {
+            return Some(format!("set {set}: an element holds {:?}, we programmed {:?}", got.data, want.data));
         }
     }
     None
 }
 
-/// The (key, data) of each element of one NEWSETELEM answer; attributes we do not compare
-/// (flags, expiration, comment) are skipped.
-pub(crate) fn answered_elements(msg: &[u8]) -> Vec<(Vec<u8>, Option<ElemData>)> {
+/// One element of a NEWSETELEM answer (a dump's or a get's), as far as we read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AnsweredElem {
+    pub key: Vec<u8>,
+    pub data: Option<ElemData>,
+    pub userdata: Option<Vec<u8>>,
+}
+
+/// The elements of one NEWSETELEM answer; attributes we do not read (flags, expiration) are
+/// skipped. Also `kube-nftproxy trace`'s reader of element comments.
+pub(crate) fn answered_elements(msg: &[u8]) -> Vec<AnsweredElem> {
     let mut out = Vec::new();
-    for (t, list) in attrs(msg) {
-        if t != NFTA_SET_ELEM_LIST_ELEMENTS {
-            continue;
-        }
+    for (_, list) in attrs(msg).filter(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS) {
         for (_, elem) in attrs(list) {
-            let mut key = Vec::new();
-            let mut data = None;
+            let mut a = AnsweredElem { key: Vec::new(), data: None, userdata: None };
             for (t, v) in attrs(elem) {
                 match t {
                     NFTA_SET_ELEM_KEY => {
-                        key = attrs(v).find(|(t, _)| *t == NFTA_DATA_VALUE).map(|(_, k)| k.to_vec()).unwrap_or_default()
+                        a.key = attrs(v).find(|(t, _)| *t == NFTA_DATA_VALUE).map(|(_, k)| k.to_vec()).unwrap_or_default()
                     }
-                    NFTA_SET_ELEM_DATA => data = answered_data(v),
+                    NFTA_SET_ELEM_DATA => a.data = answered_data(v),
+                    NFTA_SET_ELEM_USERDATA => a.userdata = Some(v.to_vec()),
                     _ => {}
                 }
             }
-            out.push((key, data));
+            out.push(a);
         }
     }
     out
@@ -355,7 +360,8 @@ mod tests {
         let diff = compare_answers("m", &asked, &answer(same[..3].to_vec())).unwrap();
         assert_eq!(diff, "set m: 3 of 4 elements asked for by key were answered");
         let request = nftproxy_nft_wire::get_elems_request(TABLE, "m", &[asked[0].0.bytes()]);
-        assert_eq!(answered_elements(&request), vec![(asked[0].0.bytes().to_vec(), None)], "a request is keys only");
+        let keys_only = AnsweredElem { key: asked[0].0.bytes().to_vec(), data: None, userdata: None };
+        assert_eq!(answered_elements(&request), vec![keys_only], "a request is keys only");
     }
 
     #[test]

@@ -266,24 +266,10 @@ pub(crate) fn base_chain_hook(msg: &[u8]) -> Option<(String, &'static str)> {
 
 /// The elements of a set element dump message: key and comment each.
 pub(crate) fn element_comments(msg: &[u8]) -> Vec<KeyComment> {
-    let mut out = Vec::new();
-    for (_, list) in attrs(msg).filter(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS) {
-        for (_, elem) in attrs(list) {
-            let mut k = Vec::new();
-            let mut comment = None;
-            for (et, ev) in attrs(elem) {
-                match et {
-                    NFTA_SET_ELEM_KEY => {
-                        k = attrs(ev).find(|(t, _)| *t == NFTA_DATA_VALUE).map_or(Vec::new(), |(_, v)| v.to_vec())
-                    }
-                    NFTA_SET_ELEM_USERDATA => comment = udata_comment(ev),
-                    _ => {}
-                }
-            }
-            out.push((k, comment));
-        }
-    }
-    out
+    crate::drift::answered_elements(msg)
+        .into_iter()
+        .map(|e| (e.key, e.userdata.as_deref().and_then(udata_comment)))
+        .collect()
 }
 
 impl TraceSession {
