@@ -28,6 +28,7 @@ pub mod clusters;
 pub mod headtohead;
 pub mod lab;
 pub mod loader;
+pub mod multinode;
 pub mod peer;
 pub mod sctp;
 pub mod snapshot;

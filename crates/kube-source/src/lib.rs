@@ -272,7 +272,7 @@ async fn watch_node(api: Api<core::Node>, node_name: String, tx: mpsc::Sender<So
     let stream = watcher(api, config).backoff(ReconnectBackoff::default());
     let mut seen: Option<core::Node> = None;
     // Whether a Node was ever seen: a Node that never existed says nothing about eligibility
-    // (kube-proxy starts eligible); one that went away makes the node ineligible.
+    // (kube-proxy starts eligible); one that went away changes nothing (see `Delete` below).
     let mut existed = false;
     forward(stream, &tx, "Node", |ev| match ev {
         watcher::Event::Init => {
@@ -285,6 +285,10 @@ async fn watch_node(api: Api<core::Node>, node_name: String, tx: mpsc::Sender<So
         }
         watcher::Event::InitDone => {
             let n = seen.take();
+            if n.is_none() && existed {
+                // Gone while we were disconnected: a deletion, kept as kube-proxy keeps it.
+                return vec![node_deleted(&node_name)];
+            }
             existed |= n.is_some();
             vec![node_event(n.as_ref(), existed)]
         }
@@ -292,9 +296,19 @@ async fn watch_node(api: Api<core::Node>, node_name: String, tx: mpsc::Sender<So
             existed = true;
             vec![node_event(Some(&n), true)]
         }
-        watcher::Event::Delete(_) => vec![node_event(None, true)],
+        // kube-proxy v1.34 (`NodeManager.OnNodeDelete`) only logs a deletion of its Node: the
+        // node IPs, zone and health eligibility of the last object it saw stay in force (it
+        // serves NodePorts until it is stopped, as the node's pods drain).
+        watcher::Event::Delete(_) => vec![node_deleted(&node_name)],
     })
     .await
+}
+
+/// This node's Node was deleted: said, and nothing else changes.
+fn node_deleted(name: &str) -> SourceEvent {
+    SourceEvent::Warning(format!(
+        "Node {name} is being deleted; its last addresses, zone and health stay in force, as in kube-proxy"
+    ))
 }
 
 /// kube-proxy's NodeEligible: the Node exists, is not being deleted and is not tainted for
