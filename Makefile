@@ -11,7 +11,7 @@ CARGOFLAGS ?= -j$(JOBS)
 # for the end-to-end tests against kube-apiserver (API calls, service-account key).
 DEB_PKGS   := nftables iptables conntrack iproute2 procps libclang-dev curl openssl ca-certificates
 
-.PHONY: all build test unit-test kernel-test difftest faults soak fuzz demo bench bench-quick deps peers check-root clean
+.PHONY: all build test unit-test kernel-test difftest faults soak cluster fuzz demo bench bench-quick deps peers check-root clean
 
 all: build
 
@@ -63,6 +63,14 @@ faults: check-root deps peers
 soak: check-root deps peers
 	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) KNP_SOAK_SECS=$${KNP_SOAK_SECS:-600} \
 	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test faults soak_ -- --nocapture
+
+## cluster: KNP_CLUSTER_NODES nodes (20) in namespaces, one kube-nftproxy each, against the real
+## kube-apiserver: network-programming latency across the cluster (with --iptables-min-sync-period
+## 0s and with the default 1s), a node joining KNP_CLUSTER_SERVICES Services (10,000) under
+## traffic, each daemon's RSS and CPU; report in target/cluster-report.md (make test runs N = 3).
+cluster: check-root deps peers
+	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) \
+	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test cluster cluster_scale_scenario -- --ignored --nocapture
 
 ## fuzz: every property test (prop_*) with KNP_FUZZ_CASES cases (10^6 by default) in release;
 ## make test runs them with small case counts.

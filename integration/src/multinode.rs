@@ -187,6 +187,17 @@ pub fn service(name: &str, cluster_ip: &str, spec_extra: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"}, "spec": spec})
 }
 
+/// A NodePort Service (TCP and UDP port 80 → 8080 on `node_port`), externalTrafficPolicy Cluster.
+pub fn node_port_service(name: &str, cluster_ip: &str, node_port: u16) -> Value {
+    service(
+        name,
+        cluster_ip,
+        json!({"type": "NodePort", "ports": [
+            {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": POD_PORT, "nodePort": node_port},
+            {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": POD_PORT, "nodePort": node_port}]}),
+    )
+}
+
 /// One endpoint of a slice: pod `j` of node `k`, with its conditions and optional zone hint.
 #[derive(Clone, Debug)]
 pub struct Ep {

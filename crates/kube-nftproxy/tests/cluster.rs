@@ -6,10 +6,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, apply_deploy, curl, settle};
+use common::{Daemon, apply_deploy, curl, load, settle};
 use nftproxy_integration::control_plane::PROXY_TOKEN;
 use nftproxy_integration::multinode::*;
 use nftproxy_integration::{Ns, Outcome, Proto, tally};
@@ -50,7 +53,11 @@ fn start_proxies(mn: &MultiNode) -> Vec<Daemon> {
 }
 
 fn cluster() -> (MultiNode, Vec<Daemon>) {
-    let mn = MultiNode::new(NODES, PODS);
+    cluster_with(PODS)
+}
+
+fn cluster_with(pods: usize) -> (MultiNode, Vec<Daemon>) {
+    let mn = MultiNode::new(NODES, pods);
     apply_deploy(&mn.cp);
     let proxies = start_proxies(&mn);
     (mn, proxies)
@@ -118,13 +125,7 @@ fn cross_node_traffic_follows_kube_proxys_policies_on_three_nodes() {
     mn.cp.create(&service("self", "10.96.1.3", json!({})));
     mn.cp.create(&slice("self", &[Ep::ready(1, 1)]));
     // NodePort, ETP=Cluster, its one endpoint on node 2.
-    mn.cp.create(&service(
-        "np",
-        "10.96.1.4",
-        json!({"type": "NodePort", "ports": [
-            {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": POD_PORT, "nodePort": 30081},
-            {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": POD_PORT, "nodePort": 30081}]}),
-    ));
+    mn.cp.create(&node_port_service("np", "10.96.1.4", 30081));
     mn.cp.create(&slice("np", &[Ep::ready(2, 2)]));
     // LoadBalancer, ETP=Local, both endpoints on node 2.
     mn.cp.create(&lb_service("lb", "10.96.1.5", 30082, 32101));
@@ -196,13 +197,7 @@ fn cross_node_traffic_follows_kube_proxys_policies_on_three_nodes() {
 #[test]
 fn node_health_follows_the_node_lifecycle_on_three_nodes() {
     let (mn, _proxies) = cluster();
-    mn.cp.create(&service(
-        "np",
-        "10.96.2.1",
-        json!({"type": "NodePort", "ports": [
-            {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": POD_PORT, "nodePort": 30091},
-            {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": POD_PORT, "nodePort": 30091}]}),
-    ));
+    mn.cp.create(&node_port_service("np", "10.96.2.1", 30091));
     mn.cp.create(&slice("np", &[Ep::ready(1, 1), Ep::ready(2, 1)]));
     let t = Instant::now();
     let answered = |o: &Outcome| matches!(o, Outcome::Answered { .. });
@@ -260,3 +255,293 @@ fn node_health_follows_the_node_lifecycle_on_three_nodes() {
 }
 
 
+
+/// One line over a held TCP connection: the pod that answered.
+fn over(conn: &mut (TcpStream, BufReader<TcpStream>)) -> std::io::Result<String> {
+    conn.0.write_all(b"again\n")?;
+    let mut line = String::new();
+    conn.1.read_line(&mut line)?;
+    Ok(line.split_whitespace().next().unwrap_or("").to_string())
+}
+
+/// A Deployment-like rollout (maxSurge 1, maxUnavailable 0) while a client pod on every node
+/// keeps opening new connections to the Service: new endpoints become ready on other nodes, old
+/// ones go serving-terminating, then leave the slice. No request fails, and a connection
+/// established to an old endpoint before the rollout still works after that endpoint is gone
+/// (kube-proxy never flushes TCP conntrack entries; terminating pods finish their connections).
+#[test]
+fn a_rolling_update_under_load_on_three_nodes_loses_no_request_and_cuts_no_connection() {
+    let (mn, _proxies) = cluster_with(3);
+    let vip = "10.96.3.1:80";
+    mn.cp.create(&service("web", "10.96.3.1", json!({})));
+    mn.cp.create(&slice("web", &[Ep::ready(1, 1), Ep::ready(2, 1)]));
+    let t = Instant::now();
+    for n in &mn.nodes {
+        let ok = |o: &Outcome| matches!(o, Outcome::Answered { .. });
+        settle(&n.pods[2], Proto::Tcp, vip, t, SETTLE, &format!("node {} programmed", n.k), ok);
+    }
+
+    // A connection from node 3's client held to the old endpoint on node 1.
+    let client3 = &mn.node(3).pods[2];
+    let mut held = None;
+    for _ in 0..64 {
+        let c = client3.run(|| {
+            let s = TcpStream::connect_timeout(&vip.parse().unwrap(), Duration::from_secs(1)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let r = BufReader::new(s.try_clone().unwrap());
+            (s, r)
+        });
+        let mut c = c;
+        if over(&mut c).unwrap() == pod_name(1, 1) {
+            held = Some(c);
+            break;
+        }
+    }
+    let mut held = held.expect("a connection to n1-p1 among 64");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = mn.nodes.iter().map(|n| load(&n.pods[2], vip, stop.clone())).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let steps: [&[Ep]; 5] = [
+        &[Ep::ready(1, 1), Ep::ready(2, 1), Ep::ready(3, 1)],
+        &[Ep::terminating(1, 1), Ep::ready(2, 1), Ep::ready(3, 1)],
+        &[Ep::ready(2, 1), Ep::ready(3, 1), Ep::ready(1, 2)],
+        &[Ep::terminating(2, 1), Ep::ready(3, 1), Ep::ready(1, 2)],
+        &[Ep::ready(3, 1), Ep::ready(1, 2)],
+    ];
+    for eps in steps {
+        mn.cp.replace(&slice("web", eps));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for (n, h) in mn.nodes.iter().zip(loads) {
+        let (ok, failed) = h.join().unwrap();
+        assert!(failed.is_empty(), "node {}: {} of {} failed: {:?}", n.k, failed.len(), ok + failed.len(), &failed[..failed.len().min(5)]);
+        assert!(ok > 100, "node {}: only {ok} requests", n.k);
+        total += ok;
+    }
+    eprintln!("rollout: {total} requests from three nodes, 0 failed");
+    // Only the new endpoints are chosen now, from every node.
+    for n in &mn.nodes {
+        let (who, _, answered) = spread(&n.pods[2], Proto::Tcp, vip, 30);
+        assert_eq!(answered, 30);
+        assert_eq!(who, set(&[pod_name(3, 1), pod_name(1, 2)]), "node {} after the rollout", n.k);
+    }
+    assert_eq!(over(&mut held).unwrap(), pod_name(1, 1), "the held connection still reaches its old pod");
+}
+
+/// `make cluster`: KNP_CLUSTER_NODES nodes (default 20), network-programming latency across the
+/// cluster, and a node joining a cluster of KNP_CLUSTER_SERVICES Services (default 10,000) under
+/// traffic. Reports, asserts only that no request failed and every change arrived. Latency is
+/// probed by traffic from each node's own namespace (a new TCP connection every 2 ms, 10 ms
+/// timeout): each figure can be up to ~12 ms late.
+#[test]
+#[ignore = "make cluster: minutes long"]
+fn cluster_scale_scenario() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (nodes, services, changes) =
+        (env("KNP_CLUSTER_NODES", 20), env("KNP_CLUSTER_SERVICES", 10_000), env("KNP_CLUSTER_CHANGES", 30));
+    let started = Instant::now();
+    let mn = MultiNode::new(nodes, 1);
+    apply_deploy(&mn.cp);
+    eprintln!("cluster of {nodes} nodes built in {:.1?}", started.elapsed());
+    let mut report = format!("Cluster: {nodes} nodes (one kube-nftproxy each), 1 pod per node, the real kube-apiserver.\n\n");
+
+    let mut proxies: Vec<Option<Daemon>> = Vec::new();
+    let start_proxy = |n: &Node, extra: &[&str]| {
+        let kc = mn.cp.kubeconfig(&n.api_ip, 6443, PROXY_TOKEN, &format!("proxy-{}", n.name));
+        let mut args = vec![
+            "--kubeconfig".to_string(),
+            kc.to_str().unwrap().to_string(),
+            "--hostname-override".into(),
+            n.name.clone(),
+            "--cluster-cidr".into(),
+            CLUSTER_CIDR.into(),
+            "--metrics-bind-address".into(),
+            "127.0.0.1:10249".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start_exact(&n.ns, mn.cp.dir.join(format!("{}.log", n.name)), &args)
+    };
+
+    // Network-programming latency: API write → every node's kernel has the change (probed from
+    // each node's own namespace, 1 ms apart), with kube-proxy's default minimum sync period and
+    // with none.
+    let phases = [("--iptables-min-sync-period 0s", &["--iptables-min-sync-period", "0s"][..]), ("default (1s)", &[][..])];
+    for (phase, (label, extra)) in phases.into_iter().enumerate() {
+        proxies.clear();
+        proxies.extend(mn.nodes[..nodes - 1].iter().map(|n| Some(start_proxy(n, extra))));
+        let running = &mn.nodes[..nodes - 1];
+        let before = programming_metric(running);
+        let lat = programming_latency(&mn, running, changes, phase);
+        let after = programming_metric(running);
+        // The daemons' own view over the same changes: trigger time → rules in the kernel.
+        let own = (after.0 - before.0) / (after.1 - before.1).max(1.0);
+        let q = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+        let line = format!(
+            "| {label} | {} × {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+            changes,
+            nodes - 1,
+            q(0.5).as_secs_f64() * 1e3,
+            q(0.9).as_secs_f64() * 1e3,
+            q(0.99).as_secs_f64() * 1e3,
+            lat.last().unwrap().as_secs_f64() * 1e3,
+            own * 1e3
+        );
+        eprint!("programming latency {line}");
+        if report.contains("| min-sync") {
+            report.push_str(&line);
+        } else {
+            report.push_str("| min-sync | changes × nodes | p50 | p90 | p99 | max | the daemons' own metric, mean |\n|---|---|---|---|---|---|---|\n");
+            report.push_str(&line);
+        }
+    }
+
+    // A node joins a cluster of `services` Services while a client keeps connecting through
+    // node 1 (NodePort, endpoint on node 2): nothing fails there, and the new node serves once
+    // its cold start is done.
+    mn.cp.create(&node_port_service("np", "10.96.201.1", 30100));
+    mn.cp.create(&slice("np", &[Ep::ready(2, 1)]));
+    mn.cp.create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": nftproxy_integration::headtohead::NAMESPACE}}));
+    let t = Instant::now();
+    let objects = nftproxy_integration::headtohead::objects(services, 1);
+    let load_time = nftproxy_integration::loader::create_all(&mn.cp, &objects, 64);
+    mn.cp.create(&service("late", "10.96.201.2", json!({})));
+    mn.cp.create(&slice("late", &[Ep::ready(1, 1)]));
+    for n in &mn.nodes[..nodes - 1] {
+        let ok = |o: &Outcome| matches!(o, Outcome::Answered { .. });
+        settle(&n.ns, Proto::Tcp, "10.96.201.2:80", t, Duration::from_secs(600), &format!("{} has every Service", n.name), ok);
+    }
+    eprintln!("{services} Services loaded in {load_time:.1?}; every node had them {:.1?} after the first", t.elapsed());
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(&mn.client, &format!("{}:30100", node_ip(1)), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let joining = &mn.nodes[nodes - 1];
+    let t = Instant::now();
+    proxies.push(Some(start_proxy(joining, &["--iptables-min-sync-period", "0s"])));
+    let ok = |o: &Outcome| matches!(o, Outcome::Answered { .. });
+    let cold = settle(&joining.ns, Proto::Tcp, "10.96.201.2:80", t, Duration::from_secs(300), "the joining node", ok);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok_n, failed) = traffic.join().unwrap();
+    assert!(failed.is_empty(), "{} of {} requests through node 1 failed: {:?}", failed.len(), ok_n + failed.len(), &failed[..failed.len().min(5)]);
+    report.push_str(&format!(
+        "\nNode join: {services} Services × 1 endpoint in the API server (created in {:.1} s); node {} started its proxy and served a Service {:.2} s later (its cold start), while {ok_n} new connections through node 1 all succeeded.\n",
+        load_time.as_secs_f64(),
+        joining.name,
+        cold.as_secs_f64()
+    ));
+
+    // Each daemon's RSS and CPU, and its own network-programming metric.
+    let mut rss = Vec::new();
+    let mut cpu = Vec::new();
+    let mut npl = Vec::new();
+    for (n, d) in mn.nodes.iter().zip(&proxies) {
+        let Some(d) = d else { continue };
+        rss.push(nftproxy_integration::proc_status_kb(d.pid(), "VmRSS:") as f64 / 1024.0);
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap_or_default();
+        let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        cpu.push(ticks / 100.0);
+        let (_, m) = curl(&n.ns, "http://127.0.0.1:10249/metrics");
+        let sum = common::metric(&m, "kubeproxy_network_programming_duration_seconds_sum{ip_family=\"IPv4\"}");
+        let count = common::metric(&m, "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"}");
+        if let (Some(s), Some(c)) = (sum, count) && c > 0.0 {
+            npl.push(s / c);
+        }
+    }
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v.first().copied().unwrap_or(0.0), v[v.len() / 2], v.last().copied().unwrap_or(0.0))
+    };
+    let (r0, r1, r2) = stats(&mut rss);
+    let (c0, c1, c2) = stats(&mut cpu);
+    let (m0, m1, m2) = stats(&mut npl);
+    report.push_str(&format!(
+        "\nPer daemon at the end (min / median / max over {} nodes): RSS {r0:.0} / {r1:.0} / {r2:.0} MiB; CPU {c0:.1} / {c1:.1} / {c2:.1} s; mean of its own `kubeproxy_network_programming_duration_seconds` {:.0} / {:.0} / {:.0} ms.\n",
+        rss.len(),
+        m0 * 1e3,
+        m1 * 1e3,
+        m2 * 1e3
+    ));
+    report.push_str(&format!("\nWall time: {:.0} s.\n", started.elapsed().as_secs_f64()));
+    println!("\n{report}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/cluster-report.md");
+    std::fs::write(&out, &report).unwrap();
+    eprintln!("report written to {}", out.display());
+}
+
+/// Over every node's daemon: the sum and count of `kubeproxy_network_programming_duration_seconds`.
+fn programming_metric(nodes: &[Node]) -> (f64, f64) {
+    nodes.iter().fold((0.0, 0.0), |(s, c), n| {
+        let (_, m) = curl(&n.ns, "http://127.0.0.1:10249/metrics");
+        let get = |name: &str| common::metric(&m, &format!("{name}{{ip_family=\"IPv4\"}}")).unwrap_or(0.0);
+        (
+            s + get("kubeproxy_network_programming_duration_seconds_sum"),
+            c + get("kubeproxy_network_programming_duration_seconds_count"),
+        )
+    })
+}
+
+/// `changes` (at most 750) EndpointSlice changes of phase `phase` (a Service created, scaled to two endpoints, its endpoint
+/// moved to another node, in turn), each timed from just before its API write until every
+/// node in `nodes` answers as the change says: sorted latencies, one per (change, node).
+fn programming_latency(mn: &MultiNode, nodes: &[Node], changes: usize, phase: usize) -> Vec<Duration> {
+    let n = nodes.len();
+    let mut out = Vec::new();
+    for c in 0..changes {
+        let svc = format!("lat{phase}-{}", c / 3);
+        let vip = format!("10.96.{}.{}", 202 + phase, c / 3 + 1);
+        let home = (c / 3) % n + 1;
+        let (eps, want): (Vec<Ep>, String) = match c % 3 {
+            0 => (vec![Ep::ready(home, 1)], pod_name(home, 1)),
+            1 => (vec![Ep::ready(home, 1), Ep::ready(home % n + 1, 1)], pod_name(home % n + 1, 1)),
+            _ => (vec![Ep::ready((home + 1) % n + 1, 1)], pod_name((home + 1) % n + 1, 1)),
+        };
+        let go = Arc::new(AtomicBool::new(false));
+        let t0 = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let probes: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let (ns, to, want, go, t0) = (node.ns.clone(), format!("{vip}:80"), want.clone(), go.clone(), t0.clone());
+                std::thread::spawn(move || {
+                    ns.run(|| {
+                        while !go.load(Ordering::Acquire) {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        let start = *t0.lock().unwrap();
+                        let to: SocketAddr = to.parse().unwrap();
+                        loop {
+                            if let Outcome::Answered { responder, .. } =
+                                nftproxy_integration::request(Proto::Tcp, to, None, Duration::from_millis(10))
+                                && responder == want
+                            {
+                                return start.elapsed();
+                            }
+                            assert!(start.elapsed() < Duration::from_secs(60), "{to} never answered by {want}");
+                            // 2 ms apart: twenty probing threads must not starve the daemons of
+                            // the two cores they measure.
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    })
+                })
+            })
+            .collect();
+        *t0.lock().unwrap() = Instant::now();
+        go.store(true, Ordering::Release);
+        if c % 3 == 0 {
+            mn.cp.create(&service(&svc, &vip, json!({})));
+            mn.cp.create(&slice(&svc, &eps));
+        } else {
+            mn.cp.replace(&slice(&svc, &eps));
+        }
+        for p in probes {
+            out.push(p.join().unwrap());
+        }
+    }
+    out.sort();
+    out
+}

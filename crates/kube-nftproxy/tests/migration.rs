@@ -17,30 +17,8 @@ use common::*;
 use nftproxy_integration::control_plane::{ADMIN_TOKEN, API_IP, ControlPlane, peers_dir};
 use nftproxy_integration::lab::{Lab, NODE};
 use nftproxy_integration::peer::{self, KubeProxy, Mode};
-use nftproxy_integration::{Ns, Outcome, Proto, request};
+use nftproxy_integration::{Ns, Proto};
 use serde_json::json;
-
-/// New TCP connections to the VIP from the client, one per millisecond or so, until stopped (at
-/// most 60 s or 20,000 requests): (answered, failed outcomes). Paced: unpaced (3,500/s) the
-/// client wraps its source ports within a test and meets the pods' TIME_WAIT sockets for the
-/// same (masqueraded) 4-tuple, a failure of the load, not of the switch (seen once in 3,500).
-fn load(client: &Ns, vip: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<Outcome>)> {
-    let (client, to) = (client.clone(), vip.parse().unwrap());
-    std::thread::spawn(move || {
-        client.run(|| {
-            let (mut ok, mut failed) = (0, Vec::new());
-            let start = Instant::now();
-            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) && ok < 20_000 {
-                match request(Proto::Tcp, to, None, Duration::from_secs(1)) {
-                    Outcome::Answered { .. } => ok += 1,
-                    other => failed.push(other),
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            (ok, failed)
-        })
-    })
-}
 
 fn sh(ns: &Ns, cmd: &str) -> String {
     let out = ns.command("sh").args(["-c", cmd]).output().unwrap();

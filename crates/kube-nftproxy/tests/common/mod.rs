@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use nftproxy_integration::control_plane::ControlPlane;
 use nftproxy_integration::lab::{NODE, NODE_IP, POD_PORT, pod_ip};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use nftproxy_integration::{Ns, Outcome, Proto, request};
 use serde_json::{Value, json};
 
@@ -244,4 +247,26 @@ pub fn control_plane_with_web(lab: &mut nftproxy_integration::lab::Lab) -> Contr
     cp.create(&service(json!({})));
     cp.create(&slice(&[1, 2, 3]));
     cp
+}
+
+/// New TCP connections to the VIP from the client, one per millisecond or so, until stopped (at
+/// most 60 s or 20,000 requests): (answered, failed outcomes). Paced: unpaced (3,500/s) the
+/// client wraps its source ports within a test and meets the pods' TIME_WAIT sockets for the
+/// same (masqueraded) 4-tuple, a failure of the load, not of the switch (seen once in 3,500).
+pub fn load(client: &Ns, vip: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<Outcome>)> {
+    let (client, to) = (client.clone(), vip.parse().unwrap());
+    std::thread::spawn(move || {
+        client.run(|| {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) && ok < 20_000 {
+                match request(Proto::Tcp, to, None, Duration::from_secs(1)) {
+                    Outcome::Answered { .. } => ok += 1,
+                    other => failed.push(other),
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (ok, failed)
+        })
+    })
 }
