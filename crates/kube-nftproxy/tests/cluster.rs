@@ -368,37 +368,45 @@ fn cluster_scale_scenario() {
     };
 
     // Network-programming latency: API write → every node's kernel has the change (probed from
-    // each node's own namespace, 1 ms apart), with kube-proxy's default minimum sync period and
-    // with none.
-    let phases = [("--iptables-min-sync-period 0s", &["--iptables-min-sync-period", "0s"][..]), ("default (1s)", &[][..])];
+    // each node's own namespace), with kube-proxy's default minimum sync period and with none.
+    report.push_str(
+        "| proxy, min-sync | changes × nodes | p50 | p90 | p99 | max | the proxies' own metric, mean |\n|---|---|---|---|---|---|---|\n",
+    );
+    let running = &mn.nodes[..nodes - 1];
+    let phases = [
+        ("kube-nftproxy, `--iptables-min-sync-period 0s`", &["--iptables-min-sync-period", "0s"][..]),
+        ("kube-nftproxy, default (1s)", &[][..]),
+    ];
     for (phase, (label, extra)) in phases.into_iter().enumerate() {
         proxies.clear();
-        proxies.extend(mn.nodes[..nodes - 1].iter().map(|n| Some(start_proxy(n, extra))));
-        let running = &mn.nodes[..nodes - 1];
-        let before = programming_metric(running);
-        let lat = programming_latency(&mn, running, changes, phase);
-        let after = programming_metric(running);
-        // The daemons' own view over the same changes: trigger time → rules in the kernel.
-        let own = (after.0 - before.0) / (after.1 - before.1).max(1.0);
-        let q = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
-        let line = format!(
-            "| {label} | {} × {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |\n",
-            changes,
-            nodes - 1,
-            q(0.5).as_secs_f64() * 1e3,
-            q(0.9).as_secs_f64() * 1e3,
-            q(0.99).as_secs_f64() * 1e3,
-            lat.last().unwrap().as_secs_f64() * 1e3,
-            own * 1e3
-        );
-        eprint!("programming latency {line}");
-        if report.contains("| min-sync") {
-            report.push_str(&line);
-        } else {
-            report.push_str("| min-sync | changes × nodes | p50 | p90 | p99 | max | the daemons' own metric, mean |\n|---|---|---|---|---|---|---|\n");
-            report.push_str(&line);
-        }
+        proxies.extend(running.iter().map(|n| Some(start_proxy(n, extra))));
+        report.push_str(&latency_row(&mn, running, changes, phase, label));
     }
+
+    // The same changes with the real kube-proxy v1.34.4 (nftables mode, its minimum sync period
+    // off as in the first row) on the same nodes, our tables removed first.
+    proxies.clear();
+    let mut kube_proxies = Vec::new();
+    for n in running {
+        let out = n.ns.command(env!("CARGO_BIN_EXE_kube-nftproxy")).args(["run", "--cleanup"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let kc = mn.cp.kubeconfig(&n.api_ip, 6443, nftproxy_integration::control_plane::ADMIN_TOKEN, &format!("kp-{}", n.name));
+        let peers = nftproxy_integration::control_plane::peers_dir();
+        let cmd = nftproxy_integration::peer::command(&peers, &n.ns, &kc, nftproxy_integration::peer::Mode::Nftables, &n.name, CLUSTER_CIDR);
+        kube_proxies.push(nftproxy_integration::peer::KubeProxy::start(cmd, &n.ns, mn.cp.dir.join(format!("kp-{}.log", n.name))));
+    }
+    for n in running {
+        // Every node's kube-proxy has synced: a Service from the phases above answers.
+        let ok = |o: &Outcome| matches!(o, Outcome::Answered { .. });
+        settle(&n.ns, Proto::Tcp, "10.96.202.1:80", Instant::now(), Duration::from_secs(120), &format!("kube-proxy on {}", n.name), ok);
+    }
+    report.push_str(&latency_row(&mn, running, changes, 2, "kube-proxy v1.34.4 nftables, `--iptables-min-sync-period 0s`"));
+    for kp in &mut kube_proxies {
+        kp.assert_running();
+    }
+    drop(kube_proxies);
+    // Ours again (they take the nodes over from kube-proxy's leftover tables).
+    proxies.extend(running.iter().map(|n| Some(start_proxy(n, &["--iptables-min-sync-period", "0s"]))));
 
     // A node joins a cluster of `services` Services while a client keeps connecting through
     // node 1 (NodePort, endpoint on node 2): nothing fails there, and the new node serves once
@@ -435,23 +443,15 @@ fn cluster_scale_scenario() {
         cold.as_secs_f64()
     ));
 
-    // Each daemon's RSS and CPU, and its own network-programming metric.
+    // Each daemon's RSS and CPU.
     let mut rss = Vec::new();
     let mut cpu = Vec::new();
-    let mut npl = Vec::new();
-    for (n, d) in mn.nodes.iter().zip(&proxies) {
-        let Some(d) = d else { continue };
+    for d in proxies.iter().flatten() {
         rss.push(nftproxy_integration::proc_status_kb(d.pid(), "VmRSS:") as f64 / 1024.0);
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap_or_default();
         let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-        cpu.push(ticks / 100.0);
-        let (_, m) = curl(&n.ns, "http://127.0.0.1:10249/metrics");
-        let sum = common::metric(&m, "kubeproxy_network_programming_duration_seconds_sum{ip_family=\"IPv4\"}");
-        let count = common::metric(&m, "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"}");
-        if let (Some(s), Some(c)) = (sum, count) && c > 0.0 {
-            npl.push(s / c);
-        }
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        cpu.push((ticks(11) + ticks(12)) / 100.0);
     }
     let stats = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -459,13 +459,9 @@ fn cluster_scale_scenario() {
     };
     let (r0, r1, r2) = stats(&mut rss);
     let (c0, c1, c2) = stats(&mut cpu);
-    let (m0, m1, m2) = stats(&mut npl);
     report.push_str(&format!(
-        "\nPer daemon at the end (min / median / max over {} nodes): RSS {r0:.0} / {r1:.0} / {r2:.0} MiB; CPU {c0:.1} / {c1:.1} / {c2:.1} s; mean of its own `kubeproxy_network_programming_duration_seconds` {:.0} / {:.0} / {:.0} ms.\n",
-        rss.len(),
-        m0 * 1e3,
-        m1 * 1e3,
-        m2 * 1e3
+        "\nPer daemon at the end (min / median / max over {} nodes): RSS {r0:.0} / {r1:.0} / {r2:.0} MiB; CPU {c0:.1} / {c1:.1} / {c2:.1} s.\n",
+        rss.len()
     ));
     report.push_str(&format!("\nWall time: {:.0} s.\n", started.elapsed().as_secs_f64()));
     println!("\n{report}");
@@ -474,11 +470,39 @@ fn cluster_scale_scenario() {
     eprintln!("report written to {}", out.display());
 }
 
+/// One row of the latency table: `changes` changes of phase `phase` timed on every node of
+/// `nodes`, quantiles over (change, node), and the proxies' own metric over the same changes.
+fn latency_row(mn: &MultiNode, nodes: &[Node], changes: usize, phase: usize, label: &str) -> String {
+    let before = programming_metric(nodes);
+    let lat = programming_latency(mn, nodes, changes, phase);
+    let after = programming_metric(nodes);
+    // The proxies' own view over the same changes: trigger time → rules in the kernel.
+    let own = (after.0 - before.0) / (after.1 - before.1).max(1.0);
+    let q = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    let row = format!(
+        "| {label} | {changes} × {} | {} | {} | {} | {} | {:.1} ms |\n",
+        nodes.len(),
+        ms(q(0.5)),
+        ms(q(0.9)),
+        ms(q(0.99)),
+        ms(*lat.last().unwrap()),
+        own * 1e3
+    );
+    eprint!("programming latency {row}");
+    row
+}
+
 /// Over every node's daemon: the sum and count of `kubeproxy_network_programming_duration_seconds`.
 fn programming_metric(nodes: &[Node]) -> (f64, f64) {
     nodes.iter().fold((0.0, 0.0), |(s, c), n| {
         let (_, m) = curl(&n.ns, "http://127.0.0.1:10249/metrics");
-        let get = |name: &str| common::metric(&m, &format!("{name}{{ip_family=\"IPv4\"}}")).unwrap_or(0.0);
+        // With the family label (ours, kube-proxy's newer ones) or without.
+        let get = |name: &str| {
+            common::metric(&m, &format!("{name}{{ip_family=\"IPv4\"}}"))
+                .or_else(|| common::metric(&m, &format!("{name} ")))
+                .unwrap_or(0.0)
+        };
         (
             s + get("kubeproxy_network_programming_duration_seconds_sum"),
             c + get("kubeproxy_network_programming_duration_seconds_count"),
