@@ -207,18 +207,27 @@ pub struct Ep {
     pub serving: bool,
     pub terminating: bool,
     pub zone_hint: Option<&'static str>,
+    /// `hints.forNodes` (PreferSameNode): the endpoint's own node.
+    pub node_hint: bool,
 }
 
 impl Ep {
     pub fn ready(k: usize, j: usize) -> Ep {
-        Ep { k, j, ready: true, serving: true, terminating: false, zone_hint: None }
+        Ep { k, j, ready: true, serving: true, terminating: false, zone_hint: None, node_hint: false }
     }
     /// Serving but terminating (a pod being deleted that still answers).
     pub fn terminating(k: usize, j: usize) -> Ep {
-        Ep { k, j, ready: false, serving: true, terminating: true, zone_hint: None }
+        Ep { k, j, ready: false, serving: true, terminating: true, zone_hint: None, node_hint: false }
     }
     pub fn hinted(mut self, zone: &'static str) -> Ep {
         self.zone_hint = Some(zone);
+        self
+    }
+    /// Hinted for its own node, as the EndpointSlice controller does for PreferSameNode (which
+    /// also sets the zone hint).
+    pub fn for_own_node(mut self) -> Ep {
+        self.node_hint = true;
+        self.zone_hint = Some(if self.k % 2 == 1 { "zone-a" } else { "zone-b" });
         self
     }
 }
@@ -237,6 +246,9 @@ pub fn slice(name: &str, eps: &[Ep]) -> Value {
             });
             if let Some(z) = e.zone_hint {
                 v["hints"] = json!({"forZones": [{"name": z}]});
+            }
+            if e.node_hint {
+                v["hints"]["forNodes"] = json!([{"name": node_name(e.k)}]);
             }
             v
         })
