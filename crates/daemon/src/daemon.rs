@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use nftproxy_kube::SourceEvent;
+use nftproxy_model::SourceEvent;
 use nftproxy_model::{IpFamily, NodeContext, NodePortAddresses};
 use tokio::sync::mpsc;
 

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use nftproxy_kube::SourceEvent;
+use nftproxy_model::SourceEvent;
 use tokio::sync::mpsc;
 
 /// Names, sizes, inodes and modification times of the manifest files: any change → reload.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nftproxy_kube::SourceEvent;
+use nftproxy_model::SourceEvent;
 use nftproxy_model::{ClusterState, EndpointSlice, Node, Service, ServiceName};
 
 /// What the next sync has to do.

@@ -13,7 +13,7 @@ use nftproxy_model::Protocol;
 use nftproxy_nftables::trace::{TraceEvent, TraceFlow, trace_packets};
 
 use crate::node_args::NodeArgs;
-use crate::{Backend, load};
+use crate::{ProxyMode, load};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum TextOrJson {
@@ -60,8 +60,8 @@ pub struct ExplainArgs {
     #[command(flatten)]
     node: NodeArgs,
     /// nftables: our rules; iptables: also kube-proxy's chains on the path, with probabilities.
-    #[arg(long, value_enum, default_value = "nftables")]
-    backend: Backend,
+    #[arg(long, value_name = "nftables|iptables", value_parser = |s: &str| s.parse::<ProxyMode>(), default_value = "nftables")]
+    backend: ProxyMode,
     #[arg(long, value_enum, default_value = "text")]
     output: TextOrJson,
 }
@@ -82,10 +82,10 @@ pub fn run_explain(a: ExplainArgs) -> Result<()> {
         }
         (None, None) => bail!("--from or --kubeconfig is required"),
     };
-    let ctx = a.node.context(&state, a.backend == Backend::Iptables)?;
+    let ctx = a.node.context(&state, a.backend == ProxyMode::Iptables)?;
     let f = &a.flow;
     let flow = Flow { src: f.src, dst: f.dst, protocol: f.proto, dport: f.dport, iifname: f.iifname.clone() };
-    let ex = explain(&state, &ctx, flow, a.backend == Backend::Iptables);
+    let ex = explain(&state, &ctx, flow, a.backend == ProxyMode::Iptables);
     match a.output {
         TextOrJson::Text => print!("{}", render_text(&ex)),
         TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&ex)?),

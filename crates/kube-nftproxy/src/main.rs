@@ -30,15 +30,10 @@ enum Output {
     Json,
 }
 
-/// Which data plane to program.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub(crate) enum Backend {
-    /// nf_tables over netlink: tables `ip kube-nftproxy` and `ip6 kube-nftproxy`.
-    Nftables,
-    /// kube-proxy's iptables mode, exactly: chains KUBE-* through iptables-restore of the node's
-    /// iptables (legacy or nft, see --iptables-variant).
-    Iptables,
-}
+/// Which data plane `render`, `sync`, `cleanup` and `explain` mean (`--backend`): the daemon's
+/// `--proxy-mode`, one type for both — nftables (tables `ip`/`ip6 kube-nftproxy` over netlink)
+/// or iptables (kube-proxy's KUBE-* chains through the node's iptables-restore, legacy or nft).
+pub(crate) use nftproxy_daemon::config::ProxyMode;
 
 /// What `render` and `sync` program, and how.
 #[derive(Args, Debug)]
@@ -49,8 +44,8 @@ struct ProgramArgs {
     node: NodeArgs,
     #[command(flatten)]
     iptables: IptablesArgs,
-    #[arg(long, value_enum, default_value = "nftables")]
-    backend: Backend,
+    #[arg(long, value_name = "nftables|iptables", value_parser = |s: &str| s.parse::<ProxyMode>(), default_value = "nftables")]
+    backend: ProxyMode,
     /// A manifest source without a single object means "no Services" (without this flag it is
     /// an error, like a file that does not parse, and nothing is changed).
     #[arg(long = "allow-empty-manifests")]
@@ -67,8 +62,8 @@ impl ProgramArgs {
     /// The manifests and this node's context.
     fn load(&self) -> Result<(Loaded, NodeContext)> {
         let loaded = load_with(&self.from, self.allow_empty)?;
-        let mut ctx = self.node.context(&loaded.state, self.backend == Backend::Iptables)?;
-        if self.backend == Backend::Iptables {
+        let mut ctx = self.node.context(&loaded.state, self.backend == ProxyMode::Iptables)?;
+        if self.backend == ProxyMode::Iptables {
             ctx.masquerade_bit = self.iptables.masquerade_bit;
         }
         Ok((loaded, ctx))
@@ -96,8 +91,8 @@ enum Command {
     Trace(debug_cmds::TraceArgs),
     /// Remove our tables from the current network namespace (and nothing else).
     Cleanup {
-        #[arg(long, value_enum, default_value = "nftables")]
-        backend: Backend,
+        #[arg(long, value_name = "nftables|iptables", value_parser = |s: &str| s.parse::<ProxyMode>(), default_value = "nftables")]
+        backend: ProxyMode,
         /// With `--backend iptables`: `auto` removes our chains from both iptables variants.
         #[arg(long = "iptables-variant", value_enum, default_value = "auto")]
         variant: node_args::VariantArg,
@@ -134,12 +129,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Render(args) => {
             let (loaded, ctx) = args.load()?;
             match args.backend {
-                Backend::Nftables => {
+                ProxyMode::Nftables => {
                     for table in nftproxy_nftables::desired(&loaded.state, &ctx) {
                         print!("{}", table.render());
                     }
                 }
-                Backend::Iptables => {
+                ProxyMode::Iptables => {
                     for fam in [IpFamily::V4, IpFamily::V6] {
                         let tool = if fam == IpFamily::V6 { "ip6tables-restore" } else { "iptables-restore" };
                         println!("# {fam}: input for {tool}");
@@ -160,7 +155,7 @@ fn run(cli: Cli) -> Result<()> {
                     .context("reading the interface addresses (rtnetlink)")?,
             );
             match args.backend {
-                Backend::Nftables => {
+                ProxyMode::Nftables => {
                     let mut backend = NftablesBackend::new().context("opening the nf_tables netlink socket")?;
                     let start = std::time::Instant::now();
                     let report = backend.sync_cluster(&loaded.state, &ctx)?;
@@ -179,7 +174,7 @@ fn run(cli: Cli) -> Result<()> {
                         report.longest_transaction
                     );
                 }
-                Backend::Iptables => {
+                ProxyMode::Iptables => {
                     let opts = args.iptables_options(&ctx);
                     if opts.localhost_nodeports {
                         // kube-proxy's iptables mode: localhost NodePorts need route_localnet.
@@ -213,11 +208,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_cmd::run(*args),
         Command::Explain(args) => debug_cmds::run_explain(*args),
         Command::Trace(args) => debug_cmds::run_trace(args),
-        Command::Cleanup { backend: Backend::Nftables, .. } => {
+        Command::Cleanup { backend: ProxyMode::Nftables, .. } => {
             NftablesBackend::new().context("opening the nf_tables netlink socket")?.cleanup()?;
             Ok(())
         }
-        Command::Cleanup { backend: Backend::Iptables, variant } => {
+        Command::Cleanup { backend: ProxyMode::Iptables, variant } => {
             let variants = match variant {
                 node_args::VariantArg::Auto => {
                     nftproxy_iptables::Variant::ALL.into_iter().filter(|v| v.installed()).collect()

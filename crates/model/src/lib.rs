@@ -9,10 +9,12 @@
 #[cfg(any(test, feature = "proptest-support"))]
 pub mod arbitrary;
 mod cluster;
+mod event;
 mod resolve;
 mod types;
 
 pub use cluster::ClusterState;
+pub use event::SourceEvent;
 pub use resolve::{
     EndpointChoice, Frontend, FrontendKind, ResolvedEndpoint, ResolvedServicePort, resolve, resolve_service,
 };

@@ -20,7 +20,7 @@ use kube::{Api, Client, Config};
 use nftproxy_manifest::convert;
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1 as networking;
-use nftproxy_model::{EndpointSlice, Node, Service, ServiceName};
+use nftproxy_model::{EndpointSlice, Service, ServiceName};
 use tokio::sync::mpsc;
 
 /// kube-proxy's selector for both Services and EndpointSlices: objects of another service proxy
@@ -30,43 +30,9 @@ pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-nam
 /// then answers 503 so load balancers drain it).
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
-/// What the API told us, already in the service model's terms.
-#[derive(Clone, Debug, PartialEq)]
-pub enum SourceEvent {
-    /// Every Service, after a (re)list. Replaces what came before.
-    ServicesListed(Vec<Service>),
-    ServiceApplied(Service),
-    /// Deleted, or changed into something the proxy does not program (ExternalName, another
-    /// proxy's label, headless, unusable).
-    ServiceDeleted(ServiceName),
-    SlicesListed(Vec<EndpointSlice>),
-    SliceApplied(EndpointSlice),
-    SliceDeleted {
-        namespace: String,
-        name: String,
-    },
-    /// This node's Node object (None: it does not exist).
-    Node {
-        node: Option<Node>,
-        eligible: bool,
-    },
-    /// Every `networking.k8s.io/v1` ServiceCIDR (name, `spec.cidrs`), after a (re)list.
-    ServiceCidrsListed(Vec<(String, Vec<IpNet>)>),
-    ServiceCidrApplied((String, Vec<IpNet>)),
-    ServiceCidrDeleted(String),
-    /// This node's interface addresses may have changed (rtnetlink told us): look again.
-    LocalAddressesChanged,
-    /// The source as a whole could not be read (a manifest that does not parse, an empty one):
-    /// nothing changed, the previous state stays.
-    SourceFailed(String),
-    /// One object was unusable; it was treated as absent.
-    Warning(String),
-    /// A watch failed (the watcher retries on its own, with backoff).
-    WatchError {
-        kind: &'static str,
-        error: String,
-    },
-}
+/// The events this source produces are the model's ([`SourceEvent`]), shared with the manifest
+/// source: the change tracker depends on neither.
+pub use nftproxy_model::SourceEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

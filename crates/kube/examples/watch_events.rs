@@ -3,7 +3,8 @@
 //!
 //!     cargo run -p nftproxy-kube --example watch_events -- ~/.kube/config node-a
 
-use nftproxy_kube::{SourceEvent, client, watch};
+use nftproxy_kube::{client, watch};
+use nftproxy_model::SourceEvent;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
