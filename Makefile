@@ -6,6 +6,9 @@ SHELL      := /bin/bash
 CARGO      ?= cargo
 JOBS       ?= 2
 CARGOFLAGS ?= -j$(JOBS)
+# The tests that need root are marked in their crates' Cargo.toml (`required-features =
+# ["root-tests"]`): `make test` and the long suites turn them on, `make unit-test` runs without.
+ROOT_TESTS := --features kube-nftproxy/root-tests,nftproxy-integration/root-tests,nftproxy-iptables/root-tests
 # Debian packages the kernel tests and the demo use: nft (oracle in tests), iptables-legacy,
 # conntrack, ip, sysctl; libclang-dev for the rustables test reader (bindgen); curl and openssl
 # for the end-to-end tests against kube-apiserver (API calls, service-account key).
@@ -38,7 +41,7 @@ check-root:
 ## test: unit tests and kernel tests (in throwaway network namespaces).
 # The last line is the plain total over every test binary ("N passed, N failed").
 test: check-root deps peers
-	@mkdir -p target; set -o pipefail; KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) $(CARGO) test $(CARGOFLAGS) --workspace --lib --bins --tests --no-fail-fast 2>&1 \
+	@mkdir -p target; set -o pipefail; KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) $(CARGO) test $(CARGOFLAGS) --workspace $(ROOT_TESTS) --lib --bins --tests --no-fail-fast 2>&1 \
 	  | tee target/test.log; rc=$$?; \
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log; \
 	exit $$rc
@@ -49,20 +52,20 @@ test: check-root deps peers
 difftest: check-root deps peers
 	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) KNP_DIFFTEST_SEEDS=$${KNP_DIFFTEST_SEEDS:-1-20} \
 	  KNP_DIFFTEST_SERVICES=$${KNP_DIFFTEST_SERVICES:-150} \
-	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test difftest -- --nocapture
+	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --features root-tests --test difftest -- --nocapture
 
 ## faults: the fault suite in full (make test runs a bounded version): SIGKILL at eleven points
 ## of a 50k-element cold start and during six restarts under a held TCP connection, a refused
 ## transaction, ten API server/etcd outages during churn, foreign edits during 60 rounds of churn.
 faults: check-root deps peers
 	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) KNP_FAULTS_FULL=1 \
-	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test faults faults_ -- --nocapture --test-threads 1
+	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --features root-tests --test faults faults_ -- --nocapture --test-threads 1
 
 ## soak: ten minutes (KNP_SOAK_SECS) of Service and endpoint churn through the API server under
 ## TCP and UDP traffic; memory, latency and leaks checked (make test runs 20 s of it).
 soak: check-root deps peers
 	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) KNP_SOAK_SECS=$${KNP_SOAK_SECS:-600} \
-	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test faults soak_ -- --nocapture
+	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --features root-tests --test faults soak_ -- --nocapture
 
 ## cluster: KNP_CLUSTER_NODES nodes (20) in namespaces, one kube-nftproxy each, against the real
 ## kube-apiserver: network-programming latency across the cluster (with --iptables-min-sync-period
@@ -70,18 +73,19 @@ soak: check-root deps peers
 ## traffic, each daemon's RSS and CPU; report in target/cluster-report.md (make test runs N = 3).
 cluster: check-root deps peers
 	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) \
-	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --test cluster cluster_scale_scenario -- --ignored --nocapture
+	  $(CARGO) test $(CARGOFLAGS) --release -p kube-nftproxy --features root-tests --test cluster cluster_scale_scenario -- --ignored --nocapture
 
 ## fuzz: every property test (prop_*) with KNP_FUZZ_CASES cases (10^6 by default) in release;
 ## make test runs them with small case counts.
 fuzz: check-root deps
-	KNP_FUZZ_CASES=$${KNP_FUZZ_CASES:-1000000} $(CARGO) test $(CARGOFLAGS) --release -p nftproxy-nft-wire -p nftproxy-nftables -p nftproxy-manifest -p nftproxy-model -p nftproxy-iptables --lib --tests prop_ -- --nocapture
+	KNP_FUZZ_CASES=$${KNP_FUZZ_CASES:-1000000} $(CARGO) test $(CARGOFLAGS) --release -p nftproxy-nft-wire -p nftproxy-nftables -p nftproxy-manifest -p nftproxy-model -p nftproxy-iptables --features nftproxy-iptables/root-tests --lib --tests prop_ -- --nocapture
 
+## unit-test: every test that runs without root (any user): unit, golden, byte-exact, property.
 unit-test:
-	$(CARGO) test $(CARGOFLAGS) --workspace --exclude nftproxy-integration
+	$(CARGO) test $(CARGOFLAGS) --workspace
 
 kernel-test: check-root deps
-	$(CARGO) test $(CARGOFLAGS) -p nftproxy-integration
+	$(CARGO) test $(CARGOFLAGS) -p nftproxy-integration --features root-tests
 
 ## demo: the main job on the built-in example manifests: program a throwaway node namespace
 ## over netlink and send traffic through it.

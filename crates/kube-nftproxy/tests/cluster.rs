@@ -319,6 +319,8 @@ fn a_rolling_update_under_load_on_three_nodes_loses_no_request_and_cuts_no_conne
     for eps in steps {
         mn.cp.replace(&slice("web", eps));
         std::thread::sleep(Duration::from_millis(700));
+        // The held connection, used at every step (the responder closes it after 5 s idle).
+        assert_eq!(over(&mut held).unwrap(), pod_name(1, 1), "the held connection during the rollout");
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -330,13 +332,13 @@ fn a_rolling_update_under_load_on_three_nodes_loses_no_request_and_cuts_no_conne
         total += ok;
     }
     eprintln!("rollout: {total} requests from three nodes, 0 failed");
+    assert_eq!(over(&mut held).unwrap(), pod_name(1, 1), "the held connection after n1-p1 left the slice");
     // Only the new endpoints are chosen now, from every node.
     for n in &mn.nodes {
         let (who, _, answered) = spread(&n.pods[2], Proto::Tcp, vip, 30);
         assert_eq!(answered, 30);
         assert_eq!(who, set(&[pod_name(3, 1), pod_name(1, 2)]), "node {} after the rollout", n.k);
     }
-    assert_eq!(over(&mut held).unwrap(), pod_name(1, 1), "the held connection still reaches its old pod");
 }
 
 /// `make cluster`: KNP_CLUSTER_NODES nodes (default 20), network-programming latency across the
