@@ -22,10 +22,69 @@ fn comment(s: &str) -> &str {
 /// `type nat hook prerouting priority dstnat` and friends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaseChain {
-    /// `filter` or `nat`
-    pub chain_type: &'static str,
-    pub hook: u32,
+    pub chain_type: ChainType,
+    pub hook: Hook,
     pub priority: i32,
+}
+
+/// A base chain's type (NFTA_CHAIN_TYPE), as the kernel names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChainType {
+    Filter,
+    Nat,
+    Route,
+}
+
+impl ChainType {
+    pub const ALL: [ChainType; 3] = [ChainType::Filter, ChainType::Nat, ChainType::Route];
+    /// The kernel's name (`filter`, `nat`, `route`), which is also nft's.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+            ChainType::Route => "route",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<ChainType> {
+        ChainType::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// The netfilter hook of a base chain in the ip, ip6 and inet families (NFTA_HOOK_HOOKNUM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 5] = [Hook::Prerouting, Hook::Input, Hook::Forward, Hook::Output, Hook::Postrouting];
+    /// The kernel's number (`NF_INET_PRE_ROUTING` … `NF_INET_POST_ROUTING`).
+    pub fn number(self) -> u32 {
+        match self {
+            Hook::Prerouting => NF_INET_PRE_ROUTING,
+            Hook::Input => NF_INET_LOCAL_IN,
+            Hook::Forward => NF_INET_FORWARD,
+            Hook::Output => NF_INET_LOCAL_OUT,
+            Hook::Postrouting => NF_INET_POST_ROUTING,
+        }
+    }
+    pub fn from_number(n: u32) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.number() == n)
+    }
+    /// nft's name (`prerouting`, `input`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        }
+    }
 }
 
 /// A set or map declaration.
@@ -149,10 +208,10 @@ impl Batch {
             w.str(NFTA_CHAIN_TABLE, table);
             w.str(NFTA_CHAIN_NAME, name);
             if let Some(b) = base {
-                w.str(NFTA_CHAIN_TYPE, b.chain_type);
+                w.str(NFTA_CHAIN_TYPE, b.chain_type.name());
                 w.u32(NFTA_CHAIN_POLICY, NF_ACCEPT as u32);
                 let h = w.nest(NFTA_CHAIN_HOOK);
-                w.u32(NFTA_HOOK_HOOKNUM, b.hook);
+                w.u32(NFTA_HOOK_HOOKNUM, b.hook.number());
                 w.u32(NFTA_HOOK_PRIORITY, b.priority as u32);
                 w.end(h);
             }

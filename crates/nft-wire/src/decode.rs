@@ -10,7 +10,7 @@
 //! with `get` after its length was checked, and lengths are bounded by the input (netlink
 //! lengths are u16/u32, offsets stay within the buffer), so nothing can overflow.
 
-use crate::batch::{BaseChain, Batch, COMMENT_MAX, ELEMS_PER_MESSAGE, Elem, ElemData, FinishedBatch, SetSpec};
+use crate::batch::{BaseChain, Batch, COMMENT_MAX, ChainType, Hook, ELEMS_PER_MESSAGE, Elem, ElemData, FinishedBatch, SetSpec};
 use crate::consts::*;
 use crate::expr::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict};
 use crate::writer::align4;
@@ -571,15 +571,9 @@ fn decode_at(msg_type: u16, payload: &[u8], base: usize) -> Result<Message> {
 
 /// `type … hook … priority …; policy accept;` after NFTA_CHAIN_TYPE `t`.
 fn base_chain(t: &Attr, a: &mut Attrs) -> Result<BaseChain> {
-    // BaseChain holds a &'static str: the kernel's chain types.
-    let chain_type = match t.string()?.as_str() {
-        "filter" => "filter",
-        "nat" => "nat",
-        "route" => "route",
-        _ => {
-            let reason = "not a chain type (filter, nat, route)";
-            return Err(DecodeError::BadString { offset: t.offset, context: t.ctx, attr: t.ty, reason });
-        }
+    let Some(chain_type) = ChainType::from_name(&t.string()?) else {
+        let reason = "not a chain type (filter, nat, route)";
+        return Err(DecodeError::BadString { offset: t.offset, context: t.ctx, attr: t.ty, reason });
     };
     let policy = a.req(NFTA_CHAIN_POLICY)?;
     if policy.u32()? != NF_ACCEPT as u32 {
@@ -589,7 +583,10 @@ fn base_chain(t: &Attr, a: &mut Attrs) -> Result<BaseChain> {
         });
     }
     let mut h = a.req(NFTA_CHAIN_HOOK)?.nest("NFTA_HOOK")?;
-    let hook = h.req(NFTA_HOOK_HOOKNUM)?.u32()?;
+    let hook_attr = h.req(NFTA_HOOK_HOOKNUM)?;
+    let Some(hook) = Hook::from_number(hook_attr.u32()?) else {
+        return Err(DecodeError::NotCanonical { offset: hook_attr.offset, reason: "not an inet hook (0 to 4)" });
+    };
     let priority = h.req(NFTA_HOOK_PRIORITY)?.u32()? as i32;
     h.finish()?;
     Ok(BaseChain { chain_type, hook, priority })

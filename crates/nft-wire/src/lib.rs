@@ -15,7 +15,7 @@ pub mod expr;
 pub mod mutate;
 mod writer;
 
-pub use batch::{BaseChain, Batch, Elem, ElemData, FinishedBatch, MsgInfo, SetSpec, get_elems_request, split_messages};
+pub use batch::{BaseChain, Batch, ChainType, Elem, ElemData, FinishedBatch, Hook, MsgInfo, SetSpec, get_elems_request, split_messages};
 pub use decode::{DecodeError, Decoded, DecodedBatch, Message, decode_batch, decode_message, decode_messages};
 pub use expr::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, concat_reg};
 pub use writer::Udata;

@@ -57,12 +57,12 @@ fn messages_equal_nfts_bytes() {
     for c in ["mark-for-masquerade", "masquerading", "cluster-3", "reject-chain", "services"] {
         b.add_chain(V4, T, c, None);
     }
-    b.add_chain(V4, T, "filter-forward", Some(&BaseChain { chain_type: "filter", hook: NF_INET_FORWARD, priority: 0 }));
+    b.add_chain(V4, T, "filter-forward", Some(&BaseChain { chain_type: ChainType::Filter, hook: Hook::Forward, priority: 0 }));
     b.add_chain(
         V4,
         T,
         "nat-prerouting",
-        Some(&BaseChain { chain_type: "nat", hook: NF_INET_PRE_ROUTING, priority: -100 }),
+        Some(&BaseChain { chain_type: ChainType::Nat, hook: Hook::Prerouting, priority: -100 }),
     );
 
     let sets = [

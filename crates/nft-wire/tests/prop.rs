@@ -172,7 +172,7 @@ fn set_spec() -> impl Strategy<Value = SetSpec> {
 }
 
 fn base_chain() -> impl Strategy<Value = BaseChain> {
-    (select(&["filter", "nat", "route"][..]), any::<u32>(), any::<i32>())
+    (select(&ChainType::ALL[..]), select(&Hook::ALL[..]), any::<i32>())
         .prop_map(|(chain_type, hook, priority)| BaseChain { chain_type, hook, priority })
 }
 

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{BaseChain, Batch, Elem, ElemData, Expr, MetaKey, PayloadBase, SetSpec, Verdict, concat_reg};
+use nftproxy_nft_wire::{BaseChain, Batch, ChainType, Elem, ElemData, Expr, Hook, MetaKey, PayloadBase, SetSpec, Verdict, concat_reg};
 use nftproxy_nftables::netlink::NftSocket;
 
 const TABLE: &str = "commit-cost";
@@ -79,8 +79,8 @@ fn setup(sock: &mut NftSocket, shape: Shape, n: u32) {
         b.add_rule(FAMILY, TABLE, &format!("pick-{p}"), &[Expr::Counter, Expr::Immediate(Verdict::Accept)], None);
     }
     b.add_chain(FAMILY, TABLE, "services", None);
-    for (chain, hook) in [("nat-prerouting", NF_INET_PRE_ROUTING), ("nat-output", NF_INET_LOCAL_OUT)] {
-        b.add_chain(FAMILY, TABLE, chain, Some(&BaseChain { chain_type: "nat", hook, priority: -100 }));
+    for (chain, hook) in [("nat-prerouting", Hook::Prerouting), ("nat-output", Hook::Output)] {
+        b.add_chain(FAMILY, TABLE, chain, Some(&BaseChain { chain_type: ChainType::Nat, hook, priority: -100 }));
         b.add_rule(FAMILY, TABLE, chain, &[Expr::Immediate(Verdict::Jump("services".into()))], None);
     }
     let lookup = |set: &str, sreg, dreg| Expr::Lookup { sreg, dreg, set: set.into(), set_id: None, invert: false };

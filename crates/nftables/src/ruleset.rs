@@ -365,8 +365,8 @@ impl Ruleset {
                 let _ = writeln!(
                     out,
                     "\t\ttype {} hook {} priority {}; policy accept;",
-                    b.chain_type,
-                    hook_name(b.hook),
+                    b.chain_type.name(),
+                    b.hook.name(),
                     b.priority
                 );
             }
@@ -387,15 +387,6 @@ impl Ruleset {
     }
 }
 
-fn hook_name(h: u32) -> &'static str {
-    match h {
-        0 => "prerouting",
-        1 => "input",
-        2 => "forward",
-        3 => "output",
-        _ => "postrouting",
-    }
-}
 
 #[cfg(test)]
 mod packed_tests {

@@ -3,7 +3,7 @@
 //! endpoint count in use, one small chain.
 
 use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{BaseChain, SetSpec, Udata, Verdict};
+use nftproxy_nft_wire::{BaseChain, ChainType, Hook, SetSpec, Udata, Verdict};
 
 use crate::family::Family;
 use crate::rules;
@@ -276,7 +276,7 @@ pub fn affinity_set(f: Family, name: &str, timeout_s: u32) -> SetDecl {
     }
 }
 
-fn base(chain_type: &'static str, hook: u32, priority: i32) -> Option<BaseChain> {
+fn base(chain_type: ChainType, hook: Hook, priority: i32) -> Option<BaseChain> {
     Some(BaseChain { chain_type, hook, priority })
 }
 
@@ -296,14 +296,14 @@ pub fn fixed(f: Family, nodeports: NodePortMatch, masq_mark: u32, service_cidrs:
     let prio_dstnat = -100;
     // Hooks and priorities as kube-proxy's nftables mode (v1.34): other components can rely on
     // the same ordering.
-    r.chain("filter-prerouting-pre-dnat", base("filter", NF_INET_PRE_ROUTING, prio_dstnat - 10));
-    r.chain("filter-output-pre-dnat", base("filter", NF_INET_LOCAL_OUT, prio_dstnat - 10));
-    r.chain("filter-input", base("filter", NF_INET_LOCAL_IN, 0));
-    r.chain("filter-forward", base("filter", NF_INET_FORWARD, 0));
-    r.chain("filter-output", base("filter", NF_INET_LOCAL_OUT, 0));
-    r.chain("nat-prerouting", base("nat", NF_INET_PRE_ROUTING, prio_dstnat));
-    r.chain("nat-output", base("nat", NF_INET_LOCAL_OUT, prio_dstnat));
-    r.chain("nat-postrouting", base("nat", NF_INET_POST_ROUTING, 100));
+    r.chain("filter-prerouting-pre-dnat", base(ChainType::Filter, Hook::Prerouting, prio_dstnat - 10));
+    r.chain("filter-output-pre-dnat", base(ChainType::Filter, Hook::Output, prio_dstnat - 10));
+    r.chain("filter-input", base(ChainType::Filter, Hook::Input, 0));
+    r.chain("filter-forward", base(ChainType::Filter, Hook::Forward, 0));
+    r.chain("filter-output", base(ChainType::Filter, Hook::Output, 0));
+    r.chain("nat-prerouting", base(ChainType::Nat, Hook::Prerouting, prio_dstnat));
+    r.chain("nat-output", base(ChainType::Nat, Hook::Output, prio_dstnat));
+    r.chain("nat-postrouting", base(ChainType::Nat, Hook::Postrouting, 100));
 
     let new_jump = |c: &str| rules::ct_state_new().then(rules::jump(c));
     r.add_rule("filter-input", new_jump(NODEPORT_ENDPOINTS_CHECK));

@@ -15,7 +15,7 @@ use neli::socket::NlSocket;
 use neli::utils::Groups;
 use nftproxy_nft_wire::consts::*;
 use nftproxy_nft_wire::expr::{CmpOp, Expr, MetaKey, PayloadBase};
-use nftproxy_nft_wire::{BaseChain, Batch};
+use nftproxy_nft_wire::{BaseChain, Batch, ChainType, Hook};
 use serde::Serialize;
 
 use crate::family::Family;
@@ -69,14 +69,7 @@ pub struct TraceEvent {
 }
 
 fn hook_name(h: u32) -> &'static str {
-    match h {
-        NF_INET_PRE_ROUTING => "prerouting",
-        NF_INET_LOCAL_IN => "input",
-        NF_INET_FORWARD => "forward",
-        NF_INET_LOCAL_OUT => "output",
-        NF_INET_POST_ROUTING => "postrouting",
-        _ => "?",
-    }
+    Hook::from_number(h).map_or("?", Hook::name)
 }
 
 fn be32(v: &[u8]) -> Option<u32> {
@@ -314,8 +307,8 @@ impl TraceSession {
         let mut batch = Batch::new(seq);
         let fam = family.nfproto();
         let exprs = match_flow(&flow);
-        for (name, hook) in chains.iter().zip([NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT]) {
-            batch.add_chain(fam, TABLE, name, Some(&BaseChain { chain_type: "filter", hook, priority: -300 }));
+        for (name, hook) in chains.iter().zip([Hook::Prerouting, Hook::Output]) {
+            batch.add_chain(fam, TABLE, name, Some(&BaseChain { chain_type: ChainType::Filter, hook, priority: -300 }));
             batch.add_rule(fam, TABLE, name, &exprs, Some(TRACE_COMMENT));
         }
         cmd.commit(&batch.finish()).map_err(|e| io::Error::other(e.to_string()))?;
