@@ -1,10 +1,9 @@
 //! kube-nftproxy: a kube-proxy replacement that programs nftables over netlink.
 
-mod debug_cmds;
-mod inspect;
-mod kube_proxy_flags;
+mod commands;
 mod node_args;
-mod run_cmd;
+
+use commands::{debug, inspect, run};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,14 +80,14 @@ enum Command {
     /// Run as the node's service proxy (kube-proxy's replacement): watch the API server (or, with
     /// --from, manifests) and keep this network namespace's rules in step until SIGTERM, which
     /// leaves them in place.
-    Run(Box<run_cmd::RunArgs>),
+    Run(Box<run::RunArgs>),
     /// What the proxy does with one packet, from the service model (no kernel needed): frontend,
     /// Service port, candidate endpoints with probabilities, masquerade, affinity, or why it is
     /// rejected or dropped; with --backend iptables also kube-proxy's chains on the way.
-    Explain(Box<debug_cmds::ExplainArgs>),
+    Explain(Box<debug::ExplainArgs>),
     /// Follow real packets of one flow through this network namespace's rules, with the kernel's
     /// nftables tracing; the marking rule is removed afterwards (also on Ctrl-C).
-    Trace(debug_cmds::TraceArgs),
+    Trace(debug::TraceArgs),
     /// Remove our tables from the current network namespace (and nothing else).
     Cleanup {
         #[arg(long, value_name = "nftables|iptables", value_parser = |s: &str| s.parse::<ProxyMode>(), default_value = "nftables")]
@@ -205,9 +204,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run(args) => run_cmd::run(*args),
-        Command::Explain(args) => debug_cmds::run_explain(*args),
-        Command::Trace(args) => debug_cmds::run_trace(args),
+        Command::Run(args) => run::run(*args),
+        Command::Explain(args) => debug::run_explain(*args),
+        Command::Trace(args) => debug::run_trace(args),
         Command::Cleanup { backend: ProxyMode::Nftables, .. } => {
             NftablesBackend::new().context("opening the nf_tables netlink socket")?.cleanup()?;
             Ok(())

@@ -76,7 +76,7 @@ pub struct RunArgs {
     logging_format: Option<String>,
     /// kube-proxy flags that do not apply here: accepted, each one warned about with the reason.
     #[command(flatten)]
-    not_applicable: crate::kube_proxy_flags::NotApplicable,
+    not_applicable: crate::commands::kube_proxy_flags::NotApplicable,
     /// ip:port of /metrics (default 127.0.0.1:10249; empty: off).
     #[arg(long = "metrics-bind-address", value_name = "IP:PORT")]
     metrics_bind_address: Option<String>,

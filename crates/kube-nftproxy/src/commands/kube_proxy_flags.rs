@@ -1,6 +1,6 @@
 //! kube-proxy v1.34's flags that do not apply to kube-nftproxy: accepted under their names so that
 //! kube-proxy's DaemonSet arguments run unchanged, each one given warned about once at start with
-//! the reason it changes nothing here. Flags that do apply live in [`crate::run_cmd::RunArgs`].
+//! the reason it changes nothing here. Flags that do apply live in [`crate::commands::run::RunArgs`].
 //!
 //! Values are checked for their type where kube-proxy's would be (numbers, durations, booleans),
 //! so a typo still fails at start as it does for kube-proxy.
