@@ -145,6 +145,14 @@ impl Batch {
         b
     }
 
+    /// The sequence number the next batch starts with once this one is finished: every message
+    /// takes one, batch begin and end included. The one place that knows it (the planner and
+    /// the socket both ask).
+    pub fn seq_after(&self) -> u32 {
+        // `next_seq` is what the batch end will take.
+        self.next_seq.wrapping_add(1)
+    }
+
     /// Messages added so far (batch begin/end not counted).
     pub fn messages(&self) -> &[MsgInfo] {
         &self.msgs
@@ -356,7 +364,7 @@ impl Batch {
             self.buf[f..f + 2].copy_from_slice(&flags.to_ne_bytes());
         }
         self.raw_header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
-        FinishedBatch { bytes: self.buf, last_seq, msgs: self.msgs }
+        FinishedBatch { bytes: self.buf, last_seq, msgs: self.msgs, next_seq: self.next_seq }
     }
 }
 
@@ -367,6 +375,8 @@ pub struct FinishedBatch {
     /// None when the batch holds no message (nothing to send).
     pub last_seq: Option<u32>,
     pub msgs: Vec<MsgInfo>,
+    /// The sequence number the next batch starts with ([`Batch::seq_after`]).
+    pub next_seq: u32,
 }
 
 impl FinishedBatch {
@@ -412,4 +422,26 @@ pub fn split_messages(bytes: &[u8]) -> Vec<(u16, u16, &[u8])> {
         off += align4(len);
     }
     out
+}
+
+#[cfg(test)]
+mod seq_tests {
+    use super::*;
+
+    /// Begin, every message and end take one sequence number each; the next batch starts after.
+    #[test]
+    fn the_next_batch_starts_after_this_ones_end() {
+        let mut b = Batch::new(10);
+        assert_eq!(b.seq_after(), 12, "an empty batch: begin 10, end 11");
+        for name in ["a", "b", "c"] {
+            b.add_table(2, name, None);
+        }
+        assert_eq!(b.seq_after(), 15);
+        let seqs: Vec<u32> = b.messages().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [11, 12, 13]);
+        let f = b.finish();
+        assert_eq!((f.last_seq, f.next_seq), (Some(13), 15));
+        let end = f.split().len();
+        assert_eq!(end, 5, "begin, three messages, end");
+    }
 }

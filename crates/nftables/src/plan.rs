@@ -75,15 +75,12 @@ pub fn cold_start(r: &Ruleset, first_seq: u32, max_elements: usize) -> impl Iter
     let max = max_elements.max(1);
     let mut runs = staged_elements(r, max).peekable();
     let mut next = Some(first);
-    let mut seq = first_seq;
     std::iter::from_fn(move || {
         let mut b = next.take()?;
         let mut in_batch = 0;
         while let Some((_, elems)) = runs.peek() {
             if in_batch + elems.len() > max && in_batch > 0 {
-                // The kernel's batch: begin + messages + end, one sequence number each.
-                seq += b.messages().len() as u32 + 2;
-                next = Some(Batch::new(seq));
+                next = Some(Batch::new(b.seq_after()));
                 return Some(b);
             }
             let (set, elems) = runs.next().expect("peeked");

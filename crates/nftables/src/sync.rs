@@ -122,7 +122,7 @@ impl NftablesBackend {
         report: &mut SyncReport,
     ) -> Result<(), SyncError> {
         let finished = batch.finish();
-        self.seq = self.seq.wrapping_add(finished.msgs.len() as u32 + 2);
+        self.seq = finished.next_seq;
         let before = self.sock.generation().ok();
         let start = Instant::now();
         match self.sock.commit(&finished) {
