@@ -75,15 +75,8 @@ impl Lab {
         topo.route(&node, "default", "fd00:2::2");
         upstream.ip(&["-4", "route", "add", "unreachable", "default"]);
         upstream.ip(&["-6", "route", "add", "unreachable", "default"]);
-        // Rejects and unreachables are ICMP errors, rate-limited per peer by default: tests send
-        // them in bursts.
         for ns in [&node, &upstream] {
-            ns.sysctl("net.ipv4.icmp_ratelimit", "0");
-            ns.sysctl("net.ipv6.icmp.ratelimit", "0");
-            // The ICMP token bucket (1000/s, burst 50) is per network namespace on current
-            // kernels; many flows at once (the differential suite) would otherwise lose rejects.
-            ns.sysctl("net.ipv4.icmp_msgs_per_sec", "100000");
-            ns.sysctl("net.ipv4.icmp_msgs_burst", "100000");
+            topo.unlimited_icmp(ns);
         }
         let mut pod_nss = Vec::new();
         for n in (1..=pods).chain([50]) {

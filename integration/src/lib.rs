@@ -216,6 +216,17 @@ impl Topology {
         ns.sysctl("net.ipv6.conf.all.forwarding", "1");
     }
 
+    /// No ICMP rate limits in a namespace that answers with rejects and unreachables: they are
+    /// rate-limited per peer by default, and tests send them in bursts. The token bucket (1000/s,
+    /// burst 50) is per network namespace on current kernels; many flows at once (the
+    /// differential suite) would otherwise lose rejects.
+    pub fn unlimited_icmp(&self, ns: &Ns) {
+        ns.sysctl("net.ipv4.icmp_ratelimit", "0");
+        ns.sysctl("net.ipv6.icmp.ratelimit", "0");
+        ns.sysctl("net.ipv4.icmp_msgs_per_sec", "100000");
+        ns.sysctl("net.ipv4.icmp_msgs_burst", "100000");
+    }
+
     /// Starts a process in a namespace; it is killed when the topology is dropped.
     pub fn spawn(&mut self, ns: &Ns, program: &str, args: &[&str]) -> &mut Child {
         let child = ns
@@ -548,4 +559,10 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Now, as the EndpointSlice controller stamps `endpoints.kubernetes.io/last-change-trigger-time`
+/// (RFC 3339, UTC, sub-second digits).
+pub fn trigger_time_now() -> String {
+    jiff::Timestamp::now().to_string()
 }

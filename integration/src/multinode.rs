@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 use crate::control_plane::ControlPlane;
 use crate::{Ns, Topology};
 
-/// The port every pod's responders listen on (TCP and UDP).
-pub const POD_PORT: u16 = 8080;
+/// The port every pod's responders listen on (TCP and UDP), as in the one-node lab.
+pub use crate::lab::POD_PORT;
 pub const CLIENT_IP: &str = "10.0.0.3";
 pub const LB_IP: &str = "10.0.0.2";
 /// The nodes' default router (see [`MultiNode::new`]).
@@ -113,13 +113,7 @@ impl MultiNode {
             plug(&topo, &ns, &format!("{}/24", node_ip(k)));
             topo.forwarding(&ns);
             topo.route(&ns, "default", GW_IP);
-            for (key, value) in [
-                ("net.ipv4.icmp_ratelimit", "0"),
-                ("net.ipv4.icmp_msgs_per_sec", "100000"),
-                ("net.ipv4.icmp_msgs_burst", "100000"),
-            ] {
-                ns.sysctl(key, value);
-            }
+            topo.unlimited_icmp(&ns);
             topo.bridge(&ns, "cbr0");
             topo.addr(&ns, "cbr0", &format!("{}/24", node_bridge_ip(k)));
             let mut pod_nss = Vec::new();
@@ -234,7 +228,6 @@ impl Ep {
 
 /// The EndpointSlice `name-1` of Service `name`, stamped with the controller's trigger time.
 pub fn slice(name: &str, eps: &[Ep]) -> Value {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     let endpoints: Vec<Value> = eps
         .iter()
         .map(|e| {
@@ -258,43 +251,10 @@ pub fn slice(name: &str, eps: &[Ep]) -> Value {
         "metadata": {
             "name": format!("{name}-1"), "namespace": "default",
             "labels": {"kubernetes.io/service-name": name},
-            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": rfc3339_millis(now)}
+            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": crate::trigger_time_now()}
         },
         "addressType": "IPv4",
         "endpoints": endpoints,
         "ports": [{"name": "tcp", "port": POD_PORT, "protocol": "TCP"}, {"name": "udp", "port": POD_PORT, "protocol": "UDP"}]
     })
-}
-
-/// RFC 3339 UTC with milliseconds, as the EndpointSlice controller writes its trigger time.
-pub fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn trigger_times_are_rfc3339() {
-        let t = std::time::Duration::from_millis(1_764_585_045_123);
-        assert_eq!(super::rfc3339_millis(t), "2025-12-01T10:30:45.123Z");
-        assert_eq!(super::rfc3339_millis(std::time::Duration::ZERO), "1970-01-01T00:00:00.000Z");
-    }
 }

@@ -156,7 +156,7 @@ pub fn cleanup_all() -> Result<Vec<String>, String> {
         Err(e) => errors.push(format!("netlink: {e}")),
     }
     // Our iptables mode's, in whichever variant it ran (an uninstalled one can hold none).
-    for variant in nftproxy_iptables::Variant::ALL.into_iter().filter(|v| v.installed()) {
+    for variant in nftproxy_iptables::Variant::installed_ones() {
         for fam in [IpFamily::V4, IpFamily::V6] {
             if let Err(e) = nftproxy_iptables::cleanup(variant, fam) {
                 errors.push(e.to_string());

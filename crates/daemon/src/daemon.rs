@@ -473,6 +473,14 @@ fn spawn_address_monitor(tx: mpsc::Sender<SourceEvent>) {
 
 /// Runs until SIGTERM or SIGINT. The rules stay in place when it returns (like kube-proxy: a
 /// restart must not interrupt traffic).
+/// Until `at`; forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub async fn run(settings: Settings, node_name: String, source: Source) -> Result<(), DaemonError> {
     let mut proxy = Proxy::new(settings, node_name.clone())?;
     init_node(&proxy.settings);
@@ -500,20 +508,8 @@ pub async fn run(settings: Settings, node_name: String, source: Source) -> Resul
     let mut config_poll = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(mode = ?proxy.settings.mode, node = %proxy.node_name, "waiting for the complete lists of Services and EndpointSlices");
     loop {
-        let due = proxy.next_sync();
-        let sleep = async {
-            match due {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let audit = proxy.next_audit();
-        let audit_sleep = async {
-            match audit {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = sleep_until(proxy.next_sync());
+        let audit_sleep = sleep_until(proxy.next_audit());
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };

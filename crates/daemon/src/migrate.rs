@@ -10,7 +10,8 @@
 //!
 //! IPVS leftovers are out of scope: kube-nftproxy has no IPVS mode.
 
-use nftproxy_iptables::leftovers::{Variant, remove_kube_proxy_leftovers};
+use nftproxy_iptables::Variant;
+use nftproxy_iptables::leftovers::remove_kube_proxy_leftovers;
 use nftproxy_model::IpFamily;
 use nftproxy_nftables::{Family, NftablesBackend};
 

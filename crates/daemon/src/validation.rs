@@ -53,25 +53,30 @@ pub struct Internal {
 impl Default for Internal {
     /// kube-proxy's defaults (v1alpha1 `SetDefaults_KubeProxyConfiguration`).
     fn default() -> Internal {
-        let secs = |s| FileDuration::from(Duration::from_secs(s));
+        // One source of kube-proxy's defaults: the settings' own.
+        let s = crate::config::Settings::default();
+        let c = &s.conntrack;
+        let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         Internal {
             mode: String::new(),
-            iptables_masquerade_bit: 14,
-            nftables_masquerade_bit: 14,
-            conntrack_max_per_core: Some(32 * 1024),
-            conntrack_min: Some(128 * 1024),
-            tcp_established_timeout: secs(24 * 3600),
-            tcp_close_wait_timeout: secs(3600),
-            udp_timeout: secs(0),
-            udp_stream_timeout: secs(0),
-            oom_score_adj: Some(-999),
+            iptables_masquerade_bit: s.masquerade_bit.into(),
+            nftables_masquerade_bit: s.masquerade_bit.into(),
+            conntrack_max_per_core: Some(c.max_per_core.into()),
+            conntrack_min: Some(c.min.into()),
+            tcp_established_timeout: c.tcp_established_timeout.into(),
+            tcp_close_wait_timeout: c.tcp_close_wait_timeout.into(),
+            udp_timeout: c.udp_timeout.into(),
+            udp_stream_timeout: c.udp_stream_timeout.into(),
+            oom_score_adj: s.oom_score_adj.map(i64::from),
+            // Settings without a counterpart here (we have no client rate limit, no informer
+            // resync): kube-proxy's v1alpha1 defaults.
             burst: 10,
-            config_sync_period: secs(15 * 60),
-            sync_period: secs(30),
-            min_sync_period: secs(1),
+            config_sync_period: Duration::from_secs(15 * 60).into(),
+            sync_period: s.sync_period.into(),
+            min_sync_period: s.min_sync_period.into(),
             bind_address: "0.0.0.0".into(),
-            healthz_bind_address: "0.0.0.0:10256".into(),
-            metrics_bind_address: "127.0.0.1:10249".into(),
+            healthz_bind_address: addr(s.healthz_bind_address),
+            metrics_bind_address: addr(s.metrics_bind_address),
             node_port_addresses: Vec::new(),
             show_hidden_metrics_for_version: String::new(),
             detect_local_mode: "ClusterCIDR".into(),

@@ -20,11 +20,6 @@ pub enum IptablesError {
     Failed { cmd: String, stderr: String },
 }
 
-/// `iptables-nft` / `ip6tables-legacy` (and `-restore`, `-save`).
-fn tool(variant: Variant, family: IpFamily, suffix: &str) -> String {
-    if suffix.is_empty() { variant.name(family) } else { variant.tool(family, suffix) }
-}
-
 pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
     let cmd = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
@@ -158,7 +153,7 @@ pub fn with_stale_chains_deleted(text: &str, existing_nat: &str) -> String {
 
 /// Programs the current network namespace with one iptables variant: jumps, then one restore.
 pub fn sync(variant: Variant, family: IpFamily, text: &str, localhost_nodeports: bool) -> Result<(), IptablesError> {
-    let ipt = tool(variant, family, "");
+    let ipt = variant.name(family);
     let kubelet: &[Jump] = if family == IpFamily::V4 && localhost_nodeports { KUBELET_JUMPS } else { &[] };
     for jump in JUMPS.iter().chain(kubelet) {
         // EnsureChain, then EnsureRule(Prepend).
@@ -172,16 +167,16 @@ pub fn sync(variant: Variant, family: IpFamily, text: &str, localhost_nodeports:
             run(&ipt, &insert, None)?;
         }
     }
-    let existing = run(&tool(variant, family, "save"), &["-t", "nat"], None)?;
+    let existing = run(&variant.tool(family, "save"), &["-t", "nat"], None)?;
     let full = with_stale_chains_deleted(text, &existing);
-    run(&tool(variant, family, "restore"), &["-w", "--noflush", "--counters"], Some(&full))?;
+    run(&variant.tool(family, "restore"), &["-w", "--noflush", "--counters"], Some(&full))?;
     Ok(())
 }
 
 /// Removes our jump rules and our chains from one iptables variant of the current network
 /// namespace.
 pub fn cleanup(variant: Variant, family: IpFamily) -> Result<(), IptablesError> {
-    let ipt = tool(variant, family, "");
+    let ipt = variant.name(family);
     for jump in JUMPS.iter().chain(KUBELET_JUMPS) {
         let mut del = vec!["-w", "-t", jump.table, "-D", jump.from];
         let args = jump.args();
@@ -189,7 +184,7 @@ pub fn cleanup(variant: Variant, family: IpFamily) -> Result<(), IptablesError> 
         while run(&ipt, &del, None).is_ok() {}
     }
     for table in ["filter", "nat"] {
-        let existing = chains(&run(&tool(variant, family, "save"), &["-t", table], None)?, table);
+        let existing = chains(&run(&variant.tool(family, "save"), &["-t", table], None)?, table);
         let ours: Vec<&String> = existing
             .iter()
             .filter(|c| {

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use nftproxy_model::IpFamily;
 
 use crate::apply::{IptablesError, SERVICE_PREFIXES, run};
-pub use crate::variant::{Variant, on_path};
+use crate::variant::{Variant, on_path};
 
 /// kube-proxy v1.34's `CleanupLeftovers` chains, per table.
 const FIXED: &[(&str, &str)] = &[

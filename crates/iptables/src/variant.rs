@@ -47,6 +47,10 @@ impl Variant {
     pub fn tool(self, family: IpFamily, suffix: &str) -> String {
         format!("{}-{suffix}", self.name(family))
     }
+    /// The variants installed on this machine (the only ones that can hold rules).
+    pub fn installed_ones() -> impl Iterator<Item = Variant> {
+        Variant::ALL.into_iter().filter(|v| v.installed())
+    }
     /// Whether this variant's tools are installed (both families' save and restore).
     pub fn installed(self) -> bool {
         [IpFamily::V4, IpFamily::V6]

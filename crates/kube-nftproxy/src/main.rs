@@ -214,7 +214,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Cleanup { backend: ProxyMode::Iptables, variant } => {
             let variants = match variant {
                 node_args::VariantArg::Auto => {
-                    nftproxy_iptables::Variant::ALL.into_iter().filter(|v| v.installed()).collect()
+                    nftproxy_iptables::Variant::installed_ones().collect()
                 }
                 chosen => vec![chosen.resolve().variant],
             };

@@ -23,33 +23,28 @@ const PODS: usize = 2;
 /// From a Service change to every node's rules (generous: three daemons share two cores).
 const SETTLE: Duration = Duration::from_secs(20);
 
-/// One daemon per node, as the DaemonSet runs them: the node's own name, the API server over
-/// the node's link, the proxy's service account.
+/// Node `n`'s daemon, as the DaemonSet runs it: the node's own name, the API server over the
+/// node's link, the proxy's service account; `extra` flags after those.
+fn start_proxy(mn: &MultiNode, n: &Node, extra: &[&str]) -> Daemon {
+    let kc = mn.cp.kubeconfig(&n.api_ip, 6443, PROXY_TOKEN, &format!("proxy-{}", n.name));
+    let base = [
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--hostname-override",
+        &n.name,
+        "--cluster-cidr",
+        CLUSTER_CIDR,
+        "--metrics-bind-address",
+        "127.0.0.1:10249",
+        "--healthz-bind-address",
+        "0.0.0.0:10256",
+    ];
+    Daemon::start_exact(&n.ns, mn.cp.dir.join(format!("{}.log", n.name)), &[&base[..], extra].concat())
+}
+
+/// One daemon per node, without kube-proxy's minimum sync period.
 fn start_proxies(mn: &MultiNode) -> Vec<Daemon> {
-    mn.nodes
-        .iter()
-        .map(|n| {
-            let kc = mn.cp.kubeconfig(&n.api_ip, 6443, PROXY_TOKEN, &format!("proxy-{}", n.name));
-            Daemon::start_exact(
-                &n.ns,
-                mn.cp.dir.join(format!("{}.log", n.name)),
-                &[
-                    "--kubeconfig",
-                    kc.to_str().unwrap(),
-                    "--hostname-override",
-                    &n.name,
-                    "--cluster-cidr",
-                    CLUSTER_CIDR,
-                    "--metrics-bind-address",
-                    "127.0.0.1:10249",
-                    "--healthz-bind-address",
-                    "0.0.0.0:10256",
-                    "--iptables-min-sync-period",
-                    "0s",
-                ],
-            )
-        })
-        .collect()
+    mn.nodes.iter().map(|n| start_proxy(mn, n, &["--iptables-min-sync-period", "0s"])).collect()
 }
 
 fn cluster() -> (MultiNode, Vec<Daemon>) {
@@ -359,22 +354,6 @@ fn cluster_scale_scenario() {
     let mut report = format!("Cluster: {nodes} nodes (one kube-nftproxy each), 1 pod per node, the real kube-apiserver.\n\n");
 
     let mut proxies: Vec<Option<Daemon>> = Vec::new();
-    let start_proxy = |n: &Node, extra: &[&str]| {
-        let kc = mn.cp.kubeconfig(&n.api_ip, 6443, PROXY_TOKEN, &format!("proxy-{}", n.name));
-        let mut args = vec![
-            "--kubeconfig".to_string(),
-            kc.to_str().unwrap().to_string(),
-            "--hostname-override".into(),
-            n.name.clone(),
-            "--cluster-cidr".into(),
-            CLUSTER_CIDR.into(),
-            "--metrics-bind-address".into(),
-            "127.0.0.1:10249".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Daemon::start_exact(&n.ns, mn.cp.dir.join(format!("{}.log", n.name)), &args)
-    };
 
     // Network-programming latency: API write → every node's kernel has the change (probed from
     // each node's own namespace), with kube-proxy's default minimum sync period and with none.
@@ -388,7 +367,7 @@ fn cluster_scale_scenario() {
     ];
     for (phase, (label, extra)) in phases.into_iter().enumerate() {
         proxies.clear();
-        proxies.extend(running.iter().map(|n| Some(start_proxy(n, extra))));
+        proxies.extend(running.iter().map(|n| Some(start_proxy(&mn, n, extra))));
         report.push_str(&latency_row(&mn, running, changes, phase, label));
     }
 
@@ -415,7 +394,7 @@ fn cluster_scale_scenario() {
     }
     drop(kube_proxies);
     // Ours again (they take the nodes over from kube-proxy's leftover tables).
-    proxies.extend(running.iter().map(|n| Some(start_proxy(n, &["--iptables-min-sync-period", "0s"]))));
+    proxies.extend(running.iter().map(|n| Some(start_proxy(&mn, n, &["--iptables-min-sync-period", "0s"]))));
 
     // A node joins a cluster of `services` Services while a client keeps connecting through
     // node 1 (NodePort, endpoint on node 2): nothing fails there, and the new node serves once
@@ -458,7 +437,7 @@ fn cluster_scale_scenario() {
     std::thread::sleep(Duration::from_millis(500));
     let joining = &mn.nodes[nodes - 1];
     let t = Instant::now();
-    proxies.push(Some(start_proxy(joining, &["--iptables-min-sync-period", "0s"])));
+    proxies.push(Some(start_proxy(&mn, joining, &["--iptables-min-sync-period", "0s"])));
     let ok = |o: &Outcome| matches!(o, Outcome::Answered { .. });
     let cold = settle(&joining.ns, Proto::Tcp, "10.96.201.2:80", t, Duration::from_secs(300), "the joining node", ok);
     std::thread::sleep(Duration::from_millis(500));
@@ -477,10 +456,7 @@ fn cluster_scale_scenario() {
     let mut cpu = Vec::new();
     for d in proxies.iter().flatten() {
         rss.push(nftproxy_integration::proc_status_kb(d.pid(), "VmRSS:") as f64 / 1024.0);
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap_or_default();
-        let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        cpu.push((ticks(11) + ticks(12)) / 100.0);
+        cpu.push(nftproxy_integration::headtohead::cpu_seconds(d.pid()));
     }
     let stats = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -322,9 +322,7 @@ impl Batch {
                     if let Some(t) = e.timeout_ms {
                         w.u64(NFTA_SET_ELEM_TIMEOUT, t);
                     }
-                    let k = w.nest(NFTA_SET_ELEM_KEY);
-                    w.bytes(NFTA_DATA_VALUE, &e.key);
-                    w.end(k);
+                    elem_key(w, &e.key);
                     if ty == NFT_MSG_NEWSETELEM {
                         match &e.data {
                             Some(ElemData::Value(v)) => {
@@ -388,6 +386,13 @@ impl FinishedBatch {
 }
 
 /// Splits a netlink byte stream into (type, flags, payload) triples.
+/// An element's NFTA_SET_ELEM_KEY nest.
+fn elem_key(w: &mut Writer, key: &[u8]) {
+    let k = w.nest(NFTA_SET_ELEM_KEY);
+    w.bytes(NFTA_DATA_VALUE, key);
+    w.end(k);
+}
+
 /// The attributes of an NFT_MSG_GETSETELEM request (not a dump) for these keys: the kernel
 /// answers one NEWSETELEM message per element found, in order, and stops at the first key it
 /// does not hold with ENOENT.
@@ -398,9 +403,7 @@ pub fn get_elems_request(table: &str, set: &str, keys: &[&[u8]]) -> Vec<u8> {
     let list = w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
     for key in keys {
         let n = w.nest(NFTA_LIST_ELEM);
-        let k = w.nest(NFTA_SET_ELEM_KEY);
-        w.bytes(NFTA_DATA_VALUE, key);
-        w.end(k);
+        elem_key(&mut w, key);
         w.end(n);
     }
     w.end(list);

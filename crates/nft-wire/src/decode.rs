@@ -618,13 +618,13 @@ fn decode_elem(e: &Attr, add: bool) -> Result<Elem> {
 fn decode_verdict(v: &Attr) -> Result<Verdict> {
     let mut a = v.nest("NFTA_VERDICT")?;
     let code_attr = a.req(NFTA_VERDICT_CODE)?;
-    let verdict = match code_attr.u32()? as i32 {
-        NF_ACCEPT => Verdict::Accept,
-        NF_DROP => Verdict::Drop,
-        NFT_RETURN => Verdict::Return,
-        NFT_JUMP => Verdict::Jump(a.req(NFTA_VERDICT_CHAIN)?.string()?),
-        NFT_GOTO => Verdict::Goto(a.req(NFTA_VERDICT_CHAIN)?.string()?),
-        c => return Err(code_attr.bad(u64::from(c as u32), "not a verdict code expr.rs sends")),
+    let code = code_attr.u32()? as i32;
+    let chain = match code {
+        NFT_JUMP | NFT_GOTO => Some(a.req(NFTA_VERDICT_CHAIN)?.string()?),
+        _ => None,
+    };
+    let Some(verdict) = Verdict::from_code(code, chain) else {
+        return Err(code_attr.bad(u64::from(code as u32), "not a verdict code expr.rs sends"));
     };
     // A chain after accept, drop or return is an extra attribute.
     a.finish()?;

@@ -42,6 +42,19 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict of a kernel code (NFTA_VERDICT_CODE) and, for jump and goto, its chain; None
+    /// for another code or a jump/goto without a chain. The decoder's and every reader's.
+    pub fn from_code(code: i32, chain: Option<String>) -> Option<Verdict> {
+        Some(match code {
+            NF_ACCEPT => Verdict::Accept,
+            NF_DROP => Verdict::Drop,
+            NFT_RETURN => Verdict::Return,
+            NFT_JUMP => Verdict::Jump(chain?),
+            NFT_GOTO => Verdict::Goto(chain?),
+            _ => return None,
+        })
+    }
+
     pub(crate) fn write(&self, w: &mut Writer) {
         let (code, chain) = match self {
             Verdict::Accept => (NF_ACCEPT, None),

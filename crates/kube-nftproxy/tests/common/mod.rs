@@ -112,23 +112,12 @@ pub fn node_obj() -> Value {
 }
 
 pub fn service(spec_extra: Value) -> Value {
-    let mut spec = json!({
-        "clusterIP": CLUSTER_IP,
-        "ports": [
-            {"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": POD_PORT},
-            {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": POD_PORT}
-        ]
-    });
-    for (k, v) in spec_extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}, "spec": spec})
+    nftproxy_integration::multinode::service("web", CLUSTER_IP, spec_extra)
 }
 
 /// The Service's slice with endpoints on pods `eps` (all on this node), stamped with the
 /// EndpointSlice controller's trigger-time annotation.
 pub fn slice(eps: &[usize]) -> Value {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let endpoints: Vec<Value> = eps
         .iter()
         .map(|&n| json!({"addresses": [pod_ip(n)], "conditions": {"ready": true}, "nodeName": NODE}))
@@ -138,20 +127,12 @@ pub fn slice(eps: &[usize]) -> Value {
         "metadata": {
             "name": "web-1", "namespace": "default",
             "labels": {"kubernetes.io/service-name": "web"},
-            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": rfc3339(now)}
+            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": nftproxy_integration::trigger_time_now()}
         },
         "addressType": "IPv4",
         "endpoints": endpoints,
         "ports": [{"name": "tcp", "port": POD_PORT, "protocol": "TCP"}, {"name": "udp", "port": POD_PORT, "protocol": "UDP"}]
     })
-}
-
-pub fn rfc3339(unix: u64) -> String {
-    let out = std::process::Command::new("date")
-        .args(["-u", "-d", &format!("@{unix}"), "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 pub fn ask(from: &Ns, proto: Proto, to: &str) -> Outcome {
