@@ -6,21 +6,24 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use nftproxy_model::{ClusterState, IpFamily, NodeContext, ServiceName};
-use nftproxy_nftables::{NftablesBackend, SyncReport};
+use nftproxy_nftables::netlink::NftSocket;
+use nftproxy_nftables::{Netfilter, NftablesBackend, SyncReport};
 
 use crate::config::{ProxyMode, Settings};
 
-pub enum Backend {
-    Nftables(Box<NftablesBackend>),
-    Iptables(IptablesBackend),
+/// Generic over the netfilter it programs (nftables) or cleans conntrack through (iptables): the
+/// kernel's socket, or the in-memory fake in unit tests.
+pub enum Backend<N: Netfilter = NftSocket> {
+    Nftables(Box<NftablesBackend<N>>),
+    Iptables(IptablesBackend<N>),
 }
 
 /// kube-proxy's iptables mode: full restores, and the UDP conntrack reconciler over a netfilter
 /// socket of its own.
-pub struct IptablesBackend {
+pub struct IptablesBackend<N: Netfilter = NftSocket> {
     variant: nftproxy_iptables::Variant,
     opts: nftproxy_iptables::Options,
-    conntrack: nftproxy_nftables::netlink::NftSocket,
+    conntrack: N,
     udp_services: nftproxy_nftables::conntrack::UdpServices,
 }
 
@@ -43,10 +46,18 @@ pub struct BackendError {
     pub message: String,
 }
 
-impl Backend {
+impl Backend<NftSocket> {
+    /// The backend `settings` ask for, over a netlink socket in this network namespace.
     pub fn new(settings: &Settings) -> std::io::Result<Backend> {
-        Ok(match settings.mode {
-            ProxyMode::Nftables => Backend::Nftables(Box::new(NftablesBackend::new()?)),
+        Ok(Backend::over(settings, NftSocket::open()?))
+    }
+}
+
+impl<N: Netfilter> Backend<N> {
+    /// The backend `settings` ask for, over `netfilter`.
+    pub fn over(settings: &Settings, netfilter: N) -> Backend<N> {
+        match settings.mode {
+            ProxyMode::Nftables => Backend::Nftables(Box::new(NftablesBackend::over(netfilter))),
             ProxyMode::Iptables => Backend::Iptables(IptablesBackend {
                 variant: {
                     let d = nftproxy_iptables::detect();
@@ -54,10 +65,10 @@ impl Backend {
                     d.variant
                 },
                 opts: settings.iptables_options(),
-                conntrack: nftproxy_nftables::netlink::NftSocket::open()?,
+                conntrack: netfilter,
                 udp_services: Default::default(),
             }),
-        })
+        }
     }
 
     /// Programs the state: only `changed` Services unless `full`.

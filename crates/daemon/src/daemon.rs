@@ -9,7 +9,11 @@ use nftproxy_model::SourceEvent;
 use nftproxy_model::{IpFamily, NodeContext, NodePortAddresses};
 use tokio::sync::mpsc;
 
+use nftproxy_nftables::Netfilter;
+use nftproxy_nftables::netlink::NftSocket;
+
 use crate::backend::Backend;
+use crate::migrate::{Migration, Ours};
 use crate::config::Settings;
 use crate::health::{ProxyHealth, ServiceHealthServers};
 use crate::metrics::Metrics;
@@ -50,12 +54,14 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
-/// The running proxy (everything but the source task and the HTTP servers).
-pub struct Proxy {
+/// The running proxy (everything but the source task and the HTTP servers). Generic over the
+/// netfilter its backend programs: the kernel's socket when it runs, the in-memory fake in unit
+/// tests of the loop's decisions (`crate::daemon_tests`).
+pub struct Proxy<N: Netfilter = NftSocket> {
     pub settings: Settings,
     pub node_name: String,
     pub tracker: ChangeTracker,
-    backend: Backend,
+    backend: Backend<N>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProxyHealth>,
     service_health: ServiceHealthServers,
@@ -73,17 +79,29 @@ pub struct Proxy {
     migrated: bool,
     /// When the next step of an element audit runs (see [`Proxy::audit_step`]).
     next_audit: Option<Instant>,
+    /// Removes the leftovers of kube-proxy and of our other mode ([`crate::migrate`]).
+    take_over: fn(Ours) -> Migration,
 }
 
 /// Between two steps of an element audit: each step is ~1 ms of netlink work per large set, so
 /// the loop stays free for syncs (+1 Service) in between; 500,000 elements take ~3 minutes.
 const AUDIT_STEP_INTERVAL: Duration = Duration::from_millis(100);
 
-impl Proxy {
+impl Proxy<NftSocket> {
+    /// The proxy over the kernel of this network namespace.
     pub fn new(settings: Settings, node_name: String) -> Result<Proxy, DaemonError> {
-        let backend = Backend::new(&settings).map_err(DaemonError::Backend)?;
+        let netfilter = NftSocket::open().map_err(DaemonError::Backend)?;
+        Ok(Proxy::over(settings, node_name, netfilter, crate::migrate::remove_leftovers))
+    }
+}
+
+impl<N: Netfilter> Proxy<N> {
+    /// The proxy over any netfilter; `take_over` removes other proxies' leftovers once, after
+    /// the first successful sync.
+    pub fn over(settings: Settings, node_name: String, netfilter: N, take_over: fn(Ours) -> Migration) -> Proxy<N> {
+        let backend = Backend::over(&settings, netfilter);
         let health = Arc::new(ProxyHealth::new(settings.sync_period));
-        Ok(Proxy {
+        Proxy {
             service_health: ServiceHealthServers::new(health.clone(), Vec::new()),
             tracker: ChangeTracker::default(),
             metrics: Arc::new(Metrics::new()),
@@ -100,7 +118,8 @@ impl Proxy {
             local_addresses: None,
             migrated: false,
             next_audit: None,
-        })
+            take_over,
+        }
     }
 
     /// Reads the interface addresses again; a change makes the next sync a full one (NodePort
@@ -266,7 +285,8 @@ impl Proxy {
                 if !self.migrated {
                     self.migrated = true;
                     let ours = self.backend.programs();
-                    let m = tokio::task::block_in_place(|| crate::migrate::remove_leftovers(ours));
+                    let take_over = self.take_over;
+                    let m = tokio::task::block_in_place(|| take_over(ours));
                     for r in &m.removed {
                         tracing::info!("removed a leftover rule set: {r}");
                     }
@@ -345,7 +365,7 @@ impl Proxy {
 }
 
 /// Binds the metrics and health servers. Errors name the flag.
-pub async fn serve_http(proxy: &Proxy) -> Result<(), DaemonError> {
+pub async fn serve_http<N: Netfilter>(proxy: &Proxy<N>) -> Result<(), DaemonError> {
     let hard_fail = proxy.settings.bind_address_hard_fail;
     if let Some(addr) = proxy.settings.metrics_bind_address {
         let (m, mode) = (proxy.metrics.clone(), proxy.settings.mode);

@@ -19,3 +19,6 @@ pub mod validation;
 
 pub use config::{KubeProxyConfiguration, ProxyMode, Settings};
 pub use daemon::{DaemonError, Proxy, Source, run};
+
+#[cfg(test)]
+mod daemon_tests;

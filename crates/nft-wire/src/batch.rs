@@ -8,7 +8,8 @@ use crate::writer::{Udata, Writer, align4};
 /// nft refuses comments longer than this; we truncate to stay decompilable.
 pub const COMMENT_MAX: usize = 128;
 
-fn comment(s: &str) -> &str {
+/// A comment as it is sent: cut to [`COMMENT_MAX`] bytes at a character boundary.
+pub fn comment(s: &str) -> &str {
     if s.len() <= COMMENT_MAX {
         return s;
     }

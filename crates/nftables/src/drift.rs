@@ -26,8 +26,11 @@ use std::collections::BTreeMap;
 use nftproxy_nft_wire::consts::*;
 use nftproxy_nft_wire::{ElemData, Verdict};
 
+use crate::family::Family;
+use crate::netfilter::Netfilter;
 use crate::netlink::{NftSocket, attrs, name_attr, str_attr};
 use crate::ruleset::{ElemValue, Key, Ruleset, TABLE};
+use nftproxy_nft_wire::Elem;
 
 /// Sets up to this size are counted by a dump at the deep check.
 pub const COUNTED_SET_MAX: usize = 1024;
@@ -45,7 +48,7 @@ pub struct Observed {
 }
 
 /// Dumps our table of a family; None when it does not exist. The elements of the sets `count`
-/// names are counted (a dump of each).
+/// names are counted (a dump of each). The kernel side of [`Netfilter::observe`].
 pub fn observe(sock: &mut NftSocket, nfproto: u8, count: &dyn Fn(&str) -> bool) -> std::io::Result<Option<Observed>> {
     if !sock.table_exists(nfproto, TABLE)? {
         return Ok(None);
@@ -101,15 +104,14 @@ pub fn audit_window<'a>(
 /// Asks the kernel for these elements of `set` by key; the first one missing or holding other
 /// data than ours is the difference.
 pub fn audit(
-    sock: &mut NftSocket,
-    nfproto: u8,
+    nf: &mut (impl Netfilter + ?Sized),
+    family: Family,
     set: &str,
     window: &[(&Key, &ElemValue)],
 ) -> std::io::Result<Option<String>> {
     for chunk in window.chunks(nftproxy_nft_wire::batch::ELEMS_PER_MESSAGE) {
         let keys: Vec<&[u8]> = chunk.iter().map(|(k, _)| k.bytes()).collect();
-        let request = nftproxy_nft_wire::get_elems_request(TABLE, set, &keys);
-        let answers = match sock.get(NFT_MSG_GETSETELEM, nfproto, &request) {
+        let answers = match nf.elements_by_key(family, set, &keys) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 return Ok(Some(format!("set {set} lost elements we programmed")));
             }
@@ -122,13 +124,12 @@ pub fn audit(
     Ok(None)
 }
 
-/// The answers to a GETSETELEM by key against what we programmed for those keys.
-pub(crate) fn compare_answers(set: &str, asked: &[(&Key, &ElemValue)], answers: &[Vec<u8>]) -> Option<String> {
-    let got: Vec<AnsweredElem> = answers.iter().flat_map(|a| answered_elements(a)).collect();
+/// The elements answered to a GETSETELEM by key against what we programmed for those keys.
+pub(crate) fn compare_answers(set: &str, asked: &[(&Key, &ElemValue)], got: &[Elem]) -> Option<String> {
     if got.len() != asked.len() {
         return Some(format!("set {set}: {} of {} elements asked for by key were answered", got.len(), asked.len()));
     }
-    for ((key, value), got) in asked.iter().zip(&got) {
+    for ((key, value), got) in asked.iter().zip(got) {
         let want = value.wire(key);
         if want.key != got.key {
             return Some(format!("set {set}: an element was answered for another key"));
@@ -287,7 +288,6 @@ pub fn compare(want: &Ruleset, got: Option<&Observed>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::family::Family;
     use nftproxy_model::NodeContext;
 
     fn observed_of(r: &Ruleset) -> Observed {
@@ -342,7 +342,12 @@ mod tests {
             let fb = b.finish();
             let msgs = nftproxy_nft_wire::split_messages(&fb.bytes);
             // Between batch begin and end; the attributes after the nfgenmsg.
-            msgs[1..msgs.len() - 1].iter().map(|(_, _, p)| p[4..].to_vec()).collect::<Vec<_>>()
+            let answers: Vec<Vec<u8>> = msgs[1..msgs.len() - 1].iter().map(|(_, _, p)| p[4..].to_vec()).collect();
+            answers
+                .iter()
+                .flat_map(|a| answered_elements(a))
+                .map(|a| nftproxy_nft_wire::Elem { key: a.key, data: a.data, timeout_ms: None, comment: None })
+                .collect::<Vec<_>>()
         };
         let same: Vec<_> = asked.iter().map(|(k, v)| v.wire(k)).collect();
         assert_eq!(compare_answers("m", &asked, &answer(same.clone())), None);

@@ -8,8 +8,10 @@ pub mod addrs;
 mod build;
 pub mod conntrack;
 pub mod drift;
+pub mod fake;
 mod family;
 mod names;
+pub mod netfilter;
 pub mod netlink;
 pub mod plan;
 mod rules;
@@ -23,6 +25,7 @@ pub mod trace;
 
 pub use build::{build, fixed_table, fragment, fragments, fragments_of_state};
 pub use family::Family;
+pub use netfilter::Netfilter;
 pub use ruleset::{Ruleset, TABLE};
 pub use sync::{NftablesBackend, SyncError, SyncReport};
 
@@ -35,5 +38,7 @@ pub fn desired(state: &ClusterState, ctx: &NodeContext) -> Vec<Ruleset> {
 
 #[cfg(test)]
 mod prop_tests;
+#[cfg(test)]
+mod sync_tests;
 #[cfg(test)]
 mod tests;

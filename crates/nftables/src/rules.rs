@@ -171,7 +171,8 @@ pub fn daddr_is(f: Family, ip: std::net::IpAddr) -> Rule {
 }
 
 /// `ip saddr [!=] CIDR`, encoded as nft does: whole bytes of a byte-aligned prefix are compared
-/// directly, other prefixes are masked first.
+/// directly, other prefixes are masked first — `/0` too (a compare of zero bytes is refused by
+/// the kernel with EINVAL: `loadBalancerSourceRanges: [0.0.0.0/0]` once failed every sync).
 pub fn saddr_in_cidr(f: Family, net: &IpNet, negate: bool) -> Rule {
     addr_match(f, f.saddr_offset(), "saddr", net, negate)
 }
@@ -186,7 +187,7 @@ fn addr_match(f: Family, offset: u32, field: &str, net: &IpNet, negate: bool) ->
     let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
     let shown = if prefix == f.addr_len() * 8 { net.addr().to_string() } else { net.to_string() };
     let text = format!("{} {field} {}{shown}", f.word(), if negate { "!= " } else { "" });
-    let exprs = if prefix % 8 == 0 {
+    let exprs = if prefix % 8 == 0 && prefix > 0 {
         let len = prefix / 8;
         vec![
             Expr::Payload { dreg: 1, base: PayloadBase::Network, offset, len },

@@ -9,6 +9,7 @@ use nftproxy_model::{ClusterState, NodeContext, ResolvedServicePort, ServiceName
 
 use crate::build::{fixed_table, fragment, fragments_of_state};
 use crate::family::Family;
+use crate::netfilter::Netfilter;
 use crate::netlink::{CommitStats, NetlinkError, NftSocket};
 use crate::plan;
 use crate::drift;
@@ -57,8 +58,10 @@ pub enum SyncError {
     Netlink { family: Family, source: NetlinkError },
 }
 
-pub struct NftablesBackend {
-    sock: NftSocket,
+/// The sync engine over a [`Netfilter`]: the kernel's netlink socket in production, the
+/// in-memory [`crate::fake::FakeNetfilter`] in unit tests.
+pub struct NftablesBackend<N: Netfilter = NftSocket> {
+    sock: N,
     programmed: BTreeMap<Family, Table>,
     /// The node context the programmed tables were built for; partial syncs need the same.
     built_for: Option<NodeContext>,
@@ -78,21 +81,53 @@ pub struct NftablesBackend {
 
 /// An element audit in progress: the generation it checks, and per large set how many of its
 /// elements are still to be looked at. The generation counts as seen once every one was.
+///
+/// Our own commits do not end a pass (at 50k Services × 10 it needs ~3 minutes, and a cluster
+/// that changes every second would never finish one): a commit that moved the generation by
+/// exactly one moves the pass's generation with it. The elements it added to an audited set are
+/// added to that set's count, so that the walk, which goes on in key order from where it is,
+/// still reaches every element the set held when the pass began. A family replaced whole needs
+/// no audit any more.
 #[derive(Debug)]
 struct AuditPass {
     generation: u32,
     remaining: BTreeMap<(Family, String), usize>,
 }
 
+impl AuditPass {
+    /// Elements we added to audited sets of `family`, per set.
+    fn grew(&mut self, family: Family, added: &BTreeMap<&str, usize>) {
+        for (set, n) in added {
+            if let Some(r) = self.remaining.get_mut(&(family, set.to_string()))
+                && *r > 0
+            {
+                *r += n;
+            }
+        }
+    }
+
+    /// `family` was replaced whole by us: nothing of it left to audit.
+    fn replaced(&mut self, family: Family) {
+        self.remaining.iter_mut().filter(|((f, _), _)| *f == family).for_each(|(_, r)| *r = 0);
+    }
+}
+
 fn ports_of(state: &ClusterState, ctx: &NodeContext, fam: Family, svc: &ServiceName) -> Vec<ResolvedServicePort> {
     state.services.get(svc).map(|s| resolve_service(state, ctx, fam.0, s)).unwrap_or_default()
 }
 
-impl NftablesBackend {
+impl NftablesBackend<NftSocket> {
     /// Opens the netlink socket in the current network namespace.
     pub fn new() -> std::io::Result<NftablesBackend> {
-        Ok(NftablesBackend {
-            sock: NftSocket::open()?,
+        Ok(NftablesBackend::over(NftSocket::open()?))
+    }
+}
+
+impl<N: Netfilter> NftablesBackend<N> {
+    /// The engine over any netfilter (nothing programmed yet: the first sync is a full one).
+    pub fn over(netfilter: N) -> NftablesBackend<N> {
+        NftablesBackend {
+            sock: netfilter,
             programmed: BTreeMap::new(),
             built_for: None,
             udp_services: Default::default(),
@@ -101,7 +136,12 @@ impl NftablesBackend {
             last_gen: None,
             audit_cursors: BTreeMap::new(),
             audit: None,
-        })
+        }
+    }
+
+    /// The netfilter this engine programs.
+    pub fn netfilter(&mut self) -> &mut N {
+        &mut self.sock
     }
 
     /// The next sync replaces every table whole (kube-proxy's "full sync").
@@ -130,10 +170,16 @@ impl NftablesBackend {
                 report.add(stats, start.elapsed());
                 // Still sure nobody else committed only if the generation moved by exactly ours.
                 let after = self.sock.generation().ok();
-                self.last_gen = match (before, after) {
-                    (Some(b), Some(a)) if self.last_gen == Some(b) && a == b.wrapping_add(1) => Some(a),
+                let ours_only = match (before, after) {
+                    (Some(b), Some(a)) if a == b.wrapping_add(1) => Some((b, a)),
                     _ => None,
                 };
+                self.last_gen = ours_only.filter(|(b, _)| self.last_gen == Some(*b)).map(|(_, a)| a);
+                if let (Some(pass), Some((b, a))) = (self.audit.as_mut(), ours_only)
+                    && pass.generation == b
+                {
+                    pass.generation = a;
+                }
                 Ok(())
             }
             Err(source) => {
@@ -146,9 +192,8 @@ impl NftablesBackend {
     }
 
     /// Whether our table of `family` exists in the kernel.
-    /// Whether our table of `family` exists in the kernel.
     pub fn table_exists(&mut self, family: Family) -> Result<bool, SyncError> {
-        self.sock.table_exists(family.nfproto(), TABLE).map_err(|e| SyncError::Netlink { family, source: e.into() })
+        self.sock.table_exists(family, TABLE).map_err(|e| SyncError::Netlink { family, source: e.into() })
     }
 
     /// Brings one family's table to `want`: a diff against what we programmed, else an atomic
@@ -158,6 +203,18 @@ impl NftablesBackend {
         match self.programmed.get(&family) {
             Some(prev) => {
                 let batch = plan::incremental(&prev.table, &want.table, self.seq);
+                if let Some(pass) = self.audit.as_mut() {
+                    let added = want
+                        .table
+                        .elements
+                        .iter()
+                        .map(|(set, e)| {
+                            let old = prev.table.elements.get(set);
+                            (set.as_str(), e.keys().filter(|k| old.is_none_or(|o| !o.contains_key(*k))).count())
+                        })
+                        .collect();
+                    pass.grew(family, &added);
+                }
                 if !batch.is_empty() {
                     self.commit(family, batch, report)?;
                 }
@@ -170,6 +227,9 @@ impl NftablesBackend {
                     for batch in plan::cold_start(&want.table, self.seq, self.cold_start_max_elements) {
                         self.commit(family, batch, report)?;
                     }
+                }
+                if let Some(pass) = self.audit.as_mut() {
+                    pass.replaced(family);
                 }
             }
         }
@@ -226,6 +286,15 @@ impl NftablesBackend {
                 table.swap(svc, frag, &mut delta);
             }
             let batch = plan::delta(&table.table, &delta, self.seq);
+            if let Some(pass) = self.audit.as_mut() {
+                let mut added: BTreeMap<&str, usize> = BTreeMap::new();
+                for ((set, key), before) in &delta.elements {
+                    if before.is_none() && table.table.elements.get(set).is_some_and(|e| e.contains_key(key)) {
+                        *added.entry(set.as_str()).or_default() += 1;
+                    }
+                }
+                pass.grew(family, &added);
+            }
             // Put the table back first: a failed commit removes it again (full sync next).
             self.programmed.insert(family, table);
             if !batch.is_empty() {
@@ -268,7 +337,7 @@ impl NftablesBackend {
         for (family, table) in &self.programmed {
             let want = &table.table;
             let counted = |name: &str| deep && !Self::audited(want, name);
-            let got = drift::observe(&mut self.sock, family.nfproto(), &counted).map_err(netlink(*family))?;
+            let got = self.sock.observe(*family, &counted).map_err(netlink(*family))?;
             if let Some(diff) = drift::compare(want, got.as_ref()) {
                 return Ok(Some(self.drifted(diff)));
             }
@@ -320,7 +389,7 @@ impl NftablesBackend {
             };
             let slot = (*family, name.clone());
             let (window, next) = drift::audit_window(elements, self.audit_cursors.get(&slot));
-            let found = drift::audit(&mut self.sock, family.nfproto(), name, &window).map_err(netlink(*family))?;
+            let found = drift::audit(&mut self.sock, *family, name, &window).map_err(netlink(*family))?;
             if let Some(diff) = found {
                 return Ok(Some(self.drifted(diff)));
             }
@@ -349,7 +418,7 @@ impl NftablesBackend {
     pub fn delete_foreign_table(&mut self, family: Family, name: &str) -> Result<bool, SyncError> {
         assert_ne!(name, TABLE, "our own table goes through cleanup()");
         let netlink = |e: std::io::Error| SyncError::Netlink { family, source: e.into() };
-        if !self.sock.table_exists(family.nfproto(), name).map_err(netlink)? {
+        if !self.sock.table_exists(family, name).map_err(netlink)? {
             return Ok(false);
         }
         self.commit(family, plan::delete(family, name, self.seq), &mut SyncReport::default())?;

@@ -168,3 +168,25 @@ fn swapping_fragments_gives_the_table_a_full_build_gives() {
     assert_eq!(t.table, Table::new(crate::fixed_table(Family::V4, &c), BTreeMap::new()).table);
     assert!(!plan::delta(&t.table, &d, 1).is_empty());
 }
+
+/// A prefix of length 0 is encoded as nft encodes it (`nft --debug=netlink` on
+/// `ip saddr 0.0.0.0/0 return`): the whole address loaded, masked with zeros, compared with
+/// zeros. A zero-length load and compare is refused by the kernel (EINVAL), which made every
+/// sync of a cluster with `loadBalancerSourceRanges: [0.0.0.0/0]` fail (found by the
+/// kernel-vs-fake test, `integration/tests/fake_netfilter.rs`).
+#[test]
+fn a_zero_length_prefix_is_masked_never_a_zero_length_compare() {
+    use nftproxy_nft_wire::{CmpOp, Expr, PayloadBase};
+    for (fam, net, len) in [(Family::V4, "0.0.0.0/0", 4usize), (Family::V6, "::/0", 16)] {
+        let r = crate::rules::saddr_in_cidr(fam, &net.parse().unwrap(), false);
+        assert_eq!(r.text, format!("{} saddr {net}", fam.word()));
+        assert_eq!(
+            r.exprs,
+            [
+                Expr::Payload { dreg: 1, base: PayloadBase::Network, offset: fam.saddr_offset(), len: len as u32 },
+                Expr::Bitwise { sreg: 1, dreg: 1, mask: vec![0; len], xor: vec![0; len], spelled: false },
+                Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: vec![0; len] },
+            ]
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The sync engine's decisions over the in-memory netfilter ([`crate::fake`]), without root:
+//! cold start, partial syncs that build exactly what a fresh sync builds, what a refused commit
+//! does, replacing a table an earlier run left, drift found and repaired (structure and the
+//! element audit of large maps), and the UDP conntrack cleanup with its retry.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+use nftproxy_model::{ClusterState, NodeContext, ServiceName};
+use proptest::prelude::*;
+
+use crate::fake::{FakeNetfilter, wire_dump};
+use crate::netfilter::Netfilter;
+use crate::{Family, NftablesBackend, SyncError, TABLE};
+
+fn ctx() -> NodeContext {
+    NodeContext {
+        node_name: "node-a".into(),
+        node_ips: vec!["192.168.0.2".parse().unwrap()],
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Default::default()
+    }
+}
+
+/// `n` ClusterIP Services `svc-i` (10.96.x.y:80/TCP and :53/UDP), each with `eps` endpoints on
+/// other nodes, plus `extra` as more manifest text.
+fn cluster(n: u32, eps: u32, extra: &str) -> ClusterState {
+    let mut y = String::new();
+    for i in 0..n {
+        let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: ns}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}, {{name: dns, port: 53, protocol: UDP}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc-{i}-1, namespace: ns, labels: {{kubernetes.io/service-name: svc-{i}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n"
+        );
+        for e in 0..eps {
+            let _ = writeln!(y, "- {{addresses: [10.244.{}.{}], nodeName: node-b}}", e + 1, i % 250 + 1);
+        }
+    }
+    y.push_str(extra);
+    let mut l = nftproxy_manifest::Loaded::default();
+    l.add_text("test", &y);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    l.state
+}
+
+fn names(st: &ClusterState) -> BTreeSet<ServiceName> {
+    st.services.keys().cloned().collect()
+}
+
+/// What a fresh engine on an empty netfilter programs for `st`, per family.
+fn fresh(st: &ClusterState) -> [Option<String>; 2] {
+    let fake = FakeNetfilter::new();
+    NftablesBackend::over(fake.clone()).sync_cluster(st, &ctx()).expect("a fresh sync");
+    [fake.dump(Family::V4, TABLE), fake.dump(Family::V6, TABLE)]
+}
+
+fn dumps(fake: &FakeNetfilter) -> [Option<String>; 2] {
+    [fake.dump(Family::V4, TABLE), fake.dump(Family::V6, TABLE)]
+}
+
+/// The engine's own record of what it programmed is what the netfilter holds.
+fn assert_mirror(b: &mut NftablesBackend<FakeNetfilter>, fake: &FakeNetfilter) {
+    for fam in [Family::V4, Family::V6] {
+        let want = b.programmed(fam).map(wire_dump);
+        assert_eq!(fake.dump(fam, TABLE), want, "{fam:?}: what the kernel holds vs the engine's mirror");
+    }
+}
+
+/// One Service added, one Service's endpoints changed, one deleted.
+fn changed_cluster() -> (ClusterState, BTreeSet<ServiceName>) {
+    let mut st = cluster(20, 3, "");
+    let extra = cluster(21, 3, "");
+    let new = ServiceName::new("ns", "svc-20");
+    st.upsert_service(extra.services[&new].clone());
+    for s in extra.slices_of(&new) {
+        st.upsert_slice(s.clone());
+    }
+    // svc-3's endpoints move to other pods (as many as before: no new pick chain).
+    let moved = cluster(
+        0,
+        0,
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: svc-3-1, namespace: ns, labels: {kubernetes.io/service-name: svc-3}}\n\
+         addressType: IPv4\nports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]\n\
+         endpoints: [{addresses: [10.244.9.1]}, {addresses: [10.244.9.2]}, {addresses: [10.244.9.3]}]\n",
+    );
+    for s in moved.slices().values() {
+        st.upsert_slice(s.clone());
+    }
+    st.remove_service(&ServiceName::new("ns", "svc-7"));
+    let changed = ["svc-20", "svc-3", "svc-7"].into_iter().map(|n| ServiceName::new("ns", n)).collect();
+    (st, changed)
+}
+
+#[test]
+fn partial_syncs_build_what_a_fresh_sync_builds_in_one_small_transaction() {
+    let fake = FakeNetfilter::new();
+    let mut b = NftablesBackend::over(fake.clone());
+    let before = cluster(20, 3, "");
+    let r = b.sync_cluster(&before, &ctx()).unwrap();
+    assert_eq!(r.full, [Family::V4, Family::V6], "nothing programmed: both families whole");
+    assert_eq!(dumps(&fake), fresh(&before));
+    assert_mirror(&mut b, &fake);
+    let (after, changed) = changed_cluster();
+    let commits = fake.commits().len();
+    let r = b.sync_services(&after, &ctx(), &changed).unwrap();
+    assert!(r.full.is_empty(), "a partial sync: {r:?}");
+    assert_eq!(r.transactions, 1, "IPv4 only: the IPv6 table has no Service to change");
+    assert_eq!(fake.commits().len(), commits + 1);
+    assert!(r.messages <= 12, "proportional to three Services: {:?}", fake.commits().last());
+    assert_eq!(dumps(&fake), fresh(&after));
+    assert_mirror(&mut b, &fake);
+}
+
+#[test]
+fn a_cold_start_is_cut_into_transactions_each_complete_in_itself() {
+    let fake = FakeNetfilter::new();
+    let mut b = NftablesBackend::over(fake.clone());
+    b.cold_start_max_elements = 16;
+    let st = cluster(40, 2, "");
+    let r = b.sync_cluster(&st, &ctx()).unwrap();
+    assert!(r.transactions > 8, "{r:?}");
+    assert!(fake.commits().iter().all(|c| c.committed));
+    assert_eq!(dumps(&fake), fresh(&st));
+}
+
+#[test]
+fn a_refused_commit_changes_nothing_and_the_next_sync_replaces_the_table() {
+    let fake = FakeNetfilter::new();
+    let mut b = NftablesBackend::over(fake.clone());
+    let before = cluster(20, 3, "");
+    b.sync_cluster(&before, &ctx()).unwrap();
+    let held = dumps(&fake);
+    let (after, changed) = changed_cluster();
+    fake.fail_commit(0, 2, libc::ENOMEM);
+    match b.sync_services(&after, &ctx(), &changed) {
+        Err(SyncError::Netlink { family, .. }) => assert_eq!(family, Family::V4),
+        other => panic!("the refusal must reach the caller: {other:?}"),
+    }
+    assert_eq!(dumps(&fake), held, "a refused batch leaves the previous ruleset");
+    assert!(b.programmed(Family::V4).is_none(), "the engine no longer claims to know IPv4");
+    let r = b.sync_services(&after, &ctx(), &changed).unwrap();
+    assert_eq!(r.full, [Family::V4], "after a failure: full for the family that failed");
+    let last = fake.commits().pop().unwrap();
+    assert!(
+        last.messages.iter().any(|m| m == "delete table kube-nftproxy"),
+        "an atomic replace: {:?}",
+        &last.messages[..3]
+    );
+    assert_eq!(dumps(&fake), fresh(&after));
+    assert_mirror(&mut b, &fake);
+}
+
+#[test]
+fn a_table_left_by_an_earlier_run_is_replaced_atomically() {
+    let fake = FakeNetfilter::new();
+    NftablesBackend::over(fake.clone()).sync_cluster(&cluster(30, 2, ""), &ctx()).unwrap();
+    let (after, _) = changed_cluster();
+    let mut restarted = NftablesBackend::over(fake.clone());
+    let commits = fake.commits().len();
+    let r = restarted.sync_cluster(&after, &ctx()).unwrap();
+    assert_eq!(r.transactions, 2, "one replace per family, never an empty table in between");
+    for c in &fake.commits()[commits..] {
+        assert_eq!(
+            c.messages[..3],
+            ["add table kube-nftproxy", "delete table kube-nftproxy", "add table kube-nftproxy"]
+        );
+    }
+    assert_eq!(dumps(&fake), fresh(&after));
+}
+
+#[test]
+fn drift_in_the_structure_is_found_and_repaired_by_a_full_sync() {
+    let mut fake = FakeNetfilter::new();
+    let mut b = NftablesBackend::over(fake.clone());
+    let st = cluster(10, 2, "");
+    b.sync_cluster(&st, &ctx()).unwrap();
+    assert_eq!(b.verify(true).unwrap(), None, "nobody else committed");
+    assert_eq!(b.verify(true).unwrap(), None);
+    // Someone flushes one of our chains.
+    let mut other = nftproxy_nft_wire::Batch::new(9000);
+    other.flush_chain(Family::V4.nfproto(), TABLE, "services");
+    fake.commit(&other.finish()).unwrap();
+    let diff = b.verify(false).unwrap().expect("found");
+    assert!(diff.starts_with("chain services has 0 rules"), "{diff}");
+    let r = b.sync_services(&st, &ctx(), &BTreeSet::new()).unwrap();
+    assert_eq!(r.full, [Family::V4, Family::V6], "a difference makes the next sync full");
+    assert_eq!(dumps(&fake), fresh(&st));
+    // A failed read is an error, not "no drift".
+    fake.commit(&{
+        let mut b = nftproxy_nft_wire::Batch::new(9100);
+        b.add_table(Family::V4.nfproto(), "someone-else", None);
+        b.finish()
+    })
+    .unwrap();
+    fake.fail_reads(Some(libc::EIO));
+    assert!(b.verify(false).is_err());
+}
+
+#[test]
+fn an_element_replaced_in_a_large_map_is_found_by_the_audit_and_nothing_in_an_intact_one() {
+    let mut fake = FakeNetfilter::new();
+    let mut b = NftablesBackend::over(fake.clone());
+    let st = cluster(1100, 1, "");
+    b.sync_cluster(&st, &ctx()).unwrap();
+    let v4 = b.programmed(Family::V4).unwrap().clone();
+    let (set, elements) = v4
+        .elements
+        .iter()
+        .filter(|(n, e)| e.len() > crate::drift::COUNTED_SET_MAX && v4.sets[*n].spec.data.is_some())
+        .max_by_key(|(_, e)| e.len())
+        .expect("a map larger than the counted ones");
+    // Another program commits elsewhere: the audit looks at every element, finds nothing.
+    let mut elsewhere = nftproxy_nft_wire::Batch::new(9000);
+    elsewhere.add_table(Family::V4.nfproto(), "someone-else", None);
+    fake.commit(&elsewhere.finish()).unwrap();
+    assert_eq!(b.verify(true).unwrap(), None);
+    let mut steps = 0;
+    while b.audit_pending() {
+        assert_eq!(b.audit_step().unwrap(), None);
+        steps += 1;
+    }
+    assert!(steps >= elements.len() / crate::drift::AUDIT_WINDOW - 1, "{steps} steps");
+    assert_eq!(b.verify(true).unwrap(), None, "the generation counts as seen");
+    assert!(!b.audit_pending());
+    // One element near the end replaced with other data in one outside transaction: counts
+    // stay the same, only the audit can see it.
+    let (key, value) = elements.iter().nth(elements.len() - 3).unwrap();
+    let mut wire = value.wire(key);
+    let mut other = nftproxy_nft_wire::Batch::new(9100);
+    other.del_elems(Family::V4.nfproto(), TABLE, set, std::slice::from_ref(&wire));
+    wire.data = match wire.data {
+        Some(nftproxy_nft_wire::ElemData::Value(mut v)) => {
+            v[0] ^= 1;
+            Some(nftproxy_nft_wire::ElemData::Value(v))
+        }
+        Some(nftproxy_nft_wire::ElemData::Verdict(_)) => {
+            Some(nftproxy_nft_wire::ElemData::Verdict(nftproxy_nft_wire::Verdict::Drop))
+        }
+        None => unreachable!("a map"),
+    };
+    other.add_elems(Family::V4.nfproto(), TABLE, set, None, &[wire]);
+    fake.commit(&other.finish()).unwrap();
+    let mut found = b.verify(true).unwrap();
+    while found.is_none() && b.audit_pending() {
+        found = b.audit_step().unwrap();
+    }
+    let diff = found.expect("the audit reaches every element");
+    assert!(diff.contains(&format!("set {set}: an element holds")), "{diff}");
+    b.sync_services(&st, &ctx(), &BTreeSet::new()).unwrap();
+    assert_eq!(dumps(&fake), fresh(&st), "repaired");
+}
+
+#[test]
+fn stale_udp_conntrack_entries_go_and_a_failed_cleanup_is_retried() {
+    use crate::conntrack::CtEntry;
+    let fake = FakeNetfilter::new();
+    let mut b = NftablesBackend::over(fake.clone());
+    let st = cluster(3, 2, "");
+    let flow = |ep: &str| CtEntry {
+        proto: 17,
+        orig_src: "10.244.9.9".parse().unwrap(),
+        orig_dst: "10.96.0.1".parse().unwrap(),
+        orig_sport: 40000,
+        orig_dport: 53,
+        reply_src: ep.parse().unwrap(),
+        reply_sport: 5353,
+    };
+    fake.add_conntrack(flow("10.244.1.1"));
+    fake.add_conntrack(flow("10.244.7.1"));
+    fake.fail_conntrack(Some(libc::ENOBUFS));
+    let r = b.sync_cluster(&st, &ctx()).unwrap();
+    assert!(r.conntrack_error.is_some(), "the rules are in, the cleanup failed");
+    assert_eq!(fake.conntrack_entries().len(), 2);
+    fake.fail_conntrack(None);
+    // A sync that touches no UDP Service still retries the failed cleanup.
+    let r = b.sync_services(&st, &ctx(), &BTreeSet::new()).unwrap();
+    assert_eq!((r.conntrack_deleted, r.conntrack_error), (1, None));
+    assert_eq!(fake.conntrack_entries(), [flow("10.244.1.1")], "the serving endpoint's flow stays");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any cluster, then any other: the partial sync of every Service of either is accepted by
+    /// the netfilter (no dangling reference, no object removed while in use) and leaves what a
+    /// fresh sync of the second leaves.
+    #[test]
+    fn prop_any_change_synced_partially_equals_a_fresh_sync(
+        a in nftproxy_model::arbitrary::cluster(),
+        b in nftproxy_model::arbitrary::cluster(),
+        ctx in nftproxy_model::arbitrary::node_context(),
+    ) {
+        let (a, b) = (a.state(), b.state());
+        let fake = FakeNetfilter::new();
+        let mut engine = NftablesBackend::over(fake.clone());
+        engine.sync_cluster(&a, &ctx).unwrap();
+        let changed: BTreeSet<ServiceName> = names(&a).union(&names(&b)).cloned().collect();
+        let r = engine.sync_services(&b, &ctx, &changed).unwrap();
+        prop_assert!(r.full.is_empty());
+        let f2 = FakeNetfilter::new();
+        NftablesBackend::over(f2.clone()).sync_cluster(&b, &ctx).unwrap();
+        for fam in [Family::V4, Family::V6] {
+            prop_assert_eq!(fake.dump(fam, TABLE), f2.dump(fam, TABLE));
+        }
+    }
+}
