@@ -3,7 +3,7 @@
 
 use crate::consts::*;
 use crate::expr::{Expr, Verdict};
-use crate::writer::{Udata, Writer, align4};
+use crate::writer::{Udata, Writer};
 
 /// nft refuses comments longer than this; we truncate to stay decompilable.
 pub const COMMENT_MAX: usize = 128;
@@ -412,20 +412,7 @@ pub fn get_elems_request(table: &str, set: &str, keys: &[&[u8]]) -> Vec<u8> {
 }
 
 pub fn split_messages(bytes: &[u8]) -> Vec<(u16, u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= bytes.len() {
-        let len = u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
-        let ty = u16::from_ne_bytes([bytes[off + 4], bytes[off + 5]]);
-        let flags = u16::from_ne_bytes([bytes[off + 6], bytes[off + 7]]);
-        // `len` is a u32 from the wire: compared without an addition that could overflow.
-        if len < 16 || len > bytes.len() - off {
-            break;
-        }
-        out.push((ty, flags, &bytes[off + 16..off + len]));
-        off += align4(len);
-    }
-    out
+    crate::netlink::messages(bytes).map(|(ty, flags, _, payload)| (ty, flags, payload)).collect()
 }
 
 #[cfg(test)]

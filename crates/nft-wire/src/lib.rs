@@ -11,6 +11,7 @@ pub mod batch;
 pub mod consts;
 pub mod decode;
 pub mod expr;
+pub mod netlink;
 #[cfg(feature = "proptest-support")]
 pub mod mutate;
 mod writer;

@@ -12,6 +12,10 @@ pub(crate) fn align4(n: usize) -> usize {
 }
 
 impl Writer {
+    /// The attributes written so far.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
     pub fn bytes(&mut self, ty: u16, data: &[u8]) {
         let len = 4 + data.len();
         debug_assert!(len <= u16::MAX as usize);

@@ -12,12 +12,11 @@ use neli::consts::socket::NlFamily;
 use neli::socket::NlSocket;
 use neli::utils::Groups;
 
-use crate::netlink::{attrs, messages};
+use nftproxy_nft_wire::consts::NLM_F_REQUEST;
+use nftproxy_nft_wire::netlink::{NLM_F_DUMP, attrs, message};
 
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 /// rtnetlink multicast groups of address changes.
@@ -31,43 +30,20 @@ const IFADDRMSG_LEN: usize = 8;
 pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
     let sock = NlSocket::connect(NlFamily::Route, None, Groups::empty())?;
     let seq = 0x6a00_0001u32;
-    let mut req = Vec::with_capacity(24);
-    req.extend_from_slice(&24u32.to_ne_bytes());
-    req.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
-    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | libc::NLM_F_DUMP as u16).to_ne_bytes());
-    req.extend_from_slice(&seq.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
     // struct ifaddrmsg: any family, every interface.
-    req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0, 0, 0, 0, 0]);
-    sock.send(&req, neli::consts::socket::Msg::empty())?;
+    let ifaddrmsg = [libc::AF_UNSPEC as u8, 0, 0, 0, 0, 0, 0, 0];
+    let request = message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, &ifaddrmsg);
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
-    loop {
-        let (n, _) = sock.recv(&mut buf[..], neli::consts::socket::Msg::empty())?;
-        if n == 0 {
-            return Err(io::Error::other("rtnetlink: the address dump ended without NLMSG_DONE"));
-        }
-        for (ty, _, s, payload) in messages(&buf[..n]) {
-            if s != seq {
-                continue;
-            }
-            match ty {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let err = payload.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(-libc::EIO);
-                    return if err == 0 { Ok(out) } else { Err(io::Error::from_raw_os_error(-err)) };
-                }
-                RTM_NEWADDR => {
-                    if let Some(ip) = parse_newaddr(payload)
-                        && !out.contains(&ip)
-                    {
-                        out.push(ip);
-                    }
-                }
-                _ => {}
-            }
+    for (ty, payload) in crate::netlink::exchange(&sock, &mut buf, &request, seq)? {
+        if ty == RTM_NEWADDR
+            && let Some(ip) = parse_newaddr(&payload)
+            && !out.contains(&ip)
+        {
+            out.push(ip);
         }
     }
+    Ok(out)
 }
 
 /// The address of one RTM_NEWADDR message (after the netlink header): IFA_LOCAL when present
@@ -131,14 +107,11 @@ mod tests {
     use super::*;
 
     fn msg(family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut v = vec![family, 24, 0, 0, 2, 0, 0, 0];
+        let mut w = nftproxy_nft_wire::netlink::Writer::default();
         for (ty, data) in attrs {
-            v.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-            v.extend_from_slice(&ty.to_ne_bytes());
-            v.extend_from_slice(data);
-            v.resize(v.len().next_multiple_of(4), 0);
+            w.bytes(*ty, data);
         }
-        v
+        [vec![family, 24, 0, 0, 2, 0, 0, 0], w.into_bytes()].concat()
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use nftproxy_model::{ClusterState, IpFamily, Protocol, ServiceName, ServicePortName};
+use nftproxy_nft_wire::netlink::{Writer, attrs};
 
 /// The parts of a conntrack entry the cleanup looks at.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -215,22 +216,6 @@ const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let item = (ty, &b[4..len]);
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some(item)
-    })
-}
-
 #[derive(Default)]
 struct Tuple {
     src: Option<IpAddr>,
@@ -297,47 +282,33 @@ pub(crate) fn parse_entry(payload: &[u8]) -> Option<CtEntry> {
     })
 }
 
-fn put(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    buf.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(data);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-fn nest(buf: &mut Vec<u8>, ty: u16, body: impl FnOnce(&mut Vec<u8>)) {
-    let at = buf.len();
-    buf.extend_from_slice(&[0, 0]);
-    buf.extend_from_slice(&(ty | 0x8000).to_ne_bytes());
-    body(buf);
-    let len = (buf.len() - at) as u16;
-    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-}
-
 /// The attributes of an IPCTNL_MSG_CT_DELETE naming an entry by its original tuple.
 pub(crate) fn delete_attrs(e: &CtEntry) -> Vec<u8> {
-    let mut b = Vec::new();
-    nest(&mut b, CTA_TUPLE_ORIG, |b| {
-        nest(b, CTA_TUPLE_IP, |b| match (e.orig_src, e.orig_dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                put(b, CTA_IP_V4_SRC, &s.octets());
-                put(b, CTA_IP_V4_DST, &d.octets());
-            }
-            (s, d) => {
-                let six = |ip: IpAddr| match ip {
-                    IpAddr::V6(a) => a.octets(),
-                    IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-                };
-                put(b, CTA_IP_V6_SRC, &six(s));
-                put(b, CTA_IP_V6_DST, &six(d));
-            }
-        });
-        nest(b, CTA_TUPLE_PROTO, |b| {
-            put(b, CTA_PROTO_NUM, &[e.proto]);
-            put(b, CTA_PROTO_SRC_PORT, &e.orig_sport.to_be_bytes());
-            put(b, CTA_PROTO_DST_PORT, &e.orig_dport.to_be_bytes());
-        });
-    });
-    b
+    let mut w = Writer::default();
+    let orig = w.nest(CTA_TUPLE_ORIG);
+    let ip = w.nest(CTA_TUPLE_IP);
+    match (e.orig_src, e.orig_dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            w.bytes(CTA_IP_V4_SRC, &s.octets());
+            w.bytes(CTA_IP_V4_DST, &d.octets());
+        }
+        (s, d) => {
+            let six = |ip: IpAddr| match ip {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            w.bytes(CTA_IP_V6_SRC, &six(s));
+            w.bytes(CTA_IP_V6_DST, &six(d));
+        }
+    }
+    w.end(ip);
+    let proto = w.nest(CTA_TUPLE_PROTO);
+    w.bytes(CTA_PROTO_NUM, &[e.proto]);
+    w.bytes(CTA_PROTO_SRC_PORT, &e.orig_sport.to_be_bytes());
+    w.bytes(CTA_PROTO_DST_PORT, &e.orig_dport.to_be_bytes());
+    w.end(proto);
+    w.end(orig);
+    w.into_bytes()
 }
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ use nftproxy_nft_wire::{ElemData, Verdict};
 
 use crate::family::Family;
 use crate::netfilter::Netfilter;
-use crate::netlink::{NftSocket, attrs, name_attr, str_attr};
+use crate::netlink::NftSocket;
+use nftproxy_nft_wire::netlink::{attrs, name_attr, str_attr};
 use crate::ruleset::{ElemValue, Key, Ruleset, TABLE};
 use nftproxy_nft_wire::Elem;
 

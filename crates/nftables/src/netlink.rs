@@ -1,5 +1,9 @@
 //! The only I/O of the backend: a NETLINK_NETFILTER socket (neli) that sends a batch in one
-//! `send` and reads the kernel's verdict.
+//! `send` and reads the kernel's verdict. One request path: [`NftSocket::exchange`] numbers
+//! every request of its own, reads until that request's end (NLMSG_DONE, or its ack), and
+//! turns error acks into errors; a batch's acks are read by the same loop
+//! ([`receive`]). The bytes are nft-wire's (`nftproxy_nft_wire::netlink`): this file only
+//! sends and receives.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -8,12 +12,11 @@ use neli::consts::socket::NlFamily;
 use neli::socket::NlSocket;
 use neli::utils::Groups;
 use nftproxy_nft_wire::consts::*;
+use nftproxy_nft_wire::netlink::{
+    NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, attrs, ext_ack_message, messages, name_attr, nfnl_request, nlmsg_error,
+};
 use nftproxy_nft_wire::{FinishedBatch, MsgInfo};
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_ACK_TLVS: u16 = 0x200;
-const NLMSGERR_ATTR_MSG: u16 = 1;
 const NETLINK_CAP_ACK: libc::c_int = 10;
 
 /// One message the kernel refused.
@@ -56,6 +59,56 @@ pub struct CommitStats {
 pub struct NftSocket {
     sock: NlSocket,
     rbuf: Vec<u8>,
+    /// The sequence number of our last request (batches carry their own, from the planner).
+    seq: u32,
+}
+
+/// Sequence numbers of the socket's own requests: far from those of batches, which count up
+/// from 1 (a late answer to one can never be taken for the other's).
+const FIRST_REQUEST_SEQ: u32 = 0x8000_0000;
+
+/// Reads datagrams from `sock` into `rbuf` and hands every message to `on` — (type, flags, seq,
+/// payload) — until `on` returns the result. The one receive loop of every netlink conversation
+/// of ours (netfilter requests and batches, rtnetlink). A read timeout is `WouldBlock`.
+pub(crate) fn receive<R>(
+    sock: &NlSocket,
+    rbuf: &mut [u8],
+    mut on: impl FnMut(u16, u16, u32, &[u8]) -> Option<io::Result<R>>,
+) -> io::Result<R> {
+    loop {
+        let (n, _) = sock.recv(&mut *rbuf, neli::consts::socket::Msg::empty())?;
+        if n == 0 {
+            return Err(io::Error::other("netlink: the kernel closed the conversation"));
+        }
+        for (ty, flags, seq, payload) in messages(&rbuf[..n]) {
+            if let Some(r) = on(ty, flags, seq, payload) {
+                return r;
+            }
+        }
+    }
+}
+
+/// One request and its answers, (type, payload after the netlink header) each, until the end:
+/// NLMSG_DONE of a dump, or the ack of a request with NLM_F_ACK. An error ack is the error.
+pub(crate) fn exchange(sock: &NlSocket, rbuf: &mut [u8], request: &[u8], seq: u32) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    sock.send(request, neli::consts::socket::Msg::empty())?;
+    let mut out = Vec::new();
+    receive(sock, rbuf, |ty, _, s, payload| {
+        if s != seq {
+            return None;
+        }
+        match ty {
+            NLMSG_DONE => Some(Ok(std::mem::take(&mut out))),
+            NLMSG_ERROR => Some(match -nlmsg_error(payload) {
+                0 => Ok(std::mem::take(&mut out)),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }),
+            _ => {
+                out.push((ty, payload.to_vec()));
+                None
+            }
+        }
+    })
 }
 
 fn setsockopt(fd: i32, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
@@ -85,7 +138,7 @@ impl NftSocket {
                 size_of_val(&tv) as u32,
             );
         }
-        Ok(NftSocket { sock, rbuf: vec![0; 1 << 20] })
+        Ok(NftSocket { sock, rbuf: vec![0; 1 << 20], seq: FIRST_REQUEST_SEQ })
     }
 
     /// Sends one batch and waits for the kernel's verdict on it. A batch must reach the kernel
@@ -103,32 +156,24 @@ impl NftSocket {
             return Err(io::Error::other(format!("short send: {sent} of {} bytes", batch.bytes.len())).into());
         }
         let mut errors = Vec::new();
-        loop {
-            let (n, _) = match self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty()) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(NetlinkError::NoAck),
-                Err(e) => return Err(e.into()),
-            };
-            let mut done = false;
-            for (ty, flags, seq, payload) in messages(&self.rbuf[..n]) {
-                if ty != NLMSG_ERROR {
-                    continue;
-                }
-                let err = nlmsg_error(payload);
-                if err != 0 {
-                    errors.push(KernelError {
-                        what: describe(&batch.msgs, seq),
-                        errno: -err,
-                        message: ext_ack_message(flags, payload),
-                    });
-                }
-                if seq == last_seq {
-                    done = true;
-                }
+        let done = receive(&self.sock, &mut self.rbuf, |ty, flags, seq, payload| {
+            if ty != NLMSG_ERROR {
+                return None;
             }
-            if done {
-                break;
+            let err = nlmsg_error(payload);
+            if err != 0 {
+                errors.push(KernelError {
+                    what: describe(&batch.msgs, seq),
+                    errno: -err,
+                    message: ext_ack_message(flags, payload),
+                });
             }
+            (seq == last_seq).then_some(Ok(()))
+        });
+        match done {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(NetlinkError::NoAck),
+            Err(e) => return Err(e.into()),
         }
         if errors.is_empty() {
             Ok(CommitStats { messages: batch.msgs.len(), bytes: batch.bytes.len() })
@@ -137,69 +182,23 @@ impl NftSocket {
         }
     }
 
-    /// Whether a table exists (NFT_MSG_GETTABLE).
+    /// Whether a table exists (NFT_MSG_GETTABLE: the table, or ENOENT).
     pub fn table_exists(&mut self, family: u8, name: &str) -> io::Result<bool> {
-        let mut msg = Vec::new();
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
-        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        msg.extend_from_slice(&0x7fff_0000u32.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&[family, 0, 0, 0]);
-        let mut name_attr = name.as_bytes().to_vec();
-        name_attr.push(0);
-        let alen = 4 + name_attr.len();
-        msg.extend_from_slice(&(alen as u16).to_ne_bytes());
-        msg.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
-        msg.extend_from_slice(&name_attr);
-        msg.resize(msg.len().next_multiple_of(4), 0);
-        let len = msg.len() as u32;
-        msg[..4].copy_from_slice(&len.to_ne_bytes());
-        self.sock.send(&msg, neli::consts::socket::Msg::empty())?;
-        // The kernel answers with the table (if any), then the ack or ENOENT.
-        let mut found = false;
-        loop {
-            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
-            for (ty, _, seq, payload) in messages(&self.rbuf[..n]) {
-                if seq != 0x7fff_0000 {
-                    continue;
-                }
-                match ty {
-                    NLMSG_ERROR => {
-                        let err = nlmsg_error(payload);
-                        return match -err {
-                            0 => Ok(found),
-                            libc::ENOENT => Ok(false),
-                            e => Err(io::Error::from_raw_os_error(e)),
-                        };
-                    }
-                    NLMSG_DONE => return Ok(found),
-                    _ => found = true,
-                }
-            }
+        let attrs = name_attr(NFTA_TABLE_NAME, name);
+        match self.exchange((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_ACK, family, &attrs) {
+            Ok(answers) => Ok(!answers.is_empty()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }
 
 impl NftSocket {
-    fn request(&mut self, subsys_msg: u16, flags: u16, family: u8, attrs: &[u8], seq: u32) -> io::Result<()> {
-        let mut msg = Vec::with_capacity(20 + attrs.len());
-        msg.extend_from_slice(&((20 + attrs.len()) as u32).to_ne_bytes());
-        msg.extend_from_slice(&subsys_msg.to_ne_bytes());
-        msg.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&[family, 0, 0, 0]);
-        msg.extend_from_slice(attrs);
-        self.sock.send(&msg, neli::consts::socket::Msg::empty())?;
-        Ok(())
-    }
-
     /// Every conntrack entry of a family (ctnetlink dump).
     pub fn conntrack_dump(&mut self, family: u8) -> io::Result<Vec<crate::conntrack::CtEntry>> {
         use crate::conntrack::*;
         let new = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
-        let answers = self.dump_raw((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, family, &[], 0x7ffe_0000)?;
+        let answers = self.dump_raw((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, family, &[])?;
         Ok(answers.iter().filter(|(ty, _)| *ty == new).flat_map(|(_, p)| parse_entry(p)).collect())
     }
 
@@ -207,53 +206,28 @@ impl NftSocket {
     pub fn conntrack_delete(&mut self, e: &crate::conntrack::CtEntry) -> io::Result<()> {
         use crate::conntrack::*;
         let family = if e.orig_src.is_ipv4() { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
-        let seq = 0x7ffd_0000;
-        self.request((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, NLM_F_ACK, family, &delete_attrs(e), seq)?;
-        loop {
-            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
-            for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
-                if s == seq && ty == NLMSG_ERROR {
-                    let err = -nlmsg_error(payload);
-                    return if err == 0 || err == libc::ENOENT {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(err))
-                    };
-                }
-            }
+        match self.exchange((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, NLM_F_ACK, family, &delete_attrs(e)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map(drop),
         }
     }
-}
 
-impl NftSocket {
     /// The ruleset generation of this network namespace (NFT_MSG_GETGEN): the kernel adds one on
     /// every committed transaction, whoever sends it.
     pub fn generation(&mut self) -> io::Result<u32> {
-        let seq = 0x7ffc_0000;
-        self.request((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, 0, 0, &[], seq)?;
-        loop {
-            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
-            for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
-                if s != seq {
-                    continue;
-                }
-                if ty == NLMSG_ERROR {
-                    return Err(io::Error::from_raw_os_error(-nlmsg_error(payload)));
-                }
-                if let Some(v) = attrs(payload.get(4..).unwrap_or(&[])).find(|(t, _)| *t == NFTA_GEN_ID)
-                    && v.1.len() >= 4
-                {
-                    return Ok(u32::from_be_bytes(v.1[..4].try_into().unwrap()));
-                }
-            }
-        }
+        let answers = self.exchange((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_ACK, 0, &[])?;
+        answers
+            .iter()
+            .find_map(|(_, p)| attrs(p.get(4..)?).find(|(t, _)| *t == NFTA_GEN_ID).and_then(|(_, v)| v.get(..4)))
+            .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "NFT_MSG_GETGEN: no generation in the answer"))
     }
 
     /// A dump request (NLM_F_DUMP) of `msg_type` with filter attributes; returns the attributes
     /// part of every answer (after the nfgenmsg header). ENOENT (no such table or set) is an
     /// empty answer.
     pub fn dump(&mut self, msg_type: u16, family: u8, filter: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        let answers = self.dump_raw((NFNL_SUBSYS_NFTABLES << 8) | msg_type, family, filter, 0x7ffb_0000)?;
+        let answers = self.dump_raw((NFNL_SUBSYS_NFTABLES << 8) | msg_type, family, filter)?;
         Ok(answers.into_iter().map(|(_, p)| p.get(4..).unwrap_or(&[]).to_vec()).collect())
     }
 
@@ -261,165 +235,26 @@ impl NftSocket {
     /// before the ack. An error ack is the error, ENOENT included (a set element asked for by
     /// key that the set does not hold).
     pub fn get(&mut self, msg_type: u16, family: u8, attrs: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        let subsys_msg = (NFNL_SUBSYS_NFTABLES << 8) | msg_type;
-        let answers = self.exchange(subsys_msg, NLM_F_ACK, family, attrs, 0x7ffa_0000)?;
+        let answers = self.exchange((NFNL_SUBSYS_NFTABLES << 8) | msg_type, NLM_F_ACK, family, attrs)?;
         Ok(answers.into_iter().map(|(_, p)| p.get(4..).unwrap_or(&[]).to_vec()).collect())
     }
 
     /// Any netfilter dump: every answer's (type, payload after the netlink header) until DONE.
-    fn dump_raw(&mut self, subsys_msg: u16, family: u8, filter: &[u8], seq: u32) -> io::Result<Vec<(u16, Vec<u8>)>> {
-        match self.exchange(subsys_msg, 0x300 /* NLM_F_DUMP */, family, filter, seq) {
+    fn dump_raw(&mut self, subsys_msg: u16, family: u8, filter: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
+        match self.exchange(subsys_msg, NLM_F_DUMP, family, filter) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
             other => other,
         }
     }
 
-    /// One request and its answers, (type, payload after the netlink header) each, until the
-    /// end: NLMSG_DONE of a dump, or the ack of a request with NLM_F_ACK. An error ack is an
-    /// error.
-    fn exchange(
-        &mut self,
-        subsys_msg: u16,
-        flags: u16,
-        family: u8,
-        attrs: &[u8],
-        seq: u32,
-    ) -> io::Result<Vec<(u16, Vec<u8>)>> {
-        self.request(subsys_msg, flags, family, attrs, seq)?;
-        let mut out = Vec::new();
-        loop {
-            let (n, _) = self.sock.recv(&mut self.rbuf[..], neli::consts::socket::Msg::empty())?;
-            for (ty, _, s, payload) in messages(&self.rbuf[..n]) {
-                if s != seq {
-                    continue;
-                }
-                match ty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        return match -nlmsg_error(payload) {
-                            0 => Ok(out),
-                            e => Err(io::Error::from_raw_os_error(e)),
-                        };
-                    }
-                    _ => out.push((ty, payload.to_vec())),
-                }
-            }
-        }
+    /// The socket's one request path: a new sequence number, the request, its answers.
+    fn exchange(&mut self, subsys_msg: u16, flags: u16, family: u8, attrs: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
+        self.seq = self.seq.wrapping_add(1).max(FIRST_REQUEST_SEQ);
+        let request = nfnl_request(subsys_msg, flags, self.seq, family, attrs);
+        exchange(&self.sock, &mut self.rbuf, &request, self.seq)
     }
-}
-
-/// The (negative) errno of an NLMSG_ERROR payload; a payload too short to hold one is a
-/// protocol error (-EPROTO), never a panic.
-pub(crate) fn nlmsg_error(payload: &[u8]) -> i32 {
-    match payload.get(..4) {
-        Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        None => -libc::EPROTO,
-    }
-}
-
-/// A NUL-terminated string attribute's text.
-pub fn str_attr(v: &[u8]) -> String {
-    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
-}
-
-/// A string attribute (NUL-terminated, padded), as filters of dump requests need.
-pub fn name_attr(ty: u16, name: &str) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&((4 + name.len() + 1) as u16).to_ne_bytes());
-    v.extend_from_slice(&ty.to_ne_bytes());
-    v.extend_from_slice(name.as_bytes());
-    v.push(0);
-    v.resize(v.len().next_multiple_of(4), 0);
-    v
-}
-
-/// The netlink attributes of a buffer: (type without flags, value).
-pub fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        if off + 4 > buf.len() {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > buf.len() {
-            return None;
-        }
-        let item = (ty, &buf[off + 4..off + len]);
-        off += (len + 3) & !3;
-        Some(item)
-    })
 }
 
 fn describe(msgs: &[MsgInfo], seq: u32) -> String {
     msgs.iter().find(|m| m.seq == seq).map(|m| m.what.clone()).unwrap_or_else(|| format!("message {seq}"))
-}
-
-/// The NLMSGERR_ATTR_MSG text after a capped error (errno + original header + TLVs).
-pub(crate) fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
-    if flags & NLM_F_ACK_TLVS == 0 || payload.len() < 20 {
-        return None;
-    }
-    let mut off = 20;
-    while off + 4 <= payload.len() {
-        let len = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > payload.len() {
-            break;
-        }
-        if ty == NLMSGERR_ATTR_MSG {
-            let s = &payload[off + 4..off + len];
-            return Some(String::from_utf8_lossy(s.split(|b| *b == 0).next().unwrap_or(s)).into_owned());
-        }
-        off += (len + 3) & !3;
-    }
-    None
-}
-
-/// The netlink messages of a datagram: (type, flags, seq, payload after the header).
-pub(crate) fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        if off + 16 > buf.len() {
-            return None;
-        }
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-        // `len` is a u32 from the wire: compared without an addition that could overflow.
-        if len < 16 || len > buf.len() - off {
-            return None;
-        }
-        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
-        let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
-        let item = (ty, flags, seq, &buf[off + 16..off + len]);
-        off += (len + 3) & !3;
-        Some(item)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_or_odd_replies_are_errors_never_panics() {
-        assert_eq!(nlmsg_error(&(-2i32).to_ne_bytes()), -2);
-        assert_eq!(nlmsg_error(&[1, 2]), -libc::EPROTO);
-        assert_eq!(nlmsg_error(&[]), -libc::EPROTO);
-        // A header claiming more than the datagram holds, or less than a header: no message.
-        let mut msg = 64u32.to_ne_bytes().to_vec();
-        msg.extend_from_slice(&[0; 12]);
-        assert_eq!(messages(&msg).count(), 0);
-        let mut tiny = 8u32.to_ne_bytes().to_vec();
-        tiny.extend_from_slice(&[0; 12]);
-        assert_eq!(messages(&tiny).count(), 0);
-        assert_eq!(messages(&[1, 2, 3]).count(), 0);
-        // Attributes: a length past the end, or below the header size, ends the walk.
-        assert_eq!(attrs(&[200, 0, 1, 0, 9, 9]).count(), 0);
-        assert_eq!(attrs(&[2, 0, 1, 0]).count(), 0);
-        assert_eq!(ext_ack_message(NLM_F_ACK_TLVS, &[0; 8]), None);
-        let mut capped = vec![0u8; 20];
-        capped.extend_from_slice(&[255, 0, 1, 0]);
-        assert_eq!(ext_ack_message(NLM_F_ACK_TLVS, &capped), None);
-    }
 }

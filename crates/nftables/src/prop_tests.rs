@@ -1,5 +1,5 @@
 //! Property tests of everything that parses what the kernel sends us: netlink datagrams
-//! (`netlink::messages`, `attrs`, `nlmsg_error`, `ext_ack_message`, `str_attr`), conntrack
+//! (nft-wire's `netlink::messages`, `attrs`, `nlmsg_error`, `ext_ack_message`, `str_attr`), conntrack
 //! entries, interface addresses, trace events and the table dumps of drift checks and `trace`.
 //! Those bytes come from the kernel, but a parser that panics on a short or odd answer takes the
 //! daemon down with it: each must return an error or None, never panic, on any bytes. Where the
@@ -21,7 +21,7 @@ use proptest::sample::select;
 use crate::addrs::parse_newaddr;
 use crate::conntrack::{CtEntry, parse_entry};
 use crate::drift::{counted_elements, dumped_chain, dumped_rule_chain, dumped_set};
-use crate::netlink::{attrs, ext_ack_message, messages, nlmsg_error, str_attr};
+use nftproxy_nft_wire::netlink::{Writer, attrs, ext_ack_message, message, messages, name_attr, nlmsg_error, str_attr};
 use crate::ruleset::TABLE;
 use crate::trace::{
     KeyComment, RuleInfo, TraceAttrs, TraceState, base_chain_hook, element_comments, l4proto, packet_view, parse_trace,
@@ -58,36 +58,26 @@ const NFT_NEWSETELEM: u16 = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM;
 // ---------------------------------------------------------------------------------------------
 // Building replies.
 
+// The replies are written with nft-wire's emit side (the parse side is what is tested).
+
 fn attr(b: &mut Vec<u8>, ty: u16, v: &[u8]) {
-    b.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
-    b.extend_from_slice(&ty.to_ne_bytes());
-    b.extend_from_slice(v);
-    b.resize(b.len().next_multiple_of(4), 0);
+    let mut w = Writer::default();
+    w.bytes(ty, v);
+    b.extend(w.into_bytes());
 }
 
 fn str_a(b: &mut Vec<u8>, ty: u16, s: &str) {
-    attr(b, ty, &[s.as_bytes(), &[0]].concat());
+    b.extend(name_attr(ty, s));
 }
 
 fn nest(b: &mut Vec<u8>, ty: u16, body: impl FnOnce(&mut Vec<u8>)) {
-    let at = b.len();
-    b.extend_from_slice(&[0, 0]);
-    b.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-    body(b);
-    let len = (b.len() - at) as u16;
-    b[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    let mut inner = Vec::new();
+    body(&mut inner);
+    attr(b, ty | NLA_F_NESTED, &inner);
 }
 
 fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(16 + payload.len());
-    m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
-    m.extend_from_slice(&ty.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(payload);
-    m.resize(m.len().next_multiple_of(4), 0);
-    m
+    message(ty, flags, seq, payload)
 }
 
 /// An nfgenmsg (family, version 0, res_id) and attributes.

@@ -19,7 +19,8 @@ use nftproxy_nft_wire::{BaseChain, Batch, ChainType, Hook};
 use serde::Serialize;
 
 use crate::family::Family;
-use crate::netlink::{NftSocket, attrs, name_attr, str_attr};
+use crate::netlink::NftSocket;
+use nftproxy_nft_wire::netlink::{attrs, messages, name_attr, str_attr};
 use crate::ruleset::TABLE;
 
 /// Chains of ours that are not part of the programmed ruleset (drift checks skip them).
@@ -362,7 +363,7 @@ impl TraceSession {
                 Err(e) => return Err(e),
             };
             self.pending.extend(
-                crate::netlink::messages(&self.buf[..n])
+                messages(&self.buf[..n])
                     .filter(|(ty, ..)| *ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE)
                     .map(|(.., p)| p.to_vec()),
             );
