@@ -1,33 +1,160 @@
 //! Desired state → batches. Pure: the differences between what we programmed last and what we
-//! want become the messages of one atomic transaction; a cold start is split into several, each
-//! complete in itself.
+//! want become one atomic [`Transaction`] (typed: new sets and chains, rewritten chains,
+//! elements out and in, chains and sets gone), which alone decides the order of the messages;
+//! a cold start is split into several, each complete in itself.
 
 use std::collections::BTreeMap;
 
-use nftproxy_nft_wire::{Batch, Elem};
+use nftproxy_nft_wire::{BaseChain, Batch, Elem};
 
-use crate::ruleset::{ElemValue, Key, Ruleset, TABLE, TABLE_COMMENT};
+use crate::family::Family;
+use crate::ruleset::{ElemValue, Key, Rule, Ruleset, SetDecl, TABLE, TABLE_COMMENT};
 use crate::table::Delta;
 
-fn schema(b: &mut Batch, r: &Ruleset) {
-    let fam = r.family.nfproto();
-    for (i, decl) in r.sets.values().enumerate() {
-        b.add_set(fam, TABLE, &decl.spec, i as u32 + 1);
+/// The elements of one set that a transaction adds or deletes: all of them, or some. Encoded
+/// lazily, [`RUN`] at a time, so that wire forms never all exist at once.
+pub enum Elements<'a> {
+    All(&'a BTreeMap<Key, ElemValue>),
+    Some(Vec<(&'a Key, &'a ElemValue)>),
+}
+
+impl Elements<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Elements::All(m) => m.len(),
+            Elements::Some(v) => v.len(),
+        }
     }
-    for (name, c) in &r.chains {
-        b.add_chain(fam, TABLE, name, c.base.as_ref());
-    }
-    for (name, c) in &r.chains {
-        for rule in c.rules.iter() {
-            b.add_rule(fam, TABLE, name, &rule.exprs, rule.comment.as_deref());
+    fn iter(&self) -> Box<dyn Iterator<Item = (&Key, &ElemValue)> + '_> {
+        match self {
+            Elements::All(m) => Box::new(m.iter()),
+            Elements::Some(v) => Box::new(v.iter().copied()),
         }
     }
 }
 
-/// Every element as (set, elements) runs: backend maps first (stage 0), then the maps that
-/// lead to them (stage 1), cut so that no run holds more than `max` elements. Lazy: a run is
-/// encoded into the batch before the next one is built, so wire forms never all exist at once.
-fn staged_elements(r: &Ruleset, max: usize) -> impl Iterator<Item = (&str, Vec<Elem>)> + '_ {
+/// What happens to our table itself in a transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TableChange {
+    /// It exists and stays: only what the other fields name changes.
+    #[default]
+    Kept,
+    /// It does not exist yet: created with its comment.
+    Created,
+    /// Replaced whole in this transaction, whether it existed or not (`table`, `delete table`,
+    /// `table`): what was there stays in force until the commit.
+    Replaced,
+}
+
+/// A chain's rules as a transaction writes them: all of them, after removing the old ones when
+/// the chain existed.
+pub struct ChainRules<'a> {
+    pub chain: &'a str,
+    pub flush: bool,
+    pub rules: &'a [Rule],
+}
+
+/// One transaction on our table of one family, by kind of change: what the planner decides.
+/// [`Transaction::into_batch`] is the one place that knows the order the kernel needs.
+pub struct Transaction<'a> {
+    pub family: Family,
+    pub table: TableChange,
+    pub new_sets: Vec<&'a SetDecl>,
+    pub new_chains: Vec<(&'a str, Option<&'a BaseChain>)>,
+    pub rules: Vec<ChainRules<'a>>,
+    pub deleted_elements: Vec<(&'a str, Elements<'a>)>,
+    pub added_elements: Vec<(&'a str, Elements<'a>)>,
+    pub deleted_chains: Vec<&'a str>,
+    pub deleted_sets: Vec<&'a str>,
+}
+
+impl<'a> Transaction<'a> {
+    pub fn new(family: Family, table: TableChange) -> Transaction<'a> {
+        Transaction {
+            family,
+            table,
+            new_sets: Vec::new(),
+            new_chains: Vec::new(),
+            rules: Vec::new(),
+            deleted_elements: Vec::new(),
+            added_elements: Vec::new(),
+            deleted_chains: Vec::new(),
+            deleted_sets: Vec::new(),
+        }
+    }
+
+    /// Every set, chain and rule of `r`, as new (a created or replaced table).
+    fn schema(mut self, r: &'a Ruleset) -> Transaction<'a> {
+        self.new_sets = r.sets.values().collect();
+        self.new_chains = r.chains.iter().map(|(n, c)| (n.as_str(), c.base.as_ref())).collect();
+        self.rules = r.chains.iter().map(|(n, c)| ChainRules { chain: n, flush: false, rules: &c.rules }).collect();
+        self
+    }
+
+    /// The batch, in the order the kernel needs: the table; sets and chains before the rules
+    /// and elements that use them; an element's old version out before its new one goes in
+    /// (the kernel refuses to overwrite an element's data); elements that jump to a chain and
+    /// rules that use a set gone before the chain (flushed first, so that jumps between the
+    /// doomed chains themselves never make a delete fail) and the set are deleted.
+    pub fn into_batch(self, first_seq: u32) -> Batch {
+        let fam = self.family.nfproto();
+        let mut b = Batch::new(first_seq);
+        match self.table {
+            TableChange::Kept => {}
+            TableChange::Created => b.add_table(fam, TABLE, Some(TABLE_COMMENT)),
+            TableChange::Replaced => {
+                b.add_table(fam, TABLE, None);
+                b.del_table(fam, TABLE);
+                b.add_table(fam, TABLE, Some(TABLE_COMMENT));
+            }
+        }
+        for (i, decl) in self.new_sets.iter().enumerate() {
+            b.add_set(fam, TABLE, &decl.spec, i as u32 + 1);
+        }
+        for (name, base) in &self.new_chains {
+            b.add_chain(fam, TABLE, name, *base);
+        }
+        for c in &self.rules {
+            if c.flush {
+                b.flush_chain(fam, TABLE, c.chain);
+            }
+            for rule in c.rules {
+                b.add_rule(fam, TABLE, c.chain, &rule.exprs, rule.comment.as_deref());
+            }
+        }
+        for (set, elems) in &self.deleted_elements {
+            encode_runs(elems, |run| b.del_elems(fam, TABLE, set, run));
+        }
+        for (set, elems) in &self.added_elements {
+            encode_runs(elems, |run| b.add_elems(fam, TABLE, set, None, run));
+        }
+        for name in &self.deleted_chains {
+            b.flush_chain(fam, TABLE, name);
+        }
+        for name in &self.deleted_chains {
+            b.del_chain(fam, TABLE, name);
+        }
+        for name in &self.deleted_sets {
+            b.del_set(fam, TABLE, name);
+        }
+        b
+    }
+}
+
+/// Elements per encoded run: only bounds the wire forms alive at once.
+const RUN: usize = 4096;
+
+fn encode_runs(elems: &Elements, mut put: impl FnMut(&[Elem])) {
+    let mut it = elems.iter().peekable();
+    while it.peek().is_some() {
+        let run: Vec<Elem> = it.by_ref().take(RUN).map(|(k, v)| v.wire(k)).collect();
+        put(&run);
+    }
+}
+
+/// Every element as (set, elements) runs of at most `max`: backend maps first (stage 0), then
+/// the maps that lead to them (stage 1).
+fn staged_runs(r: &Ruleset, max: usize) -> impl Iterator<Item = (&str, Elements<'_>)> + '_ {
     let mut sets: Vec<_> = r.sets.values().collect();
     sets.sort_by_key(|d| d.stage);
     sets.into_iter().flat_map(move |d| {
@@ -35,27 +162,20 @@ fn staged_elements(r: &Ruleset, max: usize) -> impl Iterator<Item = (&str, Vec<E
         let mut it = r.elements[name].iter().peekable();
         std::iter::from_fn(move || {
             it.peek()?;
-            Some((name, it.by_ref().take(max).map(|(k, v)| v.wire(k)).collect()))
+            Some((name, Elements::Some(it.by_ref().take(max).collect())))
         })
     })
 }
 
-/// Elements per run when nothing else bounds it (an atomic replace): only limits memory.
-const RUN: usize = 4096;
-
 /// Replaces the table in one transaction (creating it if missing): what was there before stays
 /// in force until the kernel commits the new one, so no packet sees a half-built ruleset.
 pub fn replace(r: &Ruleset, first_seq: u32) -> Batch {
-    let fam = r.family.nfproto();
-    let mut b = Batch::new(first_seq);
-    b.add_table(fam, TABLE, None);
-    b.del_table(fam, TABLE);
-    b.add_table(fam, TABLE, Some(TABLE_COMMENT));
-    schema(&mut b, r);
-    for (set, elems) in staged_elements(r, RUN) {
-        b.add_elems(fam, TABLE, set, None, &elems);
-    }
-    b
+    let mut t = Transaction::new(r.family, TableChange::Replaced).schema(r);
+    let mut sets: Vec<_> = r.sets.values().collect();
+    sets.sort_by_key(|d| d.stage);
+    t.added_elements =
+        sets.into_iter().map(|d| (d.spec.name.as_str(), Elements::All(&r.elements[&d.spec.name]))).collect();
+    t.into_batch(first_seq)
 }
 
 /// A cold start (no table yet) in transactions of at most `max_elements` elements each: the
@@ -67,160 +187,99 @@ pub fn replace(r: &Ruleset, first_seq: u32) -> Batch {
 /// Lazy: each transaction is encoded when the caller asks for it, after the previous one was
 /// sent, so only one is in memory (all of them at once were ~4 MiB at 10,000 Services × 3).
 pub fn cold_start(r: &Ruleset, first_seq: u32, max_elements: usize) -> impl Iterator<Item = Batch> + '_ {
-    let fam = r.family.nfproto();
-    let mut first = Batch::new(first_seq);
-    first.add_table(fam, TABLE, Some(TABLE_COMMENT));
-    schema(&mut first, r);
-    // Fill transactions run by run, never beyond `max_elements` each.
     let max = max_elements.max(1);
-    let mut runs = staged_elements(r, max).peekable();
-    let mut next = Some(first);
+    let mut runs = staged_runs(r, max).peekable();
+    let mut next = Some(Transaction::new(r.family, TableChange::Created).schema(r));
+    let mut seq = first_seq;
     std::iter::from_fn(move || {
-        let mut b = next.take()?;
+        let mut t = next.take()?;
         let mut in_batch = 0;
         while let Some((_, elems)) = runs.peek() {
             if in_batch + elems.len() > max && in_batch > 0 {
-                next = Some(Batch::new(b.seq_after()));
-                return Some(b);
+                next = Some(Transaction::new(r.family, TableChange::Kept));
+                break;
             }
             let (set, elems) = runs.next().expect("peeked");
             in_batch += elems.len();
-            b.add_elems(fam, TABLE, set, None, &elems);
+            t.added_elements.push((set, elems));
         }
+        let b = t.into_batch(seq);
+        seq = b.seq_after();
         Some(b)
     })
 }
 
-/// Only the differences between two states of the same table, as one transaction. Order
-/// matters to the kernel: chains exist before elements and rules that jump to them, and
-/// elements that jump to a chain are gone before it is deleted.
+/// Only the differences between two states of the same table, as one transaction.
 pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
-    let fam = next.family.nfproto();
-    let mut b = Batch::new(first_seq);
-    for (i, (name, decl)) in next.sets.iter().enumerate() {
-        if !prev.sets.contains_key(name) {
-            b.add_set(fam, TABLE, &decl.spec, i as u32 + 1);
-        }
-    }
-    for (name, c) in &next.chains {
-        if !prev.chains.contains_key(name) {
-            b.add_chain(fam, TABLE, name, c.base.as_ref());
-        }
-    }
+    let mut t = Transaction::new(next.family, TableChange::Kept);
+    t.new_sets = next.sets.iter().filter(|(n, _)| !prev.sets.contains_key(*n)).map(|(_, d)| d).collect();
+    t.new_chains = next
+        .chains
+        .iter()
+        .filter(|(n, _)| !prev.chains.contains_key(*n))
+        .map(|(n, c)| (n.as_str(), c.base.as_ref()))
+        .collect();
     for (name, c) in &next.chains {
         match prev.chains.get(name) {
-            Some(p) if p.rules == c.rules => continue,
-            Some(_) => b.flush_chain(fam, TABLE, name),
-            None => {}
-        }
-        for rule in c.rules.iter() {
-            b.add_rule(fam, TABLE, name, &rule.exprs, rule.comment.as_deref());
+            Some(p) if p.rules == c.rules => {}
+            p => t.rules.push(ChainRules { chain: name, flush: p.is_some(), rules: &c.rules }),
         }
     }
     let empty = BTreeMap::new();
-    let mut adds: Vec<(&str, Vec<Elem>)> = Vec::new();
     for name in next.sets.keys() {
-        let old = prev.elements.get(name).unwrap_or(&empty);
-        let new = &next.elements[name];
-        let (del, add) = element_diff(old, new);
+        let (old, new) = (prev.elements.get(name).unwrap_or(&empty), &next.elements[name]);
+        // Changed values are deleted and added again: the kernel refuses to overwrite data.
+        let del: Vec<_> = old.iter().filter(|(k, v)| new.get(*k) != Some(*v)).collect();
+        let add: Vec<_> = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).collect();
         if !del.is_empty() {
-            b.del_elems(fam, TABLE, name, &del);
+            t.deleted_elements.push((name, Elements::Some(del)));
         }
         if !add.is_empty() {
-            adds.push((name, add));
+            t.added_elements.push((name, Elements::Some(add)));
         }
     }
-    for (name, add) in adds {
-        b.add_elems(fam, TABLE, name, None, &add);
-    }
-    let gone: Vec<&str> = prev.chains.keys().filter(|n| !next.chains.contains_key(*n)).map(String::as_str).collect();
-    delete_chains(&mut b, fam, &gone);
-    for name in prev.sets.keys() {
-        if !next.sets.contains_key(name) {
-            b.del_set(fam, TABLE, name);
-        }
-    }
-    b
-}
-
-/// Deletes chains that nothing jumps to any more: flushed first, so that jumps between the
-/// doomed chains themselves (`service-…` → `endpoint-…`) never make a delete fail.
-fn delete_chains(b: &mut Batch, fam: u8, names: &[&str]) {
-    for name in names {
-        b.flush_chain(fam, TABLE, name);
-    }
-    for name in names {
-        b.del_chain(fam, TABLE, name);
-    }
+    t.deleted_chains = prev.chains.keys().filter(|n| !next.chains.contains_key(*n)).map(String::as_str).collect();
+    t.deleted_sets = prev.sets.keys().filter(|n| !next.sets.contains_key(*n)).map(String::as_str).collect();
+    t.into_batch(first_seq)
 }
 
 /// The messages for what a fragment swap touched (see [`crate::table`]): proportional to the
 /// changed Services, whatever the size of the table.
-pub fn delta(table: &Ruleset, d: &Delta, first_seq: u32) -> Batch {
-    let fam = table.family.nfproto();
-    let mut b = Batch::new(first_seq);
-    for (i, (name, before)) in d.sets.iter().enumerate() {
-        if let (None, Some(decl)) = (before, table.sets.get(name)) {
-            b.add_set(fam, TABLE, &decl.spec, i as u32 + 1);
-        }
-    }
+pub fn delta<'a>(table: &'a Ruleset, d: &'a Delta, first_seq: u32) -> Batch {
+    let mut t = Transaction::new(table.family, TableChange::Kept);
+    t.new_sets = d.sets.iter().filter(|(_, before)| before.is_none()).filter_map(|(n, _)| table.sets.get(n)).collect();
     for (name, before) in &d.chains {
-        if let (None, Some(c)) = (before, table.chains.get(name)) {
-            b.add_chain(fam, TABLE, name, c.base.as_ref());
+        let Some(now) = table.chains.get(name) else { continue };
+        if before.is_none() {
+            t.new_chains.push((name, now.base.as_ref()));
         }
-    }
-    for (name, before) in &d.chains {
-        let Some(now) = table.chains.get(name) else {
-            continue;
-        };
         match before {
-            Some(old) if old.rules == now.rules => continue,
-            Some(_) => b.flush_chain(fam, TABLE, name),
-            None => {}
-        }
-        for rule in now.rules.iter() {
-            b.add_rule(fam, TABLE, name, &rule.exprs, rule.comment.as_deref());
+            Some(old) if old.rules == now.rules => {}
+            _ => t.rules.push(ChainRules { chain: name, flush: before.is_some(), rules: &now.rules }),
         }
     }
-    let mut dels: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
-    let mut adds: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
+    let mut dels: BTreeMap<&str, Vec<(&Key, &ElemValue)>> = BTreeMap::new();
+    let mut adds: BTreeMap<&str, Vec<(&Key, &ElemValue)>> = BTreeMap::new();
     for ((set, key), before) in &d.elements {
         let now = table.elements.get(set).and_then(|e| e.get(key));
         if before.as_ref() == now {
             continue;
         }
-        if let Some(v) = before {
-            // A set that is itself going away takes its elements with it.
-            if table.sets.contains_key(set) {
-                dels.entry(set).or_default().push(v.wire(key));
-            }
+        // A set that is itself going away takes its elements with it.
+        if let Some(v) = before
+            && table.sets.contains_key(set)
+        {
+            dels.entry(set).or_default().push((key, v));
         }
         if let Some(v) = now {
-            adds.entry(set).or_default().push(v.wire(key));
+            adds.entry(set).or_default().push((key, v));
         }
     }
-    for (set, e) in &dels {
-        b.del_elems(fam, TABLE, set, e);
-    }
-    for (set, e) in &adds {
-        b.add_elems(fam, TABLE, set, None, e);
-    }
-    let gone: Vec<&str> = d.chains.keys().filter(|n| !table.chains.contains_key(*n)).map(String::as_str).collect();
-    delete_chains(&mut b, fam, &gone);
-    for name in d.sets.keys() {
-        if !table.sets.contains_key(name) {
-            b.del_set(fam, TABLE, name);
-        }
-    }
-    b
-}
-
-/// (to delete, to add): changed values are deleted and added again, since the kernel refuses to
-/// overwrite an element's data.
-fn element_diff(old: &BTreeMap<Key, ElemValue>, new: &BTreeMap<Key, ElemValue>) -> (Vec<Elem>, Vec<Elem>) {
-    let del = old.iter().filter(|(k, v)| new.get(*k) != Some(*v)).map(|(k, v)| v.wire(k)).collect();
-    let add = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| v.wire(k)).collect();
-    (del, add)
+    t.deleted_elements = dels.into_iter().map(|(s, e)| (s, Elements::Some(e))).collect();
+    t.added_elements = adds.into_iter().map(|(s, e)| (s, Elements::Some(e))).collect();
+    t.deleted_chains = d.chains.keys().filter(|n| !table.chains.contains_key(*n)).map(String::as_str).collect();
+    t.deleted_sets = d.sets.keys().filter(|n| !table.sets.contains_key(*n)).map(String::as_str).collect();
+    t.into_batch(first_seq)
 }
 
 /// Deletes one table: ours (cleanup), or kube-proxy's when taking over from it.

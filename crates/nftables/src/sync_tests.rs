@@ -6,21 +6,13 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use nftproxy_model::{ClusterState, NodeContext, ServiceName};
+use nftproxy_model::{ClusterState, ServiceName};
 use proptest::prelude::*;
 
 use crate::fake::{FakeNetfilter, wire_dump};
 use crate::netfilter::Netfilter;
+use crate::tests::ctx;
 use crate::{Family, NftablesBackend, SyncError, TABLE};
-
-fn ctx() -> NodeContext {
-    NodeContext {
-        node_name: "node-a".into(),
-        node_ips: vec!["192.168.0.2".parse().unwrap()],
-        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-        ..Default::default()
-    }
-}
 
 /// `n` ClusterIP Services `svc-i` (10.96.x.y:80/TCP and :53/UDP), each with `eps` endpoints on
 /// other nodes, plus `extra` as more manifest text.

@@ -5,7 +5,7 @@ use nftproxy_model::*;
 use crate::ruleset::Ruleset;
 use crate::{Family, build, plan, schema};
 
-fn ctx() -> NodeContext {
+pub(crate) fn ctx() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
         node_ips: vec!["192.168.0.2".parse().unwrap()],
@@ -189,4 +189,41 @@ fn a_zero_length_prefix_is_masked_never_a_zero_length_compare() {
             ]
         );
     }
+}
+
+/// The one place that orders a transaction's messages: table, new sets, new chains, rules,
+/// elements out, elements in, doomed chains flushed then deleted, sets deleted — whatever order
+/// the planner filled it in.
+#[test]
+fn a_transaction_orders_its_messages_as_the_kernel_needs() {
+    use crate::plan::{ChainRules, Elements, TableChange, Transaction};
+    let r = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2"])]);
+    let mut t = Transaction::new(Family::V4, TableChange::Replaced);
+    t.deleted_sets.push("old-set");
+    t.deleted_chains.push("old-chain");
+    t.added_elements.push(("backends", Elements::All(&r.elements["backends"])));
+    t.deleted_elements.push(("backends", Elements::Some(r.elements["backends"].iter().take(1).collect())));
+    t.rules.push(ChainRules { chain: "services", flush: true, rules: &r.chains["services"].rules });
+    t.new_chains.push(("cluster-2", None));
+    t.new_sets.push(&r.sets["cluster-2-frontends"]);
+    let b = t.into_batch(1);
+    let what: Vec<&str> = b.messages().iter().map(|m| m.what.as_str()).collect();
+    let n = r.chains["services"].rules.len();
+    let mut want = vec![
+        "add table kube-nftproxy",
+        "delete table kube-nftproxy",
+        "add table kube-nftproxy",
+        "add set cluster-2-frontends",
+        "add chain cluster-2",
+        "flush chain services",
+    ];
+    want.extend(std::iter::repeat_n("add rule to services", n));
+    want.extend([
+        "delete elements 0..1 of backends",
+        "add elements 0..2 of backends",
+        "flush chain old-chain",
+        "delete chain old-chain",
+        "delete set old-set",
+    ]);
+    assert_eq!(what, want);
 }
