@@ -14,7 +14,7 @@ use nftproxy_manifest::{Loaded, load_path_with};
 use nftproxy_model::{IpFamily, NodeContext, resolve};
 use nftproxy_nftables::{Family, NftablesBackend};
 
-use node_args::{IptablesArgs, NodeArgs};
+use node_args::{IptablesArgs, NodeFlags};
 
 #[derive(Parser, Debug)]
 #[command(name = "kube-nftproxy", version, about = "A kube-proxy replacement that programs nftables over netlink")]
@@ -40,7 +40,7 @@ struct ProgramArgs {
     #[arg(long, value_name = "PATH")]
     from: PathBuf,
     #[command(flatten)]
-    node: NodeArgs,
+    node: NodeFlags,
     #[command(flatten)]
     iptables: IptablesArgs,
     #[arg(long, value_name = "nftables|iptables", value_parser = |s: &str| s.parse::<ProxyMode>(), default_value = "nftables")]
@@ -103,7 +103,7 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         from: PathBuf,
         #[command(flatten)]
-        node: NodeArgs,
+        node: NodeFlags,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },

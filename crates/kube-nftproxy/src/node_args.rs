@@ -7,21 +7,25 @@ use clap::Args;
 use ipnet::IpNet;
 use nftproxy_model::{ClusterState, NodeContext, NodePortAddresses};
 
+/// kube-proxy's node flags, one definition for every command: `run` (where a `--config` file
+/// may set the same fields, so each is kept as given, or None) and the commands that resolve
+/// Services for a node (`sync`, `render`, `inspect`, `explain`, `trace`), which build a
+/// [`NodeContext`] from them with [`NodeFlags::context`].
 #[derive(Args, Debug, Clone, Default)]
-pub struct NodeArgs {
+pub struct NodeFlags {
     /// This node's name (kube-proxy's --hostname-override). Default: the host name.
     #[arg(long = "hostname-override", value_name = "NAME")]
     pub hostname_override: Option<String>,
     /// This node's IP (repeatable). Default: the InternalIP/ExternalIP addresses of its Node object.
     #[arg(long = "node-ip", value_name = "IP")]
     pub node_ip: Vec<IpAddr>,
-    /// Pod CIDR(s) of the cluster, for local-traffic detection (repeatable or comma-separated).
-    /// Traffic from outside them to a ClusterIP is masqueraded.
-    #[arg(long = "cluster-cidr", value_name = "CIDR", value_delimiter = ',')]
-    pub cluster_cidr: Vec<IpNet>,
+    /// Pod CIDRs of the cluster, comma-separated, for local-traffic detection: traffic from
+    /// outside them to a ClusterIP is masqueraded.
+    #[arg(long = "cluster-cidr", value_name = "CIDR[,CIDR]")]
+    pub cluster_cidr: Option<String>,
     /// Masquerade all traffic sent to Service IPs.
-    #[arg(long = "masquerade-all")]
-    pub masquerade_all: bool,
+    #[arg(long = "masquerade-all", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub masquerade_all: Option<bool>,
     /// Addresses that accept NodePort traffic: `primary` (the primary node IPs; the nftables
     /// default), `all` (every local address; the iptables default), or comma-separated CIDRs
     /// (the node's interface addresses inside them).
@@ -39,20 +43,29 @@ pub struct NodeArgs {
     pub pod_interface_name_prefix: Option<String>,
 }
 
+/// `--cluster-cidr`'s CIDRs (comma-separated; empty: none).
+pub fn parse_cluster_cidrs(s: &str) -> Result<Vec<IpNet>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| c.parse::<IpNet>().map(|n| n.trunc()).with_context(|| format!("--cluster-cidr: {c:?} is not a CIDR")))
+        .collect()
+}
+
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_lowercase())
         .unwrap_or_else(|_| "localhost".into())
 }
 
-impl NodeArgs {
+impl NodeFlags {
     /// Builds the node context for a backend (kube-proxy's defaults differ by mode: NodePorts on
     /// the primary node IPs in nftables mode, on every local address in iptables mode); the Node
     /// object of this node and the ServiceCIDRs (if present in `state`) fill what flags left open.
     pub fn context(&self, state: &ClusterState, iptables: bool) -> Result<NodeContext> {
         let node_name = self.hostname_override.clone().map(|s| s.trim().to_lowercase()).unwrap_or_else(host_name);
-        let nodeport_addresses = parse_nodeport_addresses(self.nodeport_addresses.as_deref(), iptables)
-            .context("--nodeport-addresses")?;
+        let nodeport_addresses =
+            parse_nodeport_addresses(self.nodeport_addresses.as_deref(), iptables).context("--nodeport-addresses")?;
         let detect_local = nftproxy_daemon::config::detect_local_mode(
             self.detect_local_mode.as_deref(),
             self.pod_bridge_interface.as_deref(),
@@ -62,8 +75,8 @@ impl NodeArgs {
         let mut ctx = NodeContext {
             node_name,
             node_ips: self.node_ip.clone(),
-            cluster_cidrs: self.cluster_cidr.iter().map(IpNet::trunc).collect(),
-            masquerade_all: self.masquerade_all,
+            cluster_cidrs: parse_cluster_cidrs(self.cluster_cidr.as_deref().unwrap_or(""))?,
+            masquerade_all: self.masquerade_all.unwrap_or(false),
             nodeport_addresses,
             detect_local,
             ..Default::default()

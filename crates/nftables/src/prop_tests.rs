@@ -21,11 +21,13 @@ use proptest::sample::select;
 use crate::addrs::parse_newaddr;
 use crate::conntrack::{CtEntry, parse_entry};
 use crate::drift::{counted_elements, dumped_chain, dumped_rule_chain, dumped_set};
-use nftproxy_nft_wire::netlink::{Writer, attrs, ext_ack_message, message, messages, name_attr, nlmsg_error, str_attr};
 use crate::ruleset::TABLE;
+use nftproxy_nft_wire::Hook;
+use nftproxy_nft_wire::netlink::{Writer, attrs, ext_ack_message, message, messages, name_attr, nlmsg_error, str_attr};
+
 use crate::trace::{
-    KeyComment, RuleInfo, TraceAttrs, TraceState, base_chain_hook, element_comments, l4proto, packet_view, parse_trace,
-    rule_info, udata_comment, verdict_text,
+    KeyComment, MapHit, RuleInfo, StepKind, TraceAttrs, TraceState, TraceVerdict, base_chain_hook, element_comments,
+    l4proto, packet_view, parse_trace, rule_info, trace_verdict, udata_comment,
 };
 
 fn cases(default: u32) -> u32 {
@@ -115,8 +117,8 @@ enum Expect {
     Error { errno: i32, ext_ack: Option<String> },
     Ct(CtEntry),
     Addr(Option<IpAddr>),
-    Trace { attrs: TraceAttrs, hook: Option<&'static str>, map_hit: Option<String> },
-    Chain { name: String, hook: Option<&'static str> },
+    Trace { attrs: TraceAttrs, hook: Option<Hook>, map_hit: Option<MapHit> },
+    Chain { name: String, hook: Option<Hook> },
     Rule { chain: String, handle: u64, vmap: Option<String>, comment: Option<String> },
     Set { name: String, flags: u32 },
     Elems { count: usize, elems: Vec<KeyComment> },
@@ -196,7 +198,7 @@ fn addr_part() -> impl Strategy<Value = Part> {
     )
 }
 
-/// Verdict code (as the kernel sends it) and its text.
+/// Verdict code (as the kernel sends it) and its text (what the typed verdict displays).
 fn verdict() -> impl Strategy<Value = (i32, Option<String>, String)> {
     prop_oneof![
         select(&[(0, "drop"), (1, "accept"), (-1, "continue"), (-5, "return"), (2, "stolen")][..])
@@ -272,7 +274,11 @@ fn trace_part() -> impl Strategy<Value = Part> {
                     chain: chain.clone(),
                     handle,
                     kind,
-                    verdict: verdict.map(|v| v.2),
+                    verdict: verdict.map(|(code, chain, text)| {
+                        let v = TraceVerdict::from_code(code, chain);
+                        assert_eq!(v.to_string(), text);
+                        v
+                    }),
                     net: Some(net),
                     transport: Some(transport),
                     nfproto,
@@ -280,8 +286,9 @@ fn trace_part() -> impl Strategy<Value = Part> {
                 let ours = table == TABLE;
                 // A map hit needs our rule (a handle) and the element: `trace_state` and
                 // `service_elements` provide both for the events of our base chains.
-                let hook = (ours && base).then_some("prerouting");
-                let map_hit = (ours && base && handle.is_some()).then(|| format!("@service-ips: {comment}"));
+                let hook = (ours && base).then_some(Hook::Prerouting);
+                let map_hit = (ours && base && handle.is_some())
+                    .then(|| MapHit { set: "service-ips".into(), element: comment.clone() });
                 let family = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
                 Part { msg: nlmsg(NFT_TRACE, 0, 0, &nfgen(family, a)), expect: Expect::Trace { attrs, hook, map_hit } }
             },
@@ -302,8 +309,9 @@ fn chain_part() -> impl Strategy<Value = Part> {
             attr(&mut a, NFTA_CHAIN_POLICY, &1u32.to_be_bytes());
             str_a(&mut a, NFTA_CHAIN_TYPE, "nat");
         }
-        let hook_name = hook.map(|h| ["prerouting", "input", "forward", "output", "postrouting", "?"][h as usize]);
-        Part { msg: nlmsg(NFT_NEWCHAIN, 0x2, 1, &nfgen(2, a)), expect: Expect::Chain { name, hook: hook_name } }
+        // Hook 5 is none this reader knows: not a base chain it can name.
+        let hook = hook.and_then(Hook::from_number);
+        Part { msg: nlmsg(NFT_NEWCHAIN, 0x2, 1, &nfgen(2, a)), expect: Expect::Chain { name, hook } }
     })
 }
 
@@ -386,9 +394,10 @@ fn trace_state(parts: &[Part]) -> TraceState {
     let mut st = TraceState::default();
     for p in parts {
         if let Expect::Trace { attrs, hook: Some(_), .. } = &p.expect {
-            st.base_hooks.insert(attrs.chain.clone(), "prerouting");
+            st.base_hooks.insert(attrs.chain.clone(), Hook::Prerouting);
             if let Some(h) = attrs.handle {
-                let info = RuleInfo { text: "vmap @service-ips".into(), vmap: Some("service-ips".into()) };
+                let info =
+                    RuleInfo { text: "vmap @service-ips".into(), vmap: Some("service-ips".into()), rejects: false };
                 st.rules.insert((attrs.chain.clone(), h), info);
             }
         }
@@ -408,7 +417,7 @@ fn service_elements(parts: &[Part]) -> Vec<KeyComment> {
             key.extend([l4proto(net), 0, 0, 0]);
             key.extend(view.dport.unwrap().to_be_bytes());
             key.push(0xee);
-            out.push((key, Some(hit.trim_start_matches("@service-ips: ").to_string())));
+            out.push((key, Some(hit.element.clone())));
         }
     }
     out
@@ -441,7 +450,7 @@ fn every_parser(payload: &[u8], flags: u16, st: &mut TraceState, elements: &[Key
     let _ = st.event(payload, &mut |_| Ok(elements.to_vec()));
     let _ = rule_info(payload);
     let _ = udata_comment(payload);
-    let _ = verdict_text(payload);
+    let _ = trace_verdict(payload);
     let _ = packet_view(payload, Some(payload), 2);
     let _ = l4proto(payload);
     let _ = base_chain_hook(payload);
@@ -493,11 +502,11 @@ fn check_well_formed(p: &Part, st: &mut TraceState, elements: &[KeyComment]) -> 
             prop_assert_eq!(&ev.chain, &attrs.chain);
             prop_assert_eq!(ev.rule_handle, attrs.handle);
             prop_assert_eq!(&ev.verdict, &attrs.verdict);
-            prop_assert_eq!(ev.family, if attrs.nfproto == u32::from(NFPROTO_IPV6) { "ip6" } else { "ip" });
+            prop_assert_eq!(ev.family.word(), if attrs.nfproto == u32::from(NFPROTO_IPV6) { "ip6" } else { "ip" });
             let kind = match (attrs.kind, attrs.handle) {
-                (NFT_TRACETYPE_RULE, None) | (NFT_TRACETYPE_RETURN, _) => "return",
-                (NFT_TRACETYPE_RULE, Some(_)) => "rule",
-                _ => "policy",
+                (NFT_TRACETYPE_RULE, None) | (NFT_TRACETYPE_RETURN, _) => StepKind::Return,
+                (NFT_TRACETYPE_RULE, Some(_)) => StepKind::Rule,
+                _ => StepKind::Policy,
             };
             prop_assert_eq!(ev.kind, kind);
             // The hook of a base chain of ours sticks to the packet (its id) afterwards.
@@ -566,7 +575,7 @@ proptest! {
         let mut st = TraceState::default();
         if known {
             // So the event path looks rules and maps up whatever the chain and handle.
-            st.base_hooks.insert(String::new(), "prerouting");
+            st.base_hooks.insert(String::new(), Hook::Prerouting);
         }
         let elements = element_comments(&buf);
         every_parser(&buf, flags, &mut st, &elements);

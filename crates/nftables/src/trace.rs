@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use crate::family::Family;
 use crate::netlink::NftSocket;
-use nftproxy_nft_wire::netlink::{attrs, messages, name_attr, str_attr};
 use crate::ruleset::TABLE;
+use nftproxy_nft_wire::netlink::{attrs, messages, name_attr, str_attr};
 
 /// Chains of ours that are not part of the programmed ruleset (drift checks skip them).
 pub const TRACE_CHAIN_PREFIX: &str = "trace-";
@@ -46,31 +46,149 @@ pub struct PacketView {
     pub dport: Option<u16>,
 }
 
-/// One step of a traced packet.
+/// One step of a traced packet. Every field is typed; JSON (`trace --output json`) writes the
+/// enums as nft's words (`"goto cluster-3"`, `"prerouting"`, `"ip6"`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TraceEvent {
     /// The kernel's id of the packet (all events of one packet share it).
     pub id: u32,
-    pub family: &'static str,
+    #[serde(serialize_with = "family_word")]
+    pub family: Family,
     pub table: String,
     pub chain: String,
     /// The netfilter hook of the base chain this step runs under.
-    pub hook: Option<&'static str>,
-    /// "rule", "return" or "policy".
-    pub kind: &'static str,
+    #[serde(serialize_with = "hook_word")]
+    pub hook: Option<Hook>,
+    pub kind: StepKind,
     pub rule_handle: Option<u64>,
     /// What the rule does, from its expressions and comment (ours only).
     pub rule: Option<String>,
-    /// "accept", "drop", "continue", "jump X", "goto X", "return", …
-    pub verdict: Option<String>,
+    /// Whether the rule rejects the packet (an ICMP error or TCP reset).
+    pub rejects: bool,
+    pub verdict: Option<TraceVerdict>,
     pub packet: Option<PacketView>,
-    /// The map element a verdict-map lookup hit, named by its comment (`ns/svc:port`).
-    pub map_hit: Option<String>,
+    /// The map element a verdict-map lookup hit, named by its comment.
+    pub map_hit: Option<MapHit>,
 }
 
-fn hook_name(h: u32) -> &'static str {
-    Hook::from_number(h).map_or("?", Hook::name)
+fn family_word<S: serde::Serializer>(f: &Family, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(f.word())
+}
+
+fn hook_word<S: serde::Serializer>(h: &Option<Hook>, s: S) -> Result<S::Ok, S::Error> {
+    match h {
+        Some(h) => s.serialize_str(h.name()),
+        None => s.serialize_none(),
+    }
+}
+
+/// What kind of step the kernel reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    /// A rule matched.
+    Rule,
+    /// The end of a chain (or a `return`).
+    Return,
+    /// The base chain's policy applied.
+    Policy,
+    /// A trace type this reader does not know.
+    Unknown,
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StepKind::Rule => "rule",
+            StepKind::Return => "return",
+            StepKind::Policy => "policy",
+            StepKind::Unknown => "?",
+        })
+    }
+}
+
+/// A verdict as the kernel reports it in a trace event (NFTA_TRACE_VERDICT or the policy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceVerdict {
+    Drop,
+    Accept,
+    Stolen,
+    Queue,
+    Continue,
+    Break,
+    Jump(String),
+    Goto(String),
+    Return,
+    /// A code this reader does not know.
+    Other(i32),
+}
+
+impl TraceVerdict {
+    /// From the kernel's verdict code (NF_DROP 0, NF_ACCEPT 1, …, NFT_RETURN -5) and chain.
+    pub fn from_code(code: i32, chain: Option<String>) -> TraceVerdict {
+        let chain = || chain.clone().unwrap_or_default();
+        match code {
+            0 => TraceVerdict::Drop,
+            1 => TraceVerdict::Accept,
+            2 => TraceVerdict::Stolen,
+            3 => TraceVerdict::Queue,
+            -1 => TraceVerdict::Continue,
+            -2 => TraceVerdict::Break,
+            -3 => TraceVerdict::Jump(chain()),
+            -4 => TraceVerdict::Goto(chain()),
+            -5 => TraceVerdict::Return,
+            c => TraceVerdict::Other(c),
+        }
+    }
+
+    /// Whether the packet's fate is decided here (accept or drop).
+    pub fn is_final(&self) -> bool {
+        matches!(self, TraceVerdict::Accept | TraceVerdict::Drop)
+    }
+}
+
+impl std::fmt::Display for TraceVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TraceVerdict::Drop => f.write_str("drop"),
+            TraceVerdict::Accept => f.write_str("accept"),
+            TraceVerdict::Stolen => f.write_str("stolen"),
+            TraceVerdict::Queue => f.write_str("queue"),
+            TraceVerdict::Continue => f.write_str("continue"),
+            TraceVerdict::Break => f.write_str("break"),
+            TraceVerdict::Jump(c) => write!(f, "jump {c}"),
+            TraceVerdict::Goto(c) => write!(f, "goto {c}"),
+            TraceVerdict::Return => f.write_str("return"),
+            TraceVerdict::Other(c) => write!(f, "verdict {c}"),
+        }
+    }
+}
+
+impl Serialize for TraceVerdict {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The element of a verdict map or frontend set a rule's lookup hit: the set, and the
+/// element's comment (`ns/svc:port`, the Service port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapHit {
+    pub set: String,
+    pub element: String,
+}
+
+impl std::fmt::Display for MapHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "@{}: {}", self.set, self.element)
+    }
+}
+
+impl Serialize for MapHit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 fn be32(v: &[u8]) -> Option<u32> {
@@ -99,6 +217,8 @@ pub(crate) struct RuleInfo {
     /// The verdict map or frontend set (`…-frontends`) it looks up, if any: the element that
     /// matched names the Service.
     pub(crate) vmap: Option<String>,
+    /// The rule rejects (a `reject` expression).
+    pub(crate) rejects: bool,
 }
 
 pub(crate) fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
@@ -140,6 +260,7 @@ pub(crate) fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
                     names.push((name, set, verdict_map));
                 }
                 let has = |n: &str| names.iter().any(|(x, _, _)| x == n);
+                info.rejects = has("reject");
                 let map_of =
                     |pred: &dyn Fn(bool) -> bool| names.iter().find_map(|(_, s, vm)| s.clone().filter(|_| pred(*vm)));
                 if let Some(m) = info.vmap.as_ref().filter(|m| crate::schema::is_frontend_set(m)) {
@@ -195,9 +316,9 @@ pub struct TraceSession {
 #[derive(Default)]
 pub(crate) struct TraceState {
     pub(crate) rules: BTreeMap<(String, u64), RuleInfo>,
-    pub(crate) base_hooks: BTreeMap<String, &'static str>,
+    pub(crate) base_hooks: BTreeMap<String, Hook>,
     /// Per traced packet: the hook of its latest base-chain event.
-    current_hook: BTreeMap<u32, &'static str>,
+    current_hook: BTreeMap<u32, Hook>,
     /// Per traced packet: its latest headers (the kernel sends them once per hook, not per rule).
     current_headers: BTreeMap<u32, (Vec<u8>, Option<Vec<u8>>)>,
     /// Verdict-map elements (key, comment), dumped once per set and session.
@@ -212,7 +333,7 @@ pub(crate) struct TraceAttrs {
     pub(crate) chain: String,
     pub(crate) handle: Option<u64>,
     pub(crate) kind: u32,
-    pub(crate) verdict: Option<String>,
+    pub(crate) verdict: Option<TraceVerdict>,
     pub(crate) net: Option<Vec<u8>>,
     pub(crate) transport: Option<Vec<u8>>,
     pub(crate) nfproto: u32,
@@ -229,8 +350,10 @@ pub(crate) fn parse_trace(payload: &[u8]) -> Option<TraceAttrs> {
             NFTA_TRACE_CHAIN => chain = Some(str_attr(v)),
             NFTA_TRACE_RULE_HANDLE => handle = v.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap())),
             NFTA_TRACE_TYPE => kind = be32(v).unwrap_or(0),
-            NFTA_TRACE_VERDICT => verdict = Some(verdict_text(v)),
-            NFTA_TRACE_POLICY => verdict = be32(v).map(|p| if p == 1 { "accept".into() } else { "drop".into() }),
+            NFTA_TRACE_VERDICT => verdict = trace_verdict(v),
+            NFTA_TRACE_POLICY => {
+                verdict = be32(v).map(|p| if p == 1 { TraceVerdict::Accept } else { TraceVerdict::Drop })
+            }
             NFTA_TRACE_ID => id = be32(v).unwrap_or(0),
             NFTA_TRACE_NETWORK_HEADER => net = Some(v.to_vec()),
             NFTA_TRACE_TRANSPORT_HEADER => transport = Some(v.to_vec()),
@@ -242,15 +365,19 @@ pub(crate) fn parse_trace(payload: &[u8]) -> Option<TraceAttrs> {
     Some(TraceAttrs { id, table, chain, handle, kind, verdict, net, transport, nfproto })
 }
 
-/// A base chain of a chain dump message: its name and hook.
-pub(crate) fn base_chain_hook(msg: &[u8]) -> Option<(String, &'static str)> {
+/// A base chain of a chain dump message: its name and hook (None for a chain without a hook, or
+/// with one this reader does not know).
+pub(crate) fn base_chain_hook(msg: &[u8]) -> Option<(String, Hook)> {
     let mut name = None;
     let mut hook = None;
     for (t, v) in attrs(msg) {
         match t {
             NFTA_CHAIN_NAME => name = Some(str_attr(v)),
             NFTA_CHAIN_HOOK => {
-                hook = attrs(v).find(|(t, _)| *t == NFTA_HOOK_HOOKNUM).and_then(|(_, v)| be32(v)).map(hook_name)
+                hook = attrs(v)
+                    .find(|(t, _)| *t == NFTA_HOOK_HOOKNUM)
+                    .and_then(|(_, v)| be32(v))
+                    .and_then(Hook::from_number)
             }
             _ => {}
         }
@@ -454,7 +581,7 @@ impl TraceState {
         let ours = table == TABLE;
         let hook = match self.base_hooks.get(&chain).filter(|_| ours) {
             Some(h) => {
-                self.current_hook.insert(id, h);
+                self.current_hook.insert(id, *h);
                 Some(*h)
             }
             None => self.current_hook.get(&id).copied(),
@@ -476,23 +603,24 @@ impl TraceState {
                 key.extend([proto, 0, 0, 0]);
             }
             key.extend(dport.to_be_bytes());
-            map_hit = self.element_comment(set, &key, elements)?.map(|c| format!("@{set}: {c}"));
+            map_hit = self.element_comment(set, &key, elements)?.map(|c| MapHit { set: set.clone(), element: c });
         }
         Ok(Some(TraceEvent {
             id,
-            family: if nfproto == NFPROTO_IPV6 as u32 { "ip6" } else { "ip" },
+            family: if nfproto == NFPROTO_IPV6 as u32 { Family::V6 } else { Family::V4 },
             table,
             chain,
             hook,
             kind: match kind {
                 // The end of a chain is reported as a rule event without a rule.
-                NFT_TRACETYPE_RULE if handle.is_none() => "return",
-                NFT_TRACETYPE_RULE => "rule",
-                NFT_TRACETYPE_RETURN => "return",
-                NFT_TRACETYPE_POLICY => "policy",
-                _ => "?",
+                NFT_TRACETYPE_RULE if handle.is_none() => StepKind::Return,
+                NFT_TRACETYPE_RULE => StepKind::Rule,
+                NFT_TRACETYPE_RETURN => StepKind::Return,
+                NFT_TRACETYPE_POLICY => StepKind::Policy,
+                _ => StepKind::Unknown,
             },
             rule_handle: handle,
+            rejects: info.as_ref().is_some_and(|i| i.rejects),
             rule: info.map(|i| i.text).filter(|t| !t.is_empty()),
             verdict,
             packet,
@@ -527,7 +655,8 @@ fn match_flow(f: &TraceFlow) -> Vec<Expr> {
     ]
 }
 
-pub(crate) fn verdict_text(v: &[u8]) -> String {
+/// An NFTA_TRACE_VERDICT nest; None without a code.
+pub(crate) fn trace_verdict(v: &[u8]) -> Option<TraceVerdict> {
     let mut code = None;
     let mut chain = None;
     for (t, x) in attrs(v) {
@@ -537,20 +666,7 @@ pub(crate) fn verdict_text(v: &[u8]) -> String {
             _ => {}
         }
     }
-    let chain = chain.unwrap_or_default();
-    match code {
-        Some(0) => "drop".into(),
-        Some(1) => "accept".into(),
-        Some(2) => "stolen".into(),
-        Some(3) => "queue".into(),
-        Some(-1) => "continue".into(),
-        Some(-2) => "break".into(),
-        Some(-3) => format!("jump {chain}"),
-        Some(-4) => format!("goto {chain}"),
-        Some(-5) => "return".into(),
-        Some(c) => format!("verdict {c}"),
-        None => "?".into(),
-    }
+    code.map(|c| TraceVerdict::from_code(c, chain))
 }
 
 pub(crate) fn l4proto(net: &[u8]) -> u8 {

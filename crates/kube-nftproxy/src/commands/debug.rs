@@ -12,7 +12,7 @@ use nftproxy_explain::{Flow, explain, render_text};
 use nftproxy_model::Protocol;
 use nftproxy_nftables::trace::{TraceEvent, TraceFlow, trace_packets};
 
-use crate::node_args::NodeArgs;
+use crate::node_args::NodeFlags;
 use crate::{ProxyMode, load};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub struct ExplainArgs {
     #[command(flatten)]
     flow: FlowArgs,
     #[command(flatten)]
-    node: NodeArgs,
+    node: NodeFlags,
     /// nftables: our rules; iptables: also kube-proxy's chains on the path, with probabilities.
     #[arg(long, value_name = "nftables|iptables", value_parser = |s: &str| s.parse::<ProxyMode>(), default_value = "nftables")]
     backend: ProxyMode,
@@ -192,16 +192,15 @@ pub fn summarize(events: &[TraceEvent]) -> Vec<TracedPacket> {
                     .find(|p| p.dst != f.dst || p.dport != f.dport)
                     .map(|p| addr(&p.dst, p.dport))
             });
-            let service_port =
-                steps.iter().find_map(|s| s.map_hit.as_ref().and_then(|m| m.split(": ").nth(1)).map(str::to_string));
-            let rejected = steps.iter().any(|s| s.rule.as_deref().is_some_and(|r| r.starts_with("reject")));
+            let service_port = steps.iter().find_map(|s| s.map_hit.as_ref()).map(|m| m.element.clone());
+            let rejected = steps.iter().any(|s| s.rejects);
             let outcome = if rejected {
                 "reject".to_string()
             } else {
                 steps
                     .iter()
                     .rev()
-                    .find_map(|s| s.verdict.clone().filter(|v| matches!(v.as_str(), "accept" | "drop")))
+                    .find_map(|s| s.verdict.as_ref().filter(|v| v.is_final()).map(ToString::to_string))
                     .unwrap_or_else(|| "accept".into())
             };
             TracedPacket { id: format!("{id:08x}"), steps, service_port, dnat_to, outcome }
@@ -220,7 +219,7 @@ impl TracedPacket {
         for st in &self.steps {
             let mut line = format!(
                 "  {:<11} {:<28} {:<6}",
-                st.hook.unwrap_or("-"),
+                st.hook.map_or("-", |h| h.name()),
                 format!("{} {}", if st.table == nftproxy_nftables::TABLE { "" } else { &st.table }, st.chain).trim(),
                 st.kind
             );

@@ -25,25 +25,13 @@ pub struct RunArgs {
     /// Standalone: watch this manifest file or directory instead of an API server.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["kubeconfig", "master"])]
     from: Option<PathBuf>,
-    /// This node's name. Default: the host name.
-    #[arg(long = "hostname-override", value_name = "NAME")]
-    hostname_override: Option<String>,
-    /// This node's IP (repeatable). Default: the addresses of its Node object.
-    #[arg(long = "node-ip", value_name = "IP")]
-    node_ip: Vec<IpAddr>,
+    /// kube-proxy's node flags (shared with the other commands).
+    #[command(flatten)]
+    node: crate::node_args::NodeFlags,
     /// nftables (default) or iptables (kube-proxy's iptables rules, in the node's iptables:
     /// legacy or nft, detected as kube-proxy's image does).
     #[arg(long = "proxy-mode", value_name = "MODE", value_parser = |s: &str| s.parse::<ProxyMode>())]
     proxy_mode: Option<ProxyMode>,
-    /// Pod CIDRs (comma-separated): traffic from outside them to a ClusterIP is masqueraded.
-    #[arg(long = "cluster-cidr", value_name = "CIDR[,CIDR]")]
-    cluster_cidr: Option<String>,
-    /// `primary` (default), `all`, or CIDRs (comma-separated) of addresses that take NodePorts.
-    #[arg(long = "nodeport-addresses", value_name = "primary|all|CIDR,...")]
-    nodeport_addresses: Option<String>,
-    /// Masquerade all traffic sent to Service IPs.
-    #[arg(long = "masquerade-all", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    masquerade_all: Option<bool>,
     /// Minimum time between syncs (Go duration, default 1s). kube-proxy's name in every mode but
     /// IPVS; `--min-sync-period` is our older name for it.
     #[arg(long = "iptables-min-sync-period", visible_alias = "min-sync-period", value_name = "DURATION")]
@@ -86,16 +74,6 @@ pub struct RunArgs {
     /// The masquerade mark bit in iptables mode (default 14).
     #[arg(long = "iptables-masquerade-bit", value_name = "BIT", allow_hyphen_values = true)]
     iptables_masquerade_bit: Option<i32>,
-    /// How pod traffic is recognised: ClusterCIDR (default), NodeCIDR, BridgeInterface,
-    /// InterfaceNamePrefix.
-    #[arg(long = "detect-local-mode", value_name = "MODE")]
-    detect_local_mode: Option<String>,
-    /// The pods' bridge (--detect-local-mode BridgeInterface).
-    #[arg(long = "pod-bridge-interface", value_name = "NAME")]
-    pod_bridge_interface: Option<String>,
-    /// The prefix of the pods' interface names (--detect-local-mode InterfaceNamePrefix).
-    #[arg(long = "pod-interface-name-prefix", value_name = "PREFIX")]
-    pod_interface_name_prefix: Option<String>,
     /// iptables mode: NodePorts on 127.0.0.1 too (default true; sets route_localnet).
     #[arg(long = "iptables-localhost-nodeports", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     iptables_localhost_nodeports: Option<bool>,
@@ -161,14 +139,14 @@ impl RunArgs {
         if self.from.is_some() {
             s.kubeconfig = None;
         }
-        if let Some(h) = &self.hostname_override {
+        if let Some(h) = &self.node.hostname_override {
             if h.trim().is_empty() {
                 bail!("--hostname-override: empty hostname-override is invalid");
             }
             s.hostname_override = Some(h.clone());
         }
-        if !self.node_ip.is_empty() {
-            s.node_ips = self.node_ip.clone();
+        if !self.node.node_ip.is_empty() {
+            s.node_ips = self.node.node_ip.clone();
         }
         if let Some(f) = &self.logging_format {
             s.logging_format = f.clone();
@@ -187,17 +165,17 @@ impl RunArgs {
         };
         check(self.kubeconfig.is_some(), "kubeconfig");
         check(self.proxy_mode.is_some(), "proxy-mode");
-        check(self.cluster_cidr.is_some(), "cluster-cidr");
-        check(self.nodeport_addresses.is_some(), "nodeport-addresses");
-        check(self.masquerade_all.is_some(), "masquerade-all");
+        check(self.node.cluster_cidr.is_some(), "cluster-cidr");
+        check(self.node.nodeport_addresses.is_some(), "nodeport-addresses");
+        check(self.node.masquerade_all.is_some(), "masquerade-all");
         check(self.min_sync_period.is_some(), "iptables-min-sync-period");
         check(self.sync_period.is_some(), "iptables-sync-period");
         check(self.metrics_bind_address.is_some(), "metrics-bind-address");
         check(self.healthz_bind_address.is_some(), "healthz-bind-address");
         check(self.iptables_masquerade_bit.is_some(), "iptables-masquerade-bit");
-        check(self.detect_local_mode.is_some(), "detect-local-mode");
-        check(self.pod_bridge_interface.is_some(), "pod-bridge-interface");
-        check(self.pod_interface_name_prefix.is_some(), "pod-interface-name-prefix");
+        check(self.node.detect_local_mode.is_some(), "detect-local-mode");
+        check(self.node.pod_bridge_interface.is_some(), "pod-bridge-interface");
+        check(self.node.pod_interface_name_prefix.is_some(), "pod-interface-name-prefix");
         check(self.iptables_localhost_nodeports.is_some(), "iptables-localhost-nodeports");
         check(self.conntrack_max_per_core.is_some(), "conntrack-max-per-core");
         check(self.conntrack_min.is_some(), "conntrack-min");
@@ -239,15 +217,15 @@ impl RunArgs {
         };
         v.healthz_bind_address = addr(&self.healthz_bind_address, 10256, v.healthz_bind_address.clone());
         v.metrics_bind_address = addr(&self.metrics_bind_address, 10249, v.metrics_bind_address.clone());
-        if let Some(n) = &self.nodeport_addresses {
+        if let Some(n) = &self.node.nodeport_addresses {
             v.node_port_addresses = n.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
         }
-        if let Some(m) = &self.detect_local_mode {
+        if let Some(m) = &self.node.detect_local_mode {
             v.detect_local_mode = m.clone();
         }
-        v.bridge_interface = self.pod_bridge_interface.clone().unwrap_or_default();
-        v.interface_name_prefix = self.pod_interface_name_prefix.clone().unwrap_or_default();
-        if let Some(c) = self.cluster_cidr.as_deref().filter(|c| !c.trim().is_empty()) {
+        v.bridge_interface = self.node.pod_bridge_interface.clone().unwrap_or_default();
+        v.interface_name_prefix = self.node.pod_interface_name_prefix.clone().unwrap_or_default();
+        if let Some(c) = self.node.cluster_cidr.as_deref().filter(|c| !c.trim().is_empty()) {
             v.cluster_cidrs = c.split(',').map(str::to_string).collect();
         }
         v
@@ -276,7 +254,7 @@ impl RunArgs {
         }
         let notes = self.not_applicable.apply(s)?;
         s.notes.extend(notes);
-        if let Some(c) = &self.cluster_cidr {
+        if let Some(c) = &self.node.cluster_cidr {
             s.cluster_cidrs = c
                 .split(',')
                 .map(str::trim)
@@ -288,7 +266,7 @@ impl RunArgs {
                 })
                 .collect::<Result<_>>()?;
         }
-        if let Some(n) = self.nodeport_addresses.as_ref().filter(|n| !n.trim().is_empty()) {
+        if let Some(n) = self.node.nodeport_addresses.as_ref().filter(|n| !n.trim().is_empty()) {
             s.nodeport_addresses = Some(
                 parse_nodeport_addresses(std::slice::from_ref(n))
                     .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?,
@@ -297,9 +275,9 @@ impl RunArgs {
         // The flags complete the file's settings (kube-proxy: flags override field by field).
         s.detect_local = override_detect_local(
             &s.detect_local,
-            self.detect_local_mode.as_deref(),
-            self.pod_bridge_interface.as_deref(),
-            self.pod_interface_name_prefix.as_deref(),
+            self.node.detect_local_mode.as_deref(),
+            self.node.pod_bridge_interface.as_deref(),
+            self.node.pod_interface_name_prefix.as_deref(),
         )
         .map_err(|(flag, e)| anyhow::anyhow!("--{flag}: {e}"))?;
         if let Some(v) = self.iptables_localhost_nodeports {
@@ -326,7 +304,7 @@ impl RunArgs {
             c.tcp_be_liberal = v;
             s.conntrack_tcp_be_liberal = v;
         }
-        if let Some(m) = self.masquerade_all {
+        if let Some(m) = self.node.masquerade_all {
             s.masquerade_all = m;
         }
         if let Some(GoDuration(d)) = self.min_sync_period {
@@ -579,7 +557,10 @@ mod tests {
             "failed validate: KubeProxyConfiguration.DetectLocalConfiguration.InterfacePrefix: Invalid value: \"\": must not be empty"
         );
         let e = settings(&["--detect-local-mode", "Pods"]).unwrap_err().to_string();
-        assert!(e.starts_with("failed validate: KubeProxyConfiguration.DetectLocalMode: Unsupported value: \"Pods\""), "{e}");
+        assert!(
+            e.starts_with("failed validate: KubeProxyConfiguration.DetectLocalMode: Unsupported value: \"Pods\""),
+            "{e}"
+        );
         let s = settings(&[
             "--conntrack-max-per-core",
             "0",
