@@ -8,7 +8,7 @@
 use nftproxy_integration::Topology;
 use nftproxy_model::ServiceName;
 use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{Batch, Elem, ElemData, Expr, FinishedBatch, SetSpec, Verdict};
+use nftproxy_nft_wire::{Batch, Elem, ElemData, Expr, FinishedBatch, NfFamily, SetSpec, Verdict};
 use nftproxy_nftables::conntrack::{ConntrackTable, CtEntry};
 use nftproxy_nftables::drift::Observed;
 use nftproxy_nftables::fake::FakeNetfilter;
@@ -62,7 +62,7 @@ impl Both {
 }
 
 impl ConntrackTable for Both {
-    fn dump(&mut self, family: u8) -> std::io::Result<Vec<CtEntry>> {
+    fn dump(&mut self, family: NfFamily) -> std::io::Result<Vec<CtEntry>> {
         ConntrackTable::dump(&mut self.kernel, family)
     }
     fn delete(&mut self, e: &CtEntry) -> std::io::Result<()> {
@@ -110,7 +110,7 @@ impl Netfilter for Both {
     }
 }
 
-const V4: u8 = NFPROTO_IPV4;
+const V4: NfFamily = NfFamily::Ip;
 
 fn verdict_map(name: &str) -> SetSpec {
     SetSpec {
@@ -268,7 +268,7 @@ fn kernel_and_fake_refuse_the_same_batches_alike() {
             Some(libc::ENOENT),
         ),
         ("deleting a missing chain", Box::new(|b| b.del_chain(V4, t, "nowhere")), Some(libc::ENOENT)),
-        ("deleting a missing table", Box::new(|b| b.del_table(NFPROTO_IPV6, t)), Some(libc::ENOENT)),
+        ("deleting a missing table", Box::new(|b| b.del_table(NfFamily::Ip6, t)), Some(libc::ENOENT)),
         ("a set again with another spec", Box::new(|b| b.add_set(V4, t, &value_map("m"), 9)), Some(libc::EEXIST)),
         ("a set again, the same", Box::new(|b| b.add_set(V4, t, &verdict_map("m"), 9)), None),
         ("a chain again", Box::new(|b| b.add_chain(V4, t, "a", None)), None),

@@ -688,8 +688,8 @@ fn drift_in_a_large_map_is_found_by_the_rolling_element_audit() {
     let mut changed = elems.last().unwrap().clone();
     changed.data = elems.iter().map(|e| e.data.clone()).find(|d| *d != changed.data).unwrap();
     foreign(&lab, &|b| {
-        b.del_elems(2, TABLE, &set, &[changed.clone()]);
-        b.add_elems(2, TABLE, &set, None, &[changed.clone()]);
+        b.del_elems(nftproxy_nft_wire::NfFamily::Ip, TABLE, &set, &[changed.clone()]);
+        b.add_elems(nftproxy_nft_wire::NfFamily::Ip, TABLE, &set, None, &[changed.clone()]);
     });
     let (checks, diff) = find(&mut lab);
     assert!(diff.starts_with(&format!("set {set}: an element holds")), "{diff}");
@@ -709,7 +709,7 @@ fn drift_in_a_large_map_is_found_by_the_rolling_element_audit() {
 
     // An element in the middle, deleted.
     let gone = elems[elems.len() / 2].clone();
-    foreign(&lab, &|b| b.del_elems(2, TABLE, &set, &[gone.clone()]));
+    foreign(&lab, &|b| b.del_elems(nftproxy_nft_wire::NfFamily::Ip, TABLE, &set, &[gone.clone()]));
     let (checks, diff) = find(&mut lab);
     assert_eq!(diff, format!("set {set} lost elements we programmed"));
     assert!(checks <= rounds);

@@ -72,7 +72,6 @@ fn fillers(n: usize) -> String {
     s
 }
 
-
 /// `kube-nftproxy run --from FILE` in the node namespace, its output appended to `log`.
 fn standalone(lab: &Lab, file: &Path, log: &Path, extra: &[&str]) -> Child {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
@@ -143,7 +142,7 @@ fn wait_for_table(ns: &Ns, limit: Duration) -> bool {
         let mut s = nftproxy_nftables::netlink::NftSocket::open().unwrap();
         let start = Instant::now();
         while start.elapsed() < limit {
-            if s.table_exists(2, "kube-nftproxy").unwrap() {
+            if s.table_exists(nftproxy_nftables::Family::V4.nfproto(), "kube-nftproxy").unwrap() {
                 return true;
             }
             std::thread::sleep(Duration::from_micros(100));
@@ -327,7 +326,10 @@ fn faults_a_refused_batch_keeps_the_previous_rules_and_a_full_resync_follows() {
     };
     assert_eq!(failures(&metrics(&lab)), 0.0);
     // The only Service with four endpoints uses the chain cluster-4; a foreign element holds it.
-    lab.node.exec("nft", &["add", "element", "ip", "kube-nftproxy", "service-ips", "{ 10.96.99.99 . tcp . 80 : goto cluster-4 }"]);
+    lab.node.exec(
+        "nft",
+        &["add", "element", "ip", "kube-nftproxy", "service-ips", "{ 10.96.99.99 . tcp . 80 : goto cluster-4 }"],
+    );
     let before = snapshot(&lab.node);
     std::thread::sleep(Duration::from_millis(1100));
     write(&[1, 2]);
@@ -438,7 +440,12 @@ fn churn_slice(i: usize, eps: &[u8]) -> Value {
 fn api_truth(cp: &ControlPlane, port: u16) -> Result<BTreeMap<String, Vec<String>>, String> {
     let mut out = BTreeMap::new();
     for i in 0..CHURN_SERVICES {
-        let s = cp.try_api_on(port, "GET", &format!("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/churn-{i}-1"), None)?;
+        let s = cp.try_api_on(
+            port,
+            "GET",
+            &format!("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/churn-{i}-1"),
+            None,
+        )?;
         let mut ips: Vec<String> = s["endpoints"]
             .as_array()
             .into_iter()
@@ -474,7 +481,15 @@ fn faults_api_server_and_etcd_restarts_during_churn_lose_nothing() {
     let dir = TempDir::new(&format!("{}apichurn", lab.topo.prefix()));
     let log = dir.join("proxy.log");
     let mut daemon = Daemon::start(&lab.node, &cp.proxy_kubeconfig(6443), log.clone(), &[]);
-    settle(&lab.client, Proto::Tcp, WEB_VIP, Instant::now(), Duration::from_secs(15), "first sync", answered_by(&["ep1", "ep2", "ep3"]));
+    settle(
+        &lab.client,
+        Proto::Tcp,
+        WEB_VIP,
+        Instant::now(),
+        Duration::from_secs(15),
+        "first sync",
+        answered_by(&["ep1", "ep2", "ep3"]),
+    );
 
     // Traffic to the stable Service all along.
     let stop = Arc::new(AtomicBool::new(false));
@@ -558,7 +573,13 @@ fn faults_api_server_and_etcd_restarts_during_churn_lose_nothing() {
     }
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = traffic.join().unwrap();
-    assert!(failed.is_empty(), "{} of {} requests to the stable Service failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests to the stable Service failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     daemon.terminate();
     eprintln!(
         "{cycles} outages ({} with etcd): {writes} writes accepted, {refused} refused meanwhile; every return \
@@ -735,7 +756,11 @@ fn soak_churn_under_traffic() {
             cp.create(&churn_service(k));
             cp.create(&churn_slice(k, &eps));
             live.insert(k, eps.clone());
-            (format!("create churn-{k}"), format!("10.96.1.{} tcp 80", k + 1), Some(eps.iter().map(|e| format!("10.245.{k}.{e}")).collect()))
+            (
+                format!("create churn-{k}"),
+                format!("10.96.1.{} tcp 80", k + 1),
+                Some(eps.iter().map(|e| format!("10.245.{k}.{e}")).collect()),
+            )
         } else if op < 3 && !live.is_empty() {
             let k = *live.keys().nth(rng.below(live.len() as u64) as usize).unwrap();
             cp.delete(&churn_slice(k, &[]));
@@ -770,7 +795,11 @@ fn soak_churn_under_traffic() {
             if got == want {
                 break;
             }
-            assert!(asked.elapsed() < CHANGE_BUDGET, "{what}: kernel {got:?}, want {want:?} after {:?}", asked.elapsed());
+            assert!(
+                asked.elapsed() < CHANGE_BUDGET,
+                "{what}: kernel {got:?}, want {want:?} after {:?}",
+                asked.elapsed()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let took = asked.elapsed();
@@ -827,7 +856,13 @@ fn soak_churn_under_traffic() {
     let final_kb = rss(&daemon);
     daemon.terminate();
 
-    assert!(failed.is_empty(), "{} of {} requests to stable Services failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests to stable Services failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     latencies.sort();
     let p50 = latencies.get(latencies.len() / 2).copied().unwrap_or_default();
     let p99 = latencies.get(latencies.len() * 99 / 100).copied().unwrap_or_default();

@@ -88,6 +88,35 @@ impl Hook {
     }
 }
 
+/// The family of an nf_tables table (the nfgenmsg family of its messages): the two kube-nftproxy
+/// programs. The kernel's numbers are NFPROTO_IPV4 and NFPROTO_IPV6; nft's words `ip`, `ip6`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NfFamily {
+    Ip,
+    Ip6,
+}
+
+impl NfFamily {
+    pub const ALL: [NfFamily; 2] = [NfFamily::Ip, NfFamily::Ip6];
+    /// The kernel's number (NFPROTO_IPV4, NFPROTO_IPV6).
+    pub fn number(self) -> u8 {
+        match self {
+            NfFamily::Ip => NFPROTO_IPV4,
+            NfFamily::Ip6 => NFPROTO_IPV6,
+        }
+    }
+    pub fn from_number(n: u8) -> Option<NfFamily> {
+        NfFamily::ALL.into_iter().find(|f| f.number() == n)
+    }
+    /// nft's word (`ip`, `ip6`).
+    pub fn word(self) -> &'static str {
+        match self {
+            NfFamily::Ip => "ip",
+            NfFamily::Ip6 => "ip6",
+        }
+    }
+}
+
 /// A set or map declaration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SetSpec {
@@ -187,8 +216,8 @@ impl Batch {
     }
 
     /// Appends one nf_tables message whose attributes `body` writes.
-    fn msg(&mut self, nft_type: u16, flags: u16, family: u8, what: String, body: impl FnOnce(&mut Writer)) {
-        let seq = self.raw_header((NFNL_SUBSYS_NFTABLES << 8) | nft_type, NLM_F_REQUEST | flags, family, 0);
+    fn msg(&mut self, nft_type: u16, flags: u16, family: NfFamily, what: String, body: impl FnOnce(&mut Writer)) {
+        let seq = self.raw_header((NFNL_SUBSYS_NFTABLES << 8) | nft_type, NLM_F_REQUEST | flags, family.number(), 0);
         let mut w = Writer { buf: std::mem::take(&mut self.buf) };
         body(&mut w);
         self.buf = w.buf;
@@ -196,7 +225,7 @@ impl Batch {
         self.msgs.push(MsgInfo { seq, msg_type: nft_type, what });
     }
 
-    pub fn add_table(&mut self, family: u8, name: &str, table_comment: Option<&str>) {
+    pub fn add_table(&mut self, family: NfFamily, name: &str, table_comment: Option<&str>) {
         self.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, format!("add table {name}"), |w| {
             w.str(NFTA_TABLE_NAME, name);
             w.u32(NFTA_TABLE_FLAGS, 0);
@@ -206,13 +235,13 @@ impl Batch {
         });
     }
 
-    pub fn del_table(&mut self, family: u8, name: &str) {
+    pub fn del_table(&mut self, family: NfFamily, name: &str) {
         self.msg(NFT_MSG_DELTABLE, 0, family, format!("delete table {name}"), |w| {
             w.str(NFTA_TABLE_NAME, name);
         });
     }
 
-    pub fn add_chain(&mut self, family: u8, table: &str, name: &str, base: Option<&BaseChain>) {
+    pub fn add_chain(&mut self, family: NfFamily, table: &str, name: &str, base: Option<&BaseChain>) {
         self.msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, family, format!("add chain {name}"), |w| {
             w.str(NFTA_CHAIN_TABLE, table);
             w.str(NFTA_CHAIN_NAME, name);
@@ -228,21 +257,21 @@ impl Batch {
     }
 
     /// Deletes every rule of a chain (`flush chain`).
-    pub fn flush_chain(&mut self, family: u8, table: &str, chain: &str) {
+    pub fn flush_chain(&mut self, family: NfFamily, table: &str, chain: &str) {
         self.msg(NFT_MSG_DELRULE, 0, family, format!("flush chain {chain}"), |w| {
             w.str(NFTA_RULE_TABLE, table);
             w.str(NFTA_RULE_CHAIN, chain);
         });
     }
 
-    pub fn del_chain(&mut self, family: u8, table: &str, chain: &str) {
+    pub fn del_chain(&mut self, family: NfFamily, table: &str, chain: &str) {
         self.msg(NFT_MSG_DELCHAIN, 0, family, format!("delete chain {chain}"), |w| {
             w.str(NFTA_CHAIN_TABLE, table);
             w.str(NFTA_CHAIN_NAME, chain);
         });
     }
 
-    pub fn add_rule(&mut self, family: u8, table: &str, chain: &str, exprs: &[Expr], rule_comment: Option<&str>) {
+    pub fn add_rule(&mut self, family: NfFamily, table: &str, chain: &str, exprs: &[Expr], rule_comment: Option<&str>) {
         self.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, family, format!("add rule to {chain}"), |w| {
             w.str(NFTA_RULE_TABLE, table);
             w.str(NFTA_RULE_CHAIN, chain);
@@ -258,7 +287,7 @@ impl Batch {
     }
 
     /// Declares a set; `id` is the transaction-local NFTA_SET_ID.
-    pub fn add_set(&mut self, family: u8, table: &str, spec: &SetSpec, id: u32) {
+    pub fn add_set(&mut self, family: NfFamily, table: &str, spec: &SetSpec, id: u32) {
         self.msg(NFT_MSG_NEWSET, NLM_F_CREATE, family, format!("add set {}", spec.name), |w| {
             w.str(NFTA_SET_TABLE, table);
             w.str(NFTA_SET_NAME, &spec.name);
@@ -279,7 +308,7 @@ impl Batch {
         });
     }
 
-    pub fn del_set(&mut self, family: u8, table: &str, name: &str) {
+    pub fn del_set(&mut self, family: NfFamily, table: &str, name: &str) {
         self.msg(NFT_MSG_DELSET, 0, family, format!("delete set {name}"), |w| {
             w.str(NFTA_SET_TABLE, table);
             w.str(NFTA_SET_NAME, name);
@@ -288,17 +317,17 @@ impl Batch {
 
     /// Adds elements, in as many messages as needed (a nested attribute is at most 64 KiB).
     /// `set_id` is given when the set was declared earlier in this batch (as nft does).
-    pub fn add_elems(&mut self, family: u8, table: &str, set: &str, set_id: Option<u32>, elems: &[Elem]) {
+    pub fn add_elems(&mut self, family: NfFamily, table: &str, set: &str, set_id: Option<u32>, elems: &[Elem]) {
         self.elems(NFT_MSG_NEWSETELEM, NLM_F_CREATE, family, table, set, set_id, elems);
     }
 
     /// Deletes elements by key (data and comments are ignored by the kernel).
-    pub fn del_elems(&mut self, family: u8, table: &str, set: &str, elems: &[Elem]) {
+    pub fn del_elems(&mut self, family: NfFamily, table: &str, set: &str, elems: &[Elem]) {
         self.elems(NFT_MSG_DELSETELEM, 0, family, table, set, None, elems);
     }
 
     /// Removes every element of a set (`flush set`).
-    pub fn flush_set(&mut self, family: u8, table: &str, set: &str) {
+    pub fn flush_set(&mut self, family: NfFamily, table: &str, set: &str) {
         self.msg(NFT_MSG_DELSETELEM, 0, family, format!("flush set {set}"), |w| {
             w.str(NFTA_SET_ELEM_LIST_TABLE, table);
             w.str(NFTA_SET_ELEM_LIST_SET, set);
@@ -306,7 +335,16 @@ impl Batch {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn elems(&mut self, ty: u16, flags: u16, family: u8, table: &str, set: &str, set_id: Option<u32>, elems: &[Elem]) {
+    fn elems(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        family: NfFamily,
+        table: &str,
+        set: &str,
+        set_id: Option<u32>,
+        elems: &[Elem],
+    ) {
         let verb = if ty == NFT_MSG_NEWSETELEM { "add" } else { "delete" };
         for (i, chunk) in elems.chunks(ELEMS_PER_MESSAGE).enumerate() {
             let first = i * ELEMS_PER_MESSAGE;
@@ -425,7 +463,7 @@ mod seq_tests {
         let mut b = Batch::new(10);
         assert_eq!(b.seq_after(), 12, "an empty batch: begin 10, end 11");
         for name in ["a", "b", "c"] {
-            b.add_table(2, name, None);
+            b.add_table(NfFamily::Ip, name, None);
         }
         assert_eq!(b.seq_after(), 15);
         let seqs: Vec<u32> = b.messages().iter().map(|m| m.seq).collect();

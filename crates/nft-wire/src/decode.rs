@@ -10,7 +10,9 @@
 //! with `get` after its length was checked, and lengths are bounded by the input (netlink
 //! lengths are u16/u32, offsets stay within the buffer), so nothing can overflow.
 
-use crate::batch::{BaseChain, Batch, COMMENT_MAX, ChainType, Hook, ELEMS_PER_MESSAGE, Elem, ElemData, FinishedBatch, SetSpec};
+use crate::batch::{
+    BaseChain, Batch, COMMENT_MAX, ChainType, ELEMS_PER_MESSAGE, Elem, ElemData, FinishedBatch, Hook, NfFamily, SetSpec,
+};
 use crate::consts::*;
 use crate::expr::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict};
 use crate::writer::align4;
@@ -23,54 +25,54 @@ pub enum Message {
     /// NFNL_MSG_BATCH_END.
     BatchEnd,
     AddTable {
-        family: u8,
+        family: NfFamily,
         name: String,
         /// As sent: at most [`COMMENT_MAX`] bytes (the encoder truncates).
         comment: Option<String>,
     },
     DelTable {
-        family: u8,
+        family: NfFamily,
         name: String,
     },
     AddChain {
-        family: u8,
+        family: NfFamily,
         table: String,
         name: String,
         base: Option<BaseChain>,
     },
     DelChain {
-        family: u8,
+        family: NfFamily,
         table: String,
         name: String,
     },
     /// NFT_MSG_DELRULE without a handle: every rule of the chain.
     FlushChain {
-        family: u8,
+        family: NfFamily,
         table: String,
         chain: String,
     },
     AddRule {
-        family: u8,
+        family: NfFamily,
         table: String,
         chain: String,
         exprs: Vec<Expr>,
         comment: Option<String>,
     },
     AddSet {
-        family: u8,
+        family: NfFamily,
         table: String,
         spec: SetSpec,
         /// The transaction-local NFTA_SET_ID.
         id: u32,
     },
     DelSet {
-        family: u8,
+        family: NfFamily,
         table: String,
         name: String,
     },
     /// One NEWSETELEM message: 1 to [`ELEMS_PER_MESSAGE`] elements.
     AddElems {
-        family: u8,
+        family: NfFamily,
         table: String,
         set: String,
         set_id: Option<u32>,
@@ -79,14 +81,14 @@ pub enum Message {
     /// One DELSETELEM message with elements: keys and timeouts only (the encoder leaves data and
     /// comments out of deletes, so they decode as None).
     DelElems {
-        family: u8,
+        family: NfFamily,
         table: String,
         set: String,
         elems: Vec<Elem>,
     },
     /// DELSETELEM without an element list: every element of the set.
     FlushSet {
-        family: u8,
+        family: NfFamily,
         table: String,
         set: String,
     },
@@ -429,6 +431,12 @@ fn decode_at(msg_type: u16, payload: &[u8], base: usize) -> Result<Message> {
             expected: 0,
         });
     }
+    let Some(family) = NfFamily::from_number(family) else {
+        return Err(DecodeError::NotCanonical {
+            offset: base - 4,
+            reason: "nfgenmsg family is neither ip (2) nor ip6 (10)",
+        });
+    };
     let m = match msg_type & 0xff {
         NFT_MSG_NEWTABLE => {
             let mut a = Attrs::new(body, base, "NFTA_TABLE");
@@ -782,7 +790,9 @@ fn decode_expr(e: &Attr) -> Result<Expr> {
                 1 => Some(NatKind::Dnat),
                 _ => None,
             })?;
-            let family = d.req(2)?.enumerated("not a family (over 255)", |v| u8::try_from(v).ok())?;
+            let family = d
+                .req(2)?
+                .enumerated("neither ip (2) nor ip6 (10)", |v| NfFamily::from_number(u8::try_from(v).ok()?))?;
             let addr_min = d.req(3)?.u32()?;
             let proto_min = d.opt(5)?.map(|p| p.u32()).transpose()?;
             let flags = d.opt(7)?.map(|f| f.u32()).transpose()?;

@@ -153,7 +153,7 @@ pub enum Expr {
     },
     Nat {
         kind: NatKind,
-        family: u8,
+        family: crate::batch::NfFamily,
         addr_min: u32,
         proto_min: Option<u32>,
         flags: Option<u32>,
@@ -277,7 +277,7 @@ impl Expr {
             }
             Expr::Nat { kind, family, addr_min, proto_min, flags } => {
                 w.u32(1, *kind as u32);
-                w.u32(2, u32::from(*family));
+                w.u32(2, u32::from(family.number()));
                 w.u32(3, *addr_min);
                 if let Some(p) = proto_min {
                     w.u32(5, *p);

@@ -11,12 +11,15 @@ pub mod batch;
 pub mod consts;
 pub mod decode;
 pub mod expr;
-pub mod netlink;
 #[cfg(feature = "proptest-support")]
 pub mod mutate;
+pub mod netlink;
 mod writer;
 
-pub use batch::{BaseChain, Batch, ChainType, Elem, ElemData, FinishedBatch, Hook, MsgInfo, SetSpec, get_elems_request, split_messages};
+pub use batch::{
+    BaseChain, Batch, ChainType, Elem, ElemData, FinishedBatch, Hook, MsgInfo, NfFamily, SetSpec, get_elems_request,
+    split_messages,
+};
 pub use decode::{DecodeError, Decoded, DecodedBatch, Message, decode_batch, decode_message, decode_messages};
 pub use expr::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, concat_reg};
 pub use writer::Udata;

@@ -312,4 +312,3 @@ pub fn build_tlvs(items: &[Tlv]) -> Vec<u8> {
     }
     b
 }
-

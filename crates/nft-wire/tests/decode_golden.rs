@@ -9,7 +9,7 @@ use nftproxy_nft_wire::consts::*;
 use nftproxy_nft_wire::expr::*;
 use nftproxy_nft_wire::*;
 
-const V4: u8 = NFPROTO_IPV4;
+const V4: NfFamily = NfFamily::Ip;
 
 /// Decodes every line, checking that each message re-encodes to the captured payload.
 fn decode_all(fix: &[(u16, Vec<u8>)]) -> Vec<Message> {

@@ -9,7 +9,7 @@ use nftproxy_nft_wire::expr::*;
 use nftproxy_nft_wire::*;
 
 const T: &str = "kube-nftproxy";
-const V4: u8 = NFPROTO_IPV4;
+const V4: NfFamily = NfFamily::Ip;
 
 /// A capture without its batch begin and end.
 fn parse_fixture(text: &str) -> Vec<(u16, Vec<u8>)> {
@@ -36,7 +36,6 @@ fn assert_same_messages(b: Batch, fix: &[(u16, Vec<u8>)]) {
     }
 }
 
-
 fn reg(w: u32) -> u32 {
     concat_reg(w)
 }
@@ -57,7 +56,12 @@ fn messages_equal_nfts_bytes() {
     for c in ["mark-for-masquerade", "masquerading", "cluster-3", "reject-chain", "services"] {
         b.add_chain(V4, T, c, None);
     }
-    b.add_chain(V4, T, "filter-forward", Some(&BaseChain { chain_type: ChainType::Filter, hook: Hook::Forward, priority: 0 }));
+    b.add_chain(
+        V4,
+        T,
+        "filter-forward",
+        Some(&BaseChain { chain_type: ChainType::Filter, hook: Hook::Forward, priority: 0 }),
+    );
     b.add_chain(
         V4,
         T,

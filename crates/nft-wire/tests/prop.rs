@@ -114,9 +114,20 @@ fn expr() -> impl Strategy<Value = Expr> {
         verdict().prop_map(Expr::Immediate),
         (u(), bytes(64)).prop_map(|(dreg, data)| Expr::ImmediateData { dreg, data }),
         (u(), u(), any::<bool>()).prop_map(|(dreg, modulus, random)| Expr::Numgen { dreg, modulus, random }),
-        (select(&[NatKind::Snat, NatKind::Dnat][..]), any::<u8>(), u(), option::of(u()), option::of(u())).prop_map(
-            |(kind, family, addr_min, proto_min, flags)| Expr::Nat { kind, family, addr_min, proto_min, flags }
-        ),
+        (
+            select(&[NatKind::Snat, NatKind::Dnat][..]),
+            select(&NfFamily::ALL[..]),
+            u(),
+            option::of(u()),
+            option::of(u())
+        )
+            .prop_map(|(kind, family, addr_min, proto_min, flags)| Expr::Nat {
+                kind,
+                family,
+                addr_min,
+                proto_min,
+                flags
+            }),
         u().prop_map(|flags| Expr::Masq { flags }),
         (u(), u(), u()).prop_map(|(dreg, flags, result)| Expr::Fib { dreg, flags, result }),
         (u(), any::<u8>()).prop_map(|(kind, code)| Expr::Reject { kind, code }),
@@ -179,7 +190,7 @@ fn base_chain() -> impl Strategy<Value = BaseChain> {
 /// One operation on a batch, as the message it should decode to (before truncation and
 /// chunking, see [`expected`]).
 fn op() -> impl Strategy<Value = Message> {
-    let fam = any::<u8>;
+    let fam = || select(&NfFamily::ALL[..]);
     prop_oneof![
         1 => (fam(), name(), comment()).prop_map(|(family, name, comment)| Message::AddTable { family, name, comment }),
         1 => (fam(), name()).prop_map(|(family, name)| Message::DelTable { family, name }),
@@ -445,8 +456,14 @@ fn near_the_limits() {
     let exprs = vec![Expr::Cmp { sreg: 1, op: CmpOp::Eq, data: big }];
     let c = "é".repeat(COMMENT_MAX / 2);
     let ops = vec![
-        Message::AddElems { family: 2, table: "t".into(), set: "s".into(), set_id: Some(1), elems },
-        Message::AddRule { family: 2, table: "t".into(), chain: "c".into(), exprs, comment: Some(c.clone() + "x") },
+        Message::AddElems { family: NfFamily::Ip, table: "t".into(), set: "s".into(), set_id: Some(1), elems },
+        Message::AddRule {
+            family: NfFamily::Ip,
+            table: "t".into(),
+            chain: "c".into(),
+            exprs,
+            comment: Some(c.clone() + "x"),
+        },
     ];
     let fin = encode(1, &ops);
     let d = decode_batch(&fin.bytes).unwrap();
@@ -458,7 +475,7 @@ fn near_the_limits() {
 
 #[test]
 fn errors_name_the_place() {
-    let fin = encode(1, &[Message::AddTable { family: 2, name: "t".into(), comment: None }]);
+    let fin = encode(1, &[Message::AddTable { family: NfFamily::Ip, name: "t".into(), comment: None }]);
     let b = &fin.bytes;
     // BATCH_BEGIN is bytes 0..20; the table message starts at 20, its attributes at 40: the name
     // (8 bytes with padding), then the flags at 48. The message is 36 bytes long.
@@ -493,8 +510,14 @@ fn elements_are_chunked() {
         })
         .collect();
     let ops = vec![
-        Message::AddElems { family: 10, table: "t".into(), set: "s".into(), set_id: None, elems: elems.clone() },
-        Message::DelElems { family: 10, table: "t".into(), set: "s".into(), elems },
+        Message::AddElems {
+            family: NfFamily::Ip6,
+            table: "t".into(),
+            set: "s".into(),
+            set_id: None,
+            elems: elems.clone(),
+        },
+        Message::DelElems { family: NfFamily::Ip6, table: "t".into(), set: "s".into(), elems },
     ];
     let fin = encode(u32::MAX - 2, &ops);
     let d = decode_batch(&fin.bytes).unwrap();

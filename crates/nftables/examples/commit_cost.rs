@@ -17,12 +17,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{BaseChain, Batch, ChainType, Elem, ElemData, Expr, Hook, MetaKey, PayloadBase, SetSpec, Verdict, concat_reg};
+use nftproxy_nft_wire::{
+    BaseChain, Batch, ChainType, Elem, ElemData, Expr, Hook, MetaKey, PayloadBase, SetSpec, Verdict, concat_reg,
+};
 use nftproxy_nftables::netlink::NftSocket;
 
 const TABLE: &str = "commit-cost";
 const PICKS: u32 = 8;
-const FAMILY: u8 = NFPROTO_IPV4;
+const FAMILY: nftproxy_nft_wire::NfFamily = nftproxy_nft_wire::NfFamily::Ip;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Shape {
@@ -63,7 +65,15 @@ fn elem(shape: Shape, i: u32) -> Elem {
 }
 
 fn set(name: &str, key_type: u32, key_len: u32, data: (u32, u32)) -> SetSpec {
-    SetSpec { name: name.into(), flags: NFT_SET_MAP, key_type, key_len, data: Some(data), timeout_ms: None, udata: vec![] }
+    SetSpec {
+        name: name.into(),
+        flags: NFT_SET_MAP,
+        key_type,
+        key_len,
+        data: Some(data),
+        timeout_ms: None,
+        udata: vec![],
+    }
 }
 
 fn setup(sock: &mut NftSocket, shape: Shape, n: u32) {
@@ -110,7 +120,15 @@ fn setup(sock: &mut NftSocket, shape: Shape, n: u32) {
         Shape::RouteSets => (1..=PICKS)
             .map(|p| {
                 let name = format!("pick-{p}-frontends");
-                let spec = SetSpec { name: name.clone(), flags: 0, key_type: fe_type, key_len: 12, data: None, timeout_ms: None, udata: vec![] };
+                let spec = SetSpec {
+                    name: name.clone(),
+                    flags: 0,
+                    key_type: fe_type,
+                    key_len: 12,
+                    data: None,
+                    timeout_ms: None,
+                    udata: vec![],
+                };
                 b.add_set(FAMILY, TABLE, &spec, p + 10);
                 vec![lookup(&name, NFT_REG_1, None), Expr::Immediate(Verdict::Goto(format!("pick-{p}")))]
             })
@@ -172,7 +190,12 @@ fn main() {
             setup(&mut sock, shape, n);
             let mut t = plus_one(&mut sock, shape, n, 31);
             t.sort();
-            println!("{:<14} {n:>9}  {:>26.3} ms {:>6.3} ms", format!("{shape:?}"), t[15].as_secs_f64() * 1e3, t[27].as_secs_f64() * 1e3);
+            println!(
+                "{:<14} {n:>9}  {:>26.3} ms {:>6.3} ms",
+                format!("{shape:?}"),
+                t[15].as_secs_f64() * 1e3,
+                t[27].as_secs_f64() * 1e3
+            );
             if std::env::var_os("COMMIT_COST_LIST").is_some() {
                 // What `nft` makes of the shape (it must be able to list it).
                 let out = std::process::Command::new("nft").args(["list", "chain", "ip", TABLE, "services"]).output();

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use nftproxy_model::{ClusterState, IpFamily, Protocol, ServiceName, ServicePortName};
+use nftproxy_nft_wire::NfFamily;
 use nftproxy_nft_wire::netlink::{Writer, attrs};
 
 /// The parts of a conntrack entry the cleanup looks at.
@@ -145,13 +146,13 @@ impl UdpServices {
 /// the conntrack table size is a host-wide setting).
 pub trait ConntrackTable {
     /// Every conntrack entry of a family (NFPROTO_IPV4 or NFPROTO_IPV6).
-    fn dump(&mut self, family: u8) -> std::io::Result<Vec<CtEntry>>;
+    fn dump(&mut self, family: NfFamily) -> std::io::Result<Vec<CtEntry>>;
     /// Deletes one entry by its original tuple; one already gone is not an error.
     fn delete(&mut self, e: &CtEntry) -> std::io::Result<()>;
 }
 
 impl ConntrackTable for crate::netlink::NftSocket {
-    fn dump(&mut self, family: u8) -> std::io::Result<Vec<CtEntry>> {
+    fn dump(&mut self, family: NfFamily) -> std::io::Result<Vec<CtEntry>> {
         self.conntrack_dump(family)
     }
     fn delete(&mut self, e: &CtEntry) -> std::io::Result<()> {
@@ -173,7 +174,7 @@ pub struct Cleanup {
 pub fn reconcile(ct: &mut impl ConntrackTable, state: &ClusterState) -> Cleanup {
     let index = UdpServing::new(state);
     let mut out = Cleanup::default();
-    for (family, word) in [(NFPROTO_IPV4, "IPv4"), (NFPROTO_IPV6, "IPv6")] {
+    for (family, word) in [(NfFamily::Ip, "IPv4"), (NfFamily::Ip6, "IPv6")] {
         let entries = match ct.dump(family) {
             Ok(e) => e,
             Err(e) => {
@@ -195,9 +196,6 @@ pub fn reconcile(ct: &mut impl ConntrackTable, state: &ClusterState) -> Cleanup 
     }
     out
 }
-
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
 
 // ctnetlink (include/uapi/linux/netfilter/nfnetlink_conntrack.h)
 pub(crate) const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -421,11 +419,11 @@ ports: [{name: dns, port: 5353, protocol: UDP}]
     }
 
     impl ConntrackTable for FlakyTable {
-        fn dump(&mut self, family: u8) -> std::io::Result<Vec<CtEntry>> {
+        fn dump(&mut self, family: NfFamily) -> std::io::Result<Vec<CtEntry>> {
             if self.dump_fails {
                 return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
             }
-            Ok(self.entries.iter().filter(|e| e.orig_src.is_ipv4() == (family == NFPROTO_IPV4)).cloned().collect())
+            Ok(self.entries.iter().filter(|e| e.orig_src.is_ipv4() == (family == NfFamily::Ip)).cloned().collect())
         }
         fn delete(&mut self, e: &CtEntry) -> std::io::Result<()> {
             if Some(e.reply_src) == self.refuse_delete_of {

@@ -29,9 +29,9 @@ use nftproxy_nft_wire::{ElemData, Verdict};
 use crate::family::Family;
 use crate::netfilter::Netfilter;
 use crate::netlink::NftSocket;
-use nftproxy_nft_wire::netlink::{attrs, name_attr, str_attr};
 use crate::ruleset::{ElemValue, Key, Ruleset, TABLE};
 use nftproxy_nft_wire::Elem;
+use nftproxy_nft_wire::netlink::{attrs, name_attr, str_attr};
 
 /// Sets up to this size are counted by a dump at the deep check.
 pub const COUNTED_SET_MAX: usize = 1024;
@@ -50,7 +50,11 @@ pub struct Observed {
 
 /// Dumps our table of a family; None when it does not exist. The elements of the sets `count`
 /// names are counted (a dump of each). The kernel side of [`Netfilter::observe`].
-pub fn observe(sock: &mut NftSocket, nfproto: u8, count: &dyn Fn(&str) -> bool) -> std::io::Result<Option<Observed>> {
+pub fn observe(
+    sock: &mut NftSocket,
+    nfproto: nftproxy_nft_wire::NfFamily,
+    count: &dyn Fn(&str) -> bool,
+) -> std::io::Result<Option<Observed>> {
     if !sock.table_exists(nfproto, TABLE)? {
         return Ok(None);
     }
@@ -160,7 +164,8 @@ pub(crate) fn answered_elements(msg: &[u8]) -> Vec<AnsweredElem> {
             for (t, v) in attrs(elem) {
                 match t {
                     NFTA_SET_ELEM_KEY => {
-                        a.key = attrs(v).find(|(t, _)| *t == NFTA_DATA_VALUE).map(|(_, k)| k.to_vec()).unwrap_or_default()
+                        a.key =
+                            attrs(v).find(|(t, _)| *t == NFTA_DATA_VALUE).map(|(_, k)| k.to_vec()).unwrap_or_default()
                     }
                     NFTA_SET_ELEM_DATA => a.data = answered_data(v),
                     NFTA_SET_ELEM_USERDATA => a.userdata = Some(v.to_vec()),
@@ -339,7 +344,7 @@ mod tests {
         let asked: Vec<(&Key, &ElemValue)> = set.iter().collect();
         let answer = |elems: Vec<nftproxy_nft_wire::Elem>| {
             let mut b = Batch::new(1);
-            b.add_elems(2, TABLE, "m", None, &elems);
+            b.add_elems(nftproxy_nft_wire::NfFamily::Ip, TABLE, "m", None, &elems);
             let fb = b.finish();
             let msgs = nftproxy_nft_wire::split_messages(&fb.bytes);
             // Between batch begin and end; the attributes after the nfgenmsg.

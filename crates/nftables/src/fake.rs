@@ -28,7 +28,9 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{BaseChain, Elem, ElemData, Expr, FinishedBatch, Message, SetSpec, Verdict, decode_batch};
+use nftproxy_nft_wire::{
+    BaseChain, Elem, ElemData, Expr, FinishedBatch, Message, NfFamily, SetSpec, Verdict, decode_batch,
+};
 
 use crate::conntrack::{ConntrackTable, CtEntry};
 use crate::drift::Observed;
@@ -65,8 +67,8 @@ struct FakeSet {
 #[derive(Clone, Debug, Default)]
 struct State {
     generation: u32,
-    /// (nfproto, table name) → table.
-    tables: BTreeMap<(u8, String), FakeTable>,
+    /// (family, table name) → table.
+    tables: BTreeMap<(NfFamily, String), FakeTable>,
 }
 
 /// A refusal planned by a test: the `skip`-th commit from now (0: the next one) is refused at
@@ -225,7 +227,7 @@ fn enoent<T>() -> Result<T, i32> {
 }
 
 impl State {
-    fn table(&mut self, family: u8, table: &str) -> Result<&mut FakeTable, i32> {
+    fn table(&mut self, family: NfFamily, table: &str) -> Result<&mut FakeTable, i32> {
         self.tables.get_mut(&(family, table.to_string())).ok_or(libc::ENOENT)
     }
 
@@ -426,12 +428,12 @@ impl FakeTable {
 }
 
 impl ConntrackTable for FakeNetfilter {
-    fn dump(&mut self, family: u8) -> io::Result<Vec<CtEntry>> {
+    fn dump(&mut self, family: NfFamily) -> io::Result<Vec<CtEntry>> {
         let inner = self.inner();
         if let Some(e) = inner.conntrack_error {
             return Err(io::Error::from_raw_os_error(e));
         }
-        let v4 = family == NFPROTO_IPV4;
+        let v4 = family == NfFamily::Ip;
         Ok(inner.conntrack.iter().filter(|e| e.orig_src.is_ipv4() == v4).cloned().collect())
     }
 

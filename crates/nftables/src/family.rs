@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use nftproxy_model::IpFamily;
-use nftproxy_nft_wire::consts::{NFPROTO_IPV4, NFPROTO_IPV6};
+use nftproxy_nft_wire::NfFamily;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Family(pub IpFamily);
@@ -12,10 +12,11 @@ impl Family {
     pub const V4: Family = Family(IpFamily::V4);
     pub const V6: Family = Family(IpFamily::V6);
 
-    pub fn nfproto(self) -> u8 {
+    /// The nf_tables table family of this IP family.
+    pub fn nfproto(self) -> NfFamily {
         match self.0 {
-            IpFamily::V4 => NFPROTO_IPV4,
-            IpFamily::V6 => NFPROTO_IPV6,
+            IpFamily::V4 => NfFamily::Ip,
+            IpFamily::V6 => NfFamily::Ip6,
         }
     }
     /// `ip` / `ip6`: the table family and the payload protocol keyword.

@@ -15,7 +15,7 @@ use nftproxy_nft_wire::consts::*;
 use nftproxy_nft_wire::netlink::{
     NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, attrs, ext_ack_message, messages, name_attr, nfnl_request, nlmsg_error,
 };
-use nftproxy_nft_wire::{FinishedBatch, MsgInfo};
+use nftproxy_nft_wire::{FinishedBatch, MsgInfo, NfFamily};
 
 const NETLINK_CAP_ACK: libc::c_int = 10;
 
@@ -183,9 +183,9 @@ impl NftSocket {
     }
 
     /// Whether a table exists (NFT_MSG_GETTABLE: the table, or ENOENT).
-    pub fn table_exists(&mut self, family: u8, name: &str) -> io::Result<bool> {
+    pub fn table_exists(&mut self, family: NfFamily, name: &str) -> io::Result<bool> {
         let attrs = name_attr(NFTA_TABLE_NAME, name);
-        match self.exchange((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_ACK, family, &attrs) {
+        match self.exchange((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_ACK, family.number(), &attrs) {
             Ok(answers) => Ok(!answers.is_empty()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
@@ -195,17 +195,17 @@ impl NftSocket {
 
 impl NftSocket {
     /// Every conntrack entry of a family (ctnetlink dump).
-    pub fn conntrack_dump(&mut self, family: u8) -> io::Result<Vec<crate::conntrack::CtEntry>> {
+    pub fn conntrack_dump(&mut self, family: NfFamily) -> io::Result<Vec<crate::conntrack::CtEntry>> {
         use crate::conntrack::*;
         let new = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
-        let answers = self.dump_raw((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, family, &[])?;
+        let answers = self.dump_raw((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, family.number(), &[])?;
         Ok(answers.iter().filter(|(ty, _)| *ty == new).flat_map(|(_, p)| parse_entry(p)).collect())
     }
 
     /// Deletes one conntrack entry; one already gone is fine.
     pub fn conntrack_delete(&mut self, e: &crate::conntrack::CtEntry) -> io::Result<()> {
         use crate::conntrack::*;
-        let family = if e.orig_src.is_ipv4() { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
+        let family = if e.orig_src.is_ipv4() { NfFamily::Ip } else { NfFamily::Ip6 }.number();
         match self.exchange((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, NLM_F_ACK, family, &delete_attrs(e)) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             other => other.map(drop),
@@ -226,16 +226,16 @@ impl NftSocket {
     /// A dump request (NLM_F_DUMP) of `msg_type` with filter attributes; returns the attributes
     /// part of every answer (after the nfgenmsg header). ENOENT (no such table or set) is an
     /// empty answer.
-    pub fn dump(&mut self, msg_type: u16, family: u8, filter: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        let answers = self.dump_raw((NFNL_SUBSYS_NFTABLES << 8) | msg_type, family, filter)?;
+    pub fn dump(&mut self, msg_type: u16, family: NfFamily, filter: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let answers = self.dump_raw((NFNL_SUBSYS_NFTABLES << 8) | msg_type, family.number(), filter)?;
         Ok(answers.into_iter().map(|(_, p)| p.get(4..).unwrap_or(&[]).to_vec()).collect())
     }
 
     /// A get request (not a dump, acked) of `msg_type`: the attributes part of every answer
     /// before the ack. An error ack is the error, ENOENT included (a set element asked for by
     /// key that the set does not hold).
-    pub fn get(&mut self, msg_type: u16, family: u8, attrs: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        let answers = self.exchange((NFNL_SUBSYS_NFTABLES << 8) | msg_type, NLM_F_ACK, family, attrs)?;
+    pub fn get(&mut self, msg_type: u16, family: NfFamily, attrs: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let answers = self.exchange((NFNL_SUBSYS_NFTABLES << 8) | msg_type, NLM_F_ACK, family.number(), attrs)?;
         Ok(answers.into_iter().map(|(_, p)| p.get(4..).unwrap_or(&[]).to_vec()).collect())
     }
 

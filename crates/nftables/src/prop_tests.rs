@@ -324,7 +324,7 @@ fn rule_part() -> impl Strategy<Value = Part> {
             exprs.push(Expr::Lookup { sreg: 1, dreg, set: set.clone(), set_id: None, invert: false });
         }
         let mut b = Batch::new(0);
-        b.add_rule(NFPROTO_IPV4, TABLE, &chain, &exprs, comment.as_deref());
+        b.add_rule(nftproxy_nft_wire::NfFamily::Ip, TABLE, &chain, &exprs, comment.as_deref());
         let fin = b.finish();
         let mut a = fin.split()[1].2[4..].to_vec();
         attr(&mut a, NFTA_RULE_HANDLE, &handle.to_be_bytes());

@@ -531,7 +531,7 @@ impl Drop for TraceSession {
 }
 
 /// A verdict map's elements, dumped.
-fn dump_elements(cmd: &mut NftSocket, family: u8, set: &str) -> io::Result<Vec<KeyComment>> {
+fn dump_elements(cmd: &mut NftSocket, family: nftproxy_nft_wire::NfFamily, set: &str) -> io::Result<Vec<KeyComment>> {
     let mut filter = name_attr(NFTA_SET_ELEM_LIST_TABLE, TABLE);
     filter.extend(name_attr(NFTA_SET_ELEM_LIST_SET, set));
     Ok(cmd.dump(NFT_MSG_GETSETELEM, family, &filter)?.iter().flat_map(|msg| element_comments(msg)).collect())

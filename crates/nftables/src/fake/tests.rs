@@ -2,11 +2,11 @@
 //! nothing. (The kernel agrees: `integration/tests/fake_netfilter.rs`.)
 
 use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{Batch, Elem, ElemData, Expr, SetSpec, Verdict};
+use nftproxy_nft_wire::{Batch, Elem, ElemData, Expr, NfFamily, SetSpec, Verdict};
 
 use super::*;
 
-const V4: u8 = NFPROTO_IPV4;
+const V4: NfFamily = NfFamily::Ip;
 
 fn verdict_map(name: &str) -> SetSpec {
     SetSpec {
