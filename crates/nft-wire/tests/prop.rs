@@ -363,7 +363,8 @@ fn msg_type() -> impl Strategy<Value = u16> {
     ]
 }
 
-/// One nlmsghdr with `payload`, length right.
+/// One nlmsghdr with `payload`, length right, and deliberately no padding (unlike
+/// `netlink::message`): a random payload then also makes the framing of what follows odd.
 fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(16 + payload.len());
     m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
