@@ -7,11 +7,11 @@
 
 use nftproxy_integration::Topology;
 use nftproxy_model::ServiceName;
-use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{Batch, Elem, ElemData, Expr, FinishedBatch, NfFamily, SetSpec, Verdict};
+use nftproxy_nft_wire::{Batch, Elem, ElemData, Expr, FinishedBatch, NfFamily, Verdict};
 use nftproxy_nftables::conntrack::{ConntrackTable, CtEntry};
 use nftproxy_nftables::drift::Observed;
 use nftproxy_nftables::fake::FakeNetfilter;
+use nftproxy_nftables::fake::fixtures::{goto, value, value_map, verdict_map};
 use nftproxy_nftables::netlink::{CommitStats, NetlinkError, NftSocket};
 use nftproxy_nftables::{Family, Netfilter, NftablesBackend, TABLE};
 use proptest::strategy::{Strategy, ValueTree};
@@ -111,43 +111,6 @@ impl Netfilter for Both {
 }
 
 const V4: NfFamily = NfFamily::Ip;
-
-fn verdict_map(name: &str) -> SetSpec {
-    SetSpec {
-        name: name.into(),
-        flags: NFT_SET_MAP,
-        key_type: 7,
-        key_len: 4,
-        data: Some((NFT_DATA_VERDICT, 0)),
-        timeout_ms: None,
-        udata: vec![],
-    }
-}
-
-fn value_map(name: &str) -> SetSpec {
-    SetSpec {
-        name: name.into(),
-        flags: NFT_SET_MAP,
-        key_type: 7,
-        key_len: 4,
-        data: Some((7, 4)),
-        timeout_ms: None,
-        udata: vec![],
-    }
-}
-
-fn goto(key: [u8; 4], chain: &str) -> Elem {
-    Elem {
-        key: key.to_vec(),
-        data: Some(ElemData::Verdict(Verdict::Goto(chain.into()))),
-        timeout_ms: None,
-        comment: Some("ns/svc:p".into()),
-    }
-}
-
-fn value(key: [u8; 4], v: [u8; 4]) -> Elem {
-    Elem { key: key.to_vec(), data: Some(ElemData::Value(v.to_vec())), timeout_ms: None, comment: None }
-}
 
 fn lookup(set: &str, dreg: Option<u32>) -> Expr {
     Expr::Lookup { sreg: 1, dreg, set: set.into(), set_id: None, invert: false }

@@ -549,5 +549,45 @@ fn cut(c: &str) -> String {
     nftproxy_nft_wire::batch::comment(c).to_string()
 }
 
+/// Small objects for tests of the fake and of the kernel against it (an IPv4 address key, a
+/// verdict map, a value map).
+pub mod fixtures {
+    use nftproxy_nft_wire::consts::{NFT_DATA_VERDICT, NFT_SET_MAP};
+    use nftproxy_nft_wire::{Elem, ElemData, SetSpec, Verdict};
+
+    /// A map from an IPv4 address to a verdict.
+    pub fn verdict_map(name: &str) -> SetSpec {
+        SetSpec {
+            name: name.into(),
+            flags: NFT_SET_MAP,
+            key_type: 7,
+            key_len: 4,
+            data: Some((NFT_DATA_VERDICT, 0)),
+            timeout_ms: None,
+            udata: vec![],
+        }
+    }
+
+    /// A map from an IPv4 address to an IPv4 address.
+    pub fn value_map(name: &str) -> SetSpec {
+        SetSpec { data: Some((7, 4)), ..verdict_map(name) }
+    }
+
+    /// A verdict-map element: `key : goto chain`, with a comment.
+    pub fn goto(key: [u8; 4], chain: &str) -> Elem {
+        Elem {
+            key: key.to_vec(),
+            data: Some(ElemData::Verdict(Verdict::Goto(chain.into()))),
+            timeout_ms: None,
+            comment: Some("ns/svc:p".into()),
+        }
+    }
+
+    /// A value-map element.
+    pub fn value(key: [u8; 4], v: [u8; 4]) -> Elem {
+        Elem { key: key.to_vec(), data: Some(ElemData::Value(v.to_vec())), timeout_ms: None, comment: None }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,33 +1,12 @@
 //! The fake's own rules: what it refuses, with which errno, and that a refused batch changes
 //! nothing. (The kernel agrees: `integration/tests/fake_netfilter.rs`.)
 
-use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{Batch, Elem, ElemData, Expr, NfFamily, SetSpec, Verdict};
+use nftproxy_nft_wire::{Batch, Elem, ElemData, Expr, NfFamily, Verdict};
 
+use super::fixtures::{goto, verdict_map};
 use super::*;
 
 const V4: NfFamily = NfFamily::Ip;
-
-fn verdict_map(name: &str) -> SetSpec {
-    SetSpec {
-        name: name.into(),
-        flags: NFT_SET_MAP,
-        key_type: 7,
-        key_len: 4,
-        data: Some((NFT_DATA_VERDICT, 0)),
-        timeout_ms: None,
-        udata: vec![],
-    }
-}
-
-fn goto(key: [u8; 4], chain: &str) -> Elem {
-    Elem {
-        key: key.to_vec(),
-        data: Some(ElemData::Verdict(Verdict::Goto(chain.into()))),
-        timeout_ms: None,
-        comment: None,
-    }
-}
 
 /// A table with chains `a` and `b`, a verdict map `m` whose one element goes to `b`, and a rule in
 /// `a` that looks `m` up.
