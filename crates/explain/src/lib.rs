@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use nftproxy_model::{
-    ClusterState, EndpointChoice, IpFamily, LocalTraffic, NodeContext, Protocol, ResolvedEndpoint,
+    ClusterState, EndpointChoice, FrontendKind, IpFamily, LocalTraffic, NodeContext, Protocol, ResolvedEndpoint,
     ResolvedServicePort, join_host_port, resolve,
 };
 use serde::Serialize;
@@ -71,7 +71,7 @@ pub struct Explanation {
     pub flow: Flow,
     /// `ns/svc:port`
     pub service_port: Option<String>,
-    /// "cluster IP", "node port", "external IP", "load-balancer IP"
+    /// "cluster IP", "node port", "external IP", "loadbalancer IP" (kube-proxy's words)
     pub frontend: Option<String>,
     /// Which endpoint list applies: internal (ClusterIP) or external traffic, and its policy.
     pub traffic: Option<String>,
@@ -85,25 +85,6 @@ pub struct Explanation {
     /// kube-proxy's iptables chains on the way (when asked for).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iptables: Option<Vec<IptablesStep>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FrontendKind {
-    ClusterIp,
-    NodePort,
-    ExternalIp,
-    LoadBalancerIp,
-}
-
-impl FrontendKind {
-    fn text(self) -> &'static str {
-        match self {
-            FrontendKind::ClusterIp => "cluster IP",
-            FrontendKind::NodePort => "node port",
-            FrontendKind::ExternalIp => "external IP",
-            FrontendKind::LoadBalancerIp => "load-balancer IP",
-        }
-    }
 }
 
 /// How the local-traffic detector decides, for the text.
@@ -136,13 +117,13 @@ fn matching_frontend(p: &ResolvedServicePort, f: &Flow, ctx: &NodeContext) -> Op
         return None;
     }
     if f.dst == p.cluster_ip && f.dport == p.port {
-        return Some(FrontendKind::ClusterIp);
+        return Some(FrontendKind::ClusterIP);
     }
     if p.external_ips.contains(&f.dst) && f.dport == p.port {
-        return Some(FrontendKind::ExternalIp);
+        return Some(FrontendKind::ExternalIP);
     }
     if p.load_balancer_ips.contains(&f.dst) && f.dport == p.port {
-        return Some(FrontendKind::LoadBalancerIp);
+        return Some(FrontendKind::LoadBalancerIP);
     }
     if p.node_port == Some(f.dport) && nodeport_address(ctx, &f.dst) {
         return Some(FrontendKind::NodePort);
@@ -202,17 +183,17 @@ pub fn explain(state: &ClusterState, ctx: &NodeContext, flow: Flow, with_iptable
         return ex;
     };
     ex.service_port = Some(p.name.to_string());
-    ex.frontend = Some(format!("{} {}", kind.text(), join_host_port(&flow.dst, flow.dport)));
+    ex.frontend = Some(format!("{kind} {}", join_host_port(&flow.dst, flow.dport)));
     ex.affinity_seconds = p.affinity_timeout;
     if let Some(mode) = p.topology_mode {
         ex.notes.push(format!("topology: endpoints filtered with {mode}"));
     }
     let local_detect = ctx.is_local_traffic(&flow.src, flow.iifname.as_deref());
     let from_pod = local_detect == Some(true);
-    let from_node = ctx.node_ips.contains(&flow.src)
-        || ctx.local_addresses.as_ref().is_some_and(|a| a.contains(&flow.src));
+    let from_node =
+        ctx.node_ips.contains(&flow.src) || ctx.local_addresses.as_ref().is_some_and(|a| a.contains(&flow.src));
 
-    let internal = kind == FrontendKind::ClusterIp;
+    let internal = kind == FrontendKind::ClusterIP;
     // Which list applies. External traffic under ETP=Local from a pod or from the node itself is
     // short-circuited to the cluster-wide endpoints (kube-proxy's behaviour).
     let (choice, policy_local, short_circuit) = if internal {
@@ -237,7 +218,7 @@ pub fn explain(state: &ClusterState, ctx: &NodeContext, flow: Flow, with_iptable
     });
 
     // Source ranges come first: a load-balancer IP with loadBalancerSourceRanges.
-    if kind == FrontendKind::LoadBalancerIp
+    if kind == FrontendKind::LoadBalancerIP
         && !p.load_balancer_source_ranges.is_empty()
         && !in_cidrs(&flow.src, &p.load_balancer_source_ranges)
         // nftables mode checks source ranges whether or not there are endpoints; iptables mode
@@ -352,13 +333,13 @@ fn iptables_path(
     let fw = nftproxy_iptables::service_chain("KUBE-FW-", p);
     let pick_chain = if policy_local { svl.clone() } else { svc.clone() };
     match kind {
-        FrontendKind::ClusterIp => steps.push(nat("KUBE-SERVICES", format!("{} cluster IP → {pick_chain}", p.name))),
+        FrontendKind::ClusterIP => steps.push(nat("KUBE-SERVICES", format!("{} cluster IP → {pick_chain}", p.name))),
         FrontendKind::NodePort => {
             steps.push(nat("KUBE-SERVICES", "destination is a local address → KUBE-NODEPORTS".into()));
             steps.push(nat("KUBE-NODEPORTS", format!("{} --dport {} → {ext}", p.name, p.node_port.unwrap_or(0))));
         }
-        FrontendKind::ExternalIp => steps.push(nat("KUBE-SERVICES", format!("{} external IP → {ext}", p.name))),
-        FrontendKind::LoadBalancerIp => {
+        FrontendKind::ExternalIP => steps.push(nat("KUBE-SERVICES", format!("{} external IP → {ext}", p.name))),
+        FrontendKind::LoadBalancerIP => {
             let to = if p.load_balancer_source_ranges.is_empty() { ext.clone() } else { fw.clone() };
             steps.push(nat("KUBE-SERVICES", format!("{} loadbalancer IP → {to}", p.name)));
             if !p.load_balancer_source_ranges.is_empty() {
