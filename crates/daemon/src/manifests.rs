@@ -12,13 +12,11 @@ use nftproxy_model::SourceEvent;
 use tokio::sync::mpsc;
 
 /// Names, sizes, inodes and modification times of the manifest files: any change → reload.
+/// Only the files the source is made of: other files of the directory (a log written there, an
+/// editor's swap file) once made it reload the whole source every second.
 fn stamp(path: &Path) -> Vec<(PathBuf, u64, u64, Option<SystemTime>)> {
-    let mut files = vec![path.to_path_buf()];
-    if path.is_dir() {
-        files = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
-        files.sort();
-    }
-    files
+    nftproxy_manifest::manifest_files(path)
+        .unwrap_or_default()
         .into_iter()
         .map(|p| {
             let (len, ino, mtime) = file_stamp(&p);
@@ -48,17 +46,20 @@ pub async fn watch(
     loop {
         let now = stamp(&path);
         if last.as_ref() != Some(&now) {
+            tracing::debug!(before = ?last, now = ?now, "manifest source changed: loading it");
             last = Some(now);
             let events = match nftproxy_manifest::load_path_with(&path, allow_empty) {
                 Ok(loaded) => {
+                    // The objects move into the events (a copy of them all was 10k Services'
+                    // worth of memory at every reload).
                     let mut ev: Vec<SourceEvent> =
                         loaded.warnings.iter().map(|w| SourceEvent::Warning(w.to_string())).collect();
-                    let node = loaded.state.nodes.get(&node_name).cloned();
-                    ev.push(SourceEvent::ServicesListed(loaded.state.services.values().cloned().collect()));
-                    ev.push(SourceEvent::SlicesListed(loaded.state.slices().values().cloned().collect()));
-                    ev.push(SourceEvent::ServiceCidrsListed(
-                        loaded.state.service_cidr_objects.iter().map(|(n, c)| (n.clone(), c.clone())).collect(),
-                    ));
+                    let mut state = loaded.state;
+                    let node = state.nodes.remove(&node_name);
+                    let cidrs = std::mem::take(&mut state.service_cidr_objects).into_iter().collect();
+                    ev.push(SourceEvent::ServicesListed(std::mem::take(&mut state.services).into_values().collect()));
+                    ev.push(SourceEvent::SlicesListed(state.into_slices().collect()));
+                    ev.push(SourceEvent::ServiceCidrsListed(cidrs));
                     // No Node object in the manifests: nothing says the node is ineligible.
                     ev.push(SourceEvent::Node { eligible: true, node });
                     ev
@@ -73,5 +74,26 @@ pub async fn watch(
             }
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the files the source is made of count: a log written into the directory changes
+    /// nothing, a manifest touched does.
+    #[test]
+    fn only_manifest_files_make_a_change() {
+        let dir = std::env::temp_dir().join(format!("knp-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cluster.yaml"), "kind: List\nitems: []\n").unwrap();
+        let before = stamp(&dir);
+        std::fs::write(dir.join("proxy.log"), "a line\n").unwrap();
+        std::fs::write(dir.join(".cluster.yaml.swp"), "x").unwrap();
+        assert_eq!(stamp(&dir), before, "a log and a swap file are not the source");
+        std::fs::write(dir.join("more.json"), "{}").unwrap();
+        assert_ne!(stamp(&dir), before, "a new manifest file is");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,7 +10,7 @@ pub mod convert;
 mod load;
 
 pub use convert::{ObjectError, Skipped};
-pub use load::{LoadError, Loaded, Warning, load_path, load_path_with};
+pub use load::{LoadError, Loaded, Warning, load_path, load_path_with, manifest_files};
 
 #[cfg(test)]
 mod tests;

@@ -66,6 +66,22 @@ pub enum LoadError {
 /// endpoints each; parsing takes several times the text in memory.
 pub const MAX_MANIFEST_BYTES: u64 = 512 << 20;
 
+/// The files a manifest source is made of: the file itself, or the `.yaml`, `.yml` and `.json`
+/// files of a directory, sorted by name, not recursive. What [`load_path`] reads, and all that a
+/// poller of the source should watch (other files — a log, an editor's swap file — are no part
+/// of it).
+pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Reads a file, or every `.yaml`/`.yml`/`.json` file of a directory (sorted by name, not
 /// recursive), and adds every object to one state. Last good state wins: a file that does not
 /// parse (any syntax error) or a source without a single object is an error, and the caller keeps
@@ -77,20 +93,10 @@ pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
 /// [`load_path`], optionally accepting a source without objects as "no Services".
 pub fn load_path_with(path: &Path, allow_empty: bool) -> Result<Loaded, LoadError> {
     let io = |source| LoadError::Io { path: path.to_path_buf(), source };
-    let files: Vec<PathBuf> = if path.is_dir() {
-        let mut files: Vec<PathBuf> = fs::read_dir(path)
-            .map_err(io)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(LoadError::Empty(path.to_path_buf()));
-        }
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = manifest_files(path).map_err(io)?;
+    if files.is_empty() {
+        return Err(LoadError::Empty(path.to_path_buf()));
+    }
     let mut total = 0u64;
     for file in &files {
         total += fs::metadata(file).map_err(|source| LoadError::Io { path: file.clone(), source })?.len();
