@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use nftproxy_model::{ClusterState, SourceEvent};
+use nftproxy_model::{ClusterState, ListedKind, SourceEvent};
 use nftproxy_nftables::fake::FakeNetfilter;
 use nftproxy_nftables::{Family, Netfilter, NftablesBackend, TABLE};
 
@@ -56,8 +56,14 @@ fn cluster(n: u32, eps: u32) -> ClusterState {
 
 /// What the sources say at start: every list, and no Node object.
 fn listed(proxy: &mut Proxy<FakeNetfilter>, st: &ClusterState) {
-    proxy.event(SourceEvent::ServicesListed(st.services.values().cloned().collect()));
-    proxy.event(SourceEvent::SlicesListed(st.slices().values().cloned().collect()));
+    let services = st.services.values().cloned().map(SourceEvent::ServiceApplied);
+    let slices = st.slices().values().cloned().map(SourceEvent::SliceApplied);
+    for e in SourceEvent::list(ListedKind::Services, services)
+        .into_iter()
+        .chain(SourceEvent::list(ListedKind::EndpointSlices, slices))
+    {
+        proxy.event(e);
+    }
     assert!(proxy.next_sync().is_none(), "no sync before the Node's watch has answered too");
     proxy.event(SourceEvent::Node { node: None, eligible: true });
 }

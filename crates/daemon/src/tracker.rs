@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nftproxy_model::SourceEvent;
-use nftproxy_model::{ClusterState, EndpointSlice, Node, Service, ServiceName};
+use nftproxy_model::{ClusterState, EndpointSlice, ListedKind, Node, Service, ServiceName, SourceEvent};
 
 /// What the next sync has to do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,6 +29,11 @@ pub struct ChangeTracker {
     services_synced: bool,
     slices_synced: bool,
     node_synced: bool,
+    /// Lists under way: what each has held so far (ServiceCIDRs whole: a handful, applied as
+    /// one change at the end, since they are part of the node context).
+    listing_services: Option<BTreeSet<ServiceName>>,
+    listing_slices: Option<BTreeSet<(String, String)>>,
+    listing_cidrs: Option<BTreeMap<String, Vec<ipnet::IpNet>>>,
     /// Counters for kube-proxy's `…_changes_total` metrics.
     pub service_changes_total: u64,
     pub endpoint_changes_total: u64,
@@ -39,9 +43,11 @@ pub struct ChangeTracker {
 
 impl ChangeTracker {
     /// The first sync waits for complete lists of Services and EndpointSlices (and the Node
-    /// lookup), so a restart never programs a half-empty ruleset.
+    /// lookup), so a restart never programs a half-empty ruleset; and no sync runs while a list
+    /// is under way, so none programs half a relist.
     pub fn ready(&self) -> bool {
-        self.services_synced && self.slices_synced && self.node_synced
+        let listing = self.listing_services.is_some() || self.listing_slices.is_some() || self.listing_cidrs.is_some();
+        self.services_synced && self.slices_synced && self.node_synced && !listing
     }
 
     /// Whether anything waits for a sync.
@@ -56,38 +62,28 @@ impl ChangeTracker {
     /// Applies one event; returns true when it changed something a sync must program.
     pub fn apply(&mut self, ev: SourceEvent) -> bool {
         match ev {
-            SourceEvent::ServicesListed(list) => {
-                self.services_synced = true;
-                let new: BTreeMap<ServiceName, Service> = list.into_iter().map(|s| (s.name.clone(), s)).collect();
-                let gone: Vec<ServiceName> =
-                    self.state.services.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
-                let mut changed = false;
-                for name in gone {
-                    changed |= self.service_deleted(&name);
+            SourceEvent::ListStarted(kind) => {
+                match kind {
+                    ListedKind::Services => self.listing_services = Some(BTreeSet::new()),
+                    ListedKind::EndpointSlices => self.listing_slices = Some(BTreeSet::new()),
+                    ListedKind::ServiceCidrs => self.listing_cidrs = Some(BTreeMap::new()),
                 }
-                for (_, svc) in new {
-                    changed |= self.service_applied(svc);
-                }
-                changed
+                false
             }
-            SourceEvent::ServiceApplied(svc) => self.service_applied(svc),
+            SourceEvent::ListDone(kind) => self.list_done(kind),
+            SourceEvent::ServiceApplied(svc) => {
+                if let Some(seen) = &mut self.listing_services {
+                    seen.insert(svc.name.clone());
+                }
+                self.service_applied(svc)
+            }
             SourceEvent::ServiceDeleted(name) => self.service_deleted(&name),
-            SourceEvent::SlicesListed(list) => {
-                self.slices_synced = true;
-                let new: BTreeMap<(String, String), EndpointSlice> =
-                    list.into_iter().map(|s| ((s.namespace.clone(), s.name.clone()), s)).collect();
-                let gone: Vec<(String, String)> =
-                    self.state.slices().keys().filter(|k| !new.contains_key(*k)).cloned().collect();
-                let mut changed = false;
-                for (ns, name) in gone {
-                    changed |= self.slice_deleted(&ns, &name);
+            SourceEvent::SliceApplied(s) => {
+                if let Some(seen) = &mut self.listing_slices {
+                    seen.insert((s.namespace.clone(), s.name.clone()));
                 }
-                for (_, s) in new {
-                    changed |= self.slice_applied(s);
-                }
-                changed
+                self.slice_applied(s)
             }
-            SourceEvent::SliceApplied(s) => self.slice_applied(s),
             SourceEvent::SliceDeleted { namespace, name } => self.slice_deleted(&namespace, &name),
             SourceEvent::Node { node, eligible } => {
                 self.node_synced = true;
@@ -104,9 +100,11 @@ impl ChangeTracker {
                 }
                 false
             }
-            SourceEvent::ServiceCidrsListed(list) => {
-                let new: BTreeMap<String, Vec<ipnet::IpNet>> = list.into_iter().collect();
-                self.service_cidrs_changed(new)
+            SourceEvent::ServiceCidrApplied((name, cidrs)) if self.listing_cidrs.is_some() => {
+                if let Some(l) = &mut self.listing_cidrs {
+                    l.insert(name, cidrs);
+                }
+                false
             }
             SourceEvent::ServiceCidrApplied((name, cidrs)) => {
                 let mut new = self.state.service_cidr_objects.clone();
@@ -123,6 +121,37 @@ impl ChangeTracker {
             | SourceEvent::Warning(_)
             | SourceEvent::WatchError { .. } => false,
         }
+    }
+
+    /// The end of a list: what it did not hold is deleted; the first one of a kind completes
+    /// the picture the first sync waits for.
+    fn list_done(&mut self, kind: ListedKind) -> bool {
+        let mut changed = false;
+        match kind {
+            ListedKind::Services => {
+                let seen = self.listing_services.take().unwrap_or_default();
+                let gone: Vec<ServiceName> =
+                    self.state.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                for name in gone {
+                    changed |= self.service_deleted(&name);
+                }
+                self.services_synced = true;
+            }
+            ListedKind::EndpointSlices => {
+                let seen = self.listing_slices.take().unwrap_or_default();
+                let gone: Vec<(String, String)> =
+                    self.state.slices().keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                for (ns, name) in gone {
+                    changed |= self.slice_deleted(&ns, &name);
+                }
+                self.slices_synced = true;
+            }
+            ListedKind::ServiceCidrs => {
+                let new = self.listing_cidrs.take().unwrap_or_default();
+                changed = self.service_cidrs_changed(new);
+            }
+        }
+        changed
     }
 
     /// ServiceCIDRs are part of the node context (the `cluster-ips-check` drop): a change is a
@@ -249,11 +278,15 @@ endpoints: [{addresses: [10.244.1.2]}]
 ports: [{port: 8080}]
 "#;
 
-    fn listed(state: &ClusterState) -> [SourceEvent; 3] {
+    /// Every list of a state as a source sends it: [Services, slices, the Node].
+    fn listed(state: &ClusterState) -> [Vec<SourceEvent>; 3] {
         [
-            SourceEvent::ServicesListed(state.services.values().cloned().collect()),
-            SourceEvent::SlicesListed(state.slices().values().cloned().collect()),
-            SourceEvent::Node { node: None, eligible: false },
+            SourceEvent::list(ListedKind::Services, state.services.values().cloned().map(SourceEvent::ServiceApplied)),
+            SourceEvent::list(
+                ListedKind::EndpointSlices,
+                state.slices().values().cloned().map(SourceEvent::SliceApplied),
+            ),
+            vec![SourceEvent::Node { node: None, eligible: false }],
         ]
     }
 
@@ -262,11 +295,14 @@ ports: [{port: 8080}]
         let state = objects(TWO);
         let mut t = ChangeTracker::default();
         let [svcs, slices, node] = listed(&state);
-        t.apply(svcs);
+        svcs.into_iter().for_each(|e| _ = t.apply(e));
         assert!(!t.ready(), "services alone are not a complete picture");
-        t.apply(node);
+        node.into_iter().for_each(|e| _ = t.apply(e));
         assert!(!t.ready());
-        t.apply(slices);
+        let mut slices = slices.into_iter();
+        t.apply(slices.next().unwrap());
+        assert!(!t.ready(), "a list under way");
+        slices.for_each(|e| _ = t.apply(e));
         assert!(t.ready());
         let c = t.take();
         assert_eq!(c.services.len(), 2);
@@ -278,12 +314,12 @@ ports: [{port: 8080}]
     fn a_relist_changes_only_what_differs() {
         let state = objects(TWO);
         let mut t = ChangeTracker::default();
-        for e in listed(&state) {
+        for e in listed(&state).into_iter().flatten() {
             t.apply(e);
         }
         t.take();
         // The same lists again (a relist after 410 Gone): nothing to do.
-        for e in listed(&state) {
+        for e in listed(&state).into_iter().flatten() {
             t.apply(e);
         }
         assert!(!t.pending());
@@ -291,7 +327,7 @@ ports: [{port: 8080}]
         let mut smaller = state.clone();
         smaller.remove_service(&ServiceName::new("ns", "b"));
         smaller.remove_slice("ns", "a-1");
-        for e in listed(&smaller) {
+        for e in listed(&smaller).into_iter().flatten() {
             t.apply(e);
         }
         let c = t.take();
@@ -303,7 +339,7 @@ ports: [{port: 8080}]
     fn unchanged_updates_are_not_changes() {
         let state = objects(TWO);
         let mut t = ChangeTracker::default();
-        for e in listed(&state) {
+        for e in listed(&state).into_iter().flatten() {
             t.apply(e);
         }
         t.take();
@@ -322,12 +358,20 @@ ports: [{port: 8080}]
     fn service_cidr_changes_resync_everything_once() {
         let state = objects(TWO);
         let mut t = ChangeTracker::default();
-        for e in listed(&state) {
+        for e in listed(&state).into_iter().flatten() {
             t.apply(e);
         }
         t.take();
         let cidr = |s: &str| vec![s.parse::<ipnet::IpNet>().unwrap()];
-        assert!(t.apply(SourceEvent::ServiceCidrsListed(vec![("kubernetes".into(), cidr("10.96.0.0/16"))])));
+        let list = SourceEvent::list(
+            ListedKind::ServiceCidrs,
+            [SourceEvent::ServiceCidrApplied(("kubernetes".into(), cidr("10.96.0.0/16")))],
+        );
+        assert_eq!(
+            list.into_iter().map(|e| t.apply(e)).collect::<Vec<_>>(),
+            [false, false, true],
+            "one change, at the end"
+        );
         assert!(t.take().node);
         // A second object with the same CIDR changes nothing the rules use.
         assert!(!t.apply(SourceEvent::ServiceCidrApplied(("copy".into(), cidr("10.96.0.0/16")))));
@@ -342,7 +386,7 @@ ports: [{port: 8080}]
     fn a_failed_sync_keeps_its_changes() {
         let state = objects(TWO);
         let mut t = ChangeTracker::default();
-        for e in listed(&state) {
+        for e in listed(&state).into_iter().flatten() {
             t.apply(e);
         }
         let c = t.take();

@@ -16,8 +16,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(watch(client, node, tx));
     while let Some(ev) = rx.recv().await {
         match ev {
-            SourceEvent::ServicesListed(s) => println!("listed {} Services", s.len()),
-            SourceEvent::SlicesListed(s) => println!("listed {} EndpointSlices", s.len()),
+            SourceEvent::ListStarted(kind) => println!("list of {kind:?} begins"),
+            SourceEvent::ListDone(kind) => println!("list of {kind:?} complete"),
             SourceEvent::ServiceApplied(s) => println!("Service {} applied ({} ports)", s.name, s.ports.len()),
             SourceEvent::ServiceDeleted(n) => println!("Service {n} deleted"),
             SourceEvent::SliceApplied(s) => {
@@ -27,7 +27,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             SourceEvent::Node { node, eligible } => {
                 println!("Node: {:?}, eligible: {eligible}", node.map(|n| n.addresses))
             }
-            SourceEvent::ServiceCidrsListed(l) => println!("listed {} ServiceCIDRs", l.len()),
             SourceEvent::ServiceCidrApplied((name, cidrs)) => println!("ServiceCIDR {name} applied: {cidrs:?}"),
             SourceEvent::ServiceCidrDeleted(name) => println!("ServiceCIDR {name} deleted"),
             SourceEvent::LocalAddressesChanged => println!("interface addresses changed"),

@@ -3,24 +3,26 @@
 //! [`SourceEvent`]s. Nothing of the API objects is kept here: only the model's small types leave
 //! this crate, so managedFields, annotations and status never stay in memory.
 //!
-//! A (re)list is delivered whole, as one `…Listed` event after kube-rs's `InitDone`: the consumer
-//! replaces its view atomically, so neither the first sync nor a relist after `410 Gone` ever
-//! sees a half-empty cluster.
+//! A (re)list streams as it arrives: kube-rs's `Init` is `ListStarted`, each `InitApply` the
+//! object's `…Applied` event, `InitDone` is `ListDone` (what the list lacked is gone). Nothing
+//! is buffered here (a buffer of the whole list was a second copy of the cluster at every
+//! relist); the tracker holds syncs back until the list is done, so neither the first sync nor a
+//! relist after `410 Gone` ever sees a half-empty cluster.
 
 use std::path::Path;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Config};
 use nftproxy_manifest::convert;
-use ipnet::IpNet;
-use k8s_openapi::api::networking::v1 as networking;
-use nftproxy_model::{EndpointSlice, Service, ServiceName};
+use nftproxy_model::{EndpointSlice, ListedKind, Service, ServiceName};
 use tokio::sync::mpsc;
 
 /// kube-proxy's selector for both Services and EndpointSlices: objects of another service proxy
@@ -140,7 +142,7 @@ struct KindEvents<K, T> {
     kind: &'static str,
     convert: fn(&K) -> Converted<T>,
     applied: fn(T) -> SourceEvent,
-    listed: fn(Vec<T>) -> SourceEvent,
+    listed: ListedKind,
     /// From the object's metadata alone: a deleted or unusable object needs only its name.
     deleted: fn(&K) -> SourceEvent,
 }
@@ -158,7 +160,7 @@ const SERVICES: KindEvents<core::Service, Service> = KindEvents {
         Err(e) => Err(e.to_string()),
     },
     applied: SourceEvent::ServiceApplied,
-    listed: SourceEvent::ServicesListed,
+    listed: ListedKind::Services,
     deleted: |svc| {
         let (ns, name) = ns_name(&svc.metadata);
         SourceEvent::ServiceDeleted(ServiceName::new(ns, name))
@@ -169,7 +171,7 @@ const SLICES: KindEvents<discovery::EndpointSlice, EndpointSlice> = KindEvents {
     kind: "EndpointSlice",
     convert: |es| convert::endpoint_slice(es).map(Some).map_err(|e| e.to_string()),
     applied: SourceEvent::SliceApplied,
-    listed: SourceEvent::SlicesListed,
+    listed: ListedKind::EndpointSlices,
     deleted: |es| {
         let (namespace, name) = ns_name(&es.metadata);
         SourceEvent::SliceDeleted { namespace, name }
@@ -180,7 +182,7 @@ const SERVICE_CIDRS: KindEvents<networking::ServiceCIDR, (String, Vec<IpNet>)> =
     kind: "ServiceCIDR",
     convert: |sc| convert::service_cidr(sc).map(Some).map_err(|e| e.to_string()),
     applied: SourceEvent::ServiceCidrApplied,
-    listed: SourceEvent::ServiceCidrsListed,
+    listed: ListedKind::ServiceCidrs,
     deleted: |sc| SourceEvent::ServiceCidrDeleted(sc.metadata.name.clone().unwrap_or_default()),
 };
 
@@ -189,20 +191,14 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     let stream = watcher(api, config).backoff(ReconnectBackoff::default());
-    let mut buffer: Vec<T> = Vec::new();
     forward(stream, &tx, k.kind, |ev| match ev {
-        watcher::Event::Init => {
-            buffer.clear();
-            vec![]
-        }
+        watcher::Event::Init => vec![SourceEvent::ListStarted(k.listed)],
+        // Not ours, or unusable: simply not in the list (ListDone removes it if it was there).
         watcher::Event::InitApply(obj) => match (k.convert)(&obj) {
-            Ok(v) => {
-                buffer.extend(v);
-                vec![]
-            }
+            Ok(v) => v.map(k.applied).into_iter().collect(),
             Err(w) => vec![SourceEvent::Warning(w)],
         },
-        watcher::Event::InitDone => vec![(k.listed)(std::mem::take(&mut buffer))],
+        watcher::Event::InitDone => vec![SourceEvent::ListDone(k.listed)],
         watcher::Event::Apply(obj) => match (k.convert)(&obj) {
             Ok(Some(v)) => vec![(k.applied)(v)],
             Ok(None) => vec![(k.deleted)(&obj)],

@@ -231,11 +231,8 @@ pub fn service(svc: &core::Service) -> Result<Result<Service, Skipped>, ObjectEr
             None => (Vec::new(), ""),
         },
     };
-    let load_balancer_source_ranges = ranges
-        .iter()
-        .enumerate()
-        .map(|(i, s)| cx.cidr(format!("{field}[{i}]"), s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let load_balancer_source_ranges =
+        ranges.iter().enumerate().map(|(i, s)| cx.cidr(format!("{field}[{i}]"), s)).collect::<Result<Vec<_>, _>>()?;
 
     let session_affinity_timeout = match spec.session_affinity.as_deref().unwrap_or("None") {
         "None" | "" => None,

@@ -10,7 +10,9 @@ pub mod convert;
 mod load;
 
 pub use convert::{ObjectError, Skipped};
-pub use load::{LoadError, Loaded, Warning, load_path, load_path_with, manifest_files};
+pub use load::{
+    LoadError, Loaded, Object, Warning, check_path, load_path, load_path_with, manifest_files, stream_path,
+};
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nftproxy_model::ClusterState;
+use nftproxy_model::{ClusterState, EndpointSlice, Node, Service};
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -29,8 +29,17 @@ impl std::fmt::Display for Warning {
     }
 }
 
+/// One usable object of a manifest source, converted to the model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Service(Service),
+    Slice(EndpointSlice),
+    Node(Node),
+    ServiceCidr((String, Vec<ipnet::IpNet>)),
+}
+
 /// What a set of manifests amounted to.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Loaded {
     pub state: ClusterState,
     pub warnings: Vec<Warning>,
@@ -40,6 +49,50 @@ pub struct Loaded {
     pub ignored_objects: usize,
     /// Every object seen (lists count their items), used or not.
     pub objects: usize,
+    /// Where objects go: into `state`, nowhere (a first pass), or to a caller as they come.
+    mode: Mode,
+    /// Top-level values (documents, or elements of a top-level array) seen so far.
+    top_level: usize,
+}
+
+/// See [`Loaded::mode`].
+#[derive(Default)]
+enum Mode {
+    /// Converted and kept in `state`.
+    #[default]
+    Store,
+    /// Only counted, and whether each top-level value is a list recorded (a first pass over
+    /// the text, for syntax and shape, converting nothing).
+    Scan { lists: Vec<bool> },
+    /// Converted and handed over one by one; `lists` (from the scan of the same text) says which
+    /// top-level values are lists, so that their items stream before `kind`, which kubectl
+    /// prints after them, is read.
+    Emit { lists: Vec<bool>, to: Box<dyn FnMut(Object) + Send + Sync> },
+}
+
+impl std::fmt::Debug for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Store => "Store",
+            Mode::Scan { .. } => "Scan",
+            Mode::Emit { .. } => "Emit",
+        })
+    }
+}
+
+impl Clone for Loaded {
+    /// A copy of what was loaded (a streaming loader's callback is not copied).
+    fn clone(&self) -> Loaded {
+        Loaded {
+            state: self.state.clone(),
+            warnings: self.warnings.clone(),
+            skipped_services: self.skipped_services.clone(),
+            ignored_objects: self.ignored_objects,
+            objects: self.objects,
+            mode: Mode::Store,
+            top_level: 0,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +106,9 @@ pub enum LoadError {
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
     /// No object at all: taken as "no Services" only when allowed (`--allow-empty-manifests`).
-    #[error("{0}: no Kubernetes objects (an empty manifest would remove every Service; --allow-empty-manifests allows it)")]
+    #[error(
+        "{0}: no Kubernetes objects (an empty manifest would remove every Service; --allow-empty-manifests allows it)"
+    )]
     NoObjects(PathBuf),
     /// More than [`MAX_MANIFEST_BYTES`] in one source: refused before reading, so a runaway file
     /// (or a mistaken path) cannot exhaust the node's memory.
@@ -109,18 +164,120 @@ pub fn load_path_with(path: &Path, allow_empty: bool) -> Result<Loaded, LoadErro
         let text = fs::read_to_string(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
         loaded.add_text(&file.display().to_string(), &text);
     }
-    if let Some(Warning::Document { source, message }) =
-        loaded.warnings.iter().find(|w| matches!(w, Warning::Document { .. }))
-    {
-        return Err(LoadError::Parse { origin: source.clone(), message: message.clone() });
-    }
-    if loaded.objects == 0 && !allow_empty {
-        return Err(LoadError::NoObjects(path.to_path_buf()));
-    }
+    loaded.complete(path, allow_empty)?;
     Ok(loaded)
 }
 
+/// [`load_path_with`], handing each usable object to `to` as it is parsed instead of keeping
+/// them: the source is read, then scanned whole (syntax and shape, nothing converted), and only
+/// when it would load is it parsed again with every object converted and handed over — so a
+/// source that does not parse hands over nothing, and no copy of all its objects is ever held.
+/// The returned [`Loaded`] has the warnings and counts, and an empty state.
+pub fn stream_path(
+    path: &Path,
+    allow_empty: bool,
+    to: impl FnMut(Object) + Send + Sync + 'static,
+) -> Result<Loaded, LoadError> {
+    let texts = read_source(path)?;
+    let lists = scan(path, &texts, allow_empty)?;
+    let mut loaded = Loaded { mode: Mode::Emit { lists, to: Box::new(to) }, ..Default::default() };
+    for (name, text) in &texts {
+        loaded.add_text(name, text);
+    }
+    loaded.mode = Mode::Store;
+    Ok(loaded)
+}
+
+/// Whether a source would load ([`load_path_with`]'s errors), from a scan alone: syntax, shape
+/// and whether it holds objects, nothing converted or kept (for a check at start).
+pub fn check_path(path: &Path, allow_empty: bool) -> Result<(), LoadError> {
+    scan(path, &read_source(path)?, allow_empty).map(drop)
+}
+
+/// The texts of a source's files (name, text), within [`MAX_MANIFEST_BYTES`].
+fn read_source(path: &Path) -> Result<Vec<(String, String)>, LoadError> {
+    let files = manifest_files(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    if files.is_empty() {
+        return Err(LoadError::Empty(path.to_path_buf()));
+    }
+    let mut total = 0u64;
+    let mut texts = Vec::with_capacity(files.len());
+    for file in &files {
+        total += fs::metadata(file).map_err(|source| LoadError::Io { path: file.clone(), source })?.len();
+        if total > MAX_MANIFEST_BYTES {
+            return Err(LoadError::TooLarge { path: path.to_path_buf(), bytes: total });
+        }
+        let text = fs::read_to_string(file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
+        texts.push((file.display().to_string(), text));
+    }
+    Ok(texts)
+}
+
+/// The first pass: every text parsed for syntax and shape (which top-level values are lists),
+/// objects counted, none converted.
+fn scan(path: &Path, texts: &[(String, String)], allow_empty: bool) -> Result<Vec<bool>, LoadError> {
+    let mut scan = Loaded { mode: Mode::Scan { lists: Vec::new() }, ..Default::default() };
+    for (name, text) in texts {
+        scan.add_text(name, text);
+    }
+    scan.complete(path, allow_empty)?;
+    match scan.mode {
+        Mode::Scan { lists } => Ok(lists),
+        _ => unreachable!("scan mode"),
+    }
+}
+
 impl Loaded {
+    /// Last good state wins: a document that did not parse fails the whole source; so does a
+    /// source without objects unless allowed.
+    fn complete(&self, path: &Path, allow_empty: bool) -> Result<(), LoadError> {
+        if let Some(Warning::Document { source, message }) =
+            self.warnings.iter().find(|w| matches!(w, Warning::Document { .. }))
+        {
+            return Err(LoadError::Parse { origin: source.clone(), message: message.clone() });
+        }
+        if self.objects == 0 && !allow_empty {
+            return Err(LoadError::NoObjects(path.to_path_buf()));
+        }
+        Ok(())
+    }
+
+    /// One usable object: kept, or handed over.
+    fn put(&mut self, o: Object) {
+        match &mut self.mode {
+            Mode::Emit { to, .. } => to(o),
+            _ => match o {
+                Object::Service(s) => self.state.upsert_service(s),
+                Object::Slice(s) => self.state.upsert_slice(s),
+                Object::Node(n) => self.state.upsert_node(n),
+                Object::ServiceCidr((name, cidrs)) => {
+                    self.state.service_cidr_objects.insert(name, cidrs);
+                }
+            },
+        }
+    }
+
+    /// Whether the next top-level value is a list, when a scan said so; counts it either way.
+    fn next_top_level(&mut self) -> (usize, Option<bool>) {
+        let i = self.top_level;
+        self.top_level += 1;
+        let known = match &self.mode {
+            Mode::Emit { lists, .. } => Some(lists.get(i).copied().unwrap_or(false)),
+            _ => None,
+        };
+        (i, known)
+    }
+
+    /// A scan records whether top-level value `i` was a list.
+    fn record_list(&mut self, i: usize, is_list: bool) {
+        if let Mode::Scan { lists } = &mut self.mode {
+            if lists.len() <= i {
+                lists.resize(i + 1, false);
+            }
+            lists[i] = is_list;
+        }
+    }
+
     /// Parses one file's text (YAML with `---` documents, or JSON with one or more values) and
     /// adds its objects.
     pub fn add_text(&mut self, source: &str, text: &str) {
@@ -158,7 +315,8 @@ impl Loaded {
                         .unwrap_or_default();
                     let message = e.to_string();
                     let message = message.split(" at line ").next().unwrap_or(&message).to_string();
-                    self.warnings.push(Warning::Document { source: format!("{source} (document {}{at})", i + 1), message })
+                    self.warnings
+                        .push(Warning::Document { source: format!("{source} (document {}{at})", i + 1), message })
                 }
             }
         }
@@ -166,16 +324,18 @@ impl Loaded {
 
     /// Adds what another Loaded holds, as if its objects had come after ours.
     fn absorb(&mut self, other: Loaded) {
-        let Loaded { mut state, warnings, skipped_services, ignored_objects, objects } = other;
+        let Loaded { mut state, warnings, skipped_services, ignored_objects, objects, .. } = other;
         for (_, svc) in std::mem::take(&mut state.services) {
-            self.state.upsert_service(svc);
+            self.put(Object::Service(svc));
         }
         for (_, node) in std::mem::take(&mut state.nodes) {
-            self.state.upsert_node(node);
+            self.put(Object::Node(node));
         }
-        self.state.service_cidr_objects.extend(std::mem::take(&mut state.service_cidr_objects));
+        for c in std::mem::take(&mut state.service_cidr_objects) {
+            self.put(Object::ServiceCidr(c));
+        }
         for slice in state.into_slices() {
-            self.state.upsert_slice(slice);
+            self.put(Object::Slice(slice));
         }
         self.warnings.extend(warnings);
         self.skipped_services.extend(skipped_services);
@@ -200,12 +360,15 @@ impl Loaded {
             return;
         }
         self.objects += 1;
+        if matches!(self.mode, Mode::Scan { .. }) {
+            return;
+        }
         let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         match (kind.as_str(), api_version) {
             ("Service", "v1") => {
                 if let Some(obj) = self.typed::<k8s_openapi::api::core::v1::Service>("Service", v) {
                     match convert::service(&obj) {
-                        Ok(Ok(svc)) => self.state.upsert_service(svc),
+                        Ok(Ok(svc)) => self.put(Object::Service(svc)),
                         Ok(Err(skip)) => self.skipped_services.push((convert::object_name(&obj.metadata), skip)),
                         Err(e) => self.warnings.push(Warning::Object(e)),
                     }
@@ -214,7 +377,7 @@ impl Loaded {
             ("EndpointSlice", "discovery.k8s.io/v1") => {
                 if let Some(obj) = self.typed::<k8s_openapi::api::discovery::v1::EndpointSlice>("EndpointSlice", v) {
                     match convert::endpoint_slice(&obj) {
-                        Ok(s) => self.state.upsert_slice(s),
+                        Ok(s) => self.put(Object::Slice(s)),
                         Err(e) => self.warnings.push(Warning::Object(e)),
                     }
                 }
@@ -222,7 +385,7 @@ impl Loaded {
             ("Node", "v1") => {
                 if let Some(obj) = self.typed::<k8s_openapi::api::core::v1::Node>("Node", v) {
                     match convert::node(&obj) {
-                        Ok(n) => self.state.upsert_node(n),
+                        Ok(n) => self.put(Object::Node(n)),
                         Err(e) => self.warnings.push(Warning::Object(e)),
                     }
                 }
@@ -230,9 +393,7 @@ impl Loaded {
             ("ServiceCIDR", "networking.k8s.io/v1") => {
                 if let Some(obj) = self.typed::<k8s_openapi::api::networking::v1::ServiceCIDR>("ServiceCIDR", v) {
                     match convert::service_cidr(&obj) {
-                        Ok((name, cidrs)) => {
-                            self.state.service_cidr_objects.insert(name, cidrs);
-                        }
+                        Ok(c) => self.put(Object::ServiceCidr(c)),
                         Err(e) => self.warnings.push(Warning::Object(e)),
                     }
                 }
@@ -272,7 +433,7 @@ impl Loaded {
 /// [`Loaded::add_value`]. A YAML document that is empty or `null` is no object (`skip_null`; a
 /// JSON `null` counts as one).
 fn add_document<'de, D: Deserializer<'de>>(loaded: &mut Loaded, de: D, skip_null: bool) -> Result<(), D::Error> {
-    match (Streamed { loaded: &mut *loaded, items: false }).deserialize(de)? {
+    match (Streamed { loaded: &mut *loaded, items: false, top: true }).deserialize(de)? {
         Some(Value::Null) if skip_null => {}
         Some(v) => loaded.add_value(v),
         None => {}
@@ -287,6 +448,9 @@ struct Streamed<'a> {
     loaded: &'a mut Loaded,
     /// Parsing the `items` field of an object.
     items: bool,
+    /// A top-level value (a document, or an element of a top-level array): a scan records
+    /// whether it is a list, a streaming parse is told.
+    top: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for Streamed<'_> {
@@ -304,7 +468,9 @@ impl<'de> Visitor<'de> for Streamed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
-        while let Some(v) = seq.next_element_seed(Streamed { loaded: &mut *self.loaded, items: false })? {
+        while let Some(v) =
+            seq.next_element_seed(Streamed { loaded: &mut *self.loaded, items: false, top: self.top })?
+        {
             if let Some(v) = v {
                 self.loaded.add_value(v);
             }
@@ -316,14 +482,37 @@ impl<'de> Visitor<'de> for Streamed<'_> {
         if self.items {
             return Value::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some);
         }
+        let (index, known) = if self.top { self.loaded.next_top_level() } else { (0, None) };
         let mut fields = serde_json::Map::new();
         // An `items` array, converted into a Loaded of its own: whether the object is a list is
-        // known only from `kind`, which kubectl prints after `items`.
+        // known only from `kind`, which kubectl prints after `items` — unless a scan of the same
+        // text said so, then the items go straight where objects go.
         let mut items: Option<Loaded> = None;
+        let mut streamed_items = false;
         while let Some(key) = map.next_key::<String>()? {
             if key == "items" {
+                match known {
+                    Some(true) => {
+                        match map.next_value_seed(Streamed { loaded: &mut *self.loaded, items: true, top: false })? {
+                            Some(v) => {
+                                fields.insert(key, v);
+                            }
+                            None => streamed_items = true,
+                        }
+                        continue;
+                    }
+                    Some(false) => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                    None => {}
+                }
+                let scanning = matches!(self.loaded.mode, Mode::Scan { .. });
                 let mut streamed = Loaded::default();
-                match map.next_value_seed(Streamed { loaded: &mut streamed, items: true })? {
+                if scanning {
+                    streamed.mode = Mode::Scan { lists: Vec::new() };
+                }
+                match map.next_value_seed(Streamed { loaded: &mut streamed, items: true, top: false })? {
                     Some(v) => {
                         fields.insert(key, v);
                         items = None;
@@ -339,10 +528,17 @@ impl<'de> Visitor<'de> for Streamed<'_> {
                 fields.insert(key, v);
             }
         }
+        if streamed_items {
+            return Ok(None);
+        }
         let kind = fields.get("kind").and_then(Value::as_str).unwrap_or("");
+        let is_list = items.is_some() && kind.ends_with("List");
+        if self.top {
+            self.loaded.record_list(index, is_list);
+        }
         match items {
             // The rule of `add_value`: `List`, or `…List` with items.
-            Some(items) if kind.ends_with("List") => self.loaded.absorb(items),
+            Some(items) if is_list => self.loaded.absorb(items),
             // Not a list: the object without its `items` (none of the kinds used has such a
             // field, and unknown fields are ignored).
             _ => self.loaded.add_value(Value::Object(fields)),

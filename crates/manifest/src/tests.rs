@@ -210,7 +210,8 @@ fn endpoint_of_the_wrong_family_is_reported() {
 #[test]
 fn a_syntax_error_anywhere_fails_the_whole_source_and_empty_needs_permission() {
     // Parsing text reports the broken document (the others still parse)…
-    let text = format!("{}---\napiVersion: v1\nkind: [unclosed\n", svc_yaml("{clusterIP: 10.0.0.1, ports: [{port: 80}]}"));
+    let text =
+        format!("{}---\napiVersion: v1\nkind: [unclosed\n", svc_yaml("{clusterIP: 10.0.0.1, ports: [{port: 80}]}"));
     let l = load(&text);
     assert!(matches!(&l.warnings[..], [Warning::Document { .. }]), "{:?}", l.warnings);
     // …but a source with one is not used at all: last good state wins (a half-written file

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex};
 
-use nftproxy_manifest::{LoadError, Loaded, Warning, load_path_with};
+use nftproxy_manifest::{LoadError, Loaded, Object, Warning, load_path_with, stream_path};
 use nftproxy_model::{ClusterState, IpFamily, NodeContext, resolve};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -665,6 +665,16 @@ proptest! {
             prop_assert_eq!(named(&from_text), named(&whole));
             prop_assert_eq!(&from_text.state, &whole.state);
             prop_assert_eq!(from_text.objects, whole.objects);
+
+            // Streamed (a scan, then each object handed over as it is parsed; `items` come
+            // before `kind` in these texts, as kubectl prints them): the same objects, the same
+            // warnings, nothing kept.
+            let (st, result) = streamed("json-docs", &text, true);
+            let l = result.expect("a JSON stream that loads");
+            prop_assert_eq!(&st, &whole.state);
+            prop_assert_eq!(named(&l), named(&whole));
+            prop_assert_eq!(l.objects, whole.objects);
+            prop_assert_eq!(&l.state, &ClusterState::default(), "nothing kept");
         }
     }
 }
@@ -963,6 +973,29 @@ fn scratch_file(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("knp-manifest-props-{}-{tag}.yaml", std::process::id()))
 }
 
+/// `stream_path` on `text` (written to a scratch file): the objects it handed over, upserted in
+/// order into a state as the tracker does, and what it returned.
+fn streamed(tag: &str, text: &str, allow_empty: bool) -> (ClusterState, Result<Loaded, LoadError>) {
+    let f = scratch_file(tag);
+    std::fs::write(&f, text).unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let result = stream_path(&f, allow_empty, move |o| sink.lock().unwrap().push(o));
+    std::fs::remove_file(&f).unwrap();
+    let mut st = ClusterState::default();
+    for o in std::mem::take(&mut *got.lock().unwrap()) {
+        match o {
+            Object::Service(s) => st.upsert_service(s),
+            Object::Slice(s) => st.upsert_slice(s),
+            Object::Node(n) => st.upsert_node(n),
+            Object::ServiceCidr((name, cidrs)) => {
+                st.service_cidr_objects.insert(name, cidrs);
+            }
+        }
+    }
+    (st, result)
+}
+
 proptest! {
     #![proptest_config(config(512))]
 
@@ -1012,6 +1045,17 @@ proptest! {
                 Err(LoadError::NoObjects(_)) => prop_assert!(!document_error && l.objects == 0 && !allow_empty),
                 Err(e) => return Err(TestCaseError::fail(format!("unexpected {e}"))),
             }
+            // Streamed: the same objects when it loads; nothing at all handed over when not.
+            let (st, streamed) = streamed("truncated-streamed", part, allow_empty);
+            match (streamed, load_path_with(&{ let f = scratch_file("again"); std::fs::write(&f, part).unwrap(); f }, allow_empty)) {
+                (Ok(_), Ok(loaded)) => prop_assert_eq!(&st, &loaded.state),
+                (Err(a), Err(b)) => {
+                    prop_assert_eq!(a.to_string().replace("truncated-streamed", "again"), b.to_string());
+                    prop_assert_eq!(&st, &ClusterState::default(), "a source that does not load hands over nothing");
+                }
+                (a, b) => return Err(TestCaseError::fail(format!("stream {a:?} vs load {b:?}"))),
+            }
+            let _ = std::fs::remove_file(scratch_file("again"));
         }
     }
 }

@@ -6,17 +6,32 @@ use ipnet::IpNet;
 
 use crate::{EndpointSlice, Node, Service, ServiceName};
 
+/// The kinds of objects a source lists whole (at start, and again after a watch lost track).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ListedKind {
+    Services,
+    EndpointSlices,
+    ServiceCidrs,
+}
+
 /// What a source (the Kubernetes API, or manifests) told us, already in the model's terms: the
 /// change tracker's only input.
+///
+/// A (re)list streams: `ListStarted(kind)`, each object of the list as an `…Applied` event (an
+/// unusable one as a `Warning`), then `ListDone(kind)`, after which what the list did not hold is
+/// gone. No source keeps a list of all objects to send at once (a copy of the cluster beside
+/// the tracker's own was the memory peak of every relist and manifest reload), and the tracker
+/// holds syncs back while a list is under way, so that no sync sees half a relist.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceEvent {
-    /// Every Service, after a (re)list. Replaces what came before.
-    ServicesListed(Vec<Service>),
+    /// A list of `kind` begins: its objects follow.
+    ListStarted(ListedKind),
+    /// The list of `kind` is complete: objects of that kind it did not hold are deleted.
+    ListDone(ListedKind),
     ServiceApplied(Service),
     /// Deleted, or changed into something the proxy does not program (ExternalName, another
     /// proxy's label, headless, unusable).
     ServiceDeleted(ServiceName),
-    SlicesListed(Vec<EndpointSlice>),
     SliceApplied(EndpointSlice),
     SliceDeleted {
         namespace: String,
@@ -27,8 +42,6 @@ pub enum SourceEvent {
         node: Option<Node>,
         eligible: bool,
     },
-    /// Every `networking.k8s.io/v1` ServiceCIDR (name, `spec.cidrs`), after a (re)list.
-    ServiceCidrsListed(Vec<(String, Vec<IpNet>)>),
     ServiceCidrApplied((String, Vec<IpNet>)),
     ServiceCidrDeleted(String),
     /// This node's interface addresses may have changed (rtnetlink told us): look again.
@@ -45,3 +58,12 @@ pub enum SourceEvent {
     },
 }
 
+impl SourceEvent {
+    /// A whole list of `kind` as events: `ListStarted`, the objects, `ListDone`.
+    pub fn list(kind: ListedKind, objects: impl IntoIterator<Item = SourceEvent>) -> Vec<SourceEvent> {
+        let mut v = vec![SourceEvent::ListStarted(kind)];
+        v.extend(objects);
+        v.push(SourceEvent::ListDone(kind));
+        v
+    }
+}

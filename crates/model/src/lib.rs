@@ -14,7 +14,7 @@ mod resolve;
 mod types;
 
 pub use cluster::ClusterState;
-pub use event::SourceEvent;
+pub use event::{ListedKind, SourceEvent};
 pub use resolve::{
     EndpointChoice, Frontend, FrontendKind, ResolvedEndpoint, ResolvedServicePort, resolve, resolve_service,
 };

@@ -432,7 +432,8 @@ impl NodeContext {
     /// kube-proxy's local-traffic detector for a family (`getLocalDetectors`): the first CIDR
     /// of that family (cluster or node pod CIDRs), or the interface match.
     pub fn local_traffic(&self, family: IpFamily) -> LocalTraffic {
-        let first = |nets: &[IpNet]| nets.iter().find(|n| IpFamily::of_net(n) == family).map(|n| LocalTraffic::Cidr(*n));
+        let first =
+            |nets: &[IpNet]| nets.iter().find(|n| IpFamily::of_net(n) == family).map(|n| LocalTraffic::Cidr(*n));
         match &self.detect_local {
             DetectLocalMode::ClusterCidr => first(&self.cluster_cidrs),
             DetectLocalMode::NodeCidr => first(&self.pod_cidrs),
@@ -467,7 +468,9 @@ impl NodeContext {
                 // kube-proxy turns `primary` into the primary node IP's /32 (/128) and then keeps
                 // the interface addresses inside it.
                 let primary = self.primary_node_ip(family);
-                NodePortIps::Ips(primary.filter(|p| self.local_addresses.is_none() || locals.contains(p)).into_iter().collect())
+                NodePortIps::Ips(
+                    primary.filter(|p| self.local_addresses.is_none() || locals.contains(p)).into_iter().collect(),
+                )
             }
             NodePortAddresses::Cidrs(cidrs) => {
                 let of_family: Vec<&IpNet> = cidrs.iter().filter(|n| IpFamily::of_net(n) == family).collect();

@@ -410,7 +410,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     rt.block_on(async move {
         let source = match &settings.from {
             Some(path) => {
-                nftproxy_manifest::load_path_with(path, args.allow_empty_manifests)
+                // Refused at start if it would not load (a scan: nothing is converted or kept).
+                nftproxy_manifest::check_path(path, args.allow_empty_manifests)
                     .with_context(|| format!("--from {}", path.display()))?;
                 Source::Manifests(path.clone(), Duration::from_secs(1), args.allow_empty_manifests)
             }
