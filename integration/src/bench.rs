@@ -64,7 +64,7 @@ pub fn add_service(st: &mut ClusterState, i: u32, e: u32, shift: u32) {
         .collect();
     st.upsert_slice(EndpointSlice {
         namespace: "bench".into(),
-        name: format!("svc-{i}-1"),
+        name: format!("svc-{i}-1").into(),
         service: name,
         address_type: AddressType::IPv4,
         endpoints,

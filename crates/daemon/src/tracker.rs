@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nftproxy_model::{ClusterState, EndpointSlice, ListedKind, Node, Service, ServiceName, SourceEvent};
+use nftproxy_model::{ClusterState, EndpointSlice, ListedKind, Name, Node, Service, ServiceName, SourceEvent};
 
 /// What the next sync has to do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct ChangeTracker {
     /// Lists under way: what each has held so far (ServiceCIDRs whole: a handful, applied as
     /// one change at the end, since they are part of the node context).
     listing_services: Option<BTreeSet<ServiceName>>,
-    listing_slices: Option<BTreeSet<(String, String)>>,
+    listing_slices: Option<BTreeSet<(Name, Name)>>,
     listing_cidrs: Option<BTreeMap<String, Vec<ipnet::IpNet>>>,
     /// Counters for kube-proxy's `…_changes_total` metrics.
     pub service_changes_total: u64,
@@ -139,7 +139,7 @@ impl ChangeTracker {
             }
             ListedKind::EndpointSlices => {
                 let seen = self.listing_slices.take().unwrap_or_default();
-                let gone: Vec<(String, String)> =
+                let gone: Vec<(Name, Name)> =
                     self.state.slices().keys().filter(|k| !seen.contains(*k)).cloned().collect();
                 for (ns, name) in gone {
                     changed |= self.slice_deleted(&ns, &name);

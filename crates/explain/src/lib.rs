@@ -136,7 +136,7 @@ fn candidates(eps: &[ResolvedEndpoint], f: &Flow) -> Vec<Candidate> {
     eps.iter()
         .map(|e| Candidate {
             endpoint: join_host_port(&e.ip, e.port),
-            node: e.node_name.clone(),
+            node: e.node_name.as_deref().map(str::to_string),
             local: e.is_local,
             terminating: e.terminating,
             probability: 1.0 / n,

@@ -147,22 +147,9 @@ pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
 
 /// [`load_path`], optionally accepting a source without objects as "no Services".
 pub fn load_path_with(path: &Path, allow_empty: bool) -> Result<Loaded, LoadError> {
-    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
-    let files = manifest_files(path).map_err(io)?;
-    if files.is_empty() {
-        return Err(LoadError::Empty(path.to_path_buf()));
-    }
-    let mut total = 0u64;
-    for file in &files {
-        total += fs::metadata(file).map_err(|source| LoadError::Io { path: file.clone(), source })?.len();
-        if total > MAX_MANIFEST_BYTES {
-            return Err(LoadError::TooLarge { path: path.to_path_buf(), bytes: total });
-        }
-    }
     let mut loaded = Loaded::default();
-    for file in files {
-        let text = fs::read_to_string(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
-        loaded.add_text(&file.display().to_string(), &text);
+    for f in read_source(path)? {
+        f.add_to(&mut loaded)?;
     }
     loaded.complete(path, allow_empty)?;
     Ok(loaded)
@@ -178,11 +165,11 @@ pub fn stream_path(
     allow_empty: bool,
     to: impl FnMut(Object) + Send + Sync + 'static,
 ) -> Result<Loaded, LoadError> {
-    let texts = read_source(path)?;
-    let lists = scan(path, &texts, allow_empty)?;
+    let files = read_source(path)?;
+    let lists = scan(path, &files, allow_empty)?;
     let mut loaded = Loaded { mode: Mode::Emit { lists, to: Box::new(to) }, ..Default::default() };
-    for (name, text) in &texts {
-        loaded.add_text(name, text);
+    for f in &files {
+        f.add_to(&mut loaded)?;
     }
     loaded.mode = Mode::Store;
     Ok(loaded)
@@ -194,31 +181,79 @@ pub fn check_path(path: &Path, allow_empty: bool) -> Result<(), LoadError> {
     scan(path, &read_source(path)?, allow_empty).map(drop)
 }
 
-/// The texts of a source's files (name, text), within [`MAX_MANIFEST_BYTES`].
-fn read_source(path: &Path) -> Result<Vec<(String, String)>, LoadError> {
+/// One file of a source, ready to be parsed once or twice: JSON from the open file as it is
+/// read (its text is never held whole: 68 MB at 50k Services × 10; a second pass reads the same
+/// open file again, so a rename over it in between changes nothing), YAML as text (its
+/// documents are split on lines).
+enum SourceFile {
+    Json { name: String, file: fs::File },
+    Text { name: String, text: String },
+}
+
+impl SourceFile {
+    fn open(path: &Path) -> Result<SourceFile, LoadError> {
+        use std::io::{Read, Seek};
+        let io = |source| LoadError::Io { path: path.to_path_buf(), source };
+        let name = path.display().to_string();
+        let mut file = fs::File::open(path).map_err(io)?;
+        // The first byte that is not ASCII whitespace says JSON ('{', '['), as in `add_text`.
+        let mut head = [0u8; 4096];
+        let first = loop {
+            let n = file.read(&mut head).map_err(io)?;
+            if n == 0 {
+                break None;
+            }
+            if let Some(b) = head[..n].iter().find(|b| !b.is_ascii_whitespace()) {
+                break Some(*b);
+            }
+        };
+        file.rewind().map_err(io)?;
+        if matches!(first, Some(b'{' | b'[')) {
+            return Ok(SourceFile::Json { name, file });
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io)?;
+        Ok(SourceFile::Text { name, text })
+    }
+
+    /// Parses the whole file into `loaded`.
+    fn add_to(&self, loaded: &mut Loaded) -> Result<(), LoadError> {
+        use std::io::Seek;
+        match self {
+            SourceFile::Text { name, text } => loaded.add_text(name, text),
+            SourceFile::Json { name, file } => {
+                let mut f = file;
+                f.rewind().map_err(|source| LoadError::Io { path: name.into(), source })?;
+                let reader = std::io::BufReader::with_capacity(1 << 16, f);
+                loaded.add_json(name, serde_json::Deserializer::from_reader(reader));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The files of a source, opened, within [`MAX_MANIFEST_BYTES`].
+fn read_source(path: &Path) -> Result<Vec<SourceFile>, LoadError> {
     let files = manifest_files(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
     if files.is_empty() {
         return Err(LoadError::Empty(path.to_path_buf()));
     }
     let mut total = 0u64;
-    let mut texts = Vec::with_capacity(files.len());
     for file in &files {
         total += fs::metadata(file).map_err(|source| LoadError::Io { path: file.clone(), source })?.len();
         if total > MAX_MANIFEST_BYTES {
             return Err(LoadError::TooLarge { path: path.to_path_buf(), bytes: total });
         }
-        let text = fs::read_to_string(file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
-        texts.push((file.display().to_string(), text));
     }
-    Ok(texts)
+    files.iter().map(|f| SourceFile::open(f)).collect()
 }
 
 /// The first pass: every text parsed for syntax and shape (which top-level values are lists),
 /// objects counted, none converted.
-fn scan(path: &Path, texts: &[(String, String)], allow_empty: bool) -> Result<Vec<bool>, LoadError> {
+fn scan(path: &Path, files: &[SourceFile], allow_empty: bool) -> Result<Vec<bool>, LoadError> {
     let mut scan = Loaded { mode: Mode::Scan { lists: Vec::new() }, ..Default::default() };
-    for (name, text) in texts {
-        scan.add_text(name, text);
+    for f in files {
+        f.add_to(&mut scan)?;
     }
     scan.complete(path, allow_empty)?;
     match scan.mode {
@@ -283,20 +318,7 @@ impl Loaded {
     pub fn add_text(&mut self, source: &str, text: &str) {
         let trimmed = text.trim_start();
         if trimmed.starts_with('{') || trimmed.starts_with('[') {
-            let mut de = serde_json::Deserializer::from_str(text);
-            for i in 0.. {
-                if de.end().is_ok() {
-                    break; // only whitespace left
-                }
-                if let Err(e) = add_document(self, &mut de, false) {
-                    // serde_json's message ends with the line and column in the whole text.
-                    self.warnings.push(Warning::Document {
-                        source: format!("{source} (JSON value {})", i + 1),
-                        message: e.to_string(),
-                    });
-                    break; // the stream cannot be resynchronised after a syntax error
-                }
-            }
+            self.add_json(source, serde_json::Deserializer::from_str(text));
             return;
         }
         // Documents are split on `---` lines here rather than by serde_yaml's multi-document
@@ -318,6 +340,23 @@ impl Loaded {
                     self.warnings
                         .push(Warning::Document { source: format!("{source} (document {}{at})", i + 1), message })
                 }
+            }
+        }
+    }
+
+    /// Adds every JSON value of a stream (a text, or a file read as it is parsed).
+    fn add_json<'de, R: serde_json::de::Read<'de>>(&mut self, source: &str, mut de: serde_json::Deserializer<R>) {
+        for i in 0.. {
+            if de.end().is_ok() {
+                break; // only whitespace left
+            }
+            if let Err(e) = add_document(self, &mut de, false) {
+                // serde_json's message ends with the line and column in the whole text.
+                self.warnings.push(Warning::Document {
+                    source: format!("{source} (JSON value {})", i + 1),
+                    message: e.to_string(),
+                });
+                break; // the stream cannot be resynchronised after a syntax error
             }
         }
     }

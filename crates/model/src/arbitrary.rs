@@ -355,7 +355,7 @@ fn build(raw: Vec<RawService>, with_service_cidrs: bool) -> GeneratedCluster {
             } else {
                 TargetPort::Name(port_name.clone())
             };
-            ports.push(ServicePort { name: port_name, protocol, port, node_port, target_port });
+            ports.push(ServicePort { name: port_name.into(), protocol, port, node_port, target_port });
         }
         let is_lb = r.service_type == ServiceType::LoadBalancer;
         let external_local = r.external_local;
@@ -407,7 +407,7 @@ fn build(raw: Vec<RawService>, with_service_cidrs: bool) -> GeneratedCluster {
                     } else {
                         sp.protocol
                     };
-                    let name = if other_name { "other".to_string() } else { sp.name.clone() };
+                    let name: crate::Name = if other_name { "other".into() } else { sp.name.clone() };
                     // The API: a port name once per slice.
                     if !eports.iter().any(|p| p.name == name && p.protocol == protocol) {
                         eports.push(EndpointPort { name, protocol, port: number });
@@ -426,8 +426,8 @@ fn build(raw: Vec<RawService>, with_service_cidrs: bool) -> GeneratedCluster {
                     ready: e.ready,
                     serving: e.serving,
                     terminating: e.terminating,
-                    node_name: e.node_name,
-                    zone: e.zone,
+                    node_name: e.node_name.map(Into::into),
+                    zone: e.zone.map(Into::into),
                     zone_hints: e.zone_hints,
                     node_hints: e.node_hints,
                 })
@@ -437,8 +437,8 @@ fn build(raw: Vec<RawService>, with_service_cidrs: bool) -> GeneratedCluster {
             let service =
                 if rs.orphan { ServiceName::new(namespace.clone(), format!("ghost{i}")) } else { name.clone() };
             slices.push(EndpointSlice {
-                namespace: namespace.clone(),
-                name: format!("{}-{k}", name.name),
+                namespace: namespace.clone().into(),
+                name: format!("{}-{k}", name.name).into(),
                 service,
                 address_type,
                 endpoints,

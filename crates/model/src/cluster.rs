@@ -11,12 +11,12 @@ pub struct ClusterState {
     pub services: BTreeMap<ServiceName, Service>,
     /// Keyed by (namespace, slice name). Private: [`ClusterState::upsert_slice`] keeps the index
     /// below in step.
-    slices: BTreeMap<(String, String), EndpointSlice>,
+    slices: BTreeMap<(Name, Name), EndpointSlice>,
     /// The slices of each Service: resolving a service must not scan its whole namespace (10,000
     /// services in one namespace made that O(n²)). Keys into `slices`, sorted, held whole so that
     /// a lookup (every resolve) allocates nothing. A list, not a set: a Service has one slice or
     /// a few, and a BTreeSet allocates a whole node (~560 bytes) for its first one.
-    slices_by_service: BTreeMap<ServiceName, Vec<(String, String)>>,
+    slices_by_service: BTreeMap<ServiceName, Vec<(Name, Name)>>,
     pub nodes: BTreeMap<String, Node>,
     /// `networking.k8s.io/v1` ServiceCIDR objects: name → `spec.cidrs`.
     pub service_cidr_objects: BTreeMap<String, Vec<ipnet::IpNet>>,
@@ -51,12 +51,12 @@ impl ClusterState {
         }
     }
     pub fn remove_slice(&mut self, namespace: &str, name: &str) -> Option<EndpointSlice> {
-        let key = (namespace.to_string(), name.to_string());
+        let key = (Name::from(namespace), Name::from(name));
         let old = self.slices.remove(&key)?;
         self.unindex(&old.service, &key);
         Some(old)
     }
-    fn unindex(&mut self, svc: &ServiceName, key: &(String, String)) {
+    fn unindex(&mut self, svc: &ServiceName, key: &(Name, Name)) {
         if let Some(keys) = self.slices_by_service.get_mut(svc) {
             if let Ok(at) = keys.binary_search(key) {
                 keys.remove(at);
@@ -71,7 +71,7 @@ impl ClusterState {
         self.slices.into_values()
     }
     /// Every slice, keyed by (namespace, name).
-    pub fn slices(&self) -> &BTreeMap<(String, String), EndpointSlice> {
+    pub fn slices(&self) -> &BTreeMap<(Name, Name), EndpointSlice> {
         &self.slices
     }
     /// Every CIDR of every ServiceCIDR object, deduplicated and ordered.

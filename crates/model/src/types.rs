@@ -89,15 +89,20 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// A Kubernetes name (namespace, object, node, zone, port name): stored inline up to 24 bytes,
+/// which every generated name and most hand-written ones are, so the model's many copies of
+/// names cost no heap allocation (`compact_str`).
+pub type Name = compact_str::CompactString;
+
 /// `namespace/name` of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ServiceName {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Name,
 }
 
 impl ServiceName {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Name>, name: impl Into<Name>) -> Self {
         ServiceName { namespace: namespace.into(), name: name.into() }
     }
 }
@@ -113,7 +118,7 @@ impl fmt::Display for ServiceName {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ServicePortName {
     pub service: ServiceName,
-    pub port: String,
+    pub port: Name,
     pub protocol: Protocol,
 }
 
@@ -159,7 +164,7 @@ impl fmt::Display for TargetPort {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServicePort {
-    pub name: String,
+    pub name: Name,
     pub protocol: Protocol,
     pub port: u16,
     pub node_port: Option<u16>,
@@ -223,8 +228,8 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
+    pub node_name: Option<Name>,
+    pub zone: Option<Name>,
     pub zone_hints: BTreeSet<String>,
     pub node_hints: BTreeSet<String>,
 }
@@ -232,15 +237,15 @@ pub struct Endpoint {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EndpointPort {
     /// Empty for an unnamed port (matches an unnamed Service port).
-    pub name: String,
+    pub name: Name,
     pub protocol: Protocol,
     pub port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EndpointSlice {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Name,
     /// From the `kubernetes.io/service-name` label.
     pub service: ServiceName,
     pub address_type: AddressType,
