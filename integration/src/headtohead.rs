@@ -355,7 +355,7 @@ pub fn measure(c: &mut Cluster, p: Proxy, ours_bin: &Path, deadline: Duration, s
     let before = sync_metric(&lab);
     for k in 0..samples {
         let name = format!("plus{k}");
-        let ip = format!("10.96.255.{}", 240 + k);
+        let ip = probe_ip(k);
         let (svc, slice) = probe_service(&name, &ip, 2);
         feed.put(c, svc, true);
         feed.put(c, slice, true);
@@ -390,7 +390,7 @@ pub fn measure(c: &mut Cluster, p: Proxy, ours_bin: &Path, deadline: Duration, s
     }
     // Put the cluster back: no extra Services, the late one on ep1.
     for k in 0..samples {
-        let (svc, slice) = probe_service(&format!("plus{k}"), &format!("10.96.255.{}", 240 + k), 2);
+        let (svc, slice) = probe_service(&format!("plus{k}"), &probe_ip(k), 2);
         c.cp.delete(&slice);
         c.cp.delete(&svc);
     }
@@ -408,11 +408,27 @@ fn finish(f: &mut Figures, r: &Running) {
     f.peak_tree_rss_mib = r.peak_tree_kb.load(Ordering::Relaxed) as f64 / 1024.0;
 }
 
+/// The ClusterIP of the `k`-th +1 Service: in the API server's service range
+/// (`control_plane::SERVICE_CIDR`, 10.96.0.0/16), above the loaded Services' (from 10.96.1.0 up:
+/// 10.96.196.80 at 50k) and below the late Service's 10.96.255.250: up to 1,250 samples.
+fn probe_ip(k: usize) -> String {
+    assert!(k < 1250, "at most 1,250 +1 Service samples");
+    format!("10.96.{}.{}", 250 + k / 250, k % 250 + 1)
+}
+
 /// The median of a sample, for tables.
 pub fn median(v: &[Duration]) -> Option<Duration> {
     let mut v = v.to_vec();
     v.sort();
     v.get(v.len() / 2).copied()
+}
+
+/// The `p`-th percentile of a sample (nearest rank).
+pub fn percentile(v: &[Duration], p: usize) -> Option<Duration> {
+    let mut v = v.to_vec();
+    v.sort();
+    let rank = (v.len() * p).div_ceil(100).max(1);
+    v.get(rank - 1).copied()
 }
 
 /// Every proxy at every size, as a markdown table.
@@ -487,7 +503,7 @@ pub fn run(
     );
     let _ = writeln!(
         md,
-        "| services × endpoints | proxy | peak RSS | steady RSS (1 s after the last change) | peak RSS with children | cold start | +1 Service (change → traffic) |"
+        "| services × endpoints | proxy | peak RSS | steady RSS (1 s after the last change) | peak RSS with children | cold start | +1 Service (change → traffic), median / p99 |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     let mut rows: Vec<_> = results.iter().collect();
@@ -501,7 +517,7 @@ pub fn run(
             f.peak_rss_mib,
             f.steady_rss_mib,
             f.peak_tree_rss_mib,
-            ms(median(&f.plus_one)),
+            format!("{} / {}", ms(median(&f.plus_one)), ms(percentile(&f.plus_one, 99))),
         );
     }
     let _ = writeln!(
@@ -509,4 +525,21 @@ pub fn run(
         "\nStandalone: the same objects in one JSON `kind: List` file, each change written whole and renamed into place; the daemon polls the file every second, which bounds its +1 Service figure."
     );
     md
+}
+
+#[cfg(test)]
+mod percentile_tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 99), Some(Duration::from_millis(99)));
+        assert_eq!(percentile(&v, 50), Some(Duration::from_millis(50)));
+        assert_eq!(percentile(&v[..3], 99), Some(Duration::from_millis(100)), "few samples: the largest");
+        assert_eq!(percentile(&[], 99), None);
+        assert_ne!(probe_ip(0), probe_ip(250));
+        assert_eq!(probe_ip(250), "10.96.251.1");
+        assert_eq!(probe_ip(1249), "10.96.254.250", "below the late Service's 10.96.255.250");
+    }
 }
