@@ -18,7 +18,8 @@ fn main() {
     let path = std::env::args().nth(1).expect("a manifest file");
     let base = in_use_bytes().unwrap_or(0);
     let loaded = nftproxy_manifest::load_path(Path::new(&path)).expect("loads");
-    let state = loaded.state;
+    let mut state = loaded.state;
+    state.compact();
     let after_state = in_use_bytes().unwrap_or(0);
     let ctx = NodeContext {
         node_name: "node-a".into(),

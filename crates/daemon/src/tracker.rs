@@ -126,6 +126,15 @@ impl ChangeTracker {
     /// The end of a list: what it did not hold is deleted; the first one of a kind completes
     /// the picture the first sync waits for.
     fn list_done(&mut self, kind: ListedKind) -> bool {
+        let changed = self.apply_list_done(kind);
+        if matches!(kind, ListedKind::Services | ListedKind::EndpointSlices) {
+            // A whole list went in object by object: its maps are rebuilt full.
+            self.state.compact();
+        }
+        changed
+    }
+
+    fn apply_list_done(&mut self, kind: ListedKind) -> bool {
         let mut changed = false;
         match kind {
             ListedKind::Services => {

@@ -50,6 +50,15 @@ impl ClusterState {
             }
         }
     }
+    /// Rebuilds the maps from their own sorted contents, which fills their B-tree nodes (objects
+    /// inserted one by one leave them half to two-thirds full). For after a complete list: at
+    /// 50k Services × 10 endpoints the state went from 137 to 115 MiB (`mem_breakdown`).
+    pub fn compact(&mut self) {
+        self.services = std::mem::take(&mut self.services).into_iter().collect();
+        self.slices = std::mem::take(&mut self.slices).into_iter().collect();
+        self.slices_by_service = std::mem::take(&mut self.slices_by_service).into_iter().collect();
+    }
+
     pub fn remove_slice(&mut self, namespace: &str, name: &str) -> Option<EndpointSlice> {
         let key = (Name::from(namespace), Name::from(name));
         let old = self.slices.remove(&key)?;

@@ -110,6 +110,14 @@ impl Table {
             let idx = t.add(frag, None);
             t.fragments.insert(svc, idx);
         }
+        // Elements arrive Service by Service, in no order of their keys, which leaves the maps'
+        // B-tree nodes about two-thirds full. Rebuilt from their own sorted iteration they are
+        // built full (bulk build): at 50k Services × 10, 1.1 M elements, the mirror went from
+        // 237 to 152 bytes per element, 249 to 159 MiB (`mem_breakdown`). One set at a time, so
+        // the transient is at most about one set.
+        for m in t.table.elements.values_mut() {
+            *m = std::mem::take(m).into_iter().collect();
+        }
         t.rebuild_slotted(None);
         t
     }
