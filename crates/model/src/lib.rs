@@ -13,7 +13,7 @@ mod event;
 mod resolve;
 mod types;
 
-pub use cluster::ClusterState;
+pub use cluster::{ClusterState, compact_map};
 pub use event::{ListedKind, SourceEvent};
 pub use resolve::{
     EndpointChoice, Frontend, FrontendKind, ResolvedEndpoint, ResolvedServicePort, resolve, resolve_service,
