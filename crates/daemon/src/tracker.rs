@@ -43,11 +43,11 @@ pub struct ChangeTracker {
 
 impl ChangeTracker {
     /// The first sync waits for complete lists of Services and EndpointSlices (and the Node
-    /// lookup), so a restart never programs a half-empty ruleset; and no sync runs while a list
-    /// is under way, so none programs half a relist.
+    /// lookup), so a restart never programs a half-empty ruleset. Later relists do not hold
+    /// syncs back: what a relist has not reached yet is still there in its old version (only
+    /// `ListDone` deletes), and a relist cut short by an API outage must not stop drift repair.
     pub fn ready(&self) -> bool {
-        let listing = self.listing_services.is_some() || self.listing_slices.is_some() || self.listing_cidrs.is_some();
-        self.services_synced && self.slices_synced && self.node_synced && !listing
+        self.services_synced && self.slices_synced && self.node_synced
     }
 
     /// Whether anything waits for a sync.
@@ -310,7 +310,7 @@ ports: [{port: 8080}]
         assert!(!t.ready());
         let mut slices = slices.into_iter();
         t.apply(slices.next().unwrap());
-        assert!(!t.ready(), "a list under way");
+        assert!(!t.ready(), "the first list of slices is not complete yet");
         slices.for_each(|e| _ = t.apply(e));
         assert!(t.ready());
         let c = t.take();
@@ -332,6 +332,10 @@ ports: [{port: 8080}]
             t.apply(e);
         }
         assert!(!t.pending());
+        // A relist under way holds nothing back: every object is there until the list ends.
+        t.apply(SourceEvent::ListStarted(ListedKind::Services));
+        assert!(t.ready(), "a relist does not stop syncs");
+        assert_eq!(t.state, state);
         // A relist that misses service b and slice a-1 (deleted while disconnected).
         let mut smaller = state.clone();
         smaller.remove_service(&ServiceName::new("ns", "b"));

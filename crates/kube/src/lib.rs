@@ -6,8 +6,9 @@
 //! A (re)list streams as it arrives: kube-rs's `Init` is `ListStarted`, each `InitApply` the
 //! object's `…Applied` event, `InitDone` is `ListDone` (what the list lacked is gone). Nothing
 //! is buffered here (a buffer of the whole list was a second copy of the cluster at every
-//! relist); the tracker holds syncs back until the list is done, so neither the first sync nor a
-//! relist after `410 Gone` ever sees a half-empty cluster.
+//! relist); the tracker deletes only at the list's end and holds the first sync until the first
+//! lists are complete, so neither the first sync nor a relist after `410 Gone` ever sees a
+//! half-empty cluster.
 
 use std::path::Path;
 use std::time::Duration;

@@ -20,8 +20,10 @@ pub enum ListedKind {
 /// A (re)list streams: `ListStarted(kind)`, each object of the list as an `…Applied` event (an
 /// unusable one as a `Warning`), then `ListDone(kind)`, after which what the list did not hold is
 /// gone. No source keeps a list of all objects to send at once (a copy of the cluster beside
-/// the tracker's own was the memory peak of every relist and manifest reload), and the tracker
-/// holds syncs back while a list is under way, so that no sync sees half a relist.
+/// the tracker's own was the memory peak of every relist and manifest reload). Deletions wait
+/// for `ListDone`, so a sync during a relist sees every object, in its old or its new version
+/// (as it would from watch events), never a half-empty cluster; the first sync waits for the
+/// first complete lists.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceEvent {
     /// A list of `kind` begins: its objects follow.
