@@ -1,7 +1,6 @@
 //! Shared pieces of the benchmarks: synthetic clusters, kube-proxy's nftables ruleset shape as
 //! `nft` commands, bounded child processes, and statistics.
 
-use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
@@ -58,8 +57,8 @@ pub fn add_service(st: &mut ClusterState, i: u32, e: u32, shift: u32) {
             terminating: false,
             node_name: Some("node-b".into()),
             zone: None,
-            zone_hints: BTreeSet::new(),
-            node_hints: BTreeSet::new(),
+            zone_hints: Default::default(),
+            node_hints: Default::default(),
         })
         .collect();
     st.upsert_slice(EndpointSlice {

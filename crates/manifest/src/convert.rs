@@ -1,7 +1,6 @@
 //! k8s-openapi objects → service model, validating every field the proxy uses. Shared by the
 //! manifest loader and the Kubernetes watcher. Pure: no I/O.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -323,11 +322,11 @@ pub fn endpoint_slice(es: &discovery::EndpointSlice) -> Result<EndpointSlice, Ob
                 zone_hints: hints
                     .and_then(|h| h.for_zones.as_ref())
                     .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                    .unwrap_or_else(BTreeSet::new),
+                    .unwrap_or_default(),
                 node_hints: hints
                     .and_then(|h| h.for_nodes.as_ref())
                     .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                    .unwrap_or_else(BTreeSet::new),
+                    .unwrap_or_default(),
             });
         }
     }

@@ -428,8 +428,8 @@ fn build(raw: Vec<RawService>, with_service_cidrs: bool) -> GeneratedCluster {
                     terminating: e.terminating,
                     node_name: e.node_name.map(Into::into),
                     zone: e.zone.map(Into::into),
-                    zone_hints: e.zone_hints,
-                    node_hints: e.node_hints,
+                    zone_hints: e.zone_hints.into(),
+                    node_hints: e.node_hints.into(),
                 })
                 // An FQDN slice's endpoints are not addresses; the converter keeps none.
                 .filter(|_| address_type != AddressType::Fqdn)

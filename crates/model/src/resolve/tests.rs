@@ -1,4 +1,3 @@
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use super::*;
@@ -45,8 +44,8 @@ fn ep(ip: &str, node: &str) -> Endpoint {
         terminating: false,
         node_name: Some(node.into()),
         zone: None,
-        zone_hints: BTreeSet::new(),
-        node_hints: BTreeSet::new(),
+        zone_hints: Default::default(),
+        node_hints: Default::default(),
     }
 }
 
