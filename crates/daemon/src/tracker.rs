@@ -126,15 +126,6 @@ impl ChangeTracker {
     /// The end of a list: what it did not hold is deleted; the first one of a kind completes
     /// the picture the first sync waits for.
     fn list_done(&mut self, kind: ListedKind) -> bool {
-        let changed = self.apply_list_done(kind);
-        if matches!(kind, ListedKind::Services | ListedKind::EndpointSlices) {
-            // A whole list went in object by object: its maps are rebuilt full.
-            self.state.compact();
-        }
-        changed
-    }
-
-    fn apply_list_done(&mut self, kind: ListedKind) -> bool {
         let mut changed = false;
         match kind {
             ListedKind::Services => {
@@ -145,6 +136,8 @@ impl ChangeTracker {
                     changed |= self.service_deleted(&name);
                 }
                 self.services_synced = true;
+                // A whole list went in object by object: its map is rebuilt full.
+                self.state.compact_services();
             }
             ListedKind::EndpointSlices => {
                 let seen = self.listing_slices.take().unwrap_or_default();
@@ -154,6 +147,7 @@ impl ChangeTracker {
                     changed |= self.slice_deleted(&ns, &name);
                 }
                 self.slices_synced = true;
+                self.state.compact_slices();
             }
             ListedKind::ServiceCidrs => {
                 let new = self.listing_cidrs.take().unwrap_or_default();

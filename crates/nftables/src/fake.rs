@@ -532,21 +532,22 @@ pub fn wire_dump(r: &Ruleset) -> String {
             .iter()
             .map(|(k, v)| {
                 let e = v.wire(k);
-                (e.key, (e.data, e.comment.map(|c| cut(&c))))
+                (e.key, (e.data, e.comment.map(|c| nftproxy_nft_wire::batch::comment(&c).to_string())))
             })
             .collect();
         t.sets.insert(name.clone(), FakeSet { spec: decl.spec.clone(), elements });
     }
     for (name, c) in &r.chains {
-        let rules = c.rules.iter().map(|rule| (rule.exprs.clone(), rule.comment.as_deref().map(cut))).collect();
+        let rules = c
+            .rules
+            .iter()
+            .map(|rule| {
+                (rule.exprs.clone(), rule.comment.as_deref().map(|c| nftproxy_nft_wire::batch::comment(c).to_string()))
+            })
+            .collect();
         t.chains.insert(name.clone(), FakeChain { base: c.base.clone(), rules });
     }
     dump_table(r.family, TABLE, &t)
-}
-
-/// A comment as the encoder sends it (cut to [`nftproxy_nft_wire::batch::COMMENT_MAX`] bytes).
-fn cut(c: &str) -> String {
-    nftproxy_nft_wire::batch::comment(c).to_string()
 }
 
 /// Small objects for tests of the fake and of the kernel against it (an IPv4 address key, a

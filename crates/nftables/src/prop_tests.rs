@@ -78,10 +78,6 @@ fn nest(b: &mut Vec<u8>, ty: u16, body: impl FnOnce(&mut Vec<u8>)) {
     attr(b, ty | NLA_F_NESTED, &inner);
 }
 
-fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    message(ty, flags, seq, payload)
-}
-
 /// An nfgenmsg (family, version 0, res_id) and attributes.
 fn nfgen(family: u8, attrs: Vec<u8>) -> Vec<u8> {
     [vec![family, 0, 0, 0], attrs].concat()
@@ -146,7 +142,7 @@ fn error_part() -> impl Strategy<Value = Part> {
     (1i32..4096, option::of(text(40)), any::<u32>(), any::<bool>()).prop_map(|(errno, msg, seq, offs)| {
         let mut p = (-errno).to_ne_bytes().to_vec();
         // The capped original header (NETLINK_CAP_ACK): 16 bytes of the failing message.
-        p.extend(nlmsg(NFT_NEWRULE, NLM_F_REQUEST, seq, &[])[..16].to_vec());
+        p.extend(message(NFT_NEWRULE, NLM_F_REQUEST, seq, &[])[..16].to_vec());
         let mut flags = NLM_F_CAPPED;
         if let Some(m) = &msg {
             flags |= NLM_F_ACK_TLVS;
@@ -155,7 +151,7 @@ fn error_part() -> impl Strategy<Value = Part> {
             }
             str_a(&mut p, NLMSGERR_ATTR_MSG, m);
         }
-        Part { msg: nlmsg(NLMSG_ERROR, flags, seq, &p), expect: Expect::Error { errno, ext_ack: msg } }
+        Part { msg: message(NLMSG_ERROR, flags, seq, &p), expect: Expect::Error { errno, ext_ack: msg } }
     })
 }
 
@@ -177,7 +173,7 @@ fn ct_part() -> impl Strategy<Value = Part> {
             ct_tuple(&mut a, CTA_TUPLE_REPLY, reply_src, src, proto, reply_sport, sport);
             attr(&mut a, CTA_STATUS, &0x18eu32.to_be_bytes());
             let family = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
-            Part { msg: nlmsg(CT_NEW, 0x2, 1, &nfgen(family, a)), expect: Expect::Ct(e) }
+            Part { msg: message(CT_NEW, 0x2, 1, &nfgen(family, a)), expect: Expect::Ct(e) }
         })
 }
 
@@ -193,7 +189,7 @@ fn addr_part() -> impl Strategy<Value = Part> {
                 attr(&mut p, IFA_LOCAL, &ip_bytes(l));
             }
             str_a(&mut p, IFA_LABEL, &label);
-            Part { msg: nlmsg(RTM_NEWADDR, 0x2, 1, &p), expect: Expect::Addr(Some(local.unwrap_or(address))) }
+            Part { msg: message(RTM_NEWADDR, 0x2, 1, &p), expect: Expect::Addr(Some(local.unwrap_or(address))) }
         },
     )
 }
@@ -290,7 +286,10 @@ fn trace_part() -> impl Strategy<Value = Part> {
                 let map_hit = (ours && base && handle.is_some())
                     .then(|| MapHit { set: "service-ips".into(), element: comment.clone() });
                 let family = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
-                Part { msg: nlmsg(NFT_TRACE, 0, 0, &nfgen(family, a)), expect: Expect::Trace { attrs, hook, map_hit } }
+                Part {
+                    msg: message(NFT_TRACE, 0, 0, &nfgen(family, a)),
+                    expect: Expect::Trace { attrs, hook, map_hit },
+                }
             },
         )
 }
@@ -311,7 +310,7 @@ fn chain_part() -> impl Strategy<Value = Part> {
         }
         // Hook 5 is none this reader knows: not a base chain it can name.
         let hook = hook.and_then(Hook::from_number);
-        Part { msg: nlmsg(NFT_NEWCHAIN, 0x2, 1, &nfgen(2, a)), expect: Expect::Chain { name, hook } }
+        Part { msg: message(NFT_NEWCHAIN, 0x2, 1, &nfgen(2, a)), expect: Expect::Chain { name, hook } }
     })
 }
 
@@ -329,7 +328,7 @@ fn rule_part() -> impl Strategy<Value = Part> {
         let mut a = fin.split()[1].2[4..].to_vec();
         attr(&mut a, NFTA_RULE_HANDLE, &handle.to_be_bytes());
         Part {
-            msg: nlmsg(NFT_NEWRULE, 0x2, 1, &nfgen(2, a)),
+            msg: message(NFT_NEWRULE, 0x2, 1, &nfgen(2, a)),
             // The encoder truncates comments to COMMENT_MAX; 30 characters stay within.
             expect: Expect::Rule { chain, handle, vmap, comment },
         }
@@ -343,7 +342,7 @@ fn set_part() -> impl Strategy<Value = Part> {
         str_a(&mut a, NFTA_SET_NAME, &name);
         attr(&mut a, NFTA_SET_FLAGS, &flags.to_be_bytes());
         attr(&mut a, NFTA_SET_KEY_LEN, &4u32.to_be_bytes());
-        Part { msg: nlmsg(NFT_NEWSET, 0x2, 1, &nfgen(2, a)), expect: Expect::Set { name, flags } }
+        Part { msg: message(NFT_NEWSET, 0x2, 1, &nfgen(2, a)), expect: Expect::Set { name, flags } }
     })
 }
 
@@ -371,7 +370,7 @@ fn elems_part() -> impl Strategy<Value = Part> {
         });
         let count = elems.iter().filter(|(_, _, end)| !end).count();
         let elems = elems.into_iter().map(|(k, c, _)| (k, c)).collect();
-        Part { msg: nlmsg(NFT_NEWSETELEM, 0x2, 1, &nfgen(2, a)), expect: Expect::Elems { count, elems } }
+        Part { msg: message(NFT_NEWSETELEM, 0x2, 1, &nfgen(2, a)), expect: Expect::Elems { count, elems } }
     })
 }
 
@@ -611,7 +610,7 @@ proptest! {
 #[test]
 fn hostile_replies_are_none_or_errors() {
     // A datagram whose message claims 4 GiB, and one claiming less than its header.
-    let mut huge = nlmsg(NLMSG_ERROR, 0, 1, &[0; 20]);
+    let mut huge = message(NLMSG_ERROR, 0, 1, &[0; 20]);
     huge[..4].copy_from_slice(&u32::MAX.to_ne_bytes());
     assert_eq!(messages(&huge).count(), 0);
     // An attribute claiming 64 KiB in a 12-byte buffer; one of length 0 (would never advance).

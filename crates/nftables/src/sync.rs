@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use nftproxy_model::{ClusterState, NodeContext, ResolvedServicePort, ServiceName, resolve_service};
 
 use crate::build::{fixed_table, fragment, fragments_of_state};
+use crate::drift;
 use crate::family::Family;
 use crate::netfilter::Netfilter;
 use crate::netlink::{CommitStats, NetlinkError, NftSocket};
 use crate::plan;
-use crate::drift;
-use nftproxy_nft_wire::consts::NFT_SET_INTERVAL;
 use crate::ruleset::{Ruleset, TABLE};
 use crate::table::{Delta, Table};
+use nftproxy_nft_wire::consts::NFT_SET_INTERVAL;
 
 /// Elements per transaction in a cold start (see [`plan::cold_start`]). 10,000 keeps every
 /// transaction under ~25 ms at 50k Services × 10 (20,000: ~50 ms), and the whole cold start was
@@ -61,7 +61,7 @@ pub enum SyncError {
 /// The sync engine over a [`Netfilter`]: the kernel's netlink socket in production, the
 /// in-memory [`crate::fake::FakeNetfilter`] in unit tests.
 pub struct NftablesBackend<N: Netfilter = NftSocket> {
-    sock: N,
+    netfilter: N,
     programmed: BTreeMap<Family, Table>,
     /// The node context the programmed tables were built for; partial syncs need the same.
     built_for: Option<NodeContext>,
@@ -127,7 +127,7 @@ impl<N: Netfilter> NftablesBackend<N> {
     /// The engine over any netfilter (nothing programmed yet: the first sync is a full one).
     pub fn over(netfilter: N) -> NftablesBackend<N> {
         NftablesBackend {
-            sock: netfilter,
+            netfilter,
             programmed: BTreeMap::new(),
             built_for: None,
             udp_services: Default::default(),
@@ -141,7 +141,7 @@ impl<N: Netfilter> NftablesBackend<N> {
 
     /// The netfilter this engine programs.
     pub fn netfilter(&mut self) -> &mut N {
-        &mut self.sock
+        &mut self.netfilter
     }
 
     /// The next sync replaces every table whole (kube-proxy's "full sync").
@@ -163,13 +163,13 @@ impl<N: Netfilter> NftablesBackend<N> {
     ) -> Result<(), SyncError> {
         let finished = batch.finish();
         self.seq = finished.next_seq;
-        let before = self.sock.generation().ok();
+        let before = self.netfilter.generation().ok();
         let start = Instant::now();
-        match self.sock.commit(&finished) {
+        match self.netfilter.commit(&finished) {
             Ok(stats) => {
                 report.add(stats, start.elapsed());
                 // Still sure nobody else committed only if the generation moved by exactly ours.
-                let after = self.sock.generation().ok();
+                let after = self.netfilter.generation().ok();
                 let ours_only = match (before, after) {
                     (Some(b), Some(a)) if a == b.wrapping_add(1) => Some((b, a)),
                     _ => None,
@@ -193,7 +193,7 @@ impl<N: Netfilter> NftablesBackend<N> {
 
     /// Whether our table of `family` exists in the kernel.
     pub fn table_exists(&mut self, family: Family) -> Result<bool, SyncError> {
-        self.sock.table_exists(family, TABLE).map_err(|e| SyncError::Netlink { family, source: e.into() })
+        self.netfilter.table_exists(family, TABLE).map_err(|e| SyncError::Netlink { family, source: e.into() })
     }
 
     /// Brings one family's table to `want`: a diff against what we programmed, else an atomic
@@ -307,9 +307,9 @@ impl<N: Netfilter> NftablesBackend<N> {
         Ok(report)
     }
 
-    /// kube-proxy's UDP conntrack reconciler over this backend's socket.
+    /// kube-proxy's UDP conntrack reconciler over this engine's netfilter.
     pub fn clean_conntrack(&mut self, state: &ClusterState, report: &mut SyncReport) {
-        let done = crate::conntrack::reconcile(&mut self.sock, state);
+        let done = crate::conntrack::reconcile(&mut self.netfilter, state);
         report.conntrack_deleted = done.deleted;
         if done.error.is_some() {
             self.udp_services.failed();
@@ -330,14 +330,14 @@ impl<N: Netfilter> NftablesBackend<N> {
             return Ok(None);
         }
         let netlink = |family| move |e: std::io::Error| SyncError::Netlink { family, source: e.into() };
-        let generation = self.sock.generation().map_err(netlink(Family::V4))?;
+        let generation = self.netfilter.generation().map_err(netlink(Family::V4))?;
         if self.last_gen == Some(generation) {
             return Ok(None);
         }
         for (family, table) in &self.programmed {
             let want = &table.table;
             let counted = |name: &str| deep && !Self::audited(want, name);
-            let got = self.sock.observe(*family, &counted).map_err(netlink(*family))?;
+            let got = self.netfilter.observe(*family, &counted).map_err(netlink(*family))?;
             if let Some(diff) = drift::compare(want, got.as_ref()) {
                 return Ok(Some(self.drifted(diff)));
             }
@@ -377,7 +377,7 @@ impl<N: Netfilter> NftablesBackend<N> {
     pub fn audit_step(&mut self) -> Result<Option<String>, SyncError> {
         let netlink = |family| move |e: std::io::Error| SyncError::Netlink { family, source: e.into() };
         let Some(pass) = self.audit.as_mut() else { return Ok(None) };
-        let generation = self.sock.generation().map_err(netlink(Family::V4))?;
+        let generation = self.netfilter.generation().map_err(netlink(Family::V4))?;
         if generation != pass.generation {
             self.audit = None;
             return Ok(None);
@@ -389,7 +389,7 @@ impl<N: Netfilter> NftablesBackend<N> {
             };
             let slot = (*family, name.clone());
             let (window, next) = drift::audit_window(elements, self.audit_cursors.get(&slot));
-            let found = drift::audit(&mut self.sock, *family, name, &window).map_err(netlink(*family))?;
+            let found = drift::audit(&mut self.netfilter, *family, name, &window).map_err(netlink(*family))?;
             if let Some(diff) = found {
                 return Ok(Some(self.drifted(diff)));
             }
@@ -418,7 +418,7 @@ impl<N: Netfilter> NftablesBackend<N> {
     pub fn delete_foreign_table(&mut self, family: Family, name: &str) -> Result<bool, SyncError> {
         assert_ne!(name, TABLE, "our own table goes through cleanup()");
         let netlink = |e: std::io::Error| SyncError::Netlink { family, source: e.into() };
-        if !self.sock.table_exists(family, name).map_err(netlink)? {
+        if !self.netfilter.table_exists(family, name).map_err(netlink)? {
             return Ok(false);
         }
         self.commit(family, plan::delete(family, name, self.seq), &mut SyncReport::default())?;
