@@ -154,6 +154,39 @@ impl Packed {
         &self.bytes[..self.len as usize]
     }
 
+    /// What its fields are, 3 bits each: with [`Packed::bytes`], all a key is, for the compact
+    /// copies of `table`'s fragment index.
+    pub fn kinds(&self) -> u16 {
+        self.kinds
+    }
+
+    /// The inverse of ([`Packed::kinds`], [`Packed::bytes`]). None for bytes that cannot be a
+    /// key (more than 32).
+    pub fn from_parts(kinds: u16, bytes: &[u8]) -> Option<Packed> {
+        let mut p = Packed { kinds, len: bytes.len() as u8, bytes: [0; PACKED_MAX] };
+        p.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(p)
+    }
+
+    /// The same key with its last field, a numgen index, one higher: the next endpoint's key in
+    /// an endpoint map. None when the last field is not an index (or it cannot grow).
+    pub fn next_index(&self) -> Option<Packed> {
+        let mut last = 0;
+        let mut kinds = self.kinds;
+        while kinds != 0 {
+            last = kinds & ((1 << KIND_BITS) - 1);
+            kinds >>= KIND_BITS;
+        }
+        if last != KIND_INDEX {
+            return None;
+        }
+        let at = self.len as usize - 4;
+        let i = u32::from_ne_bytes(self.bytes[at..at + 4].try_into().ok()?).checked_add(1)?;
+        let mut next = *self;
+        next.bytes[at..at + 4].copy_from_slice(&i.to_ne_bytes());
+        Some(next)
+    }
+
     pub fn fields(&self) -> impl Iterator<Item = Field> + '_ {
         let mut kinds = self.kinds;
         let mut at = 0usize;
@@ -386,7 +419,6 @@ impl Ruleset {
         out
     }
 }
-
 
 #[cfg(test)]
 mod packed_tests {

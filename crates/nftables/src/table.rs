@@ -56,7 +56,111 @@ pub struct Table {
 struct FragmentIndex {
     sets: Vec<NameId>,
     chains: Vec<NameId>,
-    elements: Vec<(NameId, Key)>,
+    elements: ElementIndex,
+}
+
+/// The keys of a fragment's elements, packed: per run of keys, the set (LEB128), the key's field
+/// kinds (2 bytes), its length (1 byte), how many keys the run holds (LEB128) and the first key's
+/// bytes. A run is keys that differ only in a last index field counting up by one — an endpoint
+/// map's `frontend . 0`, `frontend . 1`, … — so a Service's endpoint elements take one entry.
+/// At 50k Services × 10 endpoints (1.1 M elements) a list of (set id, key) took 40 bytes per
+/// element, 44 MB; this takes ~9 MB (mostly hairpin pairs, 13 bytes each).
+#[derive(Debug, Clone, Default)]
+struct ElementIndex(Box<[u8]>);
+
+/// Builds an [`ElementIndex`] from keys in the order a fragment holds them.
+#[derive(Default)]
+struct ElementIndexBuilder {
+    out: Vec<u8>,
+    /// The open run: set, first key, last key, count.
+    run: Option<(NameId, Key, Key, u32)>,
+}
+
+impl ElementIndexBuilder {
+    fn push(&mut self, set: NameId, key: Key) {
+        if let Some((id, _, last, n)) = &mut self.run
+            && *id == set
+            && last.next_index() == Some(key)
+        {
+            *last = key;
+            *n += 1;
+            return;
+        }
+        self.flush();
+        self.run = Some((set, key, key, 1));
+    }
+
+    fn flush(&mut self) {
+        let Some((set, first, _, n)) = self.run.take() else { return };
+        leb128(&mut self.out, set);
+        self.out.extend_from_slice(&first.kinds().to_le_bytes());
+        self.out.push(first.bytes().len() as u8);
+        leb128(&mut self.out, n);
+        self.out.extend_from_slice(first.bytes());
+    }
+
+    fn finish(mut self) -> ElementIndex {
+        self.flush();
+        ElementIndex(self.out.into_boxed_slice())
+    }
+}
+
+fn leb128(out: &mut Vec<u8>, mut v: u32) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn read_leb128(b: &[u8], at: &mut usize) -> u32 {
+    let mut v = 0u32;
+    for shift in (0..35).step_by(7) {
+        let byte = b[*at];
+        *at += 1;
+        v |= u32::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
+impl ElementIndex {
+    /// Every (set, key), runs expanded, in the order they were pushed.
+    fn iter(&self) -> impl Iterator<Item = (NameId, Key)> + '_ {
+        let b = &self.0;
+        let mut at = 0usize;
+        let mut run: Option<(NameId, Key, u32)> = None;
+        std::iter::from_fn(move || {
+            if let Some((set, key, left)) = &mut run
+                && *left > 0
+            {
+                let out = (*set, *key);
+                *left -= 1;
+                if *left > 0 {
+                    *key = key.next_index().expect("a run's keys end in an index");
+                }
+                return Some(out);
+            }
+            if at >= b.len() {
+                return None;
+            }
+            let set = read_leb128(b, &mut at);
+            let kinds = u16::from_le_bytes([b[at], b[at + 1]]);
+            let len = b[at + 2] as usize;
+            at += 3;
+            let n = read_leb128(b, &mut at);
+            let key = Key::from_parts(kinds, &b[at..at + len]).expect("an index holds keys it was given");
+            at += len;
+            run = (n > 1).then(|| (set, key.next_index().expect("a run's keys end in an index"), n - 1));
+            Some((set, key))
+        })
+    }
 }
 
 type NameId = u32;
@@ -184,7 +288,7 @@ impl Table {
             }
             idx.chains.push(self.names.id(&name));
         }
-        idx.elements.reserve_exact(frag.elements.values().map(BTreeMap::len).sum());
+        let mut keys = ElementIndexBuilder::default();
         for (set, elems) in frag.elements {
             let id = self.names.id(&set);
             let refs = self.elem_refs.entry(set.clone()).or_default();
@@ -209,23 +313,24 @@ impl Table {
                         current.insert(k.clone(), v);
                     }
                 }
-                idx.elements.push((id, k));
+                keys.push(id, k);
             }
         }
+        idx.elements = keys.finish();
         idx
     }
 
     fn remove(&mut self, frag: &FragmentIndex, delta: &mut Delta) {
-        for (id, k) in &frag.elements {
-            let set = self.names.name(*id);
+        for (id, k) in frag.elements.iter() {
+            let set = self.names.name(id);
             let Some(refs) = self.elem_refs.get_mut(set) else {
                 continue;
             };
-            if release_shared(refs, k)
+            if release_shared(refs, &k)
                 && let Some(current) = self.table.elements.get_mut(set)
             {
-                let before = current.remove(k);
-                delta.elements.entry((set.to_string(), *k)).or_insert(before);
+                let before = current.remove(&k);
+                delta.elements.entry((set.to_string(), k)).or_insert(before);
             }
         }
         for id in &frag.chains {
@@ -280,5 +385,56 @@ fn release<K: std::hash::Hash + Eq + Clone>(refs: &mut HashMap<K, u32>, k: &K) -
             true
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::Field;
+
+    fn key(fields: &[Field]) -> Key {
+        Key::of(fields)
+    }
+
+    /// Runs of endpoint-map keys collapse to one entry each; everything else is kept key by key,
+    /// and the index gives back exactly what it was given, in order.
+    #[test]
+    fn element_index_round_trips_and_collapses_index_runs() {
+        let ip = |s: &str| Field::Addr(s.parse().unwrap());
+        let mut given = Vec::new();
+        for i in 0..10 {
+            given.push((3, key(&[ip("10.96.0.1"), Field::Proto(6), Field::Port(80), Field::Index(i)])));
+        }
+        // A gap in the indices starts a new run; so does another set or another frontend.
+        given.push((3, key(&[ip("10.96.0.1"), Field::Proto(6), Field::Port(80), Field::Index(12)])));
+        given.push((4, key(&[ip("10.96.0.1"), Field::Proto(6), Field::Port(80), Field::Index(13)])));
+        given.push((4, key(&[ip("10.96.0.2"), Field::Proto(6), Field::Port(80), Field::Index(0)])));
+        given.push((4, key(&[ip("10.96.0.2"), Field::Proto(6), Field::Port(80), Field::Index(1)])));
+        // Keys without an index, IPv6 pairs (32 bytes), a set id past one LEB128 byte.
+        given.push((300, key(&[ip("10.0.0.1"), ip("10.0.0.1")])));
+        given.push((300, key(&[ip("10.0.0.2"), ip("10.0.0.2")])));
+        given.push((7, key(&[ip("fd00::1"), ip("fd00::1")])));
+        given.push((7, key(&[Field::Index(u32::MAX)])));
+        given.push((7, key(&[Field::Index(0)])));
+        let mut b = ElementIndexBuilder::default();
+        for (id, k) in &given {
+            b.push(*id, *k);
+        }
+        let idx = b.finish();
+        assert_eq!(idx.iter().collect::<Vec<_>>(), given);
+        // 10 + 1 + 1 + 2 keys with an index make 4 runs; 5 more keys stand alone.
+        let mut at = 0;
+        let mut entries = 0;
+        while at < idx.0.len() {
+            read_leb128(&idx.0, &mut at);
+            let len = idx.0[at + 2] as usize;
+            at += 3;
+            read_leb128(&idx.0, &mut at);
+            at += len;
+            entries += 1;
+        }
+        assert_eq!(entries, 4 + 5);
+        assert_eq!(ElementIndexBuilder::default().finish().iter().count(), 0);
     }
 }
