@@ -298,7 +298,7 @@ fn a_batch_the_kernel_rejects_leaves_the_previous_ruleset_and_reports_why() {
             nftproxy_nftables::ruleset::Field::Port(80),
         ]),
         nftproxy_nftables::ruleset::Value::Verdict(nftproxy_nft_wire::Verdict::Goto("no-such-chain".into())),
-        Some(&"test/broken:http".into()),
+        Some(&std::sync::Arc::new("test/broken:http".to_string())),
     );
     let err = lab.backend.sync(bad).unwrap_err().to_string();
     assert!(err.contains("add elements") && err.contains("service-ips"), "{err}");

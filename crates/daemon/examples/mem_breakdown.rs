@@ -27,10 +27,12 @@ fn main() {
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         ..Default::default()
     };
+    let t0 = std::time::Instant::now();
     let tables: Vec<Table> = [Family::V4, Family::V6]
         .into_iter()
         .map(|f| Table::new(fixed_table(f, &ctx), fragments_of_state(f, &state, &ctx)))
         .collect();
+    let built = t0.elapsed();
     let after_tables = in_use_bytes().unwrap_or(0);
     let mut stats = nftproxy_daemon::stats::Stats::default();
     stats.rebuild(&state, &ctx);
@@ -39,7 +41,7 @@ fn main() {
     println!("services {}, slices {}", state.services.len(), state.slices().len());
     println!("cluster state:      {:7.1} MiB", mib(after_state - base));
     println!(
-        "programmed tables:  {:7.1} MiB ({elements} elements, {:.0} bytes each)",
+        "programmed tables:  {:7.1} MiB ({elements} elements, {:.0} bytes each), built in {built:.2?}",
         mib(after_tables - after_state),
         (after_tables - after_state) as f64 / elements.max(1) as f64
     );

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 use nftproxy_model::{
@@ -22,7 +21,7 @@ use nftproxy_nft_wire::Verdict;
 use crate::family::Family;
 use crate::names;
 use crate::rules::{self, BackendKey};
-use crate::ruleset::{Chain, Field, Key, Route, Ruleset, SetDecl, Value};
+use crate::ruleset::{Chain, Comment, Field, Fields, Key, Route, Ruleset, SetDecl, Value};
 use crate::schema::*;
 use crate::table::Table;
 
@@ -157,7 +156,7 @@ fn fragment_with(
 }
 
 fn endpoint_value(e: &ResolvedEndpoint) -> Value {
-    Value::Fields(Key::of(&[Field::Addr(e.ip), Field::Port(e.port)]))
+    Value::Fields(Fields::of(&[Field::Addr(e.ip), Field::Port(e.port)]))
 }
 
 /// Where a frontend leads: an entry map for service traffic and the maps its endpoints live in.
@@ -183,7 +182,7 @@ const NODEPORT_MAPS: Maps = Maps {
 
 impl Builder<'_> {
     fn service_port(&mut self, p: &ResolvedServicePort) {
-        let comment: std::sync::Arc<str> = p.name.to_string().into();
+        let comment: Comment = std::sync::Arc::new(p.name.to_string());
         let proto = p.protocol.number();
         let addr_key = |ip: IpAddr, port: u16| Key::of(&[Field::Addr(ip), Field::Proto(proto), Field::Port(port)]);
 
@@ -229,7 +228,7 @@ impl Builder<'_> {
     }
 
     /// A frontend reached from outside: external IP, load-balancer IP or node port.
-    fn external(&mut self, p: &ResolvedServicePort, maps: &Maps, key: Key, comment: &Arc<str>) {
+    fn external(&mut self, p: &ResolvedServicePort, maps: &Maps, key: Key, comment: &Comment) {
         let nodeport = maps.entry == SERVICE_NODEPORTS;
         if !p.has_any_endpoints {
             return self.no_endpoints(maps.no_endpoints, key, true, comment);
@@ -334,7 +333,7 @@ impl Builder<'_> {
     /// loadBalancerSourceRanges: traffic to the service's load-balancer IPs from elsewhere is
     /// dropped before DNAT. One named chain per such service port, a `return` per allowed range.
     /// Node ports are not subject to source ranges (as in kube-proxy).
-    fn firewall(&mut self, p: &ResolvedServicePort, comment: &Arc<str>) {
+    fn firewall(&mut self, p: &ResolvedServicePort, comment: &Comment) {
         let chain = format!("firewall-{}", names::service_base(p));
         let mut allowed: Vec<IpNet> = p.load_balancer_source_ranges.clone();
         // If a range holds the (primary) node IP, traffic from the node may come back to the VIP
@@ -373,12 +372,12 @@ impl Builder<'_> {
     }
 
     /// A frontend served by pick chain `p`: an element of its frontend set.
-    fn frontend(&mut self, p: Pick, key: Key, comment: &Arc<str>) {
+    fn frontend(&mut self, p: Pick, key: Key, comment: &Comment) {
         let name = self.pick(p);
         self.r.element(&frontend_set_name(&name), key, Value::None, Some(comment));
     }
 
-    fn backends(&mut self, map: &str, frontend: &Key, eps: &[ResolvedEndpoint], comment: &Arc<str>) {
+    fn backends(&mut self, map: &str, frontend: &Key, eps: &[ResolvedEndpoint], comment: &Comment) {
         for (i, e) in eps.iter().enumerate() {
             let mut key = frontend.clone();
             key.push(Field::Index(i as u32));
@@ -387,7 +386,7 @@ impl Builder<'_> {
         }
     }
 
-    fn no_endpoints(&mut self, map: &str, key: Key, reject: bool, comment: &Arc<str>) {
+    fn no_endpoints(&mut self, map: &str, key: Key, reject: bool, comment: &Comment) {
         let v = if reject { Verdict::Goto(REJECT_CHAIN.into()) } else { Verdict::Drop };
         self.r.element(map, key, Value::Verdict(v), Some(comment));
     }
