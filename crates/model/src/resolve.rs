@@ -15,7 +15,7 @@ use crate::types::*;
 pub struct ResolvedEndpoint {
     pub ip: IpAddr,
     pub port: u16,
-    pub node_name: Option<Name>,
+    pub node_name: Option<SharedName>,
     /// On this node (`nodeName` equals ours).
     pub is_local: bool,
     pub ready: bool,
