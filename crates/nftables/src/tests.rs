@@ -169,6 +169,42 @@ fn swapping_fragments_gives_the_table_a_full_build_gives() {
     assert!(!plan::delta(&t.table, &d, 1).is_empty());
 }
 
+/// A table past 64k elements is rebuilt with full nodes while `Table::new` fills it: what it
+/// holds must be what the same fragments swapped in one by one give, shared elements (an
+/// endpoint in two Services: hairpin) counted across the rebuilds, and taking them all out
+/// again must leave the fixed part.
+#[test]
+fn a_table_rebuilt_while_it_grows_equals_one_swapped_together() {
+    use crate::table::{Delta, Table};
+    use std::collections::BTreeMap;
+    let c = ctx();
+    let ip = |k: u32| format!("10.{}.{}.{}", 100 + (k >> 16), (k >> 8) & 255, k & 255);
+    let ports: Vec<ResolvedServicePort> = (0..9000u32)
+        .map(|i| {
+            // Every 100th Service shares its first endpoint with the previous one.
+            let first = if i % 100 == 99 { (i - 1) * 3 } else { i * 3 };
+            let eps = [ip(first), ip(i * 3 + 1), ip(i * 3 + 2)];
+            let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+            port(&format!("s{i}"), &format!("10.96.{}.{}", i / 250, i % 250 + 1), &eps)
+        })
+        .collect();
+    let frags: BTreeMap<_, _> = crate::fragments(Family::V4, &ports, &c).collect();
+    let built = Table::new(crate::fixed_table(Family::V4, &c), frags.clone());
+    assert!(built.table.element_count() > 70_000, "{} elements", built.table.element_count());
+    let mut swapped = Table::new(crate::fixed_table(Family::V4, &c), BTreeMap::new());
+    let mut d = Delta::default();
+    for (svc, frag) in &frags {
+        swapped.swap(svc, Some(frag.clone()), &mut d);
+    }
+    assert_eq!(built.table, swapped.table);
+    let mut built = built;
+    let mut d = Delta::default();
+    for svc in frags.keys() {
+        built.swap(svc, None, &mut d);
+    }
+    assert_eq!(built.table, Table::new(crate::fixed_table(Family::V4, &c), BTreeMap::new()).table);
+}
+
 /// A prefix of length 0 is encoded as nft encodes it (`nft --debug=netlink` on
 /// `ip saddr 0.0.0.0/0 return`): the whole address loaded, masked with zeros, compared with
 /// zeros. A zero-length load and compare is refused by the kernel (EINVAL), which made every
