@@ -323,6 +323,8 @@ pub struct Endpoint {
 /// empty for nearly every endpoint, so it takes one pointer (8 bytes, no allocation) until it
 /// holds something — an empty `BTreeSet` took 24 bytes per endpoint, twice, at 500k endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+// The box is the point: one pointer (8 bytes) per endpoint instead of an empty set's 24.
+#[allow(clippy::box_collection)]
 pub struct HintSet(Option<Box<BTreeSet<String>>>);
 
 impl HintSet {

@@ -204,7 +204,7 @@ impl Builder<'_> {
                 self.r.element(SERVICE_IPS, cluster_key, Value::Verdict(Verdict::Goto(chain)), Some(&comment));
             }
             EndpointChoice::Endpoints(eps) => {
-                self.frontend(Pick::Cluster(eps.len() as u32), cluster_key.clone(), &comment);
+                self.frontend(Pick::Cluster(eps.len() as u32), cluster_key, &comment);
                 self.backends(BACKENDS, &cluster_key, eps, &comment);
             }
             EndpointChoice::Reject => self.no_endpoints(NO_ENDPOINT_SERVICES, cluster_key, true, &comment),
@@ -235,7 +235,7 @@ impl Builder<'_> {
         }
         if p.affinity_timeout.is_some() {
             let chain = self.affinity_external(p);
-            self.r.element(maps.entry, key.clone(), Value::Verdict(Verdict::Goto(chain)), Some(comment));
+            self.r.element(maps.entry, key, Value::Verdict(Verdict::Goto(chain)), Some(comment));
             if p.external_policy_local && p.local_endpoints.is_empty() {
                 self.no_endpoints(maps.no_endpoints, key, false, comment);
             }
@@ -248,7 +248,7 @@ impl Builder<'_> {
             }
             self.frontend(
                 if nodeport { Pick::NodePortLocal(n, m) } else { Pick::ExternalLocal(n, m) },
-                key.clone(),
+                key,
                 comment,
             );
             self.backends(maps.backends, &key, &p.local_endpoints, comment);
@@ -259,7 +259,7 @@ impl Builder<'_> {
             }
         } else if let Some(EndpointChoice::Endpoints(eps)) = &p.external {
             let n = eps.len() as u32;
-            self.frontend(if nodeport { Pick::NodePort(n) } else { Pick::External(n) }, key.clone(), comment);
+            self.frontend(if nodeport { Pick::NodePort(n) } else { Pick::External(n) }, key, comment);
             self.backends(maps.backends, &key, eps, comment);
         }
     }
@@ -379,7 +379,7 @@ impl Builder<'_> {
 
     fn backends(&mut self, map: &str, frontend: &Key, eps: &[ResolvedEndpoint], comment: &Comment) {
         for (i, e) in eps.iter().enumerate() {
-            let mut key = frontend.clone();
+            let mut key = *frontend;
             key.push(Field::Index(i as u32));
             self.r.element(map, key, endpoint_value(e), Some(comment));
             self.r.element(HAIRPIN, Key::of(&[Field::Addr(e.ip), Field::Addr(e.ip)]), Value::None, None);

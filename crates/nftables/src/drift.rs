@@ -102,7 +102,7 @@ pub fn audit_window<'a>(
         let more = AUDIT_WINDOW.min(elements.len()) - window.len();
         window.extend(elements.iter().take(more).filter(|(k, _)| after.is_none_or(|a| *k <= a)));
     }
-    let cursor = window.last().map(|(k, _)| (*k).clone());
+    let cursor = window.last().map(|(k, _)| *(*k));
     (window, cursor)
 }
 
