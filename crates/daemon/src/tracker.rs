@@ -100,17 +100,18 @@ impl ChangeTracker {
                 }
                 false
             }
-            SourceEvent::ServiceCidrApplied((name, cidrs)) if self.listing_cidrs.is_some() => {
-                if let Some(l) = &mut self.listing_cidrs {
-                    l.insert(name, cidrs);
+            SourceEvent::ServiceCidrApplied((name, cidrs)) => match &mut self.listing_cidrs {
+                // Part of a list: applied at its end.
+                Some(listed) => {
+                    listed.insert(name, cidrs);
+                    false
                 }
-                false
-            }
-            SourceEvent::ServiceCidrApplied((name, cidrs)) => {
-                let mut new = self.state.service_cidr_objects.clone();
-                new.insert(name, cidrs);
-                self.service_cidrs_changed(new)
-            }
+                None => {
+                    let mut new = self.state.service_cidr_objects.clone();
+                    new.insert(name, cidrs);
+                    self.service_cidrs_changed(new)
+                }
+            },
             SourceEvent::ServiceCidrDeleted(name) => {
                 let mut new = self.state.service_cidr_objects.clone();
                 new.remove(&name);

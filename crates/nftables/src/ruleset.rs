@@ -129,7 +129,7 @@ impl<const N: usize> Packed<N> {
 
     /// Appends one field. Panics past five fields or `N` bytes: no set of ours has such keys.
     pub fn push(&mut self, f: Field) {
-        let n = self.fields().count() as u32;
+        let n = self.field_kinds().count() as u32;
         assert!(n < 5, "a packed key holds at most five fields");
         let (kind, width) = match f {
             Field::Addr(IpAddr::V4(_)) => (KIND_ADDR4, 4),
@@ -163,8 +163,7 @@ impl<const N: usize> Packed<N> {
         self.kinds
     }
 
-    /// The inverse of ([`Packed::kinds`], [`Packed::bytes`]). None for bytes that cannot be a
-    /// key (more than 32).
+    /// The inverse of ([`Packed::kinds`], [`Packed::bytes`]). None for more than `N` bytes.
     pub fn from_parts(kinds: u16, bytes: &[u8]) -> Option<Packed<N>> {
         let mut p = Packed { kinds, len: bytes.len() as u8, bytes: [0; N] };
         p.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
@@ -174,13 +173,7 @@ impl<const N: usize> Packed<N> {
     /// The same key with its last field, a numgen index, one higher: the next endpoint's key in
     /// an endpoint map. None when the last field is not an index (or it cannot grow).
     pub fn next_index(&self) -> Option<Packed<N>> {
-        let mut last = 0;
-        let mut kinds = self.kinds;
-        while kinds != 0 {
-            last = kinds & ((1 << KIND_BITS) - 1);
-            kinds >>= KIND_BITS;
-        }
-        if last != KIND_INDEX {
+        if self.field_kinds().last() != Some(KIND_INDEX) {
             return None;
         }
         let at = self.len as usize - 4;
@@ -190,12 +183,16 @@ impl<const N: usize> Packed<N> {
         Some(next)
     }
 
+    /// The kind of each field, in order (see [`Packed::kinds`]).
+    fn field_kinds(&self) -> impl Iterator<Item = u16> + use<N> {
+        std::iter::successors(Some(self.kinds), |k| Some(k >> KIND_BITS))
+            .map(|k| k & ((1 << KIND_BITS) - 1))
+            .take_while(|kind| *kind != 0)
+    }
+
     pub fn fields(&self) -> impl Iterator<Item = Field> + '_ {
-        let mut kinds = self.kinds;
         let mut at = 0usize;
-        std::iter::from_fn(move || {
-            let kind = kinds & ((1 << KIND_BITS) - 1);
-            kinds >>= KIND_BITS;
+        self.field_kinds().map_while(move |kind| {
             let b = &self.bytes[at..];
             let (f, width) = match kind {
                 KIND_ADDR4 => (Field::Addr(IpAddr::from(<[u8; 4]>::try_from(&b[..4]).unwrap())), 4),
@@ -227,10 +224,8 @@ impl<const N: usize> Ord for Packed<N> {
             let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
             if index { u32::from_ne_bytes(w) } else { u32::from_be_bytes(w) }
         };
-        let (mut kinds, mut at) = (self.kinds, 0usize);
-        while kinds != 0 {
-            let kind = kinds & ((1 << KIND_BITS) - 1);
-            kinds >>= KIND_BITS;
+        let mut at = 0usize;
+        for kind in self.field_kinds() {
             let end = at + if kind == KIND_ADDR6 { 16 } else { 4 };
             while at < end {
                 let o = word(&self.bytes, at, kind == KIND_INDEX).cmp(&word(&other.bytes, at, kind == KIND_INDEX));
