@@ -314,3 +314,35 @@ status: {addresses: [{type: InternalIP, address: 10.0.1.1}]}
     assert_eq!(ctx.pod_cidrs, l.state.nodes["node-a"].pod_cidrs);
     assert_eq!(ctx.service_cidrs(IpFamily::V6).count(), 1);
 }
+
+/// A list's items in JSON are typed straight from their text (`add_raw`); a bad one is named
+/// and worded as the same object is from YAML, whether the list is read from a file (lent text
+/// or read as it is parsed) or given as a string, and the good ones around it still load.
+#[test]
+fn a_bad_item_of_a_json_list_reads_as_from_yaml() {
+    let bad = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad", "namespace": "ns"},
+        "spec": {"clusterIP": "10.0.0.1", "ports": [{"port": "eighty"}]}});
+    let good = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "good", "namespace": "ns"},
+        "spec": {"clusterIP": "10.0.0.2", "ports": [{"port": 80}]}});
+    let from_yaml = only_warning(&load(&serde_yaml::to_string(&bad).unwrap()));
+    assert!(from_yaml.starts_with("Service ns/bad: spec.ports[0].port: invalid type"), "{from_yaml}");
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [good, bad, good]}).to_string();
+
+    let l = load(&list);
+    assert_eq!(only_warning(&l), from_yaml);
+    assert_eq!(l.state.services.keys().map(|n| n.to_string()).collect::<Vec<_>>(), ["ns/good"]);
+    assert_eq!(l.objects, 3);
+
+    let dir = std::env::temp_dir().join(format!("knp-manifest-raw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("list.json");
+    std::fs::write(&file, &list).unwrap();
+    let whole = crate::load_path(&file).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let streamed = crate::stream_path(&file, false, move |o| tx.send(o).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(only_warning(&whole), from_yaml);
+    assert_eq!(whole.state, l.state);
+    assert_eq!(only_warning(&streamed), from_yaml);
+    assert_eq!(rx.try_iter().count(), 2, "the good Service, twice");
+}
