@@ -172,6 +172,11 @@ fn run(cli: Cli) -> Result<()> {
                         start.elapsed(),
                         report.longest_transaction
                     );
+                    // The process ends here: the kernel takes its memory back whole, where
+                    // freeing the state and the table mirror object by object took ~20 ms at
+                    // 10k Services × 3 (~0.1 s at 50k × 10; perf).
+                    std::mem::forget(backend);
+                    std::mem::forget(loaded);
                 }
                 ProxyMode::Iptables => {
                     let opts = args.iptables_options(&ctx);
@@ -213,9 +218,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Cleanup { backend: ProxyMode::Iptables, variant } => {
             let variants = match variant {
-                node_args::VariantArg::Auto => {
-                    nftproxy_iptables::Variant::installed_ones().collect()
-                }
+                node_args::VariantArg::Auto => nftproxy_iptables::Variant::installed_ones().collect(),
                 chosen => vec![chosen.resolve().variant],
             };
             for v in variants {
