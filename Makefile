@@ -95,7 +95,7 @@ demo: check-root deps build
 ## bench: the standard benchmark suite (control plane 1k/10k/50k services x 1/3/10 endpoints,
 ## data plane 0/1k/10k/30k services, the head to head with the real kube-proxy at 1k and 10k
 ## services x 3 endpoints, and our daemon alone for the memory table, fed by the API server and
-## standalone, at 5k x 50, 50k x 3 and 50k x 10. About 90 minutes on 2 cores, a third of it
+## standalone, at 5k x 50, 50k x 3 and 50k x 10. About two hours on 2 cores, 45 minutes of it
 ## kube-apiserver creating the 50k Services: its ClusterIP allocator lists every IPAddress twice
 ## per create (ipallocator.Used, 88% of its CPU in a profile), ~30 Services/s past 20k. Tables on
 ## stdout, CSV and SVG in bench-out/; tools/update-readme-perf.py then puts that run into the README.
