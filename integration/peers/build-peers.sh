@@ -38,6 +38,11 @@ if have_all; then echo "$OUT"; exit 0; fi
 start=$(date +%s)
 export GOFLAGS="-buildvcs=false -mod=mod" CGO_ENABLED=0 GOTOOLCHAIN=local
 export GOPATH="${GOPATH:-$ROOT/gopath}"
+# A build cache of our own, removed when the script ends: the peers are built once, and
+# kube-apiserver's cache (~1.5 GiB) left in ~/.cache/go-build took disk the Rust build needs on
+# a CI machine.
+export GOCACHE="$ROOT/go-build.tmp"
+trap 'rm -rf "$GOCACHE"' EXIT
 work="$ROOT/src-$K8S_VERSION"
 mkdir -p "$work" "$OUT.tmp"
 
