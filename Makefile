@@ -99,10 +99,12 @@ demo: check-root deps build
 ## bench: the standard benchmark suite (control plane 1k/10k/50k services x 1/3/10 endpoints,
 ## data plane 0/1k/10k/30k services, the head to head with the real kube-proxy at 1k and 10k
 ## services x 3 endpoints, and our daemon alone for the memory table, fed by the API server and
-## standalone, at 5k x 50, 50k x 3 and 50k x 10. About two hours on 2 cores, 45 minutes of it
+## standalone, at 5k x 50, 50k x 3 and 50k x 10. About 100 minutes on 2 cores, ~22 of them
 ## kube-apiserver creating the 50k Services: its ClusterIP allocator lists every IPAddress twice
-## per create (ipallocator.Used, 88% of its CPU in a profile), ~30 Services/s past 20k. Tables on
-## stdout, CSV and SVG in bench-out/; tools/update-readme-perf.py then puts that run into the README.
+## per create (ipallocator.Used, 88% of its CPU in a profile), ~30 Services/s past 20k; 50k x 10
+## reuses those Services and replaces their slices. Stopped with Ctrl-C or SIGTERM, it removes its
+## processes and namespaces. Tables on stdout, CSV and SVG in bench-out/;
+## tools/update-readme-perf.py then puts that run into the README.
 bench: check-root deps peers
 	$(CARGO) build $(CARGOFLAGS) --release -p nftproxy-integration --bin nftproxy-bench -p kube-nftproxy --bin kube-nftproxy
 	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) ./target/release/nftproxy-bench --out bench-out --deadline 60 \

@@ -233,7 +233,14 @@ impl ControlPlane {
 
     /// An API call with `token` on the API server at `port`: the JSON answer (a Status object
     /// when refused), or an error when there was no answer at all.
-    pub fn try_api_as(&self, token: &str, port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+    pub fn try_api_as(
+        &self,
+        token: &str,
+        port: u16,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, String> {
         let text = self
             .curl_as(token, port, method, path, body)
             .ok_or_else(|| format!("{method} {path} on :{port}: no answer"))?;

@@ -326,10 +326,16 @@ pub fn flows(c: &DiffCluster) -> Vec<FlowSpec> {
 pub enum Seen {
     /// Answered by these endpoints; the sources they saw (`link` = the node's address on the
     /// endpoint's link, i.e. masqueraded or sent by the node; else the address itself).
-    Answered { responders: BTreeSet<String>, sources: BTreeSet<String> },
+    Answered {
+        responders: BTreeSet<String>,
+        sources: BTreeSet<String>,
+    },
     /// Affinity: always the same one endpoint (which one is chance); whether that endpoint is
     /// the sending pod itself (hairpin), and the kind of source it saw.
-    Pinned { hairpin: bool, sources: BTreeSet<String> },
+    Pinned {
+        hairpin: bool,
+        sources: BTreeSet<String>,
+    },
     Refused,
     Dropped,
     /// Some requests answered and some not, or an error: printed in full.

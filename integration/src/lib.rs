@@ -22,9 +22,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod clusters;
 pub mod control_plane;
 pub mod difftest;
-pub mod clusters;
 pub mod headtohead;
 pub mod lab;
 pub mod loader;
@@ -105,8 +105,72 @@ pub fn enter(name: &str) {
 pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
         .unwrap_or(0)
+}
+
+/// A process and all its descendants (from `/proc/PID/task/*/children`), the process first.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        for task in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            if let Ok(c) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(c.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// For long runs stopped by hand (the bench runs two hours): on SIGINT, SIGTERM or SIGHUP, does
+/// what the Drop guards would have done had the process ended normally — kills every process it
+/// started (kube-apiserver, etcd, proxies, load generators), deletes its network namespaces
+/// (`knp-<pid>-…`) and their scratch directories (`/tmp/knp-<pid>-…`) — then exits 128 + the
+/// signal. Without it a stopped bench left its control plane running in a namespace.
+///
+/// Call it first in `main`, before any thread starts: the signals are blocked here and every
+/// later thread inherits the mask, so only the waiting thread receives them. Child processes do
+/// not inherit it (std's `Command` resets the signal mask in the child).
+pub fn clean_up_on_signal() {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises; the calls only change this
+    // thread's signal mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is an initialised sigset_t and `sig` a valid out-pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        let me = std::process::id();
+        eprintln!("signal {sig}: stopping the processes, namespaces and directories of this run");
+        for pid in descendants(me).into_iter().filter(|&p| p != me) {
+            // SAFETY: kill has no memory effects; a pid gone meanwhile gives ESRCH.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let ours = format!("{NS_PREFIX}{me}-");
+        for name in netns_list().into_iter().filter(|n| n.starts_with(&ours)) {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+        for dir in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            if dir.file_name().to_string_lossy().starts_with(&ours) {
+                let _ = std::fs::remove_dir_all(dir.path());
+            }
+        }
+        std::process::exit(128 + sig);
+    });
 }
 
 /// All network namespaces by name (`ip netns list`).

@@ -8,12 +8,28 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::control_plane::{ADMIN_TOKEN, ControlPlane, collection_path};
+use crate::control_plane::{ADMIN_TOKEN, ControlPlane, collection_path, object_path};
 
 /// Creates every object (in order of groups: each group finishes before the next starts, so
 /// Services exist before the objects that follow them), `in_flight` requests at a time. Returns
 /// how long it took. Panics naming the first object the API server refused.
 pub fn create_all(cp: &ControlPlane, groups: &[Vec<Value>], in_flight: usize) -> Duration {
+    send_all(cp, groups, in_flight, Write::Create)
+}
+
+/// Replaces every object by an unconditional PUT (no resourceVersion: for kinds whose strategy
+/// allows it, as EndpointSlices' does), like `create_all` otherwise.
+pub fn replace_all(cp: &ControlPlane, groups: &[Vec<Value>], in_flight: usize) -> Duration {
+    send_all(cp, groups, in_flight, Write::Replace)
+}
+
+#[derive(Clone, Copy)]
+enum Write {
+    Create,
+    Replace,
+}
+
+fn send_all(cp: &ControlPlane, groups: &[Vec<Value>], in_flight: usize, write: Write) -> Duration {
     let kubeconfig = cp.kubeconfig("127.0.0.1", 6443, ADMIN_TOKEN, "loader");
     cp.ns.run(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -25,7 +41,11 @@ pub fn create_all(cp: &ControlPlane, groups: &[Vec<Value>], in_flight: usize) ->
                     .map(|obj| {
                         let client = client.clone();
                         async move {
-                            let req = http::Request::post(collection_path(obj))
+                            let req = match write {
+                                Write::Create => http::Request::post(collection_path(obj)),
+                                Write::Replace => http::Request::put(object_path(obj)),
+                            };
+                            let req = req
                                 .header("Content-Type", "application/json")
                                 .body(serde_json::to_vec(obj).unwrap())
                                 .unwrap();

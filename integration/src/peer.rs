@@ -61,12 +61,8 @@ impl KubeProxy {
     /// Starts kube-proxy from its command line ([`command`]) in `node`, logging to `log`.
     pub fn start(mut cmd: std::process::Command, node: &Ns, log: PathBuf) -> KubeProxy {
         let file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn kube-proxy");
+        let child =
+            cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file).spawn().expect("spawn kube-proxy");
         KubeProxy { child: Some(child), log, ns: node.clone() }
     }
 

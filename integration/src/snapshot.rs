@@ -23,7 +23,9 @@ impl TableSnapshot {
         self.0
             .iter()
             .filter(|(k, _)| k.starts_with("set ") || k.starts_with("map "))
-            .map(|(_, v)| serde_json::from_str::<Value>(v).ok().and_then(|o| o["elem"].as_array().map(|a| a.len())).unwrap_or(0))
+            .map(|(_, v)| {
+                serde_json::from_str::<Value>(v).ok().and_then(|o| o["elem"].as_array().map(|a| a.len())).unwrap_or(0)
+            })
             .sum()
     }
 

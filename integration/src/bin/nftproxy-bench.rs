@@ -680,6 +680,7 @@ fn main() {
         return child_sync(raw[2].parse().unwrap(), raw[3].parse().unwrap());
     }
     let a = parse_args();
+    nftproxy_integration::clean_up_on_signal();
     std::fs::create_dir_all(&a.out).unwrap();
     let started = Instant::now();
     let mut r = Results::default();
