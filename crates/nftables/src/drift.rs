@@ -29,7 +29,7 @@ use nftproxy_nft_wire::{ElemData, Verdict};
 use crate::family::Family;
 use crate::netfilter::Netfilter;
 use crate::netlink::NftSocket;
-use crate::ruleset::{ElemValue, Key, Ruleset, TABLE};
+use crate::ruleset::{ElemValue, Key, Ruleset, SetElements, TABLE};
 use nftproxy_nft_wire::Elem;
 use nftproxy_nft_wire::netlink::{attrs, name_attr, str_attr};
 
@@ -92,12 +92,10 @@ pub fn observe(
 /// start when None), wrapping around to the first ones. Returns them and the cursor for next
 /// time (the last key of the window).
 pub fn audit_window<'a>(
-    elements: &'a BTreeMap<Key, ElemValue>,
+    elements: &'a SetElements,
     after: Option<&Key>,
 ) -> (Vec<(&'a Key, &'a ElemValue)>, Option<Key>) {
-    use std::ops::Bound::{Excluded, Unbounded};
-    let start = after.map_or(Unbounded, Excluded);
-    let mut window: Vec<(&Key, &ElemValue)> = elements.range((start, Unbounded)).take(AUDIT_WINDOW).collect();
+    let mut window: Vec<(&Key, &ElemValue)> = elements.after(after).take(AUDIT_WINDOW).collect();
     if window.len() < AUDIT_WINDOW {
         let more = AUDIT_WINDOW.min(elements.len()) - window.len();
         window.extend(elements.iter().take(more).filter(|(k, _)| after.is_none_or(|a| *k <= a)));
@@ -277,7 +275,7 @@ pub fn compare(want: &Ruleset, got: Option<&Observed>) -> Option<String> {
         match got.sets.get(name) {
             None => return Some(format!("set {name} is gone")),
             Some(Some(n)) => {
-                let want_n = want.elements.get(name).map_or(0, BTreeMap::len);
+                let want_n = want.elements.get(name).map_or(0, SetElements::len);
                 if *n != want_n {
                     return Some(format!("set {name} has {n} elements, we programmed {want_n}"));
                 }
@@ -306,7 +304,7 @@ mod tests {
     use crate::ruleset::{ElemValue, Field, Key, Value};
     use nftproxy_nft_wire::Batch;
 
-    fn elements(n: u32) -> BTreeMap<Key, ElemValue> {
+    fn elements(n: u32) -> SetElements {
         (0..n)
             .map(|i| {
                 let key = Key::of(&[Field::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()), Field::Port(80)]);

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use nftproxy_nft_wire::{BaseChain, Batch, Elem};
 
 use crate::family::Family;
-use crate::ruleset::{ElemValue, Key, Rule, Ruleset, SetDecl, TABLE, TABLE_COMMENT};
+use crate::ruleset::{ElemValue, Key, Rule, Ruleset, SetDecl, SetElements, TABLE, TABLE_COMMENT};
 use crate::table::Delta;
 
 /// The elements of one set that a transaction adds or deletes: all of them, or some. Encoded
 /// lazily, [`RUN`] at a time, so that wire forms never all exist at once.
 pub enum Elements<'a> {
-    All(&'a BTreeMap<Key, ElemValue>),
+    All(&'a SetElements),
     Some(Vec<(&'a Key, &'a ElemValue)>),
 }
 
@@ -225,7 +225,7 @@ pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
             p => t.rules.push(ChainRules { chain: name, flush: p.is_some(), rules: &c.rules }),
         }
     }
-    let empty = BTreeMap::new();
+    let empty = SetElements::default();
     for name in next.sets.keys() {
         let (old, new) = (prev.elements.get(name).unwrap_or(&empty), &next.elements[name]);
         // Changed values are deleted and added again: the kernel refuses to overwrite data.

@@ -2,7 +2,7 @@
 //! rule carries both its `nft` text and its expressions, so what `render` prints and what `sync`
 //! programs come from one value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::IpAddr;
 
@@ -279,7 +279,15 @@ pub struct ElemValue {
     pub comment: Option<Comment>,
 }
 
+/// The value of an element that has none: no data, no comment (a hairpin pair).
+pub static PLAIN: ElemValue = ElemValue { value: Value::None, comment: None };
+
 impl ElemValue {
+    /// No data and no comment: what a [`SetElements::Keys`] set holds for every key.
+    pub fn is_plain(&self) -> bool {
+        matches!(self.value, Value::None) && self.comment.is_none()
+    }
+
     pub fn wire(&self, key: &Key) -> Elem {
         Elem {
             key: key.bytes().to_vec(),
@@ -325,13 +333,223 @@ fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "'"))
 }
 
+/// One set's elements in the mirror, by key. A set whose elements have neither data nor a
+/// comment keeps its keys only: the hairpin set holds one element per endpoint, half of the
+/// 1.1 M elements at 50k Services × 10 endpoints, and a value beside each key took 40 bytes that
+/// said nothing (~20 MiB there). The first element with data or a comment turns the set into a
+/// map, for good.
+#[derive(Clone, Debug)]
+pub enum SetElements {
+    Keys(BTreeSet<Key>),
+    Map(BTreeMap<Key, ElemValue>),
+}
+
+impl Default for SetElements {
+    fn default() -> Self {
+        SetElements::Keys(BTreeSet::new())
+    }
+}
+
+/// What [`SetElements::put`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Put {
+    Added,
+    /// The element was there with this value already.
+    Same,
+    /// The element was there with another value: the one it had.
+    Replaced(ElemValue),
+}
+
+impl SetElements {
+    pub fn len(&self) -> usize {
+        match self {
+            SetElements::Keys(k) => k.len(),
+            SetElements::Map(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains_key(&self, key: &Key) -> bool {
+        match self {
+            SetElements::Keys(k) => k.contains(key),
+            SetElements::Map(m) => m.contains_key(key),
+        }
+    }
+
+    pub fn get(&self, key: &Key) -> Option<&ElemValue> {
+        match self {
+            SetElements::Keys(k) => k.contains(key).then_some(&PLAIN),
+            SetElements::Map(m) => m.get(key),
+        }
+    }
+
+    /// Adds or replaces an element, with one search of the tree.
+    pub fn put(&mut self, key: Key, value: ElemValue) -> Put {
+        if let SetElements::Keys(keys) = self {
+            if value.is_plain() {
+                return if keys.insert(key) { Put::Added } else { Put::Same };
+            }
+            let keys = std::mem::take(keys);
+            *self = SetElements::Map(keys.into_iter().map(|k| (k, PLAIN.clone())).collect());
+        }
+        let SetElements::Map(m) = self else { unreachable!("made a map above") };
+        match m.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut cur) => {
+                if *cur.get() == value {
+                    Put::Same
+                } else {
+                    Put::Replaced(std::mem::replace(cur.get_mut(), value))
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(value);
+                Put::Added
+            }
+        }
+    }
+
+    /// As `BTreeMap::insert`: the value the key had.
+    pub fn insert(&mut self, key: Key, value: ElemValue) -> Option<ElemValue> {
+        match self.put(key, value) {
+            Put::Added => None,
+            Put::Same => self.get(&key).cloned(),
+            Put::Replaced(old) => Some(old),
+        }
+    }
+
+    pub fn remove(&mut self, key: &Key) -> Option<ElemValue> {
+        match self {
+            SetElements::Keys(k) => k.remove(key).then(|| PLAIN.clone()),
+            SetElements::Map(m) => m.remove(key),
+        }
+    }
+
+    /// In key order.
+    pub fn iter(&self) -> SetElementsIter<'_> {
+        match self {
+            SetElements::Keys(k) => SetElementsIter::Keys(k.iter()),
+            SetElements::Map(m) => SetElementsIter::Map(m.iter()),
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Key> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &ElemValue> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+
+    /// The elements after `after` (all of them when None), in key order.
+    pub fn after<'a>(&'a self, after: Option<&Key>) -> Box<dyn Iterator<Item = (&'a Key, &'a ElemValue)> + 'a> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = after.map_or(Unbounded, |k| Excluded(*k));
+        match self {
+            SetElements::Keys(k) => Box::new(k.range((start, Unbounded)).map(|k| (k, &PLAIN))),
+            SetElements::Map(m) => Box::new(m.range((start, Unbounded))),
+        }
+    }
+
+    /// Rebuilds the tree with full nodes (see `nftproxy_model::compact_map`).
+    pub fn compact(&mut self) {
+        match self {
+            SetElements::Keys(k) => {
+                if let Some(last) = k.pop_last() {
+                    let mut tail = BTreeSet::from([last]);
+                    k.append(&mut tail);
+                }
+            }
+            SetElements::Map(m) => nftproxy_model::compact_map(m),
+        }
+    }
+}
+
+impl PartialEq for SetElements {
+    /// Equal when they hold the same elements, however they keep them.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for SetElements {}
+
+impl FromIterator<(Key, ElemValue)> for SetElements {
+    fn from_iter<I: IntoIterator<Item = (Key, ElemValue)>>(it: I) -> Self {
+        let mut s = SetElements::default();
+        for (k, v) in it {
+            s.put(k, v);
+        }
+        s
+    }
+}
+
+impl<'a> IntoIterator for &'a SetElements {
+    type Item = (&'a Key, &'a ElemValue);
+    type IntoIter = SetElementsIter<'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl IntoIterator for SetElements {
+    type Item = (Key, ElemValue);
+    type IntoIter = SetElementsIntoIter;
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            SetElements::Keys(k) => SetElementsIntoIter::Keys(k.into_iter()),
+            SetElements::Map(m) => SetElementsIntoIter::Map(m.into_iter()),
+        }
+    }
+}
+
+/// [`SetElements`]' elements, moved out.
+pub enum SetElementsIntoIter {
+    Keys(std::collections::btree_set::IntoIter<Key>),
+    Map(std::collections::btree_map::IntoIter<Key, ElemValue>),
+}
+
+impl Iterator for SetElementsIntoIter {
+    type Item = (Key, ElemValue);
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            SetElementsIntoIter::Keys(k) => k.next().map(|k| (k, PLAIN.clone())),
+            SetElementsIntoIter::Map(m) => m.next(),
+        }
+    }
+}
+
+/// [`SetElements::iter`].
+pub enum SetElementsIter<'a> {
+    Keys(std::collections::btree_set::Iter<'a, Key>),
+    Map(std::collections::btree_map::Iter<'a, Key, ElemValue>),
+}
+
+impl<'a> Iterator for SetElementsIter<'a> {
+    type Item = (&'a Key, &'a ElemValue);
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            SetElementsIter::Keys(k) => k.next().map(|k| (k, &PLAIN)),
+            SetElementsIter::Map(m) => m.next(),
+        }
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            SetElementsIter::Keys(k) => k.size_hint(),
+            SetElementsIter::Map(m) => m.size_hint(),
+        }
+    }
+}
+
 /// One table's desired state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ruleset {
     pub family: Family,
     pub chains: BTreeMap<String, Chain>,
     pub sets: BTreeMap<String, SetDecl>,
-    pub elements: BTreeMap<String, BTreeMap<Key, ElemValue>>,
+    pub elements: BTreeMap<String, SetElements>,
     /// In the fixed part: where in a chain the [`Route`] rules of other chains go (index among
     /// its own rules).
     pub route_slots: BTreeMap<String, usize>,
@@ -367,15 +585,15 @@ impl Ruleset {
         // Look the set up before allocating its name: this runs once per element.
         match self.elements.get_mut(set) {
             Some(m) => {
-                m.insert(key, v);
+                m.put(key, v);
             }
             None => {
-                self.elements.entry(set.to_string()).or_default().insert(key, v);
+                self.elements.entry(set.to_string()).or_default().put(key, v);
             }
         }
     }
     pub fn element_count(&self) -> usize {
-        self.elements.values().map(BTreeMap::len).sum()
+        self.elements.values().map(SetElements::len).sum()
     }
 
     /// The table in `nft -f` syntax. Preceded by the idiom that replaces an existing table in the
@@ -525,5 +743,62 @@ mod packed_props {
                 prop_assert_eq!(Fields::of(&fa).cmp(&Fields::of(&fb)), fa.cmp(&fb));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod set_elements_tests {
+    use super::*;
+
+    fn key(i: u32) -> Key {
+        Key::of(&[Field::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()), Field::Port(80)])
+    }
+
+    fn data(i: u32) -> ElemValue {
+        ElemValue { value: Value::Fields(Fields::of(&[Field::Port(i as u16)])), comment: None }
+    }
+
+    #[test]
+    fn plain_elements_keep_keys_only_until_one_has_a_value() {
+        let mut s = SetElements::default();
+        assert_eq!(s.put(key(2), PLAIN.clone()), Put::Added);
+        assert_eq!(s.put(key(1), PLAIN.clone()), Put::Added);
+        assert_eq!(s.put(key(1), PLAIN.clone()), Put::Same);
+        assert!(matches!(s, SetElements::Keys(_)));
+        assert_eq!(s.get(&key(1)), Some(&PLAIN));
+        assert_eq!(s.get(&key(3)), None);
+        // A comment is a value: the set becomes a map, the plain elements stay as they were.
+        let commented = ElemValue { value: Value::None, comment: Some(Comment::new("ns/svc:http".into())) };
+        assert_eq!(s.put(key(3), commented.clone()), Put::Added);
+        assert!(matches!(s, SetElements::Map(_)));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![(&key(1), &PLAIN), (&key(2), &PLAIN), (&key(3), &commented)]);
+        assert_eq!(s.put(key(2), data(7)), Put::Replaced(PLAIN.clone()));
+        assert_eq!(s.insert(key(2), data(8)), Some(data(7)));
+        assert_eq!(s.remove(&key(2)), Some(data(8)));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn the_same_elements_are_equal_however_they_are_kept() {
+        let keys: SetElements = (0..50).map(|i| (key(i), PLAIN.clone())).collect();
+        assert!(matches!(keys, SetElements::Keys(_)));
+        let map = SetElements::Map((0..50).map(|i| (key(i), PLAIN.clone())).collect());
+        assert_eq!(keys, map);
+        let mut other = map.clone();
+        other.insert(key(7), data(1));
+        assert_ne!(keys, other);
+        assert_eq!(keys.into_iter().collect::<Vec<_>>(), map.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn removing_and_compacting_a_keys_set() {
+        let mut s: SetElements = (0..1000).rev().map(|i| (key(i * 7 % 1000), PLAIN.clone())).collect();
+        assert_eq!(s.remove(&key(5)), Some(PLAIN.clone()));
+        assert_eq!(s.remove(&key(5)), None);
+        let before: Vec<Key> = s.keys().copied().collect();
+        s.compact();
+        assert_eq!(s.keys().copied().collect::<Vec<_>>(), before);
+        assert_eq!(s.after(Some(&key(997))).map(|(k, _)| *k).collect::<Vec<_>>(), vec![key(998), key(999)]);
+        assert_eq!(s.after(None).count(), 999);
     }
 }

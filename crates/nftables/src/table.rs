@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use nftproxy_model::ServiceName;
 
-use crate::ruleset::{Chain, ElemValue, Key, Route, Rule, Ruleset, SetDecl};
+use crate::ruleset::{Chain, ElemValue, Key, Put, Route, Rule, Ruleset, SetDecl};
 
 /// What a fragment swap touched, with the value each key had before the first touch.
 #[derive(Debug, Default)]
@@ -220,7 +220,7 @@ impl Table {
         // affinity each add sets.
         let (mut count, mut compacted, mut next_compaction) = (0usize, 0usize, COMPACT_FROM);
         for (svc, frag) in fragments {
-            count += frag.elements.values().map(BTreeMap::len).sum::<usize>();
+            count += frag.element_count();
             let idx = t.add(frag, None);
             t.fragments.insert(svc, idx);
             if count >= next_compaction {
@@ -240,7 +240,7 @@ impl Table {
 
     fn compact(&mut self) {
         for m in self.table.elements.values_mut() {
-            nftproxy_model::compact_map(m);
+            m.compact();
         }
     }
 
@@ -315,22 +315,21 @@ impl Table {
             for (k, v) in elems {
                 // One search per element (a B-tree search is mostly cache misses: three of them
                 // per element made key comparison the top of a cold build's profile).
-                match current.entry(k) {
-                    std::collections::btree_map::Entry::Occupied(mut cur) => {
+                match current.put(k, v) {
+                    Put::Same => {
                         // One more user of an element that exists (implicitly one user so far).
                         *refs.entry(k).or_insert(1) += 1;
-                        if *cur.get() != v {
-                            if let Some(d) = delta.as_deref_mut() {
-                                d.elements.entry((set.clone(), k)).or_insert_with(|| Some(cur.get().clone()));
-                            }
-                            *cur.get_mut() = v;
+                    }
+                    Put::Replaced(before) => {
+                        *refs.entry(k).or_insert(1) += 1;
+                        if let Some(d) = delta.as_deref_mut() {
+                            d.elements.entry((set.clone(), k)).or_insert(Some(before));
                         }
                     }
-                    std::collections::btree_map::Entry::Vacant(slot) => {
+                    Put::Added => {
                         if let Some(d) = delta.as_deref_mut() {
                             d.elements.entry((set.clone(), k)).or_insert(None);
                         }
-                        slot.insert(v);
                     }
                 }
                 keys.push(id, k);
