@@ -480,31 +480,28 @@ pub fn run(
         .map(|s| (s, &Proxy::ALL[..]))
         .chain(ours_sizes.iter().map(|s| (s, &Proxy::OURS[..])))
         .chain(standalone_sizes.iter().map(|s| (s, &[Proxy::OursStandalone][..])));
-    // The last cluster loaded through the API, kept while the next size has as many Services.
+    // The last cluster loaded through the API, kept while the next size has as many Services
+    // (dropped, with its API server, before another one starts).
     let mut kept: Option<Cluster> = None;
     for (&(n, e), proxies) in runs {
-        let mut c = if proxies == [Proxy::OursStandalone] {
-            drop(kept.take());
-            Cluster::empty(n, e)
-        } else {
-            match kept.take() {
-                Some(mut c) if c.n == n => {
-                    let was = c.e;
-                    let took = c.regrow(e);
-                    load_times.push(format!(
-                        "{n} × {e}: the {n} EndpointSlices of {n} × {was} replaced in {:.1} s",
-                        took.as_secs_f64()
-                    ));
-                    eprintln!("head to head {n} × {e}: slices of {n} × {was} replaced in {took:.1?}");
-                    c
-                }
-                other => {
-                    drop(other);
-                    let c = Cluster::load(n, e);
-                    load_times.push(format!("{n} × {e}: {} objects in {:.1} s", 2 * n + 2, c.load_time.as_secs_f64()));
-                    eprintln!("head to head {n} × {e}: objects loaded in {:.1?}", c.load_time);
-                    c
-                }
+        let standalone = proxies == [Proxy::OursStandalone];
+        let mut c = match kept.take().filter(|c| c.n == n && !standalone) {
+            Some(mut c) => {
+                let was = c.e;
+                let took = c.regrow(e);
+                load_times.push(format!(
+                    "{n} × {e}: the {n} EndpointSlices of {n} × {was} replaced in {:.1} s",
+                    took.as_secs_f64()
+                ));
+                eprintln!("head to head {n} × {e}: slices of {n} × {was} replaced in {took:.1?}");
+                c
+            }
+            None if standalone => Cluster::empty(n, e),
+            None => {
+                let c = Cluster::load(n, e);
+                load_times.push(format!("{n} × {e}: {} objects in {:.1} s", 2 * n + 2, c.load_time.as_secs_f64()));
+                eprintln!("head to head {n} × {e}: objects loaded in {:.1?}", c.load_time);
+                c
             }
         };
         for &p in proxies {
@@ -512,7 +509,7 @@ pub fn run(
             eprintln!("head to head {n} × {e} {}: {f:?}", p.label());
             results.insert((n, e, p), f);
         }
-        if proxies != [Proxy::OursStandalone] {
+        if !standalone {
             kept = Some(c);
         }
     }

@@ -127,7 +127,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     out
 }
 
-/// For long runs stopped by hand (the bench runs two hours): on SIGINT, SIGTERM or SIGHUP, does
+/// For long runs stopped by hand (`make bench` runs ~100 minutes): on SIGINT, SIGTERM or SIGHUP, does
 /// what the Drop guards would have done had the process ended normally — kills every process it
 /// started (kube-apiserver, etcd, proxies, load generators), deletes its network namespaces
 /// (`knp-<pid>-…`) and their scratch directories (`/tmp/knp-<pid>-…`) — then exits 128 + the
@@ -162,7 +162,7 @@ pub fn clean_up_on_signal() {
         }
         let ours = format!("{NS_PREFIX}{me}-");
         for name in netns_list().into_iter().filter(|n| n.starts_with(&ours)) {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            delete_netns(&name);
         }
         for dir in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
             if dir.file_name().to_string_lossy().starts_with(&ours) {
@@ -171,6 +171,11 @@ pub fn clean_up_on_signal() {
         }
         std::process::exit(128 + sig);
     });
+}
+
+/// `ip netns del NAME`, its failure ignored (cleanup: the namespace may be gone already).
+fn delete_netns(name: &str) {
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
 }
 
 /// All network namespaces by name (`ip netns list`).
@@ -193,7 +198,7 @@ fn sweep_orphans() {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            delete_netns(&name);
         }
     }
 }
@@ -387,7 +392,7 @@ impl Drop for Topology {
             let _ = c.wait();
         }
         for ns in self.namespaces.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
+            delete_netns(&ns.name);
         }
     }
 }

@@ -411,15 +411,6 @@ impl SetElements {
         }
     }
 
-    /// As `BTreeMap::insert`: the value the key had.
-    pub fn insert(&mut self, key: Key, value: ElemValue) -> Option<ElemValue> {
-        match self.put(key, value) {
-            Put::Added => None,
-            Put::Same => self.get(&key).cloned(),
-            Put::Replaced(old) => Some(old),
-        }
-    }
-
     pub fn remove(&mut self, key: &Key) -> Option<ElemValue> {
         match self {
             SetElements::Keys(k) => k.remove(key).then(|| PLAIN.clone()),
@@ -773,7 +764,7 @@ mod set_elements_tests {
         assert!(matches!(s, SetElements::Map(_)));
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![(&key(1), &PLAIN), (&key(2), &PLAIN), (&key(3), &commented)]);
         assert_eq!(s.put(key(2), data(7)), Put::Replaced(PLAIN.clone()));
-        assert_eq!(s.insert(key(2), data(8)), Some(data(7)));
+        assert_eq!(s.put(key(2), data(8)), Put::Replaced(data(7)));
         assert_eq!(s.remove(&key(2)), Some(data(8)));
         assert_eq!(s.len(), 2);
     }
@@ -785,7 +776,7 @@ mod set_elements_tests {
         let map = SetElements::Map((0..50).map(|i| (key(i), PLAIN.clone())).collect());
         assert_eq!(keys, map);
         let mut other = map.clone();
-        other.insert(key(7), data(1));
+        other.put(key(7), data(1));
         assert_ne!(keys, other);
         assert_eq!(keys.into_iter().collect::<Vec<_>>(), map.into_iter().collect::<Vec<_>>());
     }

@@ -316,19 +316,16 @@ impl Table {
                 // One search per element (a B-tree search is mostly cache misses: three of them
                 // per element made key comparison the top of a cold build's profile).
                 match current.put(k, v) {
-                    Put::Same => {
-                        // One more user of an element that exists (implicitly one user so far).
-                        *refs.entry(k).or_insert(1) += 1;
-                    }
-                    Put::Replaced(before) => {
-                        *refs.entry(k).or_insert(1) += 1;
-                        if let Some(d) = delta.as_deref_mut() {
-                            d.elements.entry((set.clone(), k)).or_insert(Some(before));
-                        }
-                    }
                     Put::Added => {
                         if let Some(d) = delta.as_deref_mut() {
                             d.elements.entry((set.clone(), k)).or_insert(None);
+                        }
+                    }
+                    existing => {
+                        // One more user of an element that exists (implicitly one user so far).
+                        *refs.entry(k).or_insert(1) += 1;
+                        if let (Put::Replaced(before), Some(d)) = (existing, delta.as_deref_mut()) {
+                            d.elements.entry((set.clone(), k)).or_insert(Some(before));
                         }
                     }
                 }
