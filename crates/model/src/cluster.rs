@@ -2,7 +2,6 @@
 //! incremental updates (a watcher event, a changed manifest) replace exactly one object.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use crate::types::*;
 
@@ -112,7 +111,7 @@ impl ClusterState {
     /// and protocol. The same `ip:port` in two slices counts once; a ready copy wins over a
     /// not-ready one. Ordered like kube-proxy: by the `ip:port` string.
     pub fn endpoints_for(&self, port: &ServicePortName, family: IpFamily) -> Vec<MergedEndpoint> {
-        let mut merged: BTreeMap<(IpAddr, u16), Endpoint> = BTreeMap::new();
+        let mut all: Vec<(HostPortKey, bool, &Endpoint, u16)> = Vec::new();
         for slice in self.slices_of(&port.service) {
             if slice.address_type.family() != Some(family) {
                 continue;
@@ -120,22 +119,19 @@ impl ClusterState {
             let Some(ep_port) = slice.ports.iter().find(|p| p.name == port.port && p.protocol == port.protocol) else {
                 continue;
             };
-            for ep in &slice.endpoints {
-                let key = (ep.address, ep_port.port);
-                match merged.get(&key) {
-                    Some(existing) if existing.ready || !ep.ready => {}
-                    _ => {
-                        merged.insert(key, ep.clone());
-                    }
-                }
-            }
+            all.extend(
+                slice
+                    .endpoints
+                    .iter()
+                    .map(|ep| (HostPortKey::new(&ep.address, ep_port.port), !ep.ready, ep, ep_port.port)),
+            );
         }
-        let mut out: Vec<MergedEndpoint> =
-            merged.into_iter().map(|((_, port), endpoint)| MergedEndpoint { endpoint, port }).collect();
         // kube-proxy's order: by the `ip:port` string (its byEndpoint), so that every backend
-        // lists endpoints as kube-proxy does.
-        out.sort_by_cached_key(|m| crate::types::join_host_port(&m.endpoint.address, m.port));
-        out
+        // lists endpoints as kube-proxy does. Stable, and ready first within one `ip:port`: the
+        // copy kept of a duplicate is the first ready one, else the first one.
+        all.sort_by_key(|(key, not_ready, _, _)| (*key, *not_ready));
+        all.dedup_by_key(|(key, _, _, _)| *key);
+        all.into_iter().map(|(_, _, endpoint, port)| MergedEndpoint { endpoint: endpoint.clone(), port }).collect()
     }
 }
 

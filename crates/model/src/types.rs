@@ -632,6 +632,84 @@ pub fn join_host_port(ip: &IpAddr, port: u16) -> String {
     }
 }
 
+/// [`join_host_port`]'s text, kept inline for ordering: comparing two keys compares their
+/// strings, without allocating one (sorting every Service's endpoints by a formatted `String`
+/// was ~0.2 s of a cold sync at 50k Services × 10).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostPortKey {
+    /// The text, zero-padded: a zero byte sorts before every character of an address, so a
+    /// prefix sorts first, as with strings.
+    text: [u8; HostPortKey::MAX],
+}
+
+impl HostPortKey {
+    /// `[` + the longest IPv6 text (45) + `]:` + 5 digits.
+    const MAX: usize = 53;
+
+    pub fn new(ip: &IpAddr, port: u16) -> HostPortKey {
+        use std::fmt::Write;
+        struct Buf<'a>(&'a mut [u8], usize);
+        impl Write for Buf<'_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                let end = self.1 + s.len();
+                self.0.get_mut(self.1..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+                self.1 = end;
+                Ok(())
+            }
+        }
+        let mut text = [0u8; HostPortKey::MAX];
+        let mut b = Buf(&mut text, 0);
+        let fits = match ip {
+            IpAddr::V4(a) => write!(b, "{a}:{port}"),
+            IpAddr::V6(a) => write!(b, "[{a}]:{port}"),
+        };
+        debug_assert!(fits.is_ok(), "{ip} port {port} fits {} bytes", HostPortKey::MAX);
+        HostPortKey { text }
+    }
+
+    /// The text, as [`join_host_port`] gives it.
+    pub fn as_str(&self) -> &str {
+        let len = self.text.iter().position(|b| *b == 0).unwrap_or(HostPortKey::MAX);
+        std::str::from_utf8(&self.text[..len]).expect("written from a str")
+    }
+}
+
+#[cfg(test)]
+mod host_port_key_tests {
+    use super::*;
+
+    /// The key is the string and orders like it, IPv4 and the longest IPv6 forms included.
+    #[test]
+    fn orders_like_the_joined_string() {
+        let addrs = [
+            "10.0.0.1",
+            "10.0.0.10",
+            "10.0.0.2",
+            "9.255.255.255",
+            "255.255.255.255",
+            "fd00::1",
+            "fd00::10",
+            "fd00::a",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "::",
+        ];
+        let mut pairs = Vec::new();
+        for a in addrs {
+            for port in [0, 1, 8, 80, 443, 8080, 65535] {
+                pairs.push((a.parse::<IpAddr>().unwrap(), port));
+            }
+        }
+        for (ip, port) in &pairs {
+            assert_eq!(HostPortKey::new(ip, *port).as_str(), join_host_port(ip, *port));
+        }
+        for (a, b) in pairs.iter().flat_map(|a| pairs.iter().map(move |b| (a, b))) {
+            let by_string = join_host_port(&a.0, a.1).cmp(&join_host_port(&b.0, b.1));
+            assert_eq!(HostPortKey::new(&a.0, a.1).cmp(&HostPortKey::new(&b.0, b.1)), by_string, "{a:?} {b:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod shared_name_tests {
     use super::*;
