@@ -146,6 +146,37 @@ pub enum ElemData {
     Verdict(Verdict),
 }
 
+/// A set element as the encoder reads it, borrowed: encoding a cold start's million elements
+/// then allocates nothing per element (an owned [`Elem`] each was ~3 allocations, a third of
+/// the encoding time at 50k Services × 10).
+#[derive(Clone, Copy, Debug)]
+pub struct ElemRef<'a> {
+    pub key: &'a [u8],
+    pub data: Option<ElemDataRef<'a>>,
+    pub timeout_ms: Option<u64>,
+    pub comment: Option<&'a str>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum ElemDataRef<'a> {
+    Value(&'a [u8]),
+    Verdict(&'a Verdict),
+}
+
+impl Elem {
+    pub fn as_ref(&self) -> ElemRef<'_> {
+        ElemRef {
+            key: &self.key,
+            data: self.data.as_ref().map(|d| match d {
+                ElemData::Value(v) => ElemDataRef::Value(v),
+                ElemData::Verdict(v) => ElemDataRef::Verdict(v),
+            }),
+            timeout_ms: self.timeout_ms,
+            comment: self.comment.as_deref(),
+        }
+    }
+}
+
 /// One message of a batch, for mapping the kernel's per-message errors back to objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MsgInfo {
@@ -318,11 +349,23 @@ impl Batch {
     /// Adds elements, in as many messages as needed (a nested attribute is at most 64 KiB).
     /// `set_id` is given when the set was declared earlier in this batch (as nft does).
     pub fn add_elems(&mut self, family: NfFamily, table: &str, set: &str, set_id: Option<u32>, elems: &[Elem]) {
+        let elems: Vec<ElemRef> = elems.iter().map(Elem::as_ref).collect();
+        self.add_elem_refs(family, table, set, set_id, &elems);
+    }
+
+    /// [`Batch::add_elems`] from borrowed elements.
+    pub fn add_elem_refs(&mut self, family: NfFamily, table: &str, set: &str, set_id: Option<u32>, elems: &[ElemRef]) {
         self.elems(NFT_MSG_NEWSETELEM, NLM_F_CREATE, family, table, set, set_id, elems);
     }
 
     /// Deletes elements by key (data and comments are ignored by the kernel).
     pub fn del_elems(&mut self, family: NfFamily, table: &str, set: &str, elems: &[Elem]) {
+        let elems: Vec<ElemRef> = elems.iter().map(Elem::as_ref).collect();
+        self.del_elem_refs(family, table, set, &elems);
+    }
+
+    /// [`Batch::del_elems`] from borrowed elements.
+    pub fn del_elem_refs(&mut self, family: NfFamily, table: &str, set: &str, elems: &[ElemRef]) {
         self.elems(NFT_MSG_DELSETELEM, 0, family, table, set, None, elems);
     }
 
@@ -343,9 +386,10 @@ impl Batch {
         table: &str,
         set: &str,
         set_id: Option<u32>,
-        elems: &[Elem],
+        elems: &[ElemRef],
     ) {
         let verb = if ty == NFT_MSG_NEWSETELEM { "add" } else { "delete" };
+        let mut udata = Udata::default();
         for (i, chunk) in elems.chunks(ELEMS_PER_MESSAGE).enumerate() {
             let first = i * ELEMS_PER_MESSAGE;
             let what = format!("{verb} elements {}..{} of {set}", first, first + chunk.len());
@@ -361,26 +405,25 @@ impl Batch {
                     if let Some(t) = e.timeout_ms {
                         w.u64(NFTA_SET_ELEM_TIMEOUT, t);
                     }
-                    elem_key(w, &e.key);
+                    elem_key(w, e.key);
                     if ty == NFT_MSG_NEWSETELEM {
-                        match &e.data {
-                            Some(ElemData::Value(v)) => {
+                        match e.data {
+                            Some(ElemDataRef::Value(v)) => {
                                 let d = w.nest(NFTA_SET_ELEM_DATA);
                                 w.bytes(NFTA_DATA_VALUE, v);
                                 w.end(d);
                             }
-                            Some(ElemData::Verdict(v)) => {
+                            Some(ElemDataRef::Verdict(v)) => {
                                 let d = w.nest(NFTA_SET_ELEM_DATA);
                                 v.write(w);
                                 w.end(d);
                             }
                             None => {}
                         }
-                        if let Some(c) = &e.comment {
-                            w.bytes(
-                                NFTA_SET_ELEM_USERDATA,
-                                &Udata::default().put_str(NFTNL_UDATA_SET_ELEM_COMMENT, comment(c)).0,
-                            );
+                        if let Some(c) = e.comment {
+                            udata.0.clear();
+                            udata.push_str(NFTNL_UDATA_SET_ELEM_COMMENT, comment(c));
+                            w.bytes(NFTA_SET_ELEM_USERDATA, &udata.0);
                         }
                     }
                     w.end(n);

@@ -17,8 +17,8 @@ pub mod netlink;
 mod writer;
 
 pub use batch::{
-    BaseChain, Batch, ChainType, Elem, ElemData, FinishedBatch, Hook, MsgInfo, NfFamily, SetSpec, get_elems_request,
-    split_messages,
+    BaseChain, Batch, ChainType, Elem, ElemData, ElemDataRef, ElemRef, FinishedBatch, Hook, MsgInfo, NfFamily, SetSpec,
+    get_elems_request, split_messages,
 };
 pub use decode::{DecodeError, Decoded, DecodedBatch, Message, decode_batch, decode_message, decode_messages};
 pub use expr::{CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, concat_reg};

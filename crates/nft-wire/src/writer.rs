@@ -63,10 +63,17 @@ impl Udata {
         self
     }
     /// A NUL-terminated string value (how nft stores comments).
-    pub fn put_str(self, ty: u8, s: &str) -> Self {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.put(ty, &v)
+    pub fn put_str(mut self, ty: u8, s: &str) -> Self {
+        self.push_str(ty, s);
+        self
+    }
+    /// [`Udata::put_str`] in place, so that a buffer can serve many elements' comments.
+    pub fn push_str(&mut self, ty: u8, s: &str) {
+        assert!(s.len() < 255, "userdata value too long");
+        self.0.push(ty);
+        self.0.push(s.len() as u8 + 1);
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.push(0);
     }
     pub fn put_u32(self, ty: u8, v: u32) -> Self {
         self.put(ty, &v.to_ne_bytes())

@@ -17,8 +17,8 @@ use crate::family::Family;
 use crate::netlink::{CommitStats, NetlinkError, NftSocket};
 
 /// What the sync engine needs from netfilter. Reads answer for one network namespace (the one
-/// the implementation was opened in).
-pub trait Netfilter: ConntrackTable {
+/// the implementation was opened in). `Send`: a cold start commits on a second thread.
+pub trait Netfilter: ConntrackTable + Send {
     /// Commits one batch atomically: every message or none. A refusal names the messages the
     /// kernel refused, with their errno.
     fn commit(&mut self, batch: &FinishedBatch) -> Result<CommitStats, NetlinkError>;

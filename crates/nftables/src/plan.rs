@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use nftproxy_nft_wire::{BaseChain, Batch, Elem};
+use nftproxy_nft_wire::{BaseChain, Batch, ElemRef};
 
 use crate::family::Family;
 use crate::ruleset::{ElemValue, Key, Rule, Ruleset, SetDecl, SetElements, TABLE, TABLE_COMMENT};
-use crate::table::Delta;
+use crate::table::{Delta, Grown};
 
 /// The elements of one set that a transaction adds or deletes: all of them, or some. Encoded
 /// lazily, [`RUN`] at a time, so that wire forms never all exist at once.
@@ -123,10 +123,10 @@ impl<'a> Transaction<'a> {
             }
         }
         for (set, elems) in &self.deleted_elements {
-            encode_runs(elems, |run| b.del_elems(fam, TABLE, set, run));
+            encode_runs(elems, |run| b.del_elem_refs(fam, TABLE, set, run));
         }
         for (set, elems) in &self.added_elements {
-            encode_runs(elems, |run| b.add_elems(fam, TABLE, set, None, run));
+            encode_runs(elems, |run| b.add_elem_refs(fam, TABLE, set, None, run));
         }
         for name in &self.deleted_chains {
             b.flush_chain(fam, TABLE, name);
@@ -144,10 +144,10 @@ impl<'a> Transaction<'a> {
 /// Elements per encoded run: only bounds the wire forms alive at once.
 const RUN: usize = 4096;
 
-fn encode_runs(elems: &Elements, mut put: impl FnMut(&[Elem])) {
+fn encode_runs(elems: &Elements, mut put: impl FnMut(&[ElemRef])) {
     let mut it = elems.iter().peekable();
     while it.peek().is_some() {
-        let run: Vec<Elem> = it.by_ref().take(RUN).map(|(k, v)| v.wire(k)).collect();
+        let run: Vec<ElemRef> = it.by_ref().take(RUN).map(|(k, v)| v.wire_ref(k)).collect();
         put(&run);
     }
 }
@@ -184,8 +184,9 @@ pub fn replace(r: &Ruleset, first_seq: u32) -> Batch {
 /// either fully programmed or not yet present. Holding the nftables mutex briefly many times keeps
 /// other users of nftables on the node responsive.
 ///
-/// Lazy: each transaction is encoded when the caller asks for it, after the previous one was
-/// sent, so only one is in memory (all of them at once were ~4 MiB at 10,000 Services × 3).
+/// Lazy: each transaction is encoded when the caller asks for it, so only the few the caller
+/// holds are in memory (all of them at once were ~4 MiB at 10,000 Services × 3). A sync's cold
+/// start uses this for the fixed part only; its Services go in by [`grown`] steps.
 pub fn cold_start(r: &Ruleset, first_seq: u32, max_elements: usize) -> impl Iterator<Item = Batch> + '_ {
     let max = max_elements.max(1);
     let mut runs = staged_runs(r, max).peekable();
@@ -207,6 +208,32 @@ pub fn cold_start(r: &Ruleset, first_seq: u32, max_elements: usize) -> impl Iter
         seq = b.seq_after();
         Some(b)
     })
+}
+
+/// One step of a cold start grown by [`crate::table::Table::grow`], as one transaction: the
+/// step's new sets and chains, the chains of the fixed part it rewrote (routes to new pick
+/// chains), and its elements. Each Service of the step is whole in it, so every transaction
+/// leaves a ruleset in which a Service is either fully programmed or not yet present.
+pub fn grown<'a>(table: &'a Ruleset, g: &'a Grown, first_seq: u32) -> Batch {
+    let mut t = Transaction::new(table.family, TableChange::Kept);
+    t.new_sets = g.sets.iter().filter_map(|n| table.sets.get(n)).collect();
+    let chains = g.chains.iter().map(|n| (n, false)).chain(g.rewritten.iter().map(|n| (n, true)));
+    for (name, existed) in chains {
+        let Some((name, c)) = table.chains.get_key_value(name) else { continue };
+        if !existed {
+            t.new_chains.push((name.as_str(), c.base.as_ref()));
+        }
+        t.rules.push(ChainRules { chain: name, flush: existed, rules: &c.rules });
+    }
+    let runs = |m: &'a BTreeMap<String, Vec<(Key, ElemValue)>>| -> Vec<(&'a str, Elements<'a>)> {
+        m.iter()
+            .filter(|(_, e)| !e.is_empty())
+            .map(|(set, e)| (set.as_str(), Elements::Some(e.iter().map(|(k, v)| (k, v)).collect())))
+            .collect()
+    };
+    t.deleted_elements = runs(&g.replaced);
+    t.added_elements = runs(&g.elements);
+    t.into_batch(first_seq)
 }
 
 /// Only the differences between two states of the same table, as one transaction.

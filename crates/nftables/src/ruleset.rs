@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use nftproxy_nft_wire::{BaseChain, Elem, ElemData, Expr, SetSpec, Verdict};
+use nftproxy_nft_wire::{BaseChain, Elem, ElemData, ElemDataRef, ElemRef, Expr, SetSpec, Verdict};
 
 use crate::family::Family;
 
@@ -286,6 +286,20 @@ impl ElemValue {
     /// No data and no comment: what a [`SetElements::Keys`] set holds for every key.
     pub fn is_plain(&self) -> bool {
         matches!(self.value, Value::None) && self.comment.is_none()
+    }
+
+    /// The element as the encoder reads it, borrowed from `key` and this value.
+    pub fn wire_ref<'a>(&'a self, key: &'a Key) -> ElemRef<'a> {
+        ElemRef {
+            key: key.bytes(),
+            data: match &self.value {
+                Value::None => None,
+                Value::Verdict(v) => Some(ElemDataRef::Verdict(v)),
+                Value::Fields(f) => Some(ElemDataRef::Value(f.bytes())),
+            },
+            timeout_ms: None,
+            comment: self.comment.as_deref().map(|c| c.as_str()),
+        }
     }
 
     pub fn wire(&self, key: &Key) -> Elem {

@@ -27,6 +27,41 @@ pub struct Delta {
     pub sets: BTreeMap<String, Option<SetDecl>>,
 }
 
+/// What one step of [`Table::grow`] added: a cold start's transaction for that step. A table
+/// grown from nothing has no old state to record, so this is lists, not a [`Delta`]'s maps (per
+/// element a name and an ordered insertion).
+#[derive(Debug, Default)]
+pub struct Grown {
+    /// Sets and chains that came with the step's fragments.
+    pub sets: Vec<String>,
+    pub chains: Vec<String>,
+    /// Chains of the fixed part whose rules the step rewrote: the routes to new pick chains.
+    pub rewritten: Vec<String>,
+    /// Elements the table did not hold before, per set, as added, with their value at the
+    /// end of the step.
+    pub elements: BTreeMap<String, Vec<(Key, ElemValue)>>,
+    /// Elements an earlier step added whose value this step changed (two Services claiming
+    /// one key: the last one added holds it, as in a table built at once), with the value
+    /// the kernel holds: out before the new value goes in.
+    pub replaced: BTreeMap<String, Vec<(Key, ElemValue)>>,
+    /// How many elements the step's fragments hold, shared ones counted for each.
+    pub fragment_elements: usize,
+}
+
+/// Where a table grown in steps stands in its schedule of rebuilds (see [`Table::new`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Growth {
+    count: usize,
+    compacted: usize,
+    next_compaction: usize,
+}
+
+impl Default for Growth {
+    fn default() -> Growth {
+        Growth { count: 0, compacted: 0, next_compaction: COMPACT_FROM }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Table {
     /// The whole table: fixed part plus every fragment.
@@ -189,6 +224,15 @@ impl Table {
     /// Merges fragments one by one as the iterator yields them: with a lazy iterator, only one
     /// fragment exists at a time (building all first cost ~10 KiB per Service at the peak).
     pub fn new(fixed: Ruleset, fragments: impl IntoIterator<Item = (ServiceName, Ruleset)>) -> Table {
+        let mut t = Table::fixed(fixed);
+        let mut growth = Growth::default();
+        t.grow(&mut growth, &mut fragments.into_iter().peekable(), usize::MAX, None);
+        t.grown_up(growth);
+        t
+    }
+
+    /// The fixed part alone: no Service yet.
+    pub fn fixed(fixed: Ruleset) -> Table {
         let slotted = fixed
             .route_slots
             .iter()
@@ -197,7 +241,7 @@ impl Table {
                 (chain.clone(), (own, *at))
             })
             .collect();
-        let mut t = Table {
+        Table {
             table: fixed,
             fragments: BTreeMap::new(),
             elem_refs: HashMap::default(),
@@ -207,35 +251,90 @@ impl Table {
             slotted,
             dirty: BTreeSet::new(),
             names: Names::default(),
-        };
-        // Elements arrive Service by Service, in no order of their keys, which leaves the maps'
-        // B-tree nodes about two-thirds full. Rebuilt from their own sorted iteration they are
-        // built full (bulk build): at 50k Services × 10, 1.1 M elements, the mirror went from
-        // 237 to 152 bytes per element, 249 to 159 MiB (`mem_breakdown`). In place: no copy.
-        // Rebuilt at the end only, the half-full tree was the daemon's peak, so they are also
-        // rebuilt each time the table has doubled: the nodes freed by one rebuild hold
-        // the next elements (twice the element moves of one rebuild in all; at 1.5× the
-        // daemon peaked 2 MiB lower but the build took 0.5 s more at 50k × 10).
-        // Counted per fragment: the table's own count walks every set, and Services with
-        // affinity each add sets.
-        let (mut count, mut compacted, mut next_compaction) = (0usize, 0usize, COMPACT_FROM);
-        for (svc, frag) in fragments {
-            count += frag.element_count();
-            let idx = t.add(frag, None);
-            t.fragments.insert(svc, idx);
-            if count >= next_compaction {
-                t.compact();
-                (compacted, next_compaction) = (count, count * 2);
+        }
+    }
+
+    /// Adds fragments as the iterator yields them, until the next one would take the step
+    /// past `budget` elements (a step takes at least one), then puts the routes of new pick
+    /// chains in place. With `grown`, records what the step added.
+    ///
+    /// Elements arrive Service by Service, in no order of their keys, which leaves the maps'
+    /// B-tree nodes about two-thirds full. Rebuilt from their own sorted iteration they are
+    /// built full (bulk build): at 50k Services × 10, 1.1 M elements, the mirror went from
+    /// 237 to 152 bytes per element, 249 to 159 MiB (`mem_breakdown`). In place: no copy.
+    /// Rebuilt at the end only ([`Table::grown_up`]), the half-full tree was the daemon's peak,
+    /// so they are also rebuilt each time the table has doubled: the nodes freed by one rebuild
+    /// hold the next elements (twice the element moves of one rebuild in all; at 1.5× the
+    /// daemon peaked 2 MiB lower but the build took 0.5 s more at 50k × 10).
+    /// Counted per fragment: the table's own count walks every set, and Services with
+    /// affinity each add sets.
+    pub fn grow<I: Iterator<Item = (ServiceName, Ruleset)>>(
+        &mut self,
+        growth: &mut Growth,
+        fragments: &mut std::iter::Peekable<I>,
+        budget: usize,
+        mut grown: Option<&mut Grown>,
+    ) {
+        let mut step = 0usize;
+        while let Some((_, next)) = fragments.peek() {
+            let n = next.element_count();
+            if step > 0 && step.saturating_add(n) > budget {
+                break;
+            }
+            let (svc, frag) = fragments.next().expect("peeked");
+            step += n;
+            growth.count += n;
+            let idx = self.add(frag, None, grown.as_deref_mut());
+            self.fragments.insert(svc, idx);
+            if growth.count >= growth.next_compaction {
+                self.compact();
+                (growth.compacted, growth.next_compaction) = (growth.count, growth.count * 2);
             }
         }
-        // The last rebuild, unless one during the build was recent: a rebuild moves every
-        // element to fill the nodes the newest quarter left two-thirds full (~2 MB at 50k × 10,
-        // where rebuilding 1.1 M elements once more took ~0.1 s).
-        if count - compacted > compacted / 4 {
-            t.compact();
+        match grown {
+            Some(g) => {
+                g.fragment_elements = step;
+                self.settle_replaced(g);
+                let mut d = Delta::default();
+                self.rebuild_slotted(Some(&mut d));
+                g.rewritten = d.chains.into_keys().collect();
+            }
+            None => self.rebuild_slotted(None),
         }
-        t.rebuild_slotted(None);
-        t
+    }
+
+    /// Gives the elements a step replaced their value at the step's end: in the step's own
+    /// additions when the step added them, else as a replacement of what an earlier step sent.
+    /// [`Table::add`] files every replacement under `replaced` with the value before it; rare
+    /// (conflicting Services), so the search of the step's additions is a linear one.
+    fn settle_replaced(&mut self, g: &mut Grown) {
+        for (set, replaced) in std::mem::take(&mut g.replaced) {
+            let Some(now) = self.table.elements.get(&set) else { continue };
+            let mut settled: Vec<(Key, ElemValue)> = Vec::new();
+            for (key, before) in replaced {
+                let Some(value) = now.get(&key) else { continue };
+                let added = g.elements.get_mut(&set).and_then(|a| a.iter_mut().find(|(k, _)| *k == key));
+                if let Some((_, v)) = added {
+                    *v = value.clone();
+                } else if !settled.iter().any(|(k, _)| *k == key) {
+                    // The first replacement's "before" is what the kernel holds.
+                    settled.push((key, before));
+                    g.elements.entry(set.clone()).or_default().push((key, value.clone()));
+                }
+            }
+            if !settled.is_empty() {
+                g.replaced.insert(set, settled);
+            }
+        }
+    }
+
+    /// The last rebuild of a grown table, unless one during the growth was recent: a rebuild
+    /// moves every element to fill the nodes the newest quarter left two-thirds full (~2 MB at
+    /// 50k × 10, where rebuilding 1.1 M elements once more took ~0.1 s).
+    pub fn grown_up(&mut self, growth: Growth) {
+        if growth.count - growth.compacted > growth.compacted / 4 {
+            self.compact();
+        }
     }
 
     fn compact(&mut self) {
@@ -250,7 +349,7 @@ impl Table {
             self.remove(&old, delta);
         }
         if let Some(new) = new {
-            let idx = self.add(new, Some(delta));
+            let idx = self.add(new, Some(delta), None);
             self.fragments.insert(svc.clone(), idx);
         }
         self.rebuild_slotted(Some(delta));
@@ -278,7 +377,7 @@ impl Table {
 
     /// Adds a fragment's objects (moving them into the table); `delta` is None when building
     /// from scratch, where nobody needs to know what changed.
-    fn add(&mut self, frag: Ruleset, mut delta: Option<&mut Delta>) -> FragmentIndex {
+    fn add(&mut self, frag: Ruleset, mut delta: Option<&mut Delta>, mut grown: Option<&mut Grown>) -> FragmentIndex {
         let mut idx = FragmentIndex::default();
         for (name, decl) in frag.sets {
             let rc = self.set_refs.entry(name.clone()).or_default();
@@ -289,6 +388,9 @@ impl Table {
                 }
                 self.table.elements.entry(name.clone()).or_default();
                 self.table.sets.insert(name.clone(), decl);
+                if let Some(g) = grown.as_deref_mut() {
+                    g.sets.push(name.clone());
+                }
             }
             idx.sets.push(self.names.id(&name));
         }
@@ -304,6 +406,9 @@ impl Table {
                     self.dirty.insert(*from);
                 }
                 self.table.chains.insert(name.clone(), chain);
+                if let Some(g) = grown.as_deref_mut() {
+                    g.chains.push(name.clone());
+                }
             }
             idx.chains.push(self.names.id(&name));
         }
@@ -312,24 +417,44 @@ impl Table {
             let id = self.names.id(&set);
             let refs = self.elem_refs.entry(set.clone()).or_default();
             let current = self.table.elements.entry(set.clone()).or_default();
+            let mut log = grown.as_deref_mut().map(|g| {
+                if !g.elements.contains_key(&set) {
+                    g.elements.insert(set.clone(), Vec::new());
+                }
+                g.elements.get_mut(&set).expect("just made sure")
+            });
+            let mut replaced = Vec::new();
             for (k, v) in elems {
                 // One search per element (a B-tree search is mostly cache misses: three of them
                 // per element made key comparison the top of a cold build's profile).
+                let logged = log.as_ref().map(|_| v.clone());
                 match current.put(k, v) {
                     Put::Added => {
                         if let Some(d) = delta.as_deref_mut() {
                             d.elements.entry((set.clone(), k)).or_insert(None);
                         }
+                        if let (Some(log), Some(v)) = (log.as_deref_mut(), logged) {
+                            log.push((k, v));
+                        }
                     }
                     existing => {
                         // One more user of an element that exists (implicitly one user so far).
                         *refs.entry(k).or_insert(1) += 1;
-                        if let (Put::Replaced(before), Some(d)) = (existing, delta.as_deref_mut()) {
-                            d.elements.entry((set.clone(), k)).or_insert(Some(before));
+                        if let Put::Replaced(before) = existing {
+                            if let Some(d) = delta.as_deref_mut() {
+                                d.elements.entry((set.clone(), k)).or_insert(Some(before));
+                            } else if log.is_some() {
+                                replaced.push((k, before));
+                            }
                         }
                     }
                 }
                 keys.push(id, k);
+            }
+            if let Some(g) = grown.as_deref_mut()
+                && !replaced.is_empty()
+            {
+                g.replaced.entry(set).or_default().extend(replaced);
             }
         }
         idx.elements = keys.finish();
