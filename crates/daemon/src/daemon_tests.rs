@@ -97,6 +97,7 @@ async fn the_first_sync_is_full_after_every_list_and_later_ones_are_partial() {
     proxy.sync().await;
     assert_eq!(fake.dump(Family::V4, TABLE), fresh(&proxy, &st));
     assert_eq!((count(&proxy.metrics.sync_full_duration), count(&proxy.metrics.sync_partial_duration)), (1, 0));
+    proxy.migration_done().await;
     assert_eq!(TAKE_OVERS.load(Ordering::SeqCst), 1, "leftovers are removed after the first sync");
     assert_eq!(proxy.metrics.services.with_label_values(&["IPv4"]).get(), 20);
 
@@ -113,6 +114,7 @@ async fn the_first_sync_is_full_after_every_list_and_later_ones_are_partial() {
     assert_eq!(fake.commits().len(), commits + 1, "one transaction (IPv4)");
     assert!(fake.commits()[commits].messages.len() <= 4, "{:?}", fake.commits()[commits]);
     assert_eq!(fake.dump(Family::V4, TABLE), fresh(&proxy, &more));
+    proxy.migration_done().await;
     assert_eq!(TAKE_OVERS.load(Ordering::SeqCst), 1, "once only");
     assert!(proxy.health.healthy());
 }
