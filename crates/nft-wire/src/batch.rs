@@ -163,6 +163,21 @@ pub enum ElemDataRef<'a> {
     Verdict(&'a Verdict),
 }
 
+impl ElemRef<'_> {
+    /// An owned copy, for what keeps or compares elements (drift checks, the fake).
+    pub fn to_elem(&self) -> Elem {
+        Elem {
+            key: self.key.to_vec(),
+            data: self.data.map(|d| match d {
+                ElemDataRef::Value(v) => ElemData::Value(v.to_vec()),
+                ElemDataRef::Verdict(v) => ElemData::Verdict(v.clone()),
+            }),
+            timeout_ms: self.timeout_ms,
+            comment: self.comment.map(str::to_string),
+        }
+    }
+}
+
 impl Elem {
     pub fn as_ref(&self) -> ElemRef<'_> {
         ElemRef {

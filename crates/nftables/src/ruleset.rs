@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use nftproxy_nft_wire::{BaseChain, Elem, ElemData, ElemDataRef, ElemRef, Expr, SetSpec, Verdict};
+use nftproxy_nft_wire::{BaseChain, Elem, ElemDataRef, ElemRef, Expr, SetSpec, Verdict};
 
 use crate::family::Family;
 
@@ -303,16 +303,7 @@ impl ElemValue {
     }
 
     pub fn wire(&self, key: &Key) -> Elem {
-        Elem {
-            key: key.bytes().to_vec(),
-            data: match &self.value {
-                Value::None => None,
-                Value::Verdict(v) => Some(ElemData::Verdict(v.clone())),
-                Value::Fields(f) => Some(ElemData::Value(f.bytes().to_vec())),
-            },
-            timeout_ms: None,
-            comment: self.comment.as_deref().cloned(),
-        }
+        self.wire_ref(key).to_elem()
     }
 }
 

@@ -44,8 +44,6 @@ pub struct Grown {
     /// one key: the last one added holds it, as in a table built at once), with the value
     /// the kernel holds: out before the new value goes in.
     pub replaced: BTreeMap<String, Vec<(Key, ElemValue)>>,
-    /// How many elements the step's fragments hold, shared ones counted for each.
-    pub fragment_elements: usize,
 }
 
 /// Where a table grown in steps stands in its schedule of rebuilds (see [`Table::new`]).
@@ -293,7 +291,6 @@ impl Table {
         }
         match grown {
             Some(g) => {
-                g.fragment_elements = step;
                 self.settle_replaced(g);
                 let mut d = Delta::default();
                 self.rebuild_slotted(Some(&mut d));
