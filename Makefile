@@ -96,8 +96,8 @@ kernel-test: check-root deps
 demo: check-root deps build
 	./target/debug/demo target/debug/kube-nftproxy examples/demo.yaml
 
-## bench: the standard benchmark suite (control plane 1k/10k/50k services x 1/3/10 endpoints,
-## data plane 0/1k/10k/30k services, the head to head with the real kube-proxy at 1k and 10k
+## bench: the standard benchmark suite (control plane 1k/10k/50k services x 1/3/10 endpoints
+## and ours alone at 5k x 50; data plane 0/1k/10k/30k services, each beside an empty twin lab; the head to head with the real kube-proxy at 1k and 10k
 ## services x 3 endpoints, and our daemon alone for the memory table, fed by the API server and
 ## standalone, at 5k x 50, 50k x 3 and 50k x 10. About 100 minutes on 2 cores, ~22 of them
 ## kube-apiserver creating the 50k Services: its ClusterIP allocator lists every IPAddress twice
@@ -108,7 +108,7 @@ demo: check-root deps build
 bench: check-root deps peers
 	$(CARGO) build $(CARGOFLAGS) --release -p nftproxy-integration --bin nftproxy-bench -p kube-nftproxy --bin kube-nftproxy
 	KNP_PEERS_BIN=$$(bash integration/peers/build-peers.sh) ./target/release/nftproxy-bench --out bench-out --deadline 60 \
-	  --real 1000x3,10000x3 --real-ours 5000x50,50000x3,50000x10
+	  --ours 5000x50 --real 1000x3,10000x3 --real-ours 5000x50,50000x3,50000x10
 
 ## bench-quick: a few minutes: 1k/10k services x 3 endpoints, data plane 0/1k.
 bench-quick: check-root deps

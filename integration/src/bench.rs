@@ -227,3 +227,63 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     let idx = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
     s[idx.min(s.len() - 1)]
 }
+
+/// Busy and total jiffies of all CPUs, from the first line of `/proc/stat` (`cpu user nice
+/// system idle iowait irq softirq steal …`); idle and iowait are not busy.
+pub fn cpu_jiffies(proc_stat: &str) -> Option<(u64, u64)> {
+    let line = proc_stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+/// The busy share of the machine's CPUs between two `cpu_jiffies` readings (0.0–1.0).
+pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 { 0.0 } else { after.0.saturating_sub(before.0) as f64 / total as f64 }
+}
+
+/// A machine is quiet when less than this share of its CPUs is busy over a `SETTLE_STEP`.
+pub const QUIET_SHARE: f64 = 0.15;
+const SETTLE_STEP: Duration = Duration::from_millis(250);
+
+/// Waits (at most `limit`) until the machine has been quiet for two steps in a row, and returns
+/// how long that took. Why: a namespace deleted with a big ruleset in it is freed by the kernel
+/// in the background (its netns cleanup work), for seconds at 1 M elements, and a measurement
+/// started meanwhile shares the 2 CPUs with it. The bench's control plane measured its 50k × 10
+/// cold sync at 2.35 s (longest transaction 65 ms) right after such a teardown, where the same
+/// sync alone took 1.6–2.0 s (12–28 ms); the data plane's p50 moved with it.
+pub fn settle(limit: Duration) -> Duration {
+    let read = || std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(cpu_jiffies);
+    let start = Instant::now();
+    let mut quiet_steps = 0;
+    let Some(mut last) = read() else { return Duration::ZERO };
+    while quiet_steps < 2 && start.elapsed() < limit {
+        std::thread::sleep(SETTLE_STEP);
+        let Some(now) = read() else { break };
+        quiet_steps = if busy_share(last, now) < QUIET_SHARE { quiet_steps + 1 } else { 0 };
+        last = now;
+    }
+    start.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_jiffies_count_idle_and_iowait_as_not_busy() {
+        let stat = "cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 50 2 25 400 10 1 1 0 0 0\n";
+        assert_eq!(cpu_jiffies(stat), Some((160, 980)));
+        assert_eq!(cpu_jiffies("intr 1 2 3\n"), None);
+        assert_eq!(cpu_jiffies(""), None);
+    }
+
+    #[test]
+    fn busy_share_is_the_busy_part_of_the_jiffies_between_two_readings() {
+        assert_eq!(busy_share((160, 980), (260, 1180)), 0.5);
+        assert_eq!(busy_share((160, 980), (160, 980)), 0.0);
+        assert!(busy_share((160, 980), (170, 1180)) < QUIET_SHARE);
+    }
+}
