@@ -247,176 +247,166 @@ fn control_plane(a: &Args, r: &mut Results) {
         if last_e.replace(e) != Some(e) {
             given_up.clear();
         }
-        {
-            let state = synthetic(n, e);
-            let mut plus = state.clone();
-            add_service(&mut plus, n, e, 0);
-            let mut changed = plus.clone();
-            add_service(&mut changed, 0, e, n * e + 100);
-            let mut minus = changed.clone();
-            remove_service(&mut minus, n);
-            let ports = |st: &ClusterState| resolve(st, &c, IpFamily::V4);
-            let (p_state, p_plus, p_changed) = (ports(&state), ports(&plus), ports(&changed));
-            for run in 0..a.runs {
-                eprintln!("control plane: {n} services x {e} endpoints, run {}/{}", run + 1, a.runs);
-                let mut topo = Topology::new();
-                let mut rec =
-                    |who: &'static str, op: &'static str, m: M| r.control.entry((n, e, who, op)).or_default().push(m);
+        let state = synthetic(n, e);
+        let mut plus = state.clone();
+        add_service(&mut plus, n, e, 0);
+        let mut changed = plus.clone();
+        add_service(&mut changed, 0, e, n * e + 100);
+        let mut minus = changed.clone();
+        remove_service(&mut minus, n);
+        let ports = |st: &ClusterState| resolve(st, &c, IpFamily::V4);
+        let (p_state, p_plus, p_changed) = (ports(&state), ports(&plus), ports(&changed));
+        for run in 0..a.runs {
+            eprintln!("control plane: {n} services x {e} endpoints, run {}/{}", run + 1, a.runs);
+            let mut topo = Topology::new();
+            let mut rec =
+                |who: &'static str, op: &'static str, m: M| r.control.entry((n, e, who, op)).or_default().push(m);
 
-                // Ours over netlink.
-                let ns = topo.netns("netlink");
-                let mut b = ns.run(|| NftablesBackend::new().unwrap());
-                let waited = settle(SETTLE_LIMIT);
-                eprintln!("  machine settled in {:.1} s", waited.as_secs_f64());
-                let t = Instant::now();
-                let cold = b.sync_cluster(&state, &c).unwrap();
-                rec(NETLINK, "cold sync", M::Secs(t.elapsed().as_secs_f64()));
-                eprintln!(
-                    "  ours: cold sync {}, longest transaction {}",
-                    fmt_s(t.elapsed().as_secs_f64()),
-                    fmt_s(cold.longest_transaction.as_secs_f64())
-                );
-                let longest = r.longest_txn.entry((n, e)).or_insert(0.0);
-                *longest = longest.max(cold.longest_transaction.as_secs_f64());
-                // Each change PARTIAL_ROUNDS times, every sync one Service's difference: there
-                // (state → plus → changed → minus) and back (minus → changed → plus → state). A
-                // single sample of a sub-millisecond sync per run was mostly noise.
-                for round in 0..PARTIAL_ROUNDS {
-                    let steps = if round % 2 == 0 {
-                        [("+1 service", &plus, n), ("1 endpoint changed", &changed, 0), ("-1 service", &minus, n)]
-                    } else {
-                        [("+1 service", &changed, n), ("1 endpoint changed", &plus, 0), ("-1 service", &state, n)]
-                    };
-                    for (op, st, svc) in steps {
-                        let t = Instant::now();
-                        b.sync_services(st, &c, &BTreeSet::from([ServiceName::new("bench", format!("svc-{svc}"))]))
-                            .unwrap();
-                        rec(NETLINK, op, M::Secs(t.elapsed().as_secs_f64()));
-                    }
-                }
-                // The drift check every sync starts with: one generation query when nobody else
-                // committed; a dump of our table compared with what we programmed when someone did.
-                ns.exec("nft", &["add", "table", "inet", "someone-else"]);
-                let t = Instant::now();
-                assert_eq!(b.verify(false).unwrap(), None);
-                let structural = t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                assert_eq!(b.verify(true).unwrap(), None);
-                let deep = t.elapsed().as_secs_f64();
-                // The rest of the element audit, in the steps the daemon spaces out.
-                let (mut step_max, mut steps) = (0f64, 0usize);
-                while b.audit_pending() {
+            // Ours over netlink.
+            let ns = topo.netns("netlink");
+            let mut b = ns.run(|| NftablesBackend::new().unwrap());
+            let waited = settle(SETTLE_LIMIT);
+            eprintln!("  machine settled in {:.1} s", waited.as_secs_f64());
+            let t = Instant::now();
+            let cold = b.sync_cluster(&state, &c).unwrap();
+            rec(NETLINK, "cold sync", M::Secs(t.elapsed().as_secs_f64()));
+            eprintln!(
+                "  ours: cold sync {}, longest transaction {}",
+                fmt_s(t.elapsed().as_secs_f64()),
+                fmt_s(cold.longest_transaction.as_secs_f64())
+            );
+            let longest = r.longest_txn.entry((n, e)).or_insert(0.0);
+            *longest = longest.max(cold.longest_transaction.as_secs_f64());
+            // Each change PARTIAL_ROUNDS times, every sync one Service's difference: there
+            // (state → plus → changed → minus) and back (minus → changed → plus → state). A
+            // single sample of a sub-millisecond sync per run was mostly noise.
+            for round in 0..PARTIAL_ROUNDS {
+                let steps = if round % 2 == 0 {
+                    [("+1 service", &plus, n), ("1 endpoint changed", &changed, 0), ("-1 service", &minus, n)]
+                } else {
+                    [("+1 service", &changed, n), ("1 endpoint changed", &plus, 0), ("-1 service", &state, n)]
+                };
+                for (op, st, svc) in steps {
                     let t = Instant::now();
-                    assert_eq!(b.audit_step().unwrap(), None);
-                    step_max = step_max.max(t.elapsed().as_secs_f64());
-                    steps += 1;
-                }
-                let t = Instant::now();
-                assert_eq!(b.verify(true).unwrap(), None);
-                let idle = t.elapsed().as_secs_f64();
-                let d = r.drift.entry((n, e)).or_insert((f64::MAX, f64::MAX, f64::MAX, f64::MAX, 0));
-                *d = (d.0.min(idle), d.1.min(structural), d.2.min(deep), d.3.min(step_max), steps);
-                drop(b);
-
-                if !ours_only {
-                    // Our ruleset through the nft binary (cold only: isolates netlink vs nft).
-                    let ns = topo.netns("oursnft");
-                    let text: String = nftproxy_nftables::desired(&state, &c).iter().map(|t| t.render()).collect();
-                    rec(OURS_NFT, "cold sync", nft_file(&ns.name, &text, a.deadline));
-
-                    // kube-proxy's nftables shape through nft, as knftables sends it.
-                    let ns = topo.netns("kpshape");
-                    if given_up.contains(KP_SHAPE) {
-                        rec(KP_SHAPE, "cold sync", M::Skipped("skipped: a smaller size hit the deadline".into()));
-                    } else {
-                        let mut text = KubeProxyShape::base();
-                        p_state.iter().for_each(|p| KubeProxyShape::service(&mut text, p));
-                        let cold = nft_file(&ns.name, &text, a.deadline);
-                        let ok = matches!(cold, M::Secs(_));
-                        rec(KP_SHAPE, "cold sync", cold);
-                        if ok {
-                            let one = |name: &str, ps: &[ResolvedServicePort]| {
-                                let mut t = String::new();
-                                ps.iter()
-                                    .filter(|p| p.name.service.name == name)
-                                    .for_each(|p| KubeProxyShape::service(&mut t, p));
-                                t
-                            };
-                            rec(
-                                KP_SHAPE,
-                                "+1 service",
-                                nft_file(&ns.name, &one(&format!("svc-{n}"), &p_plus), a.deadline),
-                            );
-                            rec(
-                                KP_SHAPE,
-                                "1 endpoint changed",
-                                nft_file(&ns.name, &one("svc-0", &p_changed), a.deadline),
-                            );
-                            let mut rm = String::new();
-                            p_changed
-                                .iter()
-                                .filter(|p| p.name.service.name == format!("svc-{n}"))
-                                .for_each(|p| KubeProxyShape::remove(&mut rm, p));
-                            rec(KP_SHAPE, "-1 service", nft_file(&ns.name, &rm, a.deadline));
-                        } else {
-                            given_up.insert(KP_SHAPE);
-                        }
-                    }
-
-                    // iptables-legacy: the restore of kube-proxy's full-sync text (our emitter), which is
-                    // what dominates a sync; bounded by the deadline like the nft contenders.
-                    let ns = topo.netns("iptables");
-                    let opts = nftproxy_iptables::Options::default();
-                    if given_up.contains(IPTABLES) {
-                        rec(IPTABLES, "cold sync", M::Skipped("skipped: a smaller size hit the deadline".into()));
-                    } else {
-                        for (op, ps) in [
-                            ("cold sync", &p_state),
-                            ("+1 service", &p_plus),
-                            ("1 endpoint changed", &p_changed),
-                            ("-1 service", &ports(&minus)),
-                        ] {
-                            let text = nftproxy_iptables::render(IpFamily::V4, ps, &c, &opts);
-                            let mut cmd = Command::new("ip");
-                            cmd.args([
-                                "netns",
-                                "exec",
-                                &ns.name,
-                                "iptables-legacy-restore",
-                                "-w",
-                                "--noflush",
-                                "--counters",
-                            ]);
-                            let m = timed(run_bounded(cmd, Some(&text), a.deadline));
-                            let failed = !matches!(m, M::Secs(_));
-                            rec(IPTABLES, op, m);
-                            if failed {
-                                given_up.insert(IPTABLES);
-                                break;
-                            }
-                        }
-                    }
-                }
-
-                // Peak RSS of a proxy process doing the cold sync (first run only).
-                if run == 0 {
-                    let ns = topo.netns("rss");
-                    let exe = std::env::current_exe().unwrap();
-                    let out = Command::new("ip")
-                        .args(["netns", "exec", &ns.name])
-                        .arg(exe)
-                        .args(["--child-sync", &n.to_string(), &e.to_string()])
-                        .output()
+                    b.sync_services(st, &c, &BTreeSet::from([ServiceName::new("bench", format!("svc-{svc}"))]))
                         .unwrap();
-                    let s = String::from_utf8_lossy(&out.stdout);
-                    if let Some(kb) = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()) {
-                        r.rss_kb.insert((n, e), kb);
+                    rec(NETLINK, op, M::Secs(t.elapsed().as_secs_f64()));
+                }
+            }
+            // The drift check every sync starts with: one generation query when nobody else
+            // committed; a dump of our table compared with what we programmed when someone did.
+            ns.exec("nft", &["add", "table", "inet", "someone-else"]);
+            let t = Instant::now();
+            assert_eq!(b.verify(false).unwrap(), None);
+            let structural = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            assert_eq!(b.verify(true).unwrap(), None);
+            let deep = t.elapsed().as_secs_f64();
+            // The rest of the element audit, in the steps the daemon spaces out.
+            let (mut step_max, mut steps) = (0f64, 0usize);
+            while b.audit_pending() {
+                let t = Instant::now();
+                assert_eq!(b.audit_step().unwrap(), None);
+                step_max = step_max.max(t.elapsed().as_secs_f64());
+                steps += 1;
+            }
+            let t = Instant::now();
+            assert_eq!(b.verify(true).unwrap(), None);
+            let idle = t.elapsed().as_secs_f64();
+            let d = r.drift.entry((n, e)).or_insert((f64::MAX, f64::MAX, f64::MAX, f64::MAX, 0));
+            *d = (d.0.min(idle), d.1.min(structural), d.2.min(deep), d.3.min(step_max), steps);
+            drop(b);
+
+            if !ours_only {
+                // Our ruleset through the nft binary (cold only: isolates netlink vs nft).
+                let ns = topo.netns("oursnft");
+                let text: String = nftproxy_nftables::desired(&state, &c).iter().map(|t| t.render()).collect();
+                rec(OURS_NFT, "cold sync", nft_file(&ns.name, &text, a.deadline));
+
+                // kube-proxy's nftables shape through nft, as knftables sends it.
+                let ns = topo.netns("kpshape");
+                if given_up.contains(KP_SHAPE) {
+                    rec(KP_SHAPE, "cold sync", M::Skipped("skipped: a smaller size hit the deadline".into()));
+                } else {
+                    let mut text = KubeProxyShape::base();
+                    p_state.iter().for_each(|p| KubeProxyShape::service(&mut text, p));
+                    let cold = nft_file(&ns.name, &text, a.deadline);
+                    let ok = matches!(cold, M::Secs(_));
+                    rec(KP_SHAPE, "cold sync", cold);
+                    if ok {
+                        let one = |name: &str, ps: &[ResolvedServicePort]| {
+                            let mut t = String::new();
+                            ps.iter()
+                                .filter(|p| p.name.service.name == name)
+                                .for_each(|p| KubeProxyShape::service(&mut t, p));
+                            t
+                        };
+                        rec(KP_SHAPE, "+1 service", nft_file(&ns.name, &one(&format!("svc-{n}"), &p_plus), a.deadline));
+                        rec(KP_SHAPE, "1 endpoint changed", nft_file(&ns.name, &one("svc-0", &p_changed), a.deadline));
+                        let mut rm = String::new();
+                        p_changed
+                            .iter()
+                            .filter(|p| p.name.service.name == format!("svc-{n}"))
+                            .for_each(|p| KubeProxyShape::remove(&mut rm, p));
+                        rec(KP_SHAPE, "-1 service", nft_file(&ns.name, &rm, a.deadline));
+                    } else {
+                        given_up.insert(KP_SHAPE);
                     }
                 }
-                // Its namespaces, with big rulesets, are freed in the background: the next
-                // measurement waits for that (`settle`).
-                drop(topo);
+
+                // iptables-legacy: the restore of kube-proxy's full-sync text (our emitter), which is
+                // what dominates a sync; bounded by the deadline like the nft contenders.
+                let ns = topo.netns("iptables");
+                let opts = nftproxy_iptables::Options::default();
+                if given_up.contains(IPTABLES) {
+                    rec(IPTABLES, "cold sync", M::Skipped("skipped: a smaller size hit the deadline".into()));
+                } else {
+                    for (op, ps) in [
+                        ("cold sync", &p_state),
+                        ("+1 service", &p_plus),
+                        ("1 endpoint changed", &p_changed),
+                        ("-1 service", &ports(&minus)),
+                    ] {
+                        let text = nftproxy_iptables::render(IpFamily::V4, ps, &c, &opts);
+                        let mut cmd = Command::new("ip");
+                        cmd.args([
+                            "netns",
+                            "exec",
+                            &ns.name,
+                            "iptables-legacy-restore",
+                            "-w",
+                            "--noflush",
+                            "--counters",
+                        ]);
+                        let m = timed(run_bounded(cmd, Some(&text), a.deadline));
+                        let failed = !matches!(m, M::Secs(_));
+                        rec(IPTABLES, op, m);
+                        if failed {
+                            given_up.insert(IPTABLES);
+                            break;
+                        }
+                    }
+                }
             }
+
+            // Peak RSS of a proxy process doing the cold sync (first run only).
+            if run == 0 {
+                let ns = topo.netns("rss");
+                let exe = std::env::current_exe().unwrap();
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns.name])
+                    .arg(exe)
+                    .args(["--child-sync", &n.to_string(), &e.to_string()])
+                    .output()
+                    .unwrap();
+                let s = String::from_utf8_lossy(&out.stdout);
+                if let Some(kb) = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()) {
+                    r.rss_kb.insert((n, e), kb);
+                }
+            }
+            // Its namespaces, with big rulesets, are freed in the background: the next
+            // measurement waits for that (`settle`).
+            drop(topo);
         }
     }
 }
@@ -564,26 +554,24 @@ fn report(a: &Args, r: &Results) -> String {
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     let mut csv = String::from("services,endpoints,contender,operation,median_seconds,samples\n");
     for (n, e, ours_only) in control_sizes(a) {
-        {
-            let ours = cell(r.control.get(&(n, e, NETLINK, "cold sync"))).1;
-            for who in if ours_only { &CONTENDERS[..1] } else { &CONTENDERS[..] } {
-                let who = *who;
-                let cells: Vec<(String, Option<f64>)> =
-                    OPS.iter().map(|op| cell(r.control.get(&(n, e, who, op)))).collect();
-                let ratio = match (cells[0].1, ours) {
-                    (Some(x), Some(o)) if o > 0.0 => format!("{:.1}×", x / o),
-                    _ => "–".into(),
-                };
-                let _ = writeln!(
-                    md,
-                    "| {n} × {e} | {who} | {} | {} | {} | {} | {ratio} |",
-                    cells[0].0, cells[1].0, cells[2].0, cells[3].0
-                );
-                for (op, (_, med)) in OPS.iter().zip(&cells) {
-                    if let Some(m) = med {
-                        let samples = r.control.get(&(n, e, who, op)).map_or(0, Vec::len);
-                        let _ = writeln!(csv, "{n},{e},{who},{op},{m:.6},{samples}");
-                    }
+        let ours = cell(r.control.get(&(n, e, NETLINK, "cold sync"))).1;
+        for who in if ours_only { &CONTENDERS[..1] } else { &CONTENDERS[..] } {
+            let who = *who;
+            let cells: Vec<(String, Option<f64>)> =
+                OPS.iter().map(|op| cell(r.control.get(&(n, e, who, op)))).collect();
+            let ratio = match (cells[0].1, ours) {
+                (Some(x), Some(o)) if o > 0.0 => format!("{:.1}×", x / o),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {n} × {e} | {who} | {} | {} | {} | {} | {ratio} |",
+                cells[0].0, cells[1].0, cells[2].0, cells[3].0
+            );
+            for (op, (_, med)) in OPS.iter().zip(&cells) {
+                if let Some(m) = med {
+                    let samples = r.control.get(&(n, e, who, op)).map_or(0, Vec::len);
+                    let _ = writeln!(csv, "{n},{e},{who},{op},{m:.6},{samples}");
                 }
             }
         }
