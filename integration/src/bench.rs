@@ -248,8 +248,8 @@ pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
 pub const QUIET_SHARE: f64 = 0.15;
 const SETTLE_STEP: Duration = Duration::from_millis(250);
 
-/// Waits (at most `limit`) until the machine has been quiet for two steps in a row, and returns
-/// how long that took. Why: a namespace deleted with a big ruleset in it is freed by the kernel
+/// Waits (at most `limit`) until the machine has been quiet for two steps in a row, says how
+/// long that took on stderr (the bench's progress log), and returns it. Why: a namespace deleted with a big ruleset in it is freed by the kernel
 /// in the background (its netns cleanup work), for seconds at 1 M elements, and a measurement
 /// started meanwhile shares the 2 CPUs with it. The bench's control plane measured its 50k × 10
 /// cold sync at 2.35 s (longest transaction 65 ms) right after such a teardown, where the same
@@ -265,7 +265,9 @@ pub fn settle(limit: Duration) -> Duration {
         quiet_steps = if busy_share(last, now) < QUIET_SHARE { quiet_steps + 1 } else { 0 };
         last = now;
     }
-    start.elapsed()
+    let waited = start.elapsed();
+    eprintln!("  machine settled in {:.1} s", waited.as_secs_f64());
+    waited
 }
 
 #[cfg(test)]

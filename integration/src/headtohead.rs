@@ -371,8 +371,7 @@ pub fn measure(c: &mut Cluster, p: Proxy, ours_bin: &Path, deadline: Duration, s
     // first sync at 50k × 10 took 2.91 s fed by the API server (just after 50k EndpointSlices
     // were replaced) and 3.10 s standalone (just after the API-fed run's namespace was deleted),
     // where the same standalone sync on a quiet machine took 1.97-2.15 s.
-    let waited = crate::bench::settle(Duration::from_secs(60));
-    eprintln!("  machine settled in {:.1} s", waited.as_secs_f64());
+    crate::bench::settle(Duration::from_secs(60));
     let t0 = Instant::now();
     let running = start(p, &lab, &kubeconfig, ours_bin, &log, &feed);
     f.cold_start = until(&lab, &format!("{LATE_IP}:80"), t0, deadline, 3, COLD_ATTEMPT, answered_by("ep1"));

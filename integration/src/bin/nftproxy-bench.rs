@@ -265,8 +265,7 @@ fn control_plane(a: &Args, r: &mut Results) {
             // Ours over netlink.
             let ns = topo.netns("netlink");
             let mut b = ns.run(|| NftablesBackend::new().unwrap());
-            let waited = settle(SETTLE_LIMIT);
-            eprintln!("  machine settled in {:.1} s", waited.as_secs_f64());
+            settle(SETTLE_LIMIT);
             let t = Instant::now();
             let cold = b.sync_cluster(&state, &c).unwrap();
             rec(NETLINK, "cold sync", M::Secs(t.elapsed().as_secs_f64()));
@@ -477,8 +476,7 @@ fn data_plane(a: &Args, r: &mut Results) {
                 let to: SocketAddr = to.parse().unwrap();
                 // The labs' syncs and the previous labs' teardown run first: a p50 taken beside
                 // them measured the machine, not the ruleset.
-                let waited = settle(SETTLE_LIMIT);
-                eprintln!("  machine settled in {:.1} s", waited.as_secs_f64());
+                settle(SETTLE_LIMIT);
                 // Unmeasured first connections: neighbour entries, caches, and the kernel's work
                 // left from the sync. Without them the first size's baseline moved 138–275 µs
                 // between runs.
@@ -490,11 +488,14 @@ fn data_plane(a: &Args, r: &mut Results) {
                 let start = Instant::now();
                 for pass in 0..DATAPLANE_PASSES {
                     // Alternate which goes first, so neither always follows the other.
-                    let order: [Option<&Lab>; 2] =
-                        if pass % 2 == 0 { [Some(&lab), twin.as_ref()] } else { [twin.as_ref(), Some(&lab)] };
-                    for l in order.into_iter().flatten() {
-                        let got = connections(l, proto, to, per_pass);
-                        if std::ptr::eq(l, &lab) { lat.extend(got) } else { base.extend(got) }
+                    let mut turns = [(Some(&lab), &mut lat), (twin.as_ref(), &mut base)];
+                    if pass % 2 == 1 {
+                        turns.reverse();
+                    }
+                    for (l, into) in turns {
+                        if let Some(l) = l {
+                            into.extend(connections(l, proto, to, per_pass));
+                        }
                     }
                     if start.elapsed() > Duration::from_secs(240) {
                         break;
