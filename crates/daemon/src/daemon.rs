@@ -243,7 +243,9 @@ impl<N: Netfilter> Proxy<N> {
         if deep {
             self.last_deep_check = Some(Instant::now());
         }
+        let t_verify = Instant::now();
         let checked = tokio::task::block_in_place(|| self.backend.verify(deep)).map_err(|e| e.to_string());
+        tracing::debug!(deep, seconds = t_verify.elapsed().as_secs_f64(), "drift check");
         self.drift_checked(checked);
         let ctx = self.context();
         let full = self.need_full || changes.node;
@@ -274,7 +276,9 @@ impl<N: Netfilter> Proxy<N> {
                 }
                 self.metrics.last_sync_messages.set(done.messages as f64);
                 self.observe_programming_latency(&changes.trigger_times);
+                let t_stats = Instant::now();
                 self.update_stats(&ctx, &changes, done.full).await;
+                tracing::debug!(seconds = t_stats.elapsed().as_secs_f64(), "gauges and health-check counts updated");
                 tracing::info!(
                     full = done.full,
                     services = changes.services.len(),
