@@ -1,7 +1,7 @@
 //! The nftables backend on the real kernel: real packets through a node namespace programmed
 //! over netlink, checking which endpoint answered and which source address it saw.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -485,6 +485,8 @@ fn a_restarted_proxy_replaces_the_table_without_a_failed_connection() {
         t
     });
     std::thread::sleep(Duration::from_millis(200));
+    let hooked = base_chain_handles(&lab);
+    assert_eq!(hooked.len(), 2 * 8, "our base chains, both families: {hooked:?}");
     for _ in 0..5 {
         let mut fresh = lab.node.run(|| nftproxy_nftables::NftablesBackend::new().unwrap());
         let mut l = nftproxy_manifest::Loaded::default();
@@ -498,6 +500,30 @@ fn a_restarted_proxy_replaces_the_table_without_a_failed_connection() {
     let t = traffic.join().unwrap();
     assert!(t.total() > 50, "{t:?}");
     assert_eq!(answered(&t), t.total(), "a request failed during adoption: {t:?}");
+    // The base chains were flushed and refilled, never deleted and added again: a chain added
+    // again is hooked anew at the commit, and a packet between the new hook and the old one
+    // went un-NATed (seen: one refused connection in a take-over under traffic).
+    assert_eq!(base_chain_handles(&lab), hooked, "base chains kept across the adoptions");
+}
+
+/// (family, base chain) → its kernel handle, as `nft -a` lists our tables.
+fn base_chain_handles(lab: &Lab) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for family in ["ip", "ip6"] {
+        let listing = lab.node.exec("nft", &["-a", "list", "table", family, nftproxy_nftables::TABLE]);
+        let mut lines = listing.lines().peekable();
+        while let Some(line) = lines.next() {
+            // `chain nat-prerouting { # handle 3` then `type nat hook prerouting priority ...`
+            let Some((name, handle)) = line.trim().strip_prefix("chain ").and_then(|l| l.split_once(" { # handle "))
+            else {
+                continue;
+            };
+            if lines.peek().is_some_and(|next| next.contains(" hook ")) {
+                out.insert((family.to_string(), name.to_string()), handle.trim().parse().expect("a handle"));
+            }
+        }
+    }
+    out
 }
 
 /// One UDP request from a fixed source port, as a resolver reusing its socket would send.

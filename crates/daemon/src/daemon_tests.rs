@@ -219,3 +219,30 @@ async fn the_element_audit_of_large_maps_runs_in_steps_between_syncs_and_outlive
     proxy.sync().await;
     assert!(proxy.next_audit().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_context_change_is_a_full_sync_that_sends_the_kernel_only_the_differences() {
+    let fake = FakeNetfilter::new();
+    let mut proxy = Proxy::over(settings(), "node-a".into(), fake.clone(), no_leftovers);
+    let st = cluster(10, 2);
+    listed(&mut proxy, &st);
+    proxy.sync().await;
+    let commits = fake.commits().len();
+    // The ServiceCIDR list answers after the first sync (it does not hold the first sync back).
+    proxy.event(SourceEvent::ServiceCidrApplied(("kubernetes".into(), vec!["10.96.0.0/16".parse().unwrap()])));
+    assert!(proxy.next_sync().is_some());
+    let full = count(&proxy.metrics.sync_full_duration);
+    proxy.sync().await;
+    assert_eq!(count(&proxy.metrics.sync_full_duration), full + 1, "kube-proxy's full sync after a context change");
+    let sent: Vec<String> = fake.commits()[commits..].iter().flat_map(|c| c.messages.clone()).collect();
+    assert!(!sent.is_empty(), "the service CIDRs are part of the fixed table");
+    // Not a rebuild: no table or base chain deleted, the hooks stay (a base chain added again
+    // is hooked anew at the commit, and a packet between two hooks went un-NATed).
+    for m in &sent {
+        assert!(!m.starts_with("delete table") && !m.starts_with("delete set"), "{m}: {sent:?}");
+        for base in ["nat-prerouting", "nat-output", "nat-postrouting", "filter-forward"] {
+            assert_ne!(m, &format!("delete chain {base}"), "{sent:?}");
+        }
+    }
+    assert_eq!(fake.dump(Family::V4, TABLE), fresh(&proxy, &st));
+}

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 
 use nftproxy_nft_wire::consts::*;
-use nftproxy_nft_wire::{ElemData, Verdict};
+use nftproxy_nft_wire::{BaseChain, ChainType, ElemData, Hook, Verdict};
 
 use crate::family::Family;
 use crate::netfilter::Netfilter;
@@ -46,6 +46,9 @@ pub struct Observed {
     pub chains: BTreeMap<String, usize>,
     /// Set → number of elements (None: not counted — filled by packets, or audited instead).
     pub sets: BTreeMap<String, Option<usize>>,
+    /// The base chains among `chains`: type, hook and priority. A rebuild in place keeps those
+    /// that are as we want them ([`crate::plan::rebuild_in_place`]).
+    pub bases: BTreeMap<String, BaseChain>,
 }
 
 /// Dumps our table of a family; None when it does not exist. The elements of the sets `count`
@@ -62,6 +65,9 @@ pub fn observe(
     for msg in sock.dump(NFT_MSG_GETCHAIN, nfproto, &name_attr(NFTA_CHAIN_TABLE, TABLE))? {
         if let Some(n) = dumped_chain(&msg) {
             obs.chains.entry(n).or_insert(0);
+        }
+        if let Some((n, base)) = dumped_base_chain(&msg) {
+            obs.bases.insert(n, base);
         }
     }
     for msg in sock.dump(NFT_MSG_GETRULE, nfproto, &name_attr(NFTA_RULE_TABLE, TABLE))? {
@@ -208,6 +214,30 @@ pub(crate) fn dumped_chain(msg: &[u8]) -> Option<String> {
     attrs(msg).find(|(t, _)| *t == NFTA_CHAIN_NAME).map(|(_, n)| str_attr(n))
 }
 
+/// A base chain's name, type, hook and priority (NFT_MSG_NEWCHAIN answer); None for a regular
+/// chain or an unknown type or hook.
+pub(crate) fn dumped_base_chain(msg: &[u8]) -> Option<(String, BaseChain)> {
+    let (mut name, mut chain_type, mut hook, mut priority) = (None, None, None, None);
+    let be32 = |v: &[u8]| v.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+    for (t, v) in attrs(msg) {
+        match t {
+            NFTA_CHAIN_NAME => name = Some(str_attr(v)),
+            NFTA_CHAIN_TYPE => chain_type = ChainType::from_name(&str_attr(v)),
+            NFTA_CHAIN_HOOK => {
+                for (t, v) in attrs(v) {
+                    match t {
+                        NFTA_HOOK_HOOKNUM => hook = be32(v).and_then(Hook::from_number),
+                        NFTA_HOOK_PRIORITY => priority = be32(v).map(|p| p as i32),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((name?, BaseChain { chain_type: chain_type?, hook: hook?, priority: priority? }))
+}
+
 /// The chain of a rule (NFT_MSG_NEWRULE answer).
 pub(crate) fn dumped_rule_chain(msg: &[u8]) -> Option<String> {
     attrs(msg).find(|(t, _)| *t == NFTA_RULE_CHAIN).map(|(_, n)| str_attr(n))
@@ -298,6 +328,7 @@ mod tests {
         Observed {
             chains: r.chains.iter().map(|(k, c)| (k.clone(), c.rules.len())).collect(),
             sets: r.elements.iter().map(|(k, e)| (k.clone(), Some(e.len()))).collect(),
+            bases: BTreeMap::new(),
         }
     }
 

@@ -423,6 +423,7 @@ impl FakeTable {
                     (n.clone(), counted.then_some(s.elements.len()))
                 })
                 .collect(),
+            bases: self.chains.iter().filter_map(|(n, c)| Some((n.clone(), c.base.clone()?))).collect(),
         }
     }
 }

@@ -260,7 +260,8 @@ impl<N: Netfilter> NftablesBackend<N> {
     }
 
     /// Brings one family's table to `want`: a diff against what we programmed, else an atomic
-    /// replace of a table left by an earlier run, else a cold start in chunks.
+    /// rebuild in place of a table left by an earlier run (or one we no longer know: drift, a
+    /// failed commit), else a cold start in chunks.
     fn sync_table(&mut self, want: Table, report: &mut SyncReport) -> Result<(), SyncError> {
         let family = want.table.family;
         match self.programmed.get(&family) {
@@ -284,8 +285,9 @@ impl<N: Netfilter> NftablesBackend<N> {
             }
             None => {
                 report.full.push(family);
-                if self.table_exists(family)? {
-                    self.commit(family, plan::replace(&want.table, self.seq), report)?;
+                let netlink = |e: std::io::Error| SyncError::Netlink { family, source: e.into() };
+                if let Some(existing) = self.netfilter.observe(family, &|_| false).map_err(netlink)? {
+                    self.commit(family, plan::rebuild_in_place(&want.table, &existing, self.seq), report)?;
                 } else {
                     let batches = plan::cold_start(&want.table, self.seq, self.cold_start_max_elements);
                     self.commit_pipelined(family, batches, report)?;

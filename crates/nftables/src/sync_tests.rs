@@ -13,6 +13,7 @@ use crate::fake::{FakeNetfilter, wire_dump};
 use crate::netfilter::Netfilter;
 use crate::tests::ctx;
 use crate::{Family, NftablesBackend, SyncError, TABLE};
+use nftproxy_nft_wire::{BaseChain, Batch, ChainType, Hook, NfFamily};
 
 /// `n` ClusterIP Services `svc-i` (10.96.x.y:80/TCP and :53/UDP), each with `eps` endpoints on
 /// other nodes, plus `extra` as more manifest text.
@@ -163,13 +164,25 @@ fn a_refused_commit_changes_nothing_and_the_next_sync_replaces_the_table() {
     let r = b.sync_services(&after, &ctx(), &changed).unwrap();
     assert_eq!(r.full, [Family::V4], "after a failure: full for the family that failed");
     let last = fake.commits().pop().unwrap();
-    assert!(
-        last.messages.iter().any(|m| m == "delete table kube-nftproxy"),
-        "an atomic replace: {:?}",
-        &last.messages[..3]
-    );
+    assert_rebuilt_in_place(&last.messages, b.programmed(Family::V4).unwrap());
     assert_eq!(dumps(&fake), fresh(&after));
     assert_mirror(&mut b, &fake);
+}
+
+/// A rebuild in place: one transaction that flushes the base chains and never deletes or adds
+/// them (their hooks stay registered), after which everything else is deleted and added again.
+fn assert_rebuilt_in_place(messages: &[String], want: &crate::ruleset::Ruleset) {
+    let bases: Vec<&String> = want.chains.iter().filter(|(_, c)| c.base.is_some()).map(|(n, _)| n).collect();
+    assert!(bases.len() >= 4, "{bases:?}");
+    assert!(!messages.iter().any(|m| m.starts_with("delete table")), "{:?}", &messages[..3]);
+    for name in bases {
+        assert!(messages.contains(&format!("flush chain {name}")), "{name} flushed");
+        assert!(
+            !messages.iter().any(|m| m == &format!("delete chain {name}") || m == &format!("add chain {name}")),
+            "base chain {name} kept"
+        );
+    }
+    assert!(messages.iter().any(|m| m.starts_with("delete set ")), "the other objects are replaced");
 }
 
 #[test]
@@ -180,14 +193,35 @@ fn a_table_left_by_an_earlier_run_is_replaced_atomically() {
     let mut restarted = NftablesBackend::over(fake.clone());
     let commits = fake.commits().len();
     let r = restarted.sync_cluster(&after, &ctx()).unwrap();
-    assert_eq!(r.transactions, 2, "one replace per family, never an empty table in between");
-    for c in &fake.commits()[commits..] {
-        assert_eq!(
-            c.messages[..3],
-            ["add table kube-nftproxy", "delete table kube-nftproxy", "add table kube-nftproxy"]
-        );
+    assert_eq!(r.transactions, 2, "one rebuild per family, never an empty table in between");
+    for (c, family) in fake.commits()[commits..].iter().zip([Family::V4, Family::V6]) {
+        assert_rebuilt_in_place(&c.messages, restarted.programmed(family).unwrap());
     }
     assert_eq!(dumps(&fake), fresh(&after));
+    assert_mirror(&mut restarted, &fake);
+}
+
+#[test]
+fn a_base_chain_left_with_another_priority_is_created_again() {
+    let fake = FakeNetfilter::new();
+    let st = cluster(5, 2, "");
+    NftablesBackend::over(fake.clone()).sync_cluster(&st, &ctx()).unwrap();
+    // An earlier version of ours hooked nat-prerouting elsewhere.
+    let mut b = Batch::new(1);
+    let nat = BaseChain { chain_type: ChainType::Nat, hook: Hook::Prerouting, priority: -90 };
+    b.flush_chain(NfFamily::Ip, TABLE, "nat-prerouting");
+    b.del_chain(NfFamily::Ip, TABLE, "nat-prerouting");
+    b.add_chain(NfFamily::Ip, TABLE, "nat-prerouting", Some(&nat));
+    fake.clone().commit(&b.finish()).unwrap();
+    let mut restarted = NftablesBackend::over(fake.clone());
+    restarted.sync_cluster(&st, &ctx()).unwrap();
+    let commits = fake.commits();
+    let (v4, v6) = (&commits[commits.len() - 2].messages, &commits[commits.len() - 1].messages);
+    for m in ["flush chain nat-prerouting", "delete chain nat-prerouting", "add chain nat-prerouting"] {
+        assert!(v4.contains(&m.to_string()), "{m}: {v4:?}");
+    }
+    assert!(!v6.iter().any(|m| m == "delete chain nat-prerouting"), "IPv6 kept its own");
+    assert_eq!(dumps(&fake), fresh(&st));
 }
 
 #[test]

@@ -227,14 +227,21 @@ fn a_zero_length_prefix_is_masked_never_a_zero_length_compare() {
     }
 }
 
-/// The one place that orders a transaction's messages: table, new sets, new chains, rules,
-/// elements out, elements in, doomed chains flushed then deleted, sets deleted — whatever order
-/// the planner filled it in.
+/// The one place that orders a transaction's messages: what a rebuild in place clears, new
+/// sets, new chains, rules, elements out, elements in, doomed chains flushed then deleted, sets
+/// deleted — whatever order the planner filled it in.
 #[test]
 fn a_transaction_orders_its_messages_as_the_kernel_needs() {
     use crate::plan::{ChainRules, Elements, TableChange, Transaction};
     let r = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2"])]);
-    let mut t = Transaction::new(Family::V4, TableChange::Replaced);
+    let mut t = Transaction::new(Family::V4, TableChange::Kept);
+    let existing = crate::drift::Observed {
+        chains: [("nat-prerouting".to_string(), 3), ("stale".to_string(), 1)].into(),
+        sets: [("stale-map".to_string(), None)].into(),
+        bases: Default::default(),
+    };
+    t.cleared = Some(&existing);
+    t.kept_bases.push("nat-prerouting");
     t.deleted_sets.push("old-set");
     t.deleted_chains.push("old-chain");
     t.added_elements.push(("backends", Elements::All(&r.elements["backends"])));
@@ -246,9 +253,11 @@ fn a_transaction_orders_its_messages_as_the_kernel_needs() {
     let what: Vec<&str> = b.messages().iter().map(|m| m.what.as_str()).collect();
     let n = r.chains["services"].rules.len();
     let mut want = vec![
-        "add table kube-nftproxy",
-        "delete table kube-nftproxy",
-        "add table kube-nftproxy",
+        "flush chain nat-prerouting",
+        "flush chain stale",
+        "flush set stale-map",
+        "delete set stale-map",
+        "delete chain stale",
         "add set cluster-2-frontends",
         "add chain cluster-2",
         "flush chain services",

@@ -368,21 +368,7 @@ pub(crate) fn parse_trace(payload: &[u8]) -> Option<TraceAttrs> {
 /// A base chain of a chain dump message: its name and hook (None for a chain without a hook, or
 /// with one this reader does not know).
 pub(crate) fn base_chain_hook(msg: &[u8]) -> Option<(String, Hook)> {
-    let mut name = None;
-    let mut hook = None;
-    for (t, v) in attrs(msg) {
-        match t {
-            NFTA_CHAIN_NAME => name = Some(str_attr(v)),
-            NFTA_CHAIN_HOOK => {
-                hook = attrs(v)
-                    .find(|(t, _)| *t == NFTA_HOOK_HOOKNUM)
-                    .and_then(|(_, v)| be32(v))
-                    .and_then(Hook::from_number)
-            }
-            _ => {}
-        }
-    }
-    Some((name?, hook?))
+    crate::drift::dumped_base_chain(msg).map(|(name, base)| (name, base.hook))
 }
 
 /// The elements of a set element dump message: key and comment each.
