@@ -27,20 +27,6 @@ pub struct IptablesBackend<N: Netfilter = NftSocket> {
     udp_services: nftproxy_nftables::conntrack::UdpServices,
 }
 
-/// How much of the state a sync programs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// The changed Services only.
-    Changed,
-    /// Every Service, rebuilt from the state (kube-proxy's full sync, after a Node change); the
-    /// kernel gets the differences from what we programmed, in one transaction that leaves the
-    /// base chains hooked.
-    Full,
-    /// Every Service, and what we programmed is not trusted (the first sync, a failed sync, a
-    /// drift check that found a difference or could not run): the table is rebuilt in place.
-    Rebuild,
-}
-
 /// What one successful sync did.
 #[derive(Clone, Debug, Default)]
 pub struct Synced {
@@ -85,29 +71,27 @@ impl<N: Netfilter> Backend<N> {
         }
     }
 
-    /// Programs the state, as much of it as `scope` says.
+    /// Programs the state: only `changed` Services unless `full`.
     pub fn sync(
         &mut self,
         state: &ClusterState,
         ctx: &NodeContext,
         changed: &BTreeSet<ServiceName>,
-        scope: Scope,
+        full: bool,
     ) -> Result<Synced, BackendError> {
-        let full = scope != Scope::Changed;
         match self {
             Backend::Nftables(b) => {
-                if scope == Scope::Rebuild {
+                if full {
                     b.force_full_sync();
                 }
-                let report = if full { b.sync_cluster(state, ctx) } else { b.sync_services(state, ctx, changed) };
-                let report: SyncReport = report.map_err(|e| BackendError {
+                let report: SyncReport = b.sync_services(state, ctx, changed).map_err(|e| BackendError {
                     family: match &e {
                         nftproxy_nftables::SyncError::Netlink { family, .. } => family.0,
                     },
                     message: e.to_string(),
                 })?;
                 Ok(Synced {
-                    full: full || !report.full.is_empty(),
+                    full: !report.full.is_empty(),
                     messages: report.messages,
                     longest_transaction: report.longest_transaction,
                     conntrack_deleted: report.conntrack_deleted,

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use nftproxy_nftables::Netfilter;
 use nftproxy_nftables::netlink::NftSocket;
 
-use crate::backend::{Backend, Scope};
+use crate::backend::Backend;
 use crate::config::Settings;
 use crate::health::{ProxyHealth, ServiceHealthServers};
 use crate::metrics::Metrics;
@@ -248,16 +248,10 @@ impl<N: Netfilter> Proxy<N> {
         tracing::debug!(deep, seconds = t_verify.elapsed().as_secs_f64(), "drift check");
         self.drift_checked(checked);
         let ctx = self.context();
-        // A Node change rebuilds every Service but sends the kernel only the differences: the
-        // table is rebuilt in place only when what we programmed is in doubt.
-        let scope = match (self.need_full, changes.node) {
-            (true, _) => Scope::Rebuild,
-            (false, true) => Scope::Full,
-            (false, false) => Scope::Changed,
-        };
+        let full = self.need_full || changes.node;
         let start = Instant::now();
         let result =
-            tokio::task::block_in_place(|| self.backend.sync(&self.tracker.state, &ctx, &changes.services, scope));
+            tokio::task::block_in_place(|| self.backend.sync(&self.tracker.state, &ctx, &changes.services, full));
         let took = start.elapsed().as_secs_f64();
         self.metrics.service_changes_pending.set(0);
         self.metrics.endpoint_changes_pending.set(0);
