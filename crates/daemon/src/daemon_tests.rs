@@ -75,6 +75,16 @@ fn fresh(proxy: &Proxy<FakeNetfilter>, st: &ClusterState) -> Option<String> {
     fake.dump(Family::V4, TABLE)
 }
 
+/// A proxy over a fresh fake netfilter, every list given and the first sync done.
+async fn first_synced(services: u32, eps: u32) -> (FakeNetfilter, Proxy<FakeNetfilter>, ClusterState) {
+    let fake = FakeNetfilter::new();
+    let mut proxy = Proxy::over(settings(), "node-a".into(), fake.clone(), no_leftovers);
+    let st = cluster(services, eps);
+    listed(&mut proxy, &st);
+    proxy.sync().await;
+    (fake, proxy, st)
+}
+
 fn count(h: &prometheus::HistogramVec) -> u64 {
     h.with_label_values(&["IPv4"]).get_sample_count()
 }
@@ -121,11 +131,7 @@ async fn the_first_sync_is_full_after_every_list_and_later_ones_are_partial() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_sync_keeps_its_changes_is_counted_and_the_next_one_is_full() {
-    let fake = FakeNetfilter::new();
-    let mut proxy = Proxy::over(settings(), "node-a".into(), fake.clone(), no_leftovers);
-    let st = cluster(10, 3);
-    listed(&mut proxy, &st);
-    proxy.sync().await;
+    let (fake, mut proxy, st) = first_synced(10, 3).await;
     let held = fake.dump(Family::V4, TABLE);
     let gone = nftproxy_model::ServiceName::new("ns", "svc-4");
     proxy.event(SourceEvent::ServiceDeleted(gone.clone()));
@@ -146,11 +152,7 @@ async fn a_refused_sync_keeps_its_changes_is_counted_and_the_next_one_is_full() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn drift_is_repaired_in_the_same_sync_and_counted() {
-    let mut fake = FakeNetfilter::new();
-    let mut proxy = Proxy::over(settings(), "node-a".into(), fake.clone(), no_leftovers);
-    let st = cluster(10, 2);
-    listed(&mut proxy, &st);
-    proxy.sync().await;
+    let (mut fake, mut proxy, st) = first_synced(10, 2).await;
     let mut other = nftproxy_nft_wire::Batch::new(5000);
     other.flush_chain(Family::V4.nfproto(), TABLE, "services");
     fake.commit(&other.finish()).unwrap();
@@ -222,11 +224,7 @@ async fn the_element_audit_of_large_maps_runs_in_steps_between_syncs_and_outlive
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_context_change_is_a_full_sync_that_keeps_the_base_chains_hooked() {
-    let fake = FakeNetfilter::new();
-    let mut proxy = Proxy::over(settings(), "node-a".into(), fake.clone(), no_leftovers);
-    let st = cluster(10, 2);
-    listed(&mut proxy, &st);
-    proxy.sync().await;
+    let (fake, mut proxy, st) = first_synced(10, 2).await;
     let commits = fake.commits().len();
     // The ServiceCIDR list answers after the first sync (it does not hold the first sync back).
     proxy.event(SourceEvent::ServiceCidrApplied(("kubernetes".into(), vec!["10.96.0.0/16".parse().unwrap()])));
