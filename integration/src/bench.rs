@@ -249,25 +249,24 @@ pub const QUIET_SHARE: f64 = 0.15;
 const SETTLE_STEP: Duration = Duration::from_millis(250);
 
 /// Waits (at most `limit`) until the machine has been quiet for two steps in a row, says how
-/// long that took on stderr (the bench's progress log), and returns it. Why: a namespace deleted with a big ruleset in it is freed by the kernel
-/// in the background (its netns cleanup work), for seconds at 1 M elements, and a measurement
-/// started meanwhile shares the 2 CPUs with it. The bench's control plane measured its 50k × 10
-/// cold sync at 2.35 s (longest transaction 65 ms) right after such a teardown, where the same
-/// sync alone took 1.6–2.0 s (12–28 ms); the data plane's p50 moved with it.
-pub fn settle(limit: Duration) -> Duration {
+/// long that took on stderr (the bench's progress log). Why: a namespace
+/// deleted with a big ruleset in it is freed by the kernel in the background (its netns cleanup
+/// work), for seconds at 1 M elements, and a measurement started meanwhile shares the 2 CPUs
+/// with it. The bench's control plane measured its 50k × 10 cold sync at 2.35 s (longest
+/// transaction 65 ms) right after such a teardown, where the same sync alone took 1.6–2.0 s
+/// (12–28 ms); the data plane's p50 moved with it.
+pub fn settle(limit: Duration) {
     let read = || std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(cpu_jiffies);
     let start = Instant::now();
     let mut quiet_steps = 0;
-    let Some(mut last) = read() else { return Duration::ZERO };
+    let Some(mut last) = read() else { return };
     while quiet_steps < 2 && start.elapsed() < limit {
         std::thread::sleep(SETTLE_STEP);
         let Some(now) = read() else { break };
         quiet_steps = if busy_share(last, now) < QUIET_SHARE { quiet_steps + 1 } else { 0 };
         last = now;
     }
-    let waited = start.elapsed();
-    eprintln!("  machine settled in {:.1} s", waited.as_secs_f64());
-    waited
+    eprintln!("  machine settled in {:.1} s", start.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]

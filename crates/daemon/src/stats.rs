@@ -125,10 +125,10 @@ impl Stats {
     pub fn rebuild(&mut self, state: &ClusterState, ctx: &NodeContext) {
         let mut endpoints: HashMap<&ServiceName, [i64; 2]> = HashMap::with_capacity(state.services.len());
         for s in state.slices().values() {
-            let counts = endpoint_counts([s]);
             let sum = endpoints.entry(&s.service).or_default();
-            sum[0] += counts[0];
-            sum[1] += counts[1];
+            for (t, n) in sum.iter_mut().zip(endpoint_counts([s])) {
+                *t += n;
+            }
         }
         let mut totals = [FamilyStats::default(); 2];
         let mut health = BTreeMap::new();

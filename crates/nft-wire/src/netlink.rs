@@ -87,6 +87,11 @@ pub fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
+/// A big-endian 32-bit attribute's value (None when shorter than 4 bytes).
+pub fn be32_attr(v: &[u8]) -> Option<u32> {
+    v.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// A NUL-terminated string attribute's text.
 pub fn str_attr(v: &[u8]) -> String {
     String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()

@@ -31,7 +31,7 @@ use crate::netfilter::Netfilter;
 use crate::netlink::NftSocket;
 use crate::ruleset::{ElemValue, Key, Ruleset, SetElements, TABLE};
 use nftproxy_nft_wire::Elem;
-use nftproxy_nft_wire::netlink::{attrs, name_attr, str_attr};
+use nftproxy_nft_wire::netlink::{attrs, be32_attr, name_attr, str_attr};
 
 /// Sets up to this size are counted by a dump at the deep check.
 pub const COUNTED_SET_MAX: usize = 1024;
@@ -218,7 +218,6 @@ pub(crate) fn dumped_chain(msg: &[u8]) -> Option<String> {
 /// chain or an unknown type or hook.
 pub(crate) fn dumped_base_chain(msg: &[u8]) -> Option<(String, BaseChain)> {
     let (mut name, mut chain_type, mut hook, mut priority) = (None, None, None, None);
-    let be32 = |v: &[u8]| v.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
     for (t, v) in attrs(msg) {
         match t {
             NFTA_CHAIN_NAME => name = Some(str_attr(v)),
@@ -226,8 +225,8 @@ pub(crate) fn dumped_base_chain(msg: &[u8]) -> Option<(String, BaseChain)> {
             NFTA_CHAIN_HOOK => {
                 for (t, v) in attrs(v) {
                     match t {
-                        NFTA_HOOK_HOOKNUM => hook = be32(v).and_then(Hook::from_number),
-                        NFTA_HOOK_PRIORITY => priority = be32(v).map(|p| p as i32),
+                        NFTA_HOOK_HOOKNUM => hook = be32_attr(v).and_then(Hook::from_number),
+                        NFTA_HOOK_PRIORITY => priority = be32_attr(v).map(|p| p as i32),
                         _ => {}
                     }
                 }
@@ -250,7 +249,7 @@ pub(crate) fn dumped_set(msg: &[u8]) -> Option<(String, u32)> {
     for (t, v) in attrs(msg) {
         match t {
             NFTA_SET_NAME => name = Some(str_attr(v)),
-            NFTA_SET_FLAGS if v.len() >= 4 => flags = u32::from_be_bytes(v[..4].try_into().unwrap()),
+            NFTA_SET_FLAGS => flags = be32_attr(v).unwrap_or(0),
             _ => {}
         }
     }
@@ -267,9 +266,7 @@ pub(crate) fn counted_elements(msg: &[u8]) -> usize {
         for (_, elem) in attrs(list) {
             // Interval sets hold a range as a start and an end element: count starts.
             let end = attrs(elem).any(|(t, v)| {
-                t == NFTA_SET_ELEM_FLAGS
-                    && v.len() >= 4
-                    && u32::from_be_bytes(v[..4].try_into().unwrap()) & NFT_SET_ELEM_INTERVAL_END != 0
+                t == NFTA_SET_ELEM_FLAGS && be32_attr(v).is_some_and(|f| f & NFT_SET_ELEM_INTERVAL_END != 0)
             });
             if !end {
                 count += 1;

@@ -64,10 +64,14 @@ pub struct Transaction<'a> {
     pub added_elements: Vec<(&'a str, Elements<'a>)>,
     pub deleted_chains: Vec<&'a str>,
     pub deleted_sets: Vec<&'a str>,
-    /// What the table held, emptied first (a rebuild in place, [`rebuild_in_place`]): every
-    /// chain flushed, every set flushed and deleted, every chain deleted but the base chains
-    /// named in `kept_bases`.
-    pub cleared: Option<&'a Observed>,
+    /// What the table held, emptied first (a rebuild in place, [`rebuild_in_place`]).
+    pub cleared: Option<Cleared<'a>>,
+}
+
+/// An existing table emptied at the start of a transaction: every chain flushed, every set
+/// flushed and deleted, every chain deleted but the base chains kept (hooked as we want them).
+pub struct Cleared<'a> {
+    pub existing: &'a Observed,
     pub kept_bases: Vec<&'a str>,
 }
 
@@ -84,7 +88,6 @@ impl<'a> Transaction<'a> {
             deleted_chains: Vec::new(),
             deleted_sets: Vec::new(),
             cleared: None,
-            kept_bases: Vec::new(),
         }
     }
 
@@ -108,7 +111,7 @@ impl<'a> Transaction<'a> {
             TableChange::Kept => {}
             TableChange::Created => b.add_table(fam, TABLE, Some(TABLE_COMMENT)),
         }
-        if let Some(old) = self.cleared {
+        if let Some(Cleared { existing: old, kept_bases }) = &self.cleared {
             // Rules first (they use sets and jump to chains), then the elements (a verdict
             // map's elements hold references to chains), then the sets and chains themselves.
             for name in old.chains.keys() {
@@ -118,7 +121,7 @@ impl<'a> Transaction<'a> {
                 b.flush_set(fam, TABLE, name);
                 b.del_set(fam, TABLE, name);
             }
-            for name in old.chains.keys().filter(|n| !self.kept_bases.contains(&n.as_str())) {
+            for name in old.chains.keys().filter(|n| !kept_bases.contains(&n.as_str())) {
                 b.del_chain(fam, TABLE, name);
             }
         }
@@ -183,8 +186,8 @@ fn staged_runs(r: &Ruleset, max: usize) -> impl Iterator<Item = (&str, Elements<
 
 /// Replaces what our existing table holds in one transaction without deleting its base chains
 /// when they are as we want them: they are flushed and refilled, everything else is deleted and
-/// added again. Deleting a base chain and adding it back (as [`replace`] does with the whole
-/// table) unhooks the old chain and hooks the new one at the commit; a packet that passed the
+/// added again. Deleting a base chain and adding it back (as deleting the whole table and adding
+/// it back did until 49078ed) unhooks the old chain and hooks the new one at the commit; a packet that passed the
 /// new hook just before the commit (the new chain still empty) and the old one just after (its
 /// rules gone) was not NATed by either, and the ClusterIP check then rejected it: one refused
 /// connection in 1,103 in a take-over test under traffic, on a full sync a second after the
@@ -192,14 +195,14 @@ fn staged_runs(r: &Ruleset, max: usize) -> impl Iterator<Item = (&str, Elements<
 /// then flushes them on every full sync.
 pub fn rebuild_in_place<'a>(r: &'a Ruleset, existing: &'a Observed, first_seq: u32) -> Batch {
     let mut t = Transaction::new(r.family, TableChange::Kept).schema(r);
-    t.kept_bases = existing
+    let kept_bases: Vec<&str> = existing
         .bases
         .iter()
         .filter(|(name, base)| r.chains.get(*name).and_then(|c| c.base.as_ref()) == Some(*base))
         .map(|(name, _)| name.as_str())
         .collect();
-    t.new_chains.retain(|(name, _)| !t.kept_bases.contains(name));
-    t.cleared = Some(existing);
+    t.new_chains.retain(|(name, _)| !kept_bases.contains(name));
+    t.cleared = Some(Cleared { existing, kept_bases });
     // Endpoint maps before the maps that lead to them, as in a cold start.
     let mut sets: Vec<_> = r.sets.values().collect();
     sets.sort_by_key(|d| d.stage);

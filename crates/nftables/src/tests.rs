@@ -232,7 +232,7 @@ fn a_zero_length_prefix_is_masked_never_a_zero_length_compare() {
 /// deleted — whatever order the planner filled it in.
 #[test]
 fn a_transaction_orders_its_messages_as_the_kernel_needs() {
-    use crate::plan::{ChainRules, Elements, TableChange, Transaction};
+    use crate::plan::{ChainRules, Cleared, Elements, TableChange, Transaction};
     let r = table(&[port("web", "10.96.0.10", &["10.244.1.2", "10.244.2.2"])]);
     let mut t = Transaction::new(Family::V4, TableChange::Kept);
     let existing = crate::drift::Observed {
@@ -240,8 +240,7 @@ fn a_transaction_orders_its_messages_as_the_kernel_needs() {
         sets: [("stale-map".to_string(), None)].into(),
         bases: Default::default(),
     };
-    t.cleared = Some(&existing);
-    t.kept_bases.push("nat-prerouting");
+    t.cleared = Some(Cleared { existing: &existing, kept_bases: vec!["nat-prerouting"] });
     t.deleted_sets.push("old-set");
     t.deleted_chains.push("old-chain");
     t.added_elements.push(("backends", Elements::All(&r.elements["backends"])));

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::family::Family;
 use crate::netlink::NftSocket;
 use crate::ruleset::TABLE;
-use nftproxy_nft_wire::netlink::{attrs, messages, name_attr, str_attr};
+use nftproxy_nft_wire::netlink::{attrs, be32_attr, messages, name_attr, str_attr};
 
 /// Chains of ours that are not part of the programmed ruleset (drift checks skip them).
 pub const TRACE_CHAIN_PREFIX: &str = "trace-";
@@ -191,10 +191,6 @@ impl Serialize for MapHit {
     }
 }
 
-fn be32(v: &[u8]) -> Option<u32> {
-    v.get(..4).map(|b| u32::from_be_bytes(b.try_into().unwrap()))
-}
-
 /// The comment of nftnl userdata (TLV type 0), if any.
 pub(crate) fn udata_comment(u: &[u8]) -> Option<String> {
     let mut off = 0;
@@ -244,7 +240,7 @@ pub(crate) fn rule_info(msg: &[u8]) -> Option<(String, u64, RuleInfo)> {
                                     match lt {
                                         NFTA_LOOKUP_SET => set = Some(str_attr(lv)),
                                         // NFTA_LOOKUP_DREG 0: the verdict register.
-                                        3 => verdict_map = be32(lv) == Some(0),
+                                        3 => verdict_map = be32_attr(lv) == Some(0),
                                         _ => {}
                                     }
                                 }
@@ -349,15 +345,15 @@ pub(crate) fn parse_trace(payload: &[u8]) -> Option<TraceAttrs> {
             NFTA_TRACE_TABLE => table = Some(str_attr(v)),
             NFTA_TRACE_CHAIN => chain = Some(str_attr(v)),
             NFTA_TRACE_RULE_HANDLE => handle = v.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap())),
-            NFTA_TRACE_TYPE => kind = be32(v).unwrap_or(0),
+            NFTA_TRACE_TYPE => kind = be32_attr(v).unwrap_or(0),
             NFTA_TRACE_VERDICT => verdict = trace_verdict(v),
             NFTA_TRACE_POLICY => {
-                verdict = be32(v).map(|p| if p == 1 { TraceVerdict::Accept } else { TraceVerdict::Drop })
+                verdict = be32_attr(v).map(|p| if p == 1 { TraceVerdict::Accept } else { TraceVerdict::Drop })
             }
-            NFTA_TRACE_ID => id = be32(v).unwrap_or(0),
+            NFTA_TRACE_ID => id = be32_attr(v).unwrap_or(0),
             NFTA_TRACE_NETWORK_HEADER => net = Some(v.to_vec()),
             NFTA_TRACE_TRANSPORT_HEADER => transport = Some(v.to_vec()),
-            NFTA_TRACE_NFPROTO => nfproto = be32(v).unwrap_or(0),
+            NFTA_TRACE_NFPROTO => nfproto = be32_attr(v).unwrap_or(0),
             _ => {}
         }
     }
@@ -647,7 +643,7 @@ pub(crate) fn trace_verdict(v: &[u8]) -> Option<TraceVerdict> {
     let mut chain = None;
     for (t, x) in attrs(v) {
         match t {
-            NFTA_VERDICT_CODE => code = be32(x).map(|c| c as i32),
+            NFTA_VERDICT_CODE => code = be32_attr(x).map(|c| c as i32),
             NFTA_VERDICT_CHAIN => chain = Some(str_attr(x)),
             _ => {}
         }
