@@ -362,6 +362,38 @@ fn client_ip_affinity_pins_a_client_until_the_timeout() {
     assert!(seen.len() > 1, "the affinity never expired: {seen:?}");
 }
 
+/// kube-proxy adds its affinity sets again, unflushed, on every sync and at start, so a client
+/// keeps its endpoint when the proxy restarts or resyncs everything. So do we: a rebuild in place
+/// keeps the sets packets fill when we declare them the same.
+#[test]
+fn client_ip_affinity_survives_a_full_sync_and_a_restart() {
+    let mut lab = Lab::new(3);
+    let m = affinity_web(600);
+    lab.sync(&m).unwrap();
+    let pinned = |lab: &Lab| {
+        let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 10);
+        assert_eq!(answered(&t), 10, "{t:?}");
+        assert_eq!(t.by_responder().len(), 1, "one endpoint for one client: {t:?}");
+        t.by_responder().into_keys().next().unwrap()
+    };
+    let first = pinned(&lab);
+    let remembered = |lab: &Lab, when: &str| {
+        let listing = lab.ruleset();
+        assert!(listing.contains("elements = { 10.0.1.2 expires"), "{when}: the client is remembered\n{listing}");
+    };
+    remembered(&lab, "after the first connections");
+    lab.backend.force_full_sync();
+    assert_eq!(lab.sync(&m).unwrap().full.len(), 2);
+    remembered(&lab, "after a full sync, before any new connection");
+    assert_eq!(pinned(&lab), first, "after a full sync");
+    // A new process, knowing nothing, adopts the table.
+    lab.backend = lab.node.run(|| nftproxy_nftables::NftablesBackend::new().unwrap());
+    let r = lab.sync(&m).unwrap();
+    assert_eq!((r.full.len(), r.transactions), (2, 2), "one rebuild in place per family: {r:?}");
+    remembered(&lab, "after a restart, before any new connection");
+    assert_eq!(pinned(&lab), first, "after a restart");
+}
+
 #[test]
 fn load_balancer_source_ranges_drop_other_sources_before_dnat() {
     let mut lab = Lab::new(1);

@@ -49,6 +49,28 @@ pub struct Observed {
     /// The base chains among `chains`: type, hook and priority. A rebuild in place keeps those
     /// that are as we want them ([`crate::plan::rebuild_in_place`]).
     pub bases: BTreeMap<String, BaseChain>,
+    /// The sets among `sets` that packets fill (ClientIP affinity): what they are declared as. A
+    /// rebuild in place keeps those that are as we want them, and so the clients they remember.
+    pub filled_by_packets: BTreeMap<String, DumpedSet>,
+}
+
+/// A set as a dump declares it, reduced to what decides whether we would declare it the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DumpedSet {
+    pub name: String,
+    pub flags: u32,
+    pub key_len: u32,
+    pub timeout_ms: Option<u64>,
+}
+
+impl DumpedSet {
+    /// Whether `spec` declares this set as the kernel holds it (so it can stay as it is).
+    pub fn declared_as(&self, spec: &nftproxy_nft_wire::SetSpec) -> bool {
+        self.name == spec.name
+            && self.flags == spec.flags
+            && self.key_len == spec.key_len
+            && self.timeout_ms == spec.timeout_ms
+    }
 }
 
 /// Dumps our table of a family; None when it does not exist. The elements of the sets `count`
@@ -81,8 +103,14 @@ pub fn observe(
             sets.push(set);
         }
     }
-    for (name, flags) in sets {
-        if flags & NFT_SET_EVAL != 0 || !count(&name) {
+    for set in sets {
+        let name = set.name.clone();
+        if set.flags & NFT_SET_EVAL != 0 {
+            obs.sets.insert(name.clone(), None);
+            obs.filled_by_packets.insert(name, set);
+            continue;
+        }
+        if !count(&name) {
             obs.sets.insert(name, None);
             continue;
         }
@@ -242,18 +270,23 @@ pub(crate) fn dumped_rule_chain(msg: &[u8]) -> Option<String> {
     attrs(msg).find(|(t, _)| *t == NFTA_RULE_CHAIN).map(|(_, n)| str_attr(n))
 }
 
-/// A set's name and flags (NFT_MSG_NEWSET answer; flags 0 when absent or short).
-pub(crate) fn dumped_set(msg: &[u8]) -> Option<(String, u32)> {
+/// A set's name, flags, key length and timeout (NFT_MSG_NEWSET answer; 0 or None when absent
+/// or short).
+pub(crate) fn dumped_set(msg: &[u8]) -> Option<DumpedSet> {
     let mut name = None;
-    let mut flags = 0u32;
+    let mut set = DumpedSet::default();
     for (t, v) in attrs(msg) {
         match t {
             NFTA_SET_NAME => name = Some(str_attr(v)),
-            NFTA_SET_FLAGS => flags = be32_attr(v).unwrap_or(0),
+            NFTA_SET_FLAGS => set.flags = be32_attr(v).unwrap_or(0),
+            NFTA_SET_KEY_LEN => set.key_len = be32_attr(v).unwrap_or(0),
+            // Milliseconds, big endian.
+            NFTA_SET_TIMEOUT => set.timeout_ms = v.get(..8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes"))),
             _ => {}
         }
     }
-    Some((name?, flags))
+    set.name = name?;
+    Some(set)
 }
 
 /// The elements of one NFT_MSG_NEWSETELEM answer, interval ends not counted.
@@ -325,7 +358,7 @@ mod tests {
         Observed {
             chains: r.chains.iter().map(|(k, c)| (k.clone(), c.rules.len())).collect(),
             sets: r.elements.iter().map(|(k, e)| (k.clone(), Some(e.len()))).collect(),
-            bases: BTreeMap::new(),
+            ..Observed::default()
         }
     }
 

@@ -33,7 +33,7 @@ use nftproxy_nft_wire::{
 };
 
 use crate::conntrack::{ConntrackTable, CtEntry};
-use crate::drift::Observed;
+use crate::drift::{DumpedSet, Observed};
 use crate::family::Family;
 use crate::netfilter::Netfilter;
 use crate::netlink::{CommitStats, KernelError, NetlinkError};
@@ -133,6 +133,16 @@ impl FakeNetfilter {
     /// Adds a conntrack entry (as a packet would).
     pub fn add_conntrack(&self, e: CtEntry) {
         self.inner().conntrack.push(e);
+    }
+
+    /// What a packet does to a set that packets fill (ClientIP affinity's `update @set`):
+    /// `key` goes in, with no generation change. Panics unless the set exists and packets fill it.
+    pub fn fill_by_packet(&self, family: Family, set: &str, key: &[u8]) {
+        let mut inner = self.inner();
+        let table = inner.state.tables.get_mut(&(family.nfproto(), TABLE.to_string())).expect("our table");
+        let set = table.sets.get_mut(set).expect("the set");
+        assert!(set.spec.flags & NFT_SET_EVAL != 0, "packets fill only dynamic sets");
+        set.elements.insert(key.to_vec(), (None, None));
     }
 
     /// The conntrack entries left.
@@ -424,6 +434,21 @@ impl FakeTable {
                 })
                 .collect(),
             bases: self.chains.iter().filter_map(|(n, c)| Some((n.clone(), c.base.clone()?))).collect(),
+            filled_by_packets: self
+                .sets
+                .iter()
+                .filter(|(_, s)| s.spec.flags & NFT_SET_EVAL != 0)
+                .map(|(n, s)| {
+                    let spec = &s.spec;
+                    let set = DumpedSet {
+                        name: n.clone(),
+                        flags: spec.flags,
+                        key_len: spec.key_len,
+                        timeout_ms: spec.timeout_ms,
+                    };
+                    (n.clone(), set)
+                })
+                .collect(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! elements out and in, chains and sets gone), which alone decides the order of the messages;
 //! a cold start is split into several, each complete in itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nftproxy_nft_wire::{BaseChain, Batch, ElemRef};
 
@@ -69,10 +69,12 @@ pub struct Transaction<'a> {
 }
 
 /// An existing table emptied at the start of a transaction: every chain flushed, every set
-/// flushed and deleted, every chain deleted but the base chains kept (hooked as we want them).
+/// flushed and deleted but the sets packets fill that we declare the same (the clients ClientIP
+/// affinity remembers), every chain deleted but the base chains kept (hooked as we want them).
 pub struct Cleared<'a> {
     pub existing: &'a Observed,
     pub kept_bases: Vec<&'a str>,
+    pub kept_sets: BTreeSet<&'a str>,
 }
 
 impl<'a> Transaction<'a> {
@@ -111,13 +113,13 @@ impl<'a> Transaction<'a> {
             TableChange::Kept => {}
             TableChange::Created => b.add_table(fam, TABLE, Some(TABLE_COMMENT)),
         }
-        if let Some(Cleared { existing: old, kept_bases }) = &self.cleared {
+        if let Some(Cleared { existing: old, kept_bases, kept_sets }) = &self.cleared {
             // Rules first (they use sets and jump to chains), then the elements (a verdict
             // map's elements hold references to chains), then the sets and chains themselves.
             for name in old.chains.keys() {
                 b.flush_chain(fam, TABLE, name);
             }
-            for name in old.sets.keys() {
+            for name in old.sets.keys().filter(|n| !kept_sets.contains(n.as_str())) {
                 b.flush_set(fam, TABLE, name);
                 b.del_set(fam, TABLE, name);
             }
@@ -186,7 +188,8 @@ fn staged_runs(r: &Ruleset, max: usize) -> impl Iterator<Item = (&str, Elements<
 
 /// Replaces what our existing table holds in one transaction without deleting its base chains
 /// when they are as we want them: they are flushed and refilled, everything else is deleted and
-/// added again. Deleting a base chain and adding it back (as deleting the whole table and adding
+/// added again, but for the sets packets fill (ClientIP affinity) that we declare the same: they
+/// stay, with the clients they remember. Deleting a base chain and adding it back (as deleting the whole table and adding
 /// it back did until 49078ed) unhooks the old chain and hooks the new one at the commit; a packet that passed the
 /// new hook just before the commit (the new chain still empty) and the old one just after (its
 /// rules gone) was not NATed by either, and the ClusterIP check then rejected it: one refused
@@ -202,7 +205,16 @@ pub fn rebuild_in_place<'a>(r: &'a Ruleset, existing: &'a Observed, first_seq: u
         .map(|(name, _)| name.as_str())
         .collect();
     t.new_chains.retain(|(name, _)| !kept_bases.contains(name));
-    t.cleared = Some(Cleared { existing, kept_bases });
+    // kube-proxy never deletes an affinity set it still uses (it adds it again, unflushed, on
+    // every sync and at start): a client keeps its endpoint across a restart or a full sync.
+    let kept_sets: BTreeSet<&str> = existing
+        .filled_by_packets
+        .iter()
+        .filter(|(name, set)| r.sets.get(*name).is_some_and(|d| set.declared_as(&d.spec)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    t.new_sets.retain(|d| !kept_sets.contains(d.spec.name.as_str()));
+    t.cleared = Some(Cleared { existing, kept_bases, kept_sets });
     // Endpoint maps before the maps that lead to them, as in a cold start.
     let mut sets: Vec<_> = r.sets.values().collect();
     sets.sort_by_key(|d| d.stage);

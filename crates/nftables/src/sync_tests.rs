@@ -224,6 +224,58 @@ fn a_base_chain_left_with_another_priority_is_created_again() {
     assert_eq!(dumps(&fake), fresh(&st));
 }
 
+/// A ClusterIP Service `sticky` (10.96.99.1:80) with ClientIP affinity of `timeout` seconds and
+/// two endpoints, as manifest text for [`cluster`]'s `extra`.
+fn sticky(timeout: u32) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: sticky, namespace: ns}}\n\
+         spec: {{clusterIP: 10.96.99.1, ports: [{{name: http, port: 80}}], sessionAffinity: ClientIP,\
+         sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {timeout}}}}}}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: sticky-1, namespace: ns, labels: {{kubernetes.io/service-name: sticky}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n\
+         - {{addresses: [10.244.9.1], nodeName: node-b}}\n- {{addresses: [10.244.9.2], nodeName: node-b}}\n"
+    )
+}
+
+fn affinity_sets(fake: &FakeNetfilter) -> Vec<String> {
+    let dump = fake.dump(Family::V4, TABLE).unwrap();
+    dump.lines().filter_map(|l| l.trim().strip_prefix("set ")).map(|l| l.split(' ').next().unwrap().to_string())
+        .filter(|n| n.starts_with("affinity-")).collect()
+}
+
+#[test]
+fn a_rebuild_in_place_keeps_the_clients_an_affinity_set_remembers() {
+    let fake = FakeNetfilter::new();
+    let st = cluster(5, 2, &sticky(600));
+    NftablesBackend::over(fake.clone()).sync_cluster(&st, &ctx()).unwrap();
+    let sets = affinity_sets(&fake);
+    assert_eq!(sets.len(), 2, "one per endpoint");
+    // A client's packet went to the first endpoint; then the proxy restarts.
+    fake.fill_by_packet(Family::V4, &sets[0], &[10, 0, 9, 9]);
+    let remembered = fake.dump(Family::V4, TABLE).unwrap();
+    let mut restarted = NftablesBackend::over(fake.clone());
+    restarted.sync_cluster(&st, &ctx()).unwrap();
+    let commits = fake.commits();
+    let v4 = &commits[commits.len() - 2].messages;
+    assert_rebuilt_in_place(v4, restarted.programmed(Family::V4).unwrap());
+    for set in &sets {
+        for m in ["flush set", "delete set", "add set"] {
+            assert!(!v4.contains(&format!("{m} {set}")), "{m} {set}: {v4:?}");
+        }
+    }
+    // Everything else as programmed before (the mirror holds no packet-filled elements, so this
+    // whole table, not assert_mirror, is the check).
+    assert_eq!(fake.dump(Family::V4, TABLE).unwrap(), remembered, "the client is still remembered");
+    // A new timeout is a new set (the timeout is part of its name): the old ones go, and with
+    // them what they remembered, as kube-proxy's would when it deletes a set it no longer uses.
+    let longer = cluster(5, 2, &sticky(900));
+    NftablesBackend::over(fake.clone()).sync_cluster(&longer, &ctx()).unwrap();
+    let now = affinity_sets(&fake);
+    assert!(now.iter().all(|n| !sets.contains(n)), "{now:?} {sets:?}");
+    assert_eq!(dumps(&fake), fresh(&longer));
+}
+
 #[test]
 fn drift_in_the_structure_is_found_and_repaired_by_a_full_sync() {
     let mut fake = FakeNetfilter::new();

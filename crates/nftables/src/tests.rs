@@ -238,9 +238,9 @@ fn a_transaction_orders_its_messages_as_the_kernel_needs() {
     let existing = crate::drift::Observed {
         chains: [("nat-prerouting".to_string(), 3), ("stale".to_string(), 1)].into(),
         sets: [("stale-map".to_string(), None)].into(),
-        bases: Default::default(),
+        ..Default::default()
     };
-    t.cleared = Some(Cleared { existing: &existing, kept_bases: vec!["nat-prerouting"] });
+    t.cleared = Some(Cleared { existing: &existing, kept_bases: vec!["nat-prerouting"], kept_sets: Default::default() });
     t.deleted_sets.push("old-set");
     t.deleted_chains.push("old-chain");
     t.added_elements.push(("backends", Elements::All(&r.elements["backends"])));
