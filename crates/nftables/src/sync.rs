@@ -20,9 +20,13 @@ use nftproxy_nft_wire::consts::NFT_SET_INTERVAL;
 /// Elements per transaction in a cold start (see [`NftablesBackend::cold_start`]). With the
 /// kernel taking in one step while the next is built, 5,000 kept every transaction of
 /// `sync --from` 50k Services × 10 at 12–28 ms, where 10,000 gave 26–32 ms (and, built and
-/// sent in turn, 20,000 ~50 ms); the whole sync was no slower (1.6–2.0 s against 1.7–1.9 s in
-/// the same runs; 2,500: 2.0–2.1 s).
-pub const COLD_START_MAX_ELEMENTS: usize = 5_000;
+/// sent in turn, 20,000 ~50 ms). But on these two shared CPUs a transaction now and then takes
+/// 25 ms more than its size explains (a kworker resizing a growing set's hash table runs
+/// beside it; `make bench` once saw 42 ms at 5,000). 3,000 leaves that room: 10 interleaved
+/// runs of the bench's 50k × 10 cold sync (`nftproxy-bench --services "" --dataplane ""
+/// --runs 1 --ours 50000x10`) gave a longest transaction of 10–32 ms (median 13) against
+/// 16–43 ms (median 19) at 5,000, and the whole sync took as long (medians 1.97 s and 1.99 s).
+pub const COLD_START_MAX_ELEMENTS: usize = 3_000;
 const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 
 /// What one sync did.
@@ -232,7 +236,7 @@ impl<N: Netfilter> NftablesBackend<N> {
     }
 
     /// Commits `batches` in order, the kernel taking in one on a second thread while this one
-    /// makes the next. At most one batch waits between the two (~0.2 MB at 5,000 elements).
+    /// makes the next. At most one batch waits between the two (~0.12 MB at 3,000 elements).
     /// The first refusal stops both, as [`NftablesBackend::commit`] would one batch at a
     /// time.
     fn commit_pipelined(
