@@ -250,13 +250,7 @@ fn control_plane(a: &Args, r: &mut Results) {
         if last_e.replace(e) != Some(e) {
             given_up.clear();
         }
-        let state = synthetic(n, e);
-        let mut plus = state.clone();
-        add_service(&mut plus, n, e, 0);
-        let mut changed = plus.clone();
-        add_service(&mut changed, 0, e, n * e + 100);
-        let mut minus = changed.clone();
-        remove_service(&mut minus, n);
+        let [state, plus, changed, minus] = partial_states(n, e);
         let ports = |st: &ClusterState| resolve(st, &c, IpFamily::V4);
         let (p_state, p_plus, p_changed) = (ports(&state), ports(&plus), ports(&changed));
         for run in 0..a.runs {
@@ -284,15 +278,9 @@ fn control_plane(a: &Args, r: &mut Results) {
             let mut twin = twin_of(n, e).map(|(tn, te)| {
                 let tns = topo.netns("twin");
                 let mut tb = tns.run(|| NftablesBackend::new().unwrap());
-                let st = synthetic(tn, te);
-                let mut tplus = st.clone();
-                add_service(&mut tplus, tn, te, 0);
-                let mut tchanged = tplus.clone();
-                add_service(&mut tchanged, 0, te, tn * te + 100);
-                let mut tminus = tchanged.clone();
-                remove_service(&mut tminus, tn);
-                tb.sync_cluster(&st, &c).unwrap();
-                (tn, te, tb, [st, tplus, tchanged, tminus])
+                let states = partial_states(tn, te);
+                tb.sync_cluster(&states[0], &c).unwrap();
+                (tn, te, tb, states)
             });
             let mut twin_samples: Vec<(&'static str, M)> = Vec::new();
             // Each change PARTIAL_ROUNDS times, every sync one Service's difference: there
@@ -452,6 +440,19 @@ fn control_plane(a: &Args, r: &mut Results) {
             drop(topo);
         }
     }
+}
+
+/// The states the partial syncs go through: `n` Services × `e` endpoints, then one Service more
+/// (`svc-n`), then svc-0's endpoints moved, then svc-n gone again.
+fn partial_states(n: u32, e: u32) -> [ClusterState; 4] {
+    let state = synthetic(n, e);
+    let mut plus = state.clone();
+    add_service(&mut plus, n, e, 0);
+    let mut changed = plus.clone();
+    add_service(&mut changed, 0, e, n * e + 100);
+    let mut minus = changed.clone();
+    remove_service(&mut minus, n);
+    [state, plus, changed, minus]
 }
 
 /// The size whose partial syncs are taken alternately with this one's, if any. The target
