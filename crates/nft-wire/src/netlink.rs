@@ -89,7 +89,12 @@ pub fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 
 /// A big-endian 32-bit attribute's value (None when shorter than 4 bytes).
 pub fn be32_attr(v: &[u8]) -> Option<u32> {
-    v.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    v.first_chunk::<4>().map(|b| u32::from_be_bytes(*b))
+}
+
+/// A big-endian 64-bit attribute's value (None when shorter than 8 bytes).
+pub fn be64_attr(v: &[u8]) -> Option<u64> {
+    v.first_chunk::<8>().map(|b| u64::from_be_bytes(*b))
 }
 
 /// A NUL-terminated string attribute's text.

@@ -31,7 +31,7 @@ use crate::netfilter::Netfilter;
 use crate::netlink::NftSocket;
 use crate::ruleset::{ElemValue, Key, Ruleset, SetElements, TABLE};
 use nftproxy_nft_wire::Elem;
-use nftproxy_nft_wire::netlink::{attrs, be32_attr, name_attr, str_attr};
+use nftproxy_nft_wire::netlink::{attrs, be32_attr, be64_attr, name_attr, str_attr};
 
 /// Sets up to this size are counted by a dump at the deep check.
 pub const COUNTED_SET_MAX: usize = 1024;
@@ -51,7 +51,7 @@ pub struct Observed {
     pub bases: BTreeMap<String, BaseChain>,
     /// The sets among `sets` that packets fill (ClientIP affinity): what they are declared as. A
     /// rebuild in place keeps those that are as we want them, and so the clients they remember.
-    pub filled_by_packets: BTreeMap<String, DumpedSet>,
+    pub filled_by_packets: Vec<DumpedSet>,
 }
 
 /// A set as a dump declares it, reduced to what decides whether we would declare it the same.
@@ -64,12 +64,14 @@ pub struct DumpedSet {
 }
 
 impl DumpedSet {
+    /// What a dump of the set `spec` declares would say.
+    pub fn of(spec: &nftproxy_nft_wire::SetSpec) -> DumpedSet {
+        DumpedSet { name: spec.name.clone(), flags: spec.flags, key_len: spec.key_len, timeout_ms: spec.timeout_ms }
+    }
+
     /// Whether `spec` declares this set as the kernel holds it (so it can stay as it is).
     pub fn declared_as(&self, spec: &nftproxy_nft_wire::SetSpec) -> bool {
-        self.name == spec.name
-            && self.flags == spec.flags
-            && self.key_len == spec.key_len
-            && self.timeout_ms == spec.timeout_ms
+        *self == DumpedSet::of(spec)
     }
 }
 
@@ -104,12 +106,12 @@ pub fn observe(
         }
     }
     for set in sets {
-        let name = set.name.clone();
         if set.flags & NFT_SET_EVAL != 0 {
-            obs.sets.insert(name.clone(), None);
-            obs.filled_by_packets.insert(name, set);
+            obs.sets.insert(set.name.clone(), None);
+            obs.filled_by_packets.push(set);
             continue;
         }
+        let name = set.name;
         if !count(&name) {
             obs.sets.insert(name, None);
             continue;
@@ -219,9 +221,7 @@ fn answered_data(nest: &[u8]) -> Option<ElemData> {
                 let mut chain = None;
                 for (t, v) in attrs(v) {
                     match t {
-                        NFTA_VERDICT_CODE if v.len() >= 4 => {
-                            code = Some(i32::from_be_bytes(v[..4].try_into().unwrap()))
-                        }
+                        NFTA_VERDICT_CODE => code = be32_attr(v).map(|c| c as i32),
                         NFTA_VERDICT_CHAIN => chain = Some(str_attr(v)),
                         _ => {}
                     }
@@ -280,8 +280,7 @@ pub(crate) fn dumped_set(msg: &[u8]) -> Option<DumpedSet> {
             NFTA_SET_NAME => name = Some(str_attr(v)),
             NFTA_SET_FLAGS => set.flags = be32_attr(v).unwrap_or(0),
             NFTA_SET_KEY_LEN => set.key_len = be32_attr(v).unwrap_or(0),
-            // Milliseconds, big endian.
-            NFTA_SET_TIMEOUT => set.timeout_ms = v.get(..8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes"))),
+            NFTA_SET_TIMEOUT => set.timeout_ms = be64_attr(v), // milliseconds
             _ => {}
         }
     }

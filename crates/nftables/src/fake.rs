@@ -436,18 +436,9 @@ impl FakeTable {
             bases: self.chains.iter().filter_map(|(n, c)| Some((n.clone(), c.base.clone()?))).collect(),
             filled_by_packets: self
                 .sets
-                .iter()
-                .filter(|(_, s)| s.spec.flags & NFT_SET_EVAL != 0)
-                .map(|(n, s)| {
-                    let spec = &s.spec;
-                    let set = DumpedSet {
-                        name: n.clone(),
-                        flags: spec.flags,
-                        key_len: spec.key_len,
-                        timeout_ms: spec.timeout_ms,
-                    };
-                    (n.clone(), set)
-                })
+                .values()
+                .filter(|s| s.spec.flags & NFT_SET_EVAL != 0)
+                .map(|s| DumpedSet::of(&s.spec))
                 .collect(),
         }
     }

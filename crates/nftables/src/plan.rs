@@ -210,8 +210,8 @@ pub fn rebuild_in_place<'a>(r: &'a Ruleset, existing: &'a Observed, first_seq: u
     let kept_sets: BTreeSet<&str> = existing
         .filled_by_packets
         .iter()
-        .filter(|(name, set)| r.sets.get(*name).is_some_and(|d| set.declared_as(&d.spec)))
-        .map(|(name, _)| name.as_str())
+        .filter(|set| r.sets.get(&set.name).is_some_and(|d| set.declared_as(&d.spec)))
+        .map(|set| set.name.as_str())
         .collect();
     t.new_sets.retain(|d| !kept_sets.contains(d.spec.name.as_str()));
     t.cleared = Some(Cleared { existing, kept_bases, kept_sets });

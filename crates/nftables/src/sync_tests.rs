@@ -240,8 +240,10 @@ fn sticky(timeout: u32) -> String {
 
 fn affinity_sets(fake: &FakeNetfilter) -> Vec<String> {
     let dump = fake.dump(Family::V4, TABLE).unwrap();
-    dump.lines().filter_map(|l| l.trim().strip_prefix("set ")).map(|l| l.split(' ').next().unwrap().to_string())
-        .filter(|n| n.starts_with("affinity-")).collect()
+    dump.lines()
+        .filter_map(|l| l.trim().strip_prefix("set affinity-"))
+        .map(|l| format!("affinity-{}", l.split(' ').next().unwrap()))
+        .collect()
 }
 
 #[test]

@@ -250,7 +250,8 @@ fn control_plane(a: &Args, r: &mut Results) {
         if last_e.replace(e) != Some(e) {
             given_up.clear();
         }
-        let [state, plus, changed, minus] = partial_states(n, e);
+        let states = partial_states(n, e);
+        let [state, plus, changed, minus] = &states;
         let ports = |st: &ClusterState| resolve(st, &c, IpFamily::V4);
         let (p_state, p_plus, p_changed) = (ports(&state), ports(&plus), ports(&changed));
         for run in 0..a.runs {
@@ -283,38 +284,13 @@ fn control_plane(a: &Args, r: &mut Results) {
                 (tn, te, tb, states)
             });
             let mut twin_samples: Vec<(&'static str, M)> = Vec::new();
-            // Each change PARTIAL_ROUNDS times, every sync one Service's difference: there
-            // (state → plus → changed → minus) and back (minus → changed → plus → state). A
-            // single sample of a sub-millisecond sync per run was mostly noise.
+            // Each change PARTIAL_ROUNDS times, every sync one Service's difference. A single
+            // sample of a sub-millisecond sync per run was mostly noise.
             for round in 0..PARTIAL_ROUNDS {
-                let steps = if round % 2 == 0 {
-                    [("+1 service", &plus, n), ("1 endpoint changed", &changed, 0), ("-1 service", &minus, n)]
-                } else {
-                    [("+1 service", &changed, n), ("1 endpoint changed", &plus, 0), ("-1 service", &state, n)]
-                };
-                for (k, (op, st, svc)) in steps.into_iter().enumerate() {
-                    let t = Instant::now();
-                    b.sync_services(st, &c, &BTreeSet::from([ServiceName::new("bench", format!("svc-{svc}"))]))
-                        .unwrap();
-                    rec(NETLINK, op, M::Secs(t.elapsed().as_secs_f64()));
-                    if let Some((tn, _, tb, states)) = twin.as_mut() {
-                        // The same step on the twin: state → plus → changed → minus and back.
-                        let (to, svc) = match (round % 2, k) {
-                            (0, 0) => (1, *tn),
-                            (0, 1) => (2, 0),
-                            (0, _) => (3, *tn),
-                            (_, 0) => (2, *tn),
-                            (_, 1) => (1, 0),
-                            _ => (0, *tn),
-                        };
-                        let t = Instant::now();
-                        tb.sync_services(
-                            &states[to],
-                            &c,
-                            &BTreeSet::from([ServiceName::new("bench", format!("svc-{svc}"))]),
-                        )
-                        .unwrap();
-                        twin_samples.push((op, M::Secs(t.elapsed().as_secs_f64())));
+                for (op, step) in partial_steps(round) {
+                    rec(NETLINK, op, M::Secs(partial_sync(&mut b, &states, n, step, &c)));
+                    if let Some((tn, _, tb, tstates)) = twin.as_mut() {
+                        twin_samples.push((op, M::Secs(partial_sync(tb, tstates, *tn, step, &c))));
                     }
                 }
             }
@@ -453,6 +429,32 @@ fn partial_states(n: u32, e: u32) -> [ClusterState; 4] {
     let mut minus = changed.clone();
     remove_service(&mut minus, n);
     [state, plus, changed, minus]
+}
+
+/// The partial syncs of a round: the operation, the index into [`partial_states`] it goes to,
+/// and whether the Service it changes is the added one (`svc-n`) rather than svc-0. Even rounds
+/// go there (state → plus → changed → minus), odd ones back (minus → changed → plus → state).
+fn partial_steps(round: usize) -> [(&'static str, (usize, bool)); 3] {
+    if round % 2 == 0 {
+        [("+1 service", (1, true)), ("1 endpoint changed", (2, false)), ("-1 service", (3, true))]
+    } else {
+        [("+1 service", (2, true)), ("1 endpoint changed", (1, false)), ("-1 service", (0, true))]
+    }
+}
+
+/// One partial sync of `b` (a table of `n` Services) to `states[to]`, of the one Service it
+/// changes; its seconds.
+fn partial_sync(
+    b: &mut NftablesBackend,
+    states: &[ClusterState; 4],
+    n: u32,
+    (to, added): (usize, bool),
+    c: &NodeContext,
+) -> f64 {
+    let svc = if added { n } else { 0 };
+    let t = Instant::now();
+    b.sync_services(&states[to], c, &BTreeSet::from([ServiceName::new("bench", format!("svc-{svc}"))])).unwrap();
+    t.elapsed().as_secs_f64()
 }
 
 /// The size whose partial syncs are taken alternately with this one's, if any. The target
