@@ -7,11 +7,12 @@
 
 use nftproxy_integration::Topology;
 use nftproxy_model::ServiceName;
+use nftproxy_nft_wire::consts::NFT_SET_EVAL;
 use nftproxy_nft_wire::{Batch, Elem, ElemData, Expr, FinishedBatch, NfFamily, Verdict};
 use nftproxy_nftables::conntrack::{ConntrackTable, CtEntry};
 use nftproxy_nftables::drift::Observed;
 use nftproxy_nftables::fake::FakeNetfilter;
-use nftproxy_nftables::fake::fixtures::{goto, value, value_map, verdict_map};
+use nftproxy_nftables::fake::fixtures::{affinity_set, goto, value, value_map, verdict_map};
 use nftproxy_nftables::netlink::{CommitStats, NetlinkError, NftSocket};
 use nftproxy_nftables::{Family, Netfilter, NftablesBackend, TABLE};
 use proptest::strategy::{Strategy, ValueTree};
@@ -149,6 +150,8 @@ fn kernel_and_fake_refuse_the_same_batches_alike() {
         b.add_rule(V4, t, "b", &[Expr::Immediate(Verdict::Accept)], Some("b's rule"));
         b.add_elems(V4, t, "m", None, &[goto([10, 0, 0, 1], "b")]);
         b.add_elems(V4, t, "v", None, &[value([10, 0, 0, 1], [1, 2, 3, 4])]);
+        b.add_set(V4, t, &affinity_set("s", 600), 3);
+        b.add_elems(V4, t, "s", None, &[Elem { key: vec![10, 0, 0, 1], data: None, timeout_ms: None, comment: None }]);
     })
     .expect("the base is valid");
     // (what, the batch, the errno both must refuse it with).
@@ -234,6 +237,17 @@ fn kernel_and_fake_refuse_the_same_batches_alike() {
         ("deleting a missing table", Box::new(|b| b.del_table(NfFamily::Ip6, t)), Some(libc::ENOENT)),
         ("a set again with another spec", Box::new(|b| b.add_set(V4, t, &value_map("m"), 9)), Some(libc::EEXIST)),
         ("a set again, the same", Box::new(|b| b.add_set(V4, t, &verdict_map("m"), 9)), None),
+        // What declaring a ClientIP affinity set with a new timeout does (kube-proxy's tx.Add of
+        // it, and ours): updated in place since Linux 6.10; the observed timeouts are compared.
+        ("a set again with another timeout", Box::new(|b| b.add_set(V4, t, &affinity_set("s", 900), 9)), None),
+        (
+            "a set again with other flags",
+            Box::new(|b| {
+                let spec = affinity_set("s", 900);
+                b.add_set(V4, t, &nftproxy_nft_wire::SetSpec { flags: spec.flags & !NFT_SET_EVAL, ..spec }, 9)
+            }),
+            Some(libc::EEXIST),
+        ),
         ("a chain again", Box::new(|b| b.add_chain(V4, t, "a", None)), None),
         (
             "a later message refused: the earlier ones are not kept",
@@ -282,9 +296,14 @@ fn kernel_and_fake_refuse_the_same_batches_alike() {
             "{what}: kernel and fake agree, but not as expected: {got:?}"
         );
         both.same_elements(Family::V4, "v", &[&[10, 0, 0, 1]]);
+        both.same_elements(Family::V4, "s", &[&[10, 0, 0, 1]]);
         // A batch that changed nothing leaves the generation, in both.
         both.generation().unwrap();
     }
+    // The timeout set's element outlived its set's update (both agree, and it is there).
+    let timeouts = both.fake.observe(Family::V4, &|_| true).unwrap().unwrap().filled_by_packets;
+    assert_eq!(timeouts.iter().map(|s| s.timeout_ms).collect::<Vec<_>>(), [Some(900_000)]);
+    assert_eq!(both.fake.elements_by_key(Family::V4, "s", &[&[10, 0, 0, 1]]).unwrap().len(), 1);
     // Everything goes with the table.
     send(&mut both, &mut seq, |b| b.del_table(V4, t)).unwrap();
     assert_eq!(both.generation().unwrap().wrapping_sub(both.offset), both.fake.current_generation());

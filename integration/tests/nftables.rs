@@ -394,6 +394,45 @@ fn client_ip_affinity_survives_a_full_sync_and_a_restart() {
     assert_eq!(pinned(&lab), first, "after a restart");
 }
 
+/// kube-proxy names an endpoint's affinity set without the timeout and adds it again with a new
+/// one (`tx.Add`), which the kernel (6.10 and later) takes as an update of the timeout: the
+/// clients stay. Ours too, on an incremental sync and on a restart's rebuild in place; and a
+/// client's next connection is remembered for the new timeout.
+#[test]
+fn client_ip_affinity_keeps_its_clients_when_the_timeout_changes() {
+    let mut lab = Lab::new(3);
+    lab.sync(&affinity_web(600)).unwrap();
+    let pinned = |lab: &Lab| {
+        let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 10);
+        assert_eq!(answered(&t), 10, "{t:?}");
+        assert_eq!(t.by_responder().len(), 1, "one endpoint for one client: {t:?}");
+        t.by_responder().into_keys().next().unwrap()
+    };
+    let first = pinned(&lab);
+    // Every set has the timeout `shown` (nft's way of writing it) and the client is remembered.
+    let remembered = |lab: &Lab, shown: &str, when: &str| {
+        let listing = lab.ruleset();
+        let timeouts: Vec<&str> = listing.lines().filter_map(|l| l.trim().strip_prefix("timeout ")).collect();
+        assert_eq!(timeouts, [shown; 3], "{when}: one set per endpoint\n{listing}");
+        // (An element keeps the timeout it was added with: `10.0.1.2 timeout 10m expires …`.)
+        assert!(listing.contains("elements = { 10.0.1.2 "), "{when}: the client is remembered\n{listing}");
+    };
+    remembered(&lab, "10m", "at first");
+    let r = lab.sync(&affinity_web(3600)).unwrap();
+    assert!(r.full.is_empty(), "an incremental sync: {r:?}");
+    remembered(&lab, "1h", "after an incremental sync, before any new connection");
+    assert_eq!(pinned(&lab), first, "after an incremental sync");
+    lab.backend = lab.node.run(|| nftproxy_nftables::NftablesBackend::new().unwrap());
+    let r = lab.sync(&affinity_web(2)).unwrap();
+    assert_eq!(r.full.len(), 2, "a rebuild in place per family: {r:?}");
+    remembered(&lab, "2s", "after a restart, before any new connection");
+    assert_eq!(pinned(&lab), first, "after a restart");
+    // The connections just made refreshed the client for the new timeout, 2 s.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let listing = lab.ruleset();
+    assert!(!listing.contains("elements = { 10.0.1.2 "), "forgotten 2 s after its last connection\n{listing}");
+}
+
 #[test]
 fn load_balancer_source_ranges_drop_other_sources_before_dnat() {
     let mut lab = Lab::new(1);

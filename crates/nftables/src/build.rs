@@ -278,7 +278,7 @@ impl Builder<'_> {
         let mut targets = Vec::new();
         for e in eps {
             let eb = names::endpoint_base(p, e);
-            let (set, ep_chain) = (names::affinity_set_name(p, e, timeout), format!("endpoint-{eb}"));
+            let (set, ep_chain) = (names::affinity_set_name(p, e), format!("endpoint-{eb}"));
             if !self.r.chains.contains_key(&ep_chain) {
                 self.r.set(affinity_set(self.f, &set, timeout));
                 self.r.add_rule(&ep_chain, rules::update_saddr(self.f, &set));

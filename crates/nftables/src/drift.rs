@@ -73,6 +73,12 @@ impl DumpedSet {
     pub fn declared_as(&self, spec: &nftproxy_nft_wire::SetSpec) -> bool {
         *self == DumpedSet::of(spec)
     }
+
+    /// Whether `spec` declares this set as the kernel holds it but perhaps for its timeout,
+    /// which an add of the set updates in place: the set can stay, with its elements.
+    pub fn kept_as(&self, spec: &nftproxy_nft_wire::SetSpec) -> bool {
+        DumpedSet { timeout_ms: spec.timeout_ms, ..self.clone() } == DumpedSet::of(spec)
+    }
 }
 
 /// Dumps our table of a family; None when it does not exist. The elements of the sets `count`
@@ -108,7 +114,9 @@ pub fn observe(
     for set in sets {
         if set.flags & NFT_SET_EVAL != 0 {
             obs.sets.insert(set.name.clone(), None);
-            obs.filled_by_packets.push(set);
+            // In name order, as the fake lists them (the kernel lists sets as created).
+            let at = obs.filled_by_packets.partition_point(|s| s.name < set.name);
+            obs.filled_by_packets.insert(at, set);
             continue;
         }
         let name = set.name;

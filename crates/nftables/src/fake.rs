@@ -10,7 +10,8 @@
 //! - objects in use cannot go: a chain other rules or map elements jump to, a set rules use
 //!   (EBUSY); a chain's own rules go with it, a table takes everything with it;
 //! - an existing object added again is fine when it is the same (a set with another spec is
-//!   EEXIST; an element with other data is EEXIST, [`ELEMENT_CLASH`]);
+//!   EEXIST, but for its timeout, which the add updates, as Linux 6.10 and later do; an element
+//!   with other data is EEXIST, [`ELEMENT_CLASH`]);
 //! - an element's key and data have the set's lengths and kinds, a map has the map flag (EINVAL);
 //! - every committed batch that changed something adds one to the generation; refused ones, and
 //!   ones that change nothing (an element added again, an empty chain flushed), do not.
@@ -316,10 +317,14 @@ impl State {
                     return Err(libc::EINVAL);
                 }
                 let t = self.table(*family, table)?;
-                match t.sets.get(&spec.name) {
+                match t.sets.get_mut(&spec.name) {
                     Some(s) if !same_set(&s.spec, spec) => Err(libc::EEXIST),
-                    // As for chains: the kernel counts the update as a change.
-                    Some(_) => Ok(true),
+                    // As for chains: the kernel counts the update as a change. Since Linux 6.10
+                    // it takes a new timeout (`nf_tables_newset`'s set update), elements kept.
+                    Some(s) => {
+                        s.spec.timeout_ms = spec.timeout_ms;
+                        Ok(true)
+                    }
                     None => {
                         t.sets.insert(spec.name.clone(), FakeSet { spec: spec.clone(), elements: BTreeMap::new() });
                         Ok(true)
@@ -375,9 +380,10 @@ impl State {
     }
 }
 
-/// Two declarations of one set the kernel takes as the same (an add of an existing set).
+/// Two declarations of one set the kernel takes as the same (an add of an existing set): all
+/// but the timeout, which such an add updates.
 fn same_set(a: &SetSpec, b: &SetSpec) -> bool {
-    (a.flags, a.key_type, a.key_len, a.data, a.timeout_ms) == (b.flags, b.key_type, b.key_len, b.data, b.timeout_ms)
+    (a.flags, a.key_type, a.key_len, a.data) == (b.flags, b.key_type, b.key_len, b.data)
 }
 
 fn check_element(spec: &SetSpec, e: &Elem, chains: &[String]) -> Result<(), i32> {
@@ -504,8 +510,9 @@ fn dump_table(family: Family, name: &str, t: &FakeTable) -> String {
     out.push('\n');
     for (n, s) in &t.sets {
         let data = s.spec.data.map_or("-".to_string(), |(ty, len)| format!("{ty}/{len}"));
-        let _ =
-            writeln!(out, "  set {n} flags {:#x} key {}/{} data {data}", s.spec.flags, s.spec.key_type, s.spec.key_len);
+        let timeout = s.spec.timeout_ms.map_or(String::new(), |ms| format!(" timeout {ms}ms"));
+        let (flags, key_type, key_len) = (s.spec.flags, s.spec.key_type, s.spec.key_len);
+        let _ = writeln!(out, "  set {n} flags {flags:#x} key {key_type}/{key_len} data {data}{timeout}");
         for (k, (d, c)) in &s.elements {
             let _ = write!(out, "    {}", hex(k));
             match d {
@@ -570,7 +577,7 @@ pub fn wire_dump(r: &Ruleset) -> String {
 /// Small objects for tests of the fake and of the kernel against it (an IPv4 address key, a
 /// verdict map, a value map).
 pub mod fixtures {
-    use nftproxy_nft_wire::consts::{NFT_DATA_VERDICT, NFT_SET_MAP};
+    use nftproxy_nft_wire::consts::{NFT_DATA_VERDICT, NFT_SET_EVAL, NFT_SET_MAP, NFT_SET_TIMEOUT};
     use nftproxy_nft_wire::{Elem, ElemData, SetSpec, Verdict};
 
     /// A map from an IPv4 address to a verdict.
@@ -589,6 +596,17 @@ pub mod fixtures {
     /// A map from an IPv4 address to an IPv4 address.
     pub fn value_map(name: &str) -> SetSpec {
         SetSpec { data: Some((7, 4)), ..verdict_map(name) }
+    }
+
+    /// A set of IPv4 addresses that packets fill, each forgotten `timeout_s` seconds after it
+    /// was last seen (ClientIP affinity's).
+    pub fn affinity_set(name: &str, timeout_s: u64) -> SetSpec {
+        SetSpec {
+            flags: NFT_SET_TIMEOUT | NFT_SET_EVAL,
+            data: None,
+            timeout_ms: Some(timeout_s * 1000),
+            ..verdict_map(name)
+        }
     }
 
     /// A verdict-map element: `key : goto chain`, with a comment.

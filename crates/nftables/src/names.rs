@@ -37,13 +37,11 @@ pub fn endpoint_base(p: &ResolvedServicePort, e: &ResolvedEndpoint) -> String {
     hash_and_truncate(&format!("{}/{}/{}/{}__{ip}/{}", s.namespace, s.name, p.protocol.lower(), p.name.port, e.port))
 }
 
-/// The affinity set of an endpoint: the timeout is part of the (hashed) name, so a new timeout
-/// makes a new set rather than a change to one that rules still reference.
-pub fn affinity_set_name(p: &ResolvedServicePort, e: &ResolvedEndpoint, timeout_s: u32) -> String {
-    let s = &p.name.service;
-    let ip = e.ip.to_string().replace(':', ".");
-    let base = format!("{}/{}/{}/{}__{ip}/{}", s.namespace, s.name, p.protocol.lower(), p.name.port, e.port);
-    format!("affinity-{}", hash_and_truncate(&format!("{base}/{timeout_s}s")))
+/// The affinity set of an endpoint, named as kube-proxy names it (`affinity-` and the endpoint's
+/// base). A new timeout is the same set declared again: the kernel updates the timeout in place
+/// and keeps the clients the set remembers, as kube-proxy's `tx.Add` of the set does.
+pub fn affinity_set_name(p: &ResolvedServicePort, e: &ResolvedEndpoint) -> String {
+    format!("affinity-{}", endpoint_base(p, e))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use nftproxy_nft_wire::{BaseChain, Batch, ElemRef};
 
-use crate::drift::Observed;
+use crate::drift::{DumpedSet, Observed};
 use crate::family::Family;
 use crate::ruleset::{ElemValue, Key, Rule, Ruleset, SetDecl, SetElements, TABLE, TABLE_COMMENT};
 use crate::table::{Delta, Grown};
@@ -57,6 +57,10 @@ pub struct ChainRules<'a> {
 pub struct Transaction<'a> {
     pub family: Family,
     pub table: TableChange,
+    /// Sets added, or added again as declared now: an add of an existing set with another
+    /// timeout updates the timeout and keeps the elements (Linux 6.10 and later; earlier
+    /// kernels accept it and keep the old timeout, for kube-proxy's sets too). Any other
+    /// difference the kernel refuses (EEXIST); nothing else of ours changes under one name.
     pub new_sets: Vec<&'a SetDecl>,
     pub new_chains: Vec<(&'a str, Option<&'a BaseChain>)>,
     pub rules: Vec<ChainRules<'a>>,
@@ -69,8 +73,9 @@ pub struct Transaction<'a> {
 }
 
 /// An existing table emptied at the start of a transaction: every chain flushed, every set
-/// flushed and deleted but the sets packets fill that we declare the same (the clients ClientIP
-/// affinity remembers), every chain deleted but the base chains kept (hooked as we want them).
+/// flushed and deleted but the sets packets fill that we declare the same but perhaps for their
+/// timeout (the clients ClientIP affinity remembers), every chain deleted but the base chains
+/// kept (hooked as we want them).
 pub struct Cleared<'a> {
     pub existing: &'a Observed,
     pub kept_bases: Vec<&'a str>,
@@ -188,8 +193,9 @@ fn staged_runs(r: &Ruleset, max: usize) -> impl Iterator<Item = (&str, Elements<
 
 /// Replaces what our existing table holds in one transaction without deleting its base chains
 /// when they are as we want them: they are flushed and refilled, everything else is deleted and
-/// added again, but for the sets packets fill (ClientIP affinity) that we declare the same: they
-/// stay, with the clients they remember. Deleting a base chain and adding it back (as deleting the whole table and adding
+/// added again, but for the sets packets fill (ClientIP affinity) that we declare the same but
+/// perhaps for their timeout: they stay, with the clients they remember (a new timeout is
+/// updated in place). Deleting a base chain and adding it back (as deleting the whole table and adding
 /// it back did until 49078ed) unhooks the old chain and hooks the new one at the commit; a packet that passed the
 /// new hook just before the commit (the new chain still empty) and the old one just after (its
 /// rules gone) was not NATed by either, and the ClusterIP check then rejected it: one refused
@@ -207,13 +213,15 @@ pub fn rebuild_in_place<'a>(r: &'a Ruleset, existing: &'a Observed, first_seq: u
     t.new_chains.retain(|(name, _)| !kept_bases.contains(name));
     // kube-proxy never deletes an affinity set it still uses (it adds it again, unflushed, on
     // every sync and at start): a client keeps its endpoint across a restart or a full sync.
-    let kept_sets: BTreeSet<&str> = existing
+    // A kept set is added again only when its timeout changed: that add updates it.
+    let kept: BTreeMap<&str, &DumpedSet> = existing
         .filled_by_packets
         .iter()
-        .filter(|set| r.sets.get(&set.name).is_some_and(|d| set.declared_as(&d.spec)))
-        .map(|set| set.name.as_str())
+        .filter(|set| r.sets.get(&set.name).is_some_and(|d| set.kept_as(&d.spec)))
+        .map(|set| (set.name.as_str(), set))
         .collect();
-    t.new_sets.retain(|d| !kept_sets.contains(d.spec.name.as_str()));
+    t.new_sets.retain(|d| kept.get(d.spec.name.as_str()).is_none_or(|set| !set.declared_as(&d.spec)));
+    let kept_sets: BTreeSet<&str> = kept.into_keys().collect();
     t.cleared = Some(Cleared { existing, kept_bases, kept_sets });
     // Endpoint maps before the maps that lead to them, as in a cold start.
     let mut sets: Vec<_> = r.sets.values().collect();
@@ -284,7 +292,10 @@ pub fn grown<'a>(table: &'a Ruleset, g: &'a Grown, first_seq: u32) -> Batch {
 /// Only the differences between two states of the same table, as one transaction.
 pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
     let mut t = Transaction::new(next.family, TableChange::Kept);
-    t.new_sets = next.sets.iter().filter(|(n, _)| !prev.sets.contains_key(*n)).map(|(_, d)| d).collect();
+    // New sets, and sets declared anew: only an affinity set's timeout changes under one name,
+    // and adding the set again updates it in place (see [`Transaction::new_sets`]).
+    t.new_sets =
+        next.sets.iter().filter(|(n, d)| prev.sets.get(*n).is_none_or(|p| p.spec != d.spec)).map(|(_, d)| d).collect();
     t.new_chains = next
         .chains
         .iter()
@@ -319,7 +330,11 @@ pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
 /// changed Services, whatever the size of the table.
 pub fn delta<'a>(table: &'a Ruleset, d: &'a Delta, first_seq: u32) -> Batch {
     let mut t = Transaction::new(table.family, TableChange::Kept);
-    t.new_sets = d.sets.iter().filter(|(_, before)| before.is_none()).filter_map(|(n, _)| table.sets.get(n)).collect();
+    t.new_sets = d
+        .sets
+        .iter()
+        .filter_map(|(n, before)| table.sets.get(n).filter(|now| before.as_ref().is_none_or(|b| b.spec != now.spec)))
+        .collect();
     for (name, before) in &d.chains {
         let Some(now) = table.chains.get(name) else { continue };
         if before.is_none() {

@@ -269,13 +269,32 @@ fn a_rebuild_in_place_keeps_the_clients_an_affinity_set_remembers() {
     // Everything else as programmed before (the mirror holds no packet-filled elements, so this
     // whole table, not assert_mirror, is the check).
     assert_eq!(fake.dump(Family::V4, TABLE).unwrap(), remembered, "the client is still remembered");
-    // A new timeout is a new set (the timeout is part of its name): the old ones go, and with
-    // them what they remembered, as kube-proxy's would when it deletes a set it no longer uses.
-    let longer = cluster(5, 2, &sticky(900));
-    NftablesBackend::over(fake.clone()).sync_cluster(&longer, &ctx()).unwrap();
-    let now = affinity_sets(&fake);
-    assert!(now.iter().all(|n| !sets.contains(n)), "{now:?} {sets:?}");
-    assert_eq!(dumps(&fake), fresh(&longer));
+    // A new timeout is the same set declared again (its name, like kube-proxy's, has no
+    // timeout): added again, which updates the timeout and keeps the client, on a restart's
+    // rebuild in place and on an incremental sync alike, as kube-proxy's `tx.Add` of the set.
+    let with_timeout = |s: u32| remembered.replace("timeout 600000ms", &format!("timeout {}ms", s * 1000));
+    let mut restarted = NftablesBackend::over(fake.clone());
+    restarted.sync_cluster(&cluster(5, 2, &sticky(900)), &ctx()).unwrap();
+    let commits = fake.commits();
+    let v4 = &commits[commits.len() - 2].messages;
+    assert_rebuilt_in_place(v4, restarted.programmed(Family::V4).unwrap());
+    for set in &sets {
+        assert!(v4.contains(&format!("add set {set}")), "{set}: {v4:?}");
+        for m in ["flush set", "delete set"] {
+            assert!(!v4.contains(&format!("{m} {set}")), "{m} {set}: {v4:?}");
+        }
+    }
+    assert_eq!(fake.dump(Family::V4, TABLE).unwrap(), with_timeout(900), "updated, the client still remembered");
+    restarted.sync_cluster(&cluster(5, 2, &sticky(300)), &ctx()).unwrap();
+    let commits = fake.commits();
+    let want: Vec<String> = sets.iter().map(|s| format!("add set {s}")).collect();
+    assert_eq!(commits[commits.len() - 1].messages, want, "an incremental sync: the sets declared again");
+    assert_eq!(fake.dump(Family::V4, TABLE).unwrap(), with_timeout(300));
+    // Without affinity the sets go, and what they remembered with them.
+    let plain = cluster(5, 2, &sticky(300).replace("sessionAffinity: ClientIP,", ""));
+    restarted.sync_cluster(&plain, &ctx()).unwrap();
+    assert!(affinity_sets(&fake).is_empty());
+    assert_eq!(dumps(&fake), fresh(&plain));
 }
 
 #[test]

@@ -114,6 +114,43 @@ fn a_new_endpoint_count_adds_its_pick_chain_and_retargets_the_service() {
     assert_eq!(what[what.len() - 2..], ["delete chain cluster-2", "delete set cluster-2-frontends"], "{what:?}");
 }
 
+/// kube-proxy's `svc5` (its `proxier_test.go`): one endpoint, ClientIP affinity of `timeout` s.
+fn sticky_svc5(timeout: u32) -> ResolvedServicePort {
+    let mut p = port("svc5", "172.30.0.45", &["10.180.0.3"]);
+    p.name = ServicePortName { service: ServiceName::new("ns5", "svc5"), port: "p80".into(), protocol: Protocol::Tcp };
+    for e in &mut p.cluster_endpoints {
+        e.port = 80;
+    }
+    p.internal = EndpointChoice::Endpoints(p.cluster_endpoints.clone());
+    p.affinity_timeout = Some(timeout);
+    p
+}
+
+/// Named as kube-proxy names it, without the timeout: a new timeout declares the same set again
+/// (kube-proxy's `tx.Add`), which updates it in place and keeps its clients. Both planners,
+/// the one between whole tables and the one of fragment swaps, send just that one message.
+#[test]
+fn a_new_affinity_timeout_is_the_same_set_declared_again() {
+    use crate::table::{Delta, Table};
+    use std::collections::BTreeMap;
+    const SET: &str = "affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80";
+    let (a, b) = (table(&[sticky_svc5(10800)]), table(&[sticky_svc5(600)]));
+    assert_eq!(a.sets[SET].spec.timeout_ms, Some(10_800_000));
+    assert_eq!(b.sets[SET].spec.timeout_ms, Some(600_000));
+    let what = |batch: nftproxy_nft_wire::Batch| -> Vec<String> {
+        batch.messages().iter().map(|m| m.what.clone()).collect()
+    };
+    assert_eq!(what(plan::incremental(&a, &b, 1)), [format!("add set {SET}")]);
+    let c = ctx();
+    let frags = |p: ResolvedServicePort| crate::fragments(Family::V4, &[p], &c).collect::<BTreeMap<_, _>>();
+    let mut t = Table::new(crate::fixed_table(Family::V4, &c), frags(sticky_svc5(10800)));
+    let mut d = Delta::default();
+    let svc = ServiceName::new("ns5", "svc5");
+    t.swap(&svc, frags(sticky_svc5(600)).remove(&svc), &mut d);
+    assert_eq!(t.table, Table::new(crate::fixed_table(Family::V4, &c), frags(sticky_svc5(600))).table);
+    assert_eq!(what(plan::delta(&t.table, &d, 1)), [format!("add set {SET}")]);
+}
+
 #[test]
 fn a_service_without_endpoints_is_rejected_through_the_no_endpoint_map() {
     let r = table(&[port("empty", "10.96.0.12", &[])]);
