@@ -173,6 +173,11 @@ impl<N: Netfilter> Proxy<N> {
             SourceEvent::WatchError { kind, error } => tracing::warn!(kind, "watch failed, retrying: {error}"),
             SourceEvent::Node { eligible, .. } => self.health.set_node_eligible(*eligible),
             SourceEvent::LocalAddressesChanged => self.refresh_local_addresses(),
+            // With the sync's own log lines, where the time from the API to the kernel goes.
+            SourceEvent::ServiceApplied(_) | SourceEvent::ServiceDeleted(_) => tracing::trace!("a Service change taken"),
+            SourceEvent::SliceApplied(_) | SourceEvent::SliceDeleted { .. } => {
+                tracing::trace!("an EndpointSlice change taken")
+            }
             _ => {}
         }
         let (svc0, ep0) = (self.tracker.service_changes_total, self.tracker.endpoint_changes_total);
@@ -225,7 +230,9 @@ impl<N: Netfilter> Proxy<N> {
 
     /// One step of the element audit of large sets, between syncs.
     pub fn audit_step(&mut self) {
+        let t = Instant::now();
         let checked = tokio::task::block_in_place(|| self.backend.audit_step());
+        tracing::trace!(seconds = t.elapsed().as_secs_f64(), "element audit step");
         self.drift_checked(checked);
     }
 
