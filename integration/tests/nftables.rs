@@ -336,6 +336,14 @@ fn affinity_web(timeout: u32) -> String {
     ) + &slice("sticky", "sticky-1", "IPv4", "{name: http, port: 8080, protocol: TCP}", &eps)
 }
 
+/// The one endpoint that answers 10 connections of the lab's client to the sticky Service.
+fn pinned(lab: &Lab) -> String {
+    let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 10);
+    assert_eq!(answered(&t), 10, "{t:?}");
+    assert_eq!(t.by_responder().len(), 1, "one endpoint for one client: {t:?}");
+    t.by_responder().into_keys().next().unwrap()
+}
+
 #[test]
 fn client_ip_affinity_pins_a_client_until_the_timeout() {
     let mut lab = Lab::new(3);
@@ -370,12 +378,6 @@ fn client_ip_affinity_survives_a_full_sync_and_a_restart() {
     let mut lab = Lab::new(3);
     let m = affinity_web(600);
     lab.sync(&m).unwrap();
-    let pinned = |lab: &Lab| {
-        let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 10);
-        assert_eq!(answered(&t), 10, "{t:?}");
-        assert_eq!(t.by_responder().len(), 1, "one endpoint for one client: {t:?}");
-        t.by_responder().into_keys().next().unwrap()
-    };
     let first = pinned(&lab);
     let remembered = |lab: &Lab, when: &str| {
         let listing = lab.ruleset();
@@ -402,12 +404,6 @@ fn client_ip_affinity_survives_a_full_sync_and_a_restart() {
 fn client_ip_affinity_keeps_its_clients_when_the_timeout_changes() {
     let mut lab = Lab::new(3);
     lab.sync(&affinity_web(600)).unwrap();
-    let pinned = |lab: &Lab| {
-        let t = lab.tally(&lab.client, Proto::Tcp, "10.96.0.80:80", 10);
-        assert_eq!(answered(&t), 10, "{t:?}");
-        assert_eq!(t.by_responder().len(), 1, "one endpoint for one client: {t:?}");
-        t.by_responder().into_keys().next().unwrap()
-    };
     let first = pinned(&lab);
     // Every set has the timeout `shown` (nft's way of writing it) and the client is remembered.
     let remembered = |lab: &Lab, shown: &str, when: &str| {
