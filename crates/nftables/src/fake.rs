@@ -96,6 +96,8 @@ struct Inner {
     conntrack: Vec<CtEntry>,
     conntrack_error: Option<i32>,
     commits: Vec<CommitRecord>,
+    /// Dumps of a table's structure ([`Netfilter::observe`]) so far.
+    observations: usize,
 }
 
 /// The fake netfilter (see the module documentation). Cheap to clone; clones share state.
@@ -119,6 +121,11 @@ impl FakeNetfilter {
     /// its last message) with `errno`, as if the kernel had refused that message.
     pub fn fail_commit(&self, skip: usize, at_message: usize, errno: i32) {
         self.inner().failures.push(PlannedFailure { skip, at_message, errno });
+    }
+
+    /// How many times a table's structure was dumped ([`Netfilter::observe`]).
+    pub fn observations(&self) -> usize {
+        self.inner().observations
     }
 
     /// Every read (generation, dumps, elements by key) fails with `errno` until cleared with None.
@@ -480,6 +487,7 @@ impl Netfilter for FakeNetfilter {
     }
 
     fn observe(&mut self, family: Family, count: &dyn Fn(&str) -> bool) -> io::Result<Option<Observed>> {
+        self.inner().observations += 1;
         self.read(|s| Ok(s.tables.get(&(family.nfproto(), TABLE.to_string())).map(|t| t.observe(count))))
     }
 

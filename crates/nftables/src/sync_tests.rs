@@ -325,6 +325,30 @@ fn drift_in_the_structure_is_found_and_repaired_by_a_full_sync() {
     assert!(b.verify(false).is_err());
 }
 
+/// Once a structural check found our tables intact, a check without `deep` reads nothing more
+/// while only we commit (a generation query: the daemon runs one before every sync); another
+/// program's commit makes the next one read the structure again, and find what it changed.
+#[test]
+fn a_structure_seen_intact_is_read_again_only_after_someone_else_commits() {
+    let mut fake = FakeNetfilter::new();
+    let mut b = NftablesBackend::over(fake.clone());
+    b.sync_cluster(&cluster(10, 2, ""), &ctx()).unwrap();
+    let read = fake.observations();
+    assert_eq!(b.verify(false).unwrap(), None);
+    assert!(fake.observations() > read, "nothing seen since the cold start: the structure is read");
+    for n in [11, 12, 11] {
+        b.sync_cluster(&cluster(n, 2, ""), &ctx()).unwrap();
+        let read = fake.observations();
+        assert_eq!(b.verify(false).unwrap(), None);
+        assert_eq!(fake.observations(), read, "only our commits since: nothing read");
+    }
+    let mut other = nftproxy_nft_wire::Batch::new(9000);
+    other.flush_chain(Family::V4.nfproto(), TABLE, "services");
+    fake.commit(&other.finish()).unwrap();
+    let diff = b.verify(false).unwrap().expect("found");
+    assert!(diff.starts_with("chain services has 0 rules"), "{diff}");
+}
+
 #[test]
 fn an_element_replaced_in_a_large_map_is_found_by_the_audit_and_nothing_in_an_intact_one() {
     let mut fake = FakeNetfilter::new();
