@@ -69,15 +69,10 @@ impl DumpedSet {
         DumpedSet { name: spec.name.clone(), flags: spec.flags, key_len: spec.key_len, timeout_ms: spec.timeout_ms }
     }
 
-    /// Whether `spec` declares this set as the kernel holds it (so it can stay as it is).
-    pub fn declared_as(&self, spec: &nftproxy_nft_wire::SetSpec) -> bool {
-        *self == DumpedSet::of(spec)
-    }
-
     /// Whether `spec` declares this set as the kernel holds it but perhaps for its timeout,
     /// which an add of the set updates in place: the set can stay, with its elements.
     pub fn kept_as(&self, spec: &nftproxy_nft_wire::SetSpec) -> bool {
-        DumpedSet { timeout_ms: spec.timeout_ms, ..self.clone() } == DumpedSet::of(spec)
+        (self.name.as_str(), self.flags, self.key_len) == (spec.name.as_str(), spec.flags, spec.key_len)
     }
 }
 
@@ -114,9 +109,7 @@ pub fn observe(
     for set in sets {
         if set.flags & NFT_SET_EVAL != 0 {
             obs.sets.insert(set.name.clone(), None);
-            // In name order, as the fake lists them (the kernel lists sets as created).
-            let at = obs.filled_by_packets.partition_point(|s| s.name < set.name);
-            obs.filled_by_packets.insert(at, set);
+            obs.filled_by_packets.push(set);
             continue;
         }
         let name = set.name;
@@ -129,6 +122,8 @@ pub fn observe(
         let count = sock.dump(NFT_MSG_GETSETELEM, nfproto, &filter)?.iter().map(|msg| counted_elements(msg)).sum();
         obs.sets.insert(name, Some(count));
     }
+    // In name order, as the fake lists them (the kernel lists sets as created).
+    obs.filled_by_packets.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     Ok(Some(obs))
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use nftproxy_nft_wire::{BaseChain, Batch, ElemRef};
 
-use crate::drift::{DumpedSet, Observed};
+use crate::drift::Observed;
 use crate::family::Family;
 use crate::ruleset::{ElemValue, Key, Rule, Ruleset, SetDecl, SetElements, TABLE, TABLE_COMMENT};
 use crate::table::{Delta, Grown};
@@ -214,13 +214,13 @@ pub fn rebuild_in_place<'a>(r: &'a Ruleset, existing: &'a Observed, first_seq: u
     // kube-proxy never deletes an affinity set it still uses (it adds it again, unflushed, on
     // every sync and at start): a client keeps its endpoint across a restart or a full sync.
     // A kept set is added again only when its timeout changed: that add updates it.
-    let kept: BTreeMap<&str, &DumpedSet> = existing
+    let kept: BTreeMap<&str, Option<u64>> = existing
         .filled_by_packets
         .iter()
         .filter(|set| r.sets.get(&set.name).is_some_and(|d| set.kept_as(&d.spec)))
-        .map(|set| (set.name.as_str(), set))
+        .map(|set| (set.name.as_str(), set.timeout_ms))
         .collect();
-    t.new_sets.retain(|d| kept.get(d.spec.name.as_str()).is_none_or(|set| !set.declared_as(&d.spec)));
+    t.new_sets.retain(|d| kept.get(d.spec.name.as_str()).is_none_or(|timeout| *timeout != d.spec.timeout_ms));
     let kept_sets: BTreeSet<&str> = kept.into_keys().collect();
     t.cleared = Some(Cleared { existing, kept_bases, kept_sets });
     // Endpoint maps before the maps that lead to them, as in a cold start.
@@ -289,13 +289,17 @@ pub fn grown<'a>(table: &'a Ruleset, g: &'a Grown, first_seq: u32) -> Batch {
     t.into_batch(first_seq)
 }
 
+/// Whether a set is added (again) in a transaction: it is new, or declared otherwise than
+/// `before`. Only an affinity set's timeout changes under one name, and adding the set again
+/// updates it in place (see [`Transaction::new_sets`]).
+fn declared_anew(before: Option<&SetDecl>, now: &SetDecl) -> bool {
+    before.is_none_or(|b| b.spec != now.spec)
+}
+
 /// Only the differences between two states of the same table, as one transaction.
 pub fn incremental(prev: &Ruleset, next: &Ruleset, first_seq: u32) -> Batch {
     let mut t = Transaction::new(next.family, TableChange::Kept);
-    // New sets, and sets declared anew: only an affinity set's timeout changes under one name,
-    // and adding the set again updates it in place (see [`Transaction::new_sets`]).
-    t.new_sets =
-        next.sets.iter().filter(|(n, d)| prev.sets.get(*n).is_none_or(|p| p.spec != d.spec)).map(|(_, d)| d).collect();
+    t.new_sets = next.sets.iter().filter(|(n, d)| declared_anew(prev.sets.get(*n), d)).map(|(_, d)| d).collect();
     t.new_chains = next
         .chains
         .iter()
@@ -333,7 +337,7 @@ pub fn delta<'a>(table: &'a Ruleset, d: &'a Delta, first_seq: u32) -> Batch {
     t.new_sets = d
         .sets
         .iter()
-        .filter_map(|(n, before)| table.sets.get(n).filter(|now| before.as_ref().is_none_or(|b| b.spec != now.spec)))
+        .filter_map(|(n, before)| table.sets.get(n).filter(|now| declared_anew(before.as_ref(), now)))
         .collect();
     for (name, before) in &d.chains {
         let Some(now) = table.chains.get(name) else { continue };

@@ -76,19 +76,25 @@ pub struct NftablesBackend<N: Netfilter = NftSocket> {
     udp_services: crate::conntrack::UdpServices,
     seq: u32,
     pub cold_start_max_elements: usize,
-    /// The ruleset generation after our last commit, while we know that nobody else committed
-    /// since we last checked (see [`NftablesBackend::verify`]).
-    last_gen: Option<u32>,
-    /// The same for the structure alone (chains, rule counts, sets): the generation after our
-    /// last commit, while nobody else committed since a structural check found it intact. Until
-    /// an element audit completes (at 50k Services × 10 ~3 minutes, from the first deep check
-    /// after a start), a check without `deep` needs no dump while it holds: that dump took
-    /// 0.3–0.5 ms before every sync at 50k × 10, more than the +1 Service sync itself.
-    structure_gen: Option<u32>,
+    /// What we last found intact, while we know that nobody else committed since (see
+    /// [`NftablesBackend::verify`]).
+    seen: Option<Seen>,
     /// Per large set, the last key its element audit looked at (see [`crate::drift`]).
     audit_cursors: BTreeMap<(Family, String), crate::ruleset::Key>,
     /// The element audit of large sets after someone else committed, one window per step.
     audit: Option<AuditPass>,
+}
+
+/// Our tables as last found intact: the ruleset generation after our last commit, and whether
+/// their elements were looked at too (a completed element audit) or only their structure
+/// (chains, rule counts, sets). Until an audit completes (at 50k Services × 10 ~3 minutes, from
+/// the first deep check after a start), a check without `deep` needs no dump at the structure's
+/// generation: that dump took 0.3–0.7 ms before every sync at 50k × 10, more than a +1 Service's
+/// sync itself.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    generation: u32,
+    elements: bool,
 }
 
 /// An element audit in progress: the generation it checks, and per large set how many of its
@@ -145,8 +151,7 @@ impl<N: Netfilter> NftablesBackend<N> {
             udp_services: Default::default(),
             seq: 1,
             cold_start_max_elements: COLD_START_MAX_ELEMENTS,
-            last_gen: None,
-            structure_gen: None,
+            seen: None,
             audit_cursors: BTreeMap::new(),
             audit: None,
         }
@@ -187,8 +192,10 @@ impl<N: Netfilter> NftablesBackend<N> {
                     (Some(b), Some(a)) if a == b.wrapping_add(1) => Some((b, a)),
                     _ => None,
                 };
-                self.last_gen = ours_only.filter(|(b, _)| self.last_gen == Some(*b)).map(|(_, a)| a);
-                self.structure_gen = ours_only.filter(|(b, _)| self.structure_gen == Some(*b)).map(|(_, a)| a);
+                self.seen = match (self.seen, ours_only) {
+                    (Some(seen), Some((b, a))) if seen.generation == b => Some(Seen { generation: a, ..seen }),
+                    _ => None,
+                };
                 if let (Some(pass), Some((b, a))) = (self.audit.as_mut(), ours_only)
                     && pass.generation == b
                 {
@@ -199,7 +206,6 @@ impl<N: Netfilter> NftablesBackend<N> {
             Err(source) => {
                 // Whatever the kernel holds now, we no longer know it: the next sync is full.
                 self.programmed.remove(&family);
-                self.structure_gen = None;
                 self.built_for = None;
                 Err(SyncError::Netlink { family, source })
             }
@@ -413,7 +419,7 @@ impl<N: Netfilter> NftablesBackend<N> {
         }
         let netlink = |family| move |e: std::io::Error| SyncError::Netlink { family, source: e.into() };
         let generation = self.netfilter.generation().map_err(netlink(Family::V4))?;
-        if self.last_gen == Some(generation) || (!deep && self.structure_gen == Some(generation)) {
+        if self.seen.is_some_and(|s| s.generation == generation && (s.elements || !deep)) {
             return Ok(None);
         }
         for (family, table) in &self.programmed {
@@ -424,7 +430,7 @@ impl<N: Netfilter> NftablesBackend<N> {
                 return Ok(Some(self.drifted(diff)));
             }
         }
-        self.structure_gen = Some(generation);
+        self.seen = Some(Seen { generation, elements: false });
         if deep && self.audit.as_ref().is_none_or(|a| a.generation != generation) {
             let remaining = self
                 .programmed
@@ -482,7 +488,7 @@ impl<N: Netfilter> NftablesBackend<N> {
             }
         }
         if pass.remaining.values().all(|r| *r == 0) {
-            self.last_gen = Some(pass.generation);
+            self.seen = Some(Seen { generation: pass.generation, elements: true });
             self.audit = None;
         }
         Ok(None)
@@ -491,8 +497,7 @@ impl<N: Netfilter> NftablesBackend<N> {
     /// A difference found: the next sync replaces everything.
     fn drifted(&mut self, diff: String) -> String {
         self.force_full_sync();
-        self.last_gen = None;
-        self.structure_gen = None;
+        self.seen = None;
         self.audit = None;
         diff
     }
